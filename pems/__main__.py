@@ -1,0 +1,5 @@
+import sys
+
+from pems.cli import main
+
+sys.exit(main())

@@ -1,0 +1,148 @@
+"""The ``pems`` command line.
+
+Bad input ends with one line per problem naming the file and key, and exit code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from pems import __version__
+from pems.errors import InputError
+
+
+def _progress(description: str):
+    """A rich progress bar on stderr, returned as (context manager, callback)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("steps"), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+    task = prog.add_task(description, total=None)
+
+    def update(done: int, total: int) -> None:
+        if done == 1 or done == total or done % 50 == 0:
+            prog.update(task, completed=done, total=total)
+
+    return prog, update
+
+
+def _check_controller(name: str, source: str, key: str) -> str:
+    from pems.controllers import available
+
+    if name not in available():
+        raise InputError(source, key, f"unknown controller {name!r}; expected one of {', '.join(available())}")
+    return name
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from pems.scenarios.outputs import write_run
+    from pems.scenarios.runner import prepare, run
+    from pems.scenarios.spec import load_scenario
+
+    sc = load_scenario(args.scenario)
+    if args.controller:
+        name = _check_controller(args.controller, "command line", "--controller")
+    else:
+        name = _check_controller(sc.spec.controller, str(sc.path), "controller")
+    out = Path(args.out or f"out/{sc.name}-{name}")
+    t0 = time.perf_counter()
+    prep = prepare(sc)
+    prog, update = _progress(f"{sc.name} · {name}")
+    with prog:
+        result = run(prep, name, progress=update)
+    write_run(result, out, subtitle=f"house {sc.house.name}, {len(sc.house.rooms)} rooms")
+    k = result.kpis
+    print(f"{sc.name} · {name}: cost {k['cost']:.2f} {result.currency}, discomfort {k['discomfort_Kh']:.1f} K·h, "
+          f"heating {k['heating_kWh']:.0f} kWh, import {k['energy_import_kWh']:.0f} kWh, "
+          f"PV {k['pv_kWh']:.0f} kWh ({time.perf_counter() - t0:.1f} s)")
+    print(f"wrote {out}/trajectory.parquet, kpis.json, events.jsonl, report.html")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The winter week with every available controller, one report comparing them."""
+    from pems.controllers import available
+    from pems.scenarios.outputs import write_run
+    from pems.scenarios.report import write_report
+    from pems.scenarios.runner import prepare, run
+    from pems.scenarios.spec import load_scenario
+
+    out = Path(args.out)
+    sc = load_scenario("winter-week")
+    prep = prepare(sc)
+    results = []
+    for name in available():
+        prog, update = _progress(f"{sc.name} · {name}")
+        with prog:
+            results.append(run(prep, name, progress=update))
+        write_run(results[-1], out / name, subtitle=f"house {sc.house.name}")
+    write_report(out / "report.html", results, f"PEMS demo: {sc.name}",
+                 f"house {sc.house.name}, {len(sc.house.rooms)} rooms · {sc.spec.description}")
+    print(f"{'controller':<14} {'cost':>9} {'discomfort':>11} {'heating':>9} {'import':>8} {'self-cons.':>10}")
+    for r in results:
+        k = r.kpis
+        print(f"{r.controller:<14} {k['cost']:>9.2f} {k['discomfort_Kh']:>8.1f} Kh {k['heating_kWh']:>5.0f} kWh"
+              f" {k['energy_import_kWh']:>4.0f} kWh {k['self_consumption']:>10.2f}")
+    print(f"wrote {out}/report.html (and one folder per controller)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pems", description="Physics-first digital twin of a home energy system.")
+    p.add_argument("--version", action="version", version=f"pems {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("simulate", help="run one scenario with one controller")
+    s.add_argument("scenario", help="built-in scenario name or path to a scenario TOML file")
+    s.add_argument("--controller", help="controller name (default: the scenario's, else rule-based)")
+    s.add_argument("--out", help="output directory (default: out/SCENARIO-CONTROLLER)")
+    s.set_defaults(func=cmd_simulate)
+
+    d = sub.add_parser("demo", help="the winter week with every available controller; no configuration")
+    d.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
+    d.set_defaults(func=cmd_demo)
+
+    ls = sub.add_parser("list", help="list built-in houses, scenarios, weather, prices and controllers")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from pems.controllers import available
+    from pems.scenarios.spec import builtin_scenarios
+    from pems.twin.house import BUILTIN_HOUSES
+    from pems.twin.load import BUILTIN_LOADS
+    from pems.twin.prices import BUILTIN_PRICES
+    from pems.twin.weather import BUILTIN_WEATHER
+
+    print("houses:     ", ", ".join(BUILTIN_HOUSES))
+    print("scenarios:  ", ", ".join(builtin_scenarios()))
+    print("controllers:", ", ".join(available()))
+    print("prices:     ", ", ".join(BUILTIN_PRICES))
+    print("loads:      ", ", ".join(BUILTIN_LOADS))
+    print("weather:")
+    for name, what in BUILTIN_WEATHER.items():
+        print(f"  {name:<24} {what}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except InputError as exc:
+        for p in exc.problems:
+            print(f"pems: error: {p}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pems: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""Reading TOML files into validated pydantic models with errors that name file and key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from pems.errors import InputError, Problem
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; a missing or broken file raises :class:`InputError`."""
+    if not path.is_file():
+        raise InputError(path, "", "file not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(path, "", f"not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise InputError(path, "", "not a UTF-8 text file") from None
+
+
+def key_path(loc: tuple[Any, ...]) -> str:
+    """``("rooms", 3, "heater_w")`` → ``"rooms[3].heater_w"``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def validate(model: type[M], data: dict[str, Any], source: str | Path) -> M:
+    """Validate ``data`` as ``model``; every bad value becomes one :class:`Problem`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (check the spelling; see the documented keys)"
+            elif err["type"] == "missing":
+                msg = "required key is missing"
+            elif "input" in err and not isinstance(err["input"], dict | list):
+                msg = f"{msg}, got {err['input']!r}"
+            problems.append(Problem(str(source), key_path(loc), msg))
+        raise InputError.many(problems) from None

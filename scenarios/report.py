@@ -1,0 +1,228 @@
+"""Self-contained HTML reports: figures (inline PNG) and KPI tables that open offline.
+
+One report can hold one run or several controllers on the same scenario, overlaid.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.dates as mdates  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from pems import __version__  # noqa: E402
+from pems.scenarios.kpis import KPI_UNITS  # noqa: E402
+from pems.scenarios.runner import RunResult  # noqa: E402
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+
+KPI_LABELS = {
+    "cost": "Cost", "discomfort_Kh": "Discomfort", "discomfort_Kh_per_room": "Discomfort / room",
+    "energy_import_kWh": "Import", "energy_export_kWh": "Export", "heating_kWh": "Heating",
+    "self_consumption": "Self-consumption", "self_sufficiency": "Self-sufficiency",
+    "peak_import_kW": "Peak import", "battery_cycles": "Battery cycles",
+    "compute_s_per_step": "Compute / step (median)", "compute_s_per_step_max": "Compute / step (max)",
+    "pv_kWh": "PV", "load_kWh": "Household load", "curtailed_kWh": "PV curtailed",
+    "relay_switches": "Relay switches",
+}
+
+
+def _png(fig: plt.Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _time_axis(ax: plt.Axes) -> None:
+    loc = mdates.AutoDateLocator(minticks=4, maxticks=10)
+    ax.xaxis.set_major_locator(loc)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc))
+    ax.grid(True, alpha=0.3)
+
+
+def _x(traj: pd.DataFrame) -> np.ndarray:
+    """Plot times in the house's local time (wall-clock, as its occupants see the schedule)."""
+    tz = traj.attrs.get("timezone", "UTC")
+    return traj.index.tz_convert(tz).tz_localize(None).to_numpy()
+
+
+def overview_figure(results: Sequence[RunResult]) -> plt.Figure:
+    """Weather, prices, heating, PV/load/grid/battery powers and SOC, controllers overlaid."""
+    first = results[0].trajectory
+    t = _x(first)
+    fig, axes = plt.subplots(5, 1, figsize=(12, 13), sharex=True,
+                             gridspec_kw={"height_ratios": [1, 1, 1.3, 1.3, 0.9]})
+    ax = axes[0]
+    ax.plot(t, first["T_out"], color="#444", lw=1, drawstyle="steps-post", label="outdoor temperature")
+    ax.set_ylabel("°C")
+    ax2 = ax.twinx()
+    ax2.fill_between(t, first["ghi"], step="post", color="#f2b705", alpha=0.35, label="global horizontal irradiance")
+    ax2.set_ylabel("W/m²")
+    ax.set_title("Weather")
+    _legend(ax, ax2)
+    ax = axes[1]
+    cur = results[0].currency
+    ax.plot(t, first["price_import"], drawstyle="steps-post", color="#c0392b", lw=1, label="import")
+    ax.plot(t, first["price_export"], drawstyle="steps-post", color="#27ae60", lw=1, label="export")
+    ax.set_ylabel(f"{cur}/kWh")
+    ax.set_title("Prices")
+    ax.legend(loc="upper right", fontsize=8)
+    ax = axes[2]
+    for i, r in enumerate(results):
+        tr, c = r.trajectory, COLORS[i % len(COLORS)]
+        heat = tr[[f"P_heat__{room}" for room in r.rooms]].sum(axis=1) / 1000
+        ax.plot(_x(tr), heat, drawstyle="steps-post", color=c, lw=1, label=f"heating ({r.controller})")
+    ax.set_ylabel("kW")
+    ax.set_title("Heating power (all rooms)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax = axes[3]
+    ax.fill_between(t, first["P_pv"] / 1000, step="post", color="#f2b705", alpha=0.4, label="PV")
+    ax.plot(t, first["P_load"] / 1000, drawstyle="steps-post", color="#555", lw=0.8, label="household load")
+    for i, r in enumerate(results):
+        tr, c = r.trajectory, COLORS[i % len(COLORS)]
+        ax.plot(_x(tr), tr["P_grid"] / 1000, drawstyle="steps-post", color=c, lw=1, label=f"grid ({r.controller})")
+        ax.plot(_x(tr), tr["P_bat"] / 1000, drawstyle="steps-post", color=c, lw=0.8, ls="--",
+                label=f"battery ({r.controller})")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_ylabel("kW")
+    ax.set_title("Power: grid (import +), battery (charge +), PV, load")
+    ax.legend(loc="upper right", fontsize=8, ncol=2)
+    ax = axes[4]
+    for i, r in enumerate(results):
+        tr = r.trajectory
+        if tr["soc"].notna().any():
+            ax.plot(_x(tr), tr["soc"] * 100, drawstyle="steps-post", color=COLORS[i % len(COLORS)], lw=1,
+                    label=r.controller)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("%")
+    ax.set_title("Battery state of charge")
+    for ax in axes:
+        _time_axis(ax)
+    fig.tight_layout()
+    return fig
+
+
+def _legend(*axes: plt.Axes) -> None:
+    h, lab = [], []
+    for ax in axes:
+        hh, ll = ax.get_legend_handles_labels()
+        h += hh
+        lab += ll
+    axes[0].legend(h, lab, loc="upper right", fontsize=8)
+
+
+def rooms_figure(results: Sequence[RunResult], ncols: int = 3) -> plt.Figure:
+    """Each room's air temperature against its comfort band, controllers overlaid."""
+    rooms = results[0].rooms
+    nrows = int(np.ceil(len(rooms) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(12, 2.1 * nrows + 0.5), sharex=True, squeeze=False)
+    first = results[0].trajectory
+    t = _x(first)
+    for k, room in enumerate(rooms):
+        ax = axes[k // ncols][k % ncols]
+        ax.fill_between(t, first[f"T_set_low__{room}"], first[f"T_set_high__{room}"], step="post",
+                        color="#2ecc71", alpha=0.15, lw=0)
+        for i, r in enumerate(results):
+            tr = r.trajectory
+            ax.plot(_x(tr), tr[f"T_room__{room}"], color=COLORS[i % len(COLORS)], lw=0.9,
+                    label=r.controller)
+        ax.set_title(room, fontsize=9)
+        ax.tick_params(labelsize=7)
+        _time_axis(ax)
+    for k in range(len(rooms), nrows * ncols):
+        axes[k // ncols][k % ncols].set_visible(False)
+    axes[0][0].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Room air temperature [°C] and comfort band (green)", y=1.0)
+    fig.tight_layout()
+    return fig
+
+
+def _fmt(v: float) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    a = abs(v)
+    return f"{v:,.0f}" if a >= 1000 else f"{v:,.1f}" if a >= 100 else f"{v:.2f}" if a >= 0.1 else f"{v:.3g}"
+
+
+def kpi_table(results: Sequence[RunResult]) -> str:
+    cur = results[0].currency
+    head = "".join(f"<th>{html.escape(KPI_LABELS.get(k, k))}<br><small>"
+                   f"{html.escape(cur if u == 'currency' else u)}</small></th>" for k, u in KPI_UNITS.items())
+    rows = []
+    for r in results:
+        cells = "".join(f"<td>{_fmt(r.kpis.get(k, float('nan')))}</td>" for k in KPI_UNITS)
+        rows.append(f"<tr><th>{html.escape(r.controller)}</th>{cells}</tr>")
+    return f"<table><tr><th>controller</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def events_table(results: Sequence[RunResult]) -> str:
+    rows = []
+    for r in results:
+        kinds: dict[str, int] = {}
+        for e in r.events:
+            kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
+        desc = ", ".join(f"{k}: {v} steps" for k, v in sorted(kinds.items())) or "none"
+        rows.append(f"<tr><th>{html.escape(r.controller)}</th><td>{html.escape(desc)}</td></tr>")
+    return ("<table><tr><th>controller</th><th>what the plant did to the commands (clipping, "
+            f"load shedding at the main fuse, PV curtailment)</th></tr>{''.join(rows)}</table>")
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1250px;color:#222}
+h1{margin-bottom:0} .sub{color:#666;margin-top:.3em}
+table{border-collapse:collapse;margin:1em 0;font-size:13px} th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
+th{background:#f6f6f6} tr th:first-child{text-align:left} img{max-width:100%}
+footer{color:#888;font-size:12px;margin-top:3em}
+"""
+
+
+MAX_PLOT_ROWS = 3000
+
+
+def _plottable(r: RunResult) -> RunResult:
+    """Long runs are plotted as hourly (or daily) means; tables always use the full trajectory."""
+    tr = r.trajectory
+    if len(tr) <= MAX_PLOT_ROWS:
+        return r
+    rule = "1h" if len(tr) * pd.Timedelta(tr.index[1] - tr.index[0]) / pd.Timedelta("1h") <= MAX_PLOT_ROWS else "1D"
+    small = tr.resample(rule).mean()
+    small.attrs = dict(tr.attrs)
+    return replace(r, trajectory=small)
+
+
+def render_report(results: Sequence[RunResult], title: str, subtitle: str = "") -> str:
+    """The HTML text of a report on ``results`` (runs of one scenario)."""
+    plot = [_plottable(r) for r in results]
+    figs = [("Energy system", overview_figure(plot)), ("Rooms", rooms_figure(plot))]
+    imgs = "".join(f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' "
+                   f"src='data:image/png;base64,{_png(fig)}'>" for name, fig in figs)
+    first = results[0].trajectory
+    tz = first.attrs.get("timezone", "UTC")
+    period = (f"{first.index[0]:%Y-%m-%d %H:%M} – {first.index[-1]:%Y-%m-%d %H:%M} UTC, {len(first)} steps; "
+              f"plots in local time ({tz})")
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
+<body><h1>{html.escape(title)}</h1><p class="sub">{html.escape(subtitle)}<br>{html.escape(period)}</p>
+<h2>Key performance indicators</h2>{kpi_table(results)}
+<p><small>Cost: import × import price − export × export price, netted per step. Discomfort: Σ rooms ∫ distance
+outside the comfort band dt (BOPTEST tdis_tot). Self-consumption: PV used on site / PV produced.
+Self-sufficiency: 1 − import / (load + heating + losses). Battery cycles: discharge / usable capacity.</small></p>
+{imgs}
+<h2>Plant events</h2>{events_table(results)}
+<footer>PEMS {__version__} · generated {now}</footer></body></html>"""
+
+
+def write_report(path, results: Sequence[RunResult], title: str, subtitle: str = "") -> None:
+    path.write_text(render_report(results, title, subtitle), encoding="utf-8")

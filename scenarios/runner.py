@@ -1,0 +1,176 @@
+"""The closed loop: a scenario's simulated home, a controller, forecasts, and the log they leave.
+
+:func:`prepare` builds everything a scenario needs once (model, disturbance table, comfort bands,
+initial state) so that several controllers can run on identical inputs; :func:`run` runs one
+controller and returns a :class:`RunResult` with the trajectory (DESIGN.md columns) and its KPIs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pems.controllers import make_controller
+from pems.controllers.base import Controller
+from pems.scenarios.comfort import comfort_bands
+from pems.scenarios.forecast import ForecastProvider
+from pems.scenarios.kpis import compute_kpis
+from pems.scenarios.spec import LoadedScenario
+from pems.twin.inputs import build_inputs
+from pems.twin.model import HouseModel, build_model
+from pems.twin.plant import SimulatedHome
+from pems.twin.steady import steady_state
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A scenario made concrete: model, inputs over run + horizon, bands and initial state."""
+
+    scenario: LoadedScenario
+    model: HouseModel
+    inputs: pd.DataFrame  # n_steps + horizon rows
+    comfort_low: pd.DataFrame
+    comfort_high: pd.DataFrame
+    x0: np.ndarray
+
+    @property
+    def n_steps(self) -> int:
+        return self.scenario.n_steps
+
+
+@dataclass
+class RunResult:
+    """One controller on one scenario."""
+
+    scenario: str
+    controller: str
+    trajectory: pd.DataFrame
+    kpis: dict[str, float]
+    events: list[dict]
+    wall_s: float
+    rooms: tuple[str, ...]
+    currency: str = "EUR"
+
+
+def prepare(sc: LoadedScenario) -> Prepared:
+    """Model, disturbances (run plus forecast horizon), comfort bands and the initial state."""
+    model = build_model(sc.house)
+    if not sc.spec.heating:
+        model = model.without_heating()
+    n_total = sc.n_steps + sc.horizon_steps
+    inputs = build_inputs(sc.house, sc.input_spec(), sc.start, n_total, sc.step, required_steps=sc.n_steps)
+    low, high = comfort_bands(sc.spec.comfort, sc.house, inputs.index)
+    x0 = initial_state(sc, model, inputs, low)
+    return Prepared(sc, model, inputs, low, high, x0)
+
+
+def initial_state(sc: LoadedScenario, model: HouseModel, inputs: pd.DataFrame,
+                  low: pd.DataFrame) -> np.ndarray:
+    ini = sc.spec.initial
+    rooms = model.rooms
+    if ini.mode == "settled":
+        day = inputs.iloc[: max(1, int(pd.Timedelta(days=1) / sc.step))]
+        d = day[list(model.sym.d.names)].mean().to_numpy()
+        target = low.iloc[0].to_numpy() + 0.5
+        x, _ = steady_state(model, d, target, soc=ini.soc)
+        return x
+    x = np.zeros(len(model.sym.x))
+    t_room = _per_room(ini.T_room, rooms)
+    x[model.air] = t_room
+    x[model.mass] = t_room if ini.T_mass is None else _per_room(ini.T_mass, rooms, t_room)
+    if model.has_battery:
+        b = model.house.battery
+        x[model.i_soc] = ini.soc if ini.soc is not None else 0.5 * (b.soc_min + b.soc_max)
+    return x
+
+
+def _per_room(v: float | dict[str, float], rooms: tuple[str, ...], default: np.ndarray | None = None) -> np.ndarray:
+    if isinstance(v, dict):
+        base = default.copy() if default is not None else np.full(len(rooms), 21.0)
+        for i, r in enumerate(rooms):
+            if r in v:
+                base[i] = v[r]
+        return base
+    return np.full(len(rooms), float(v))
+
+
+def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | None = None) -> RunResult:
+    """Run one controller over the scenario; KPIs come from the plant's log."""
+    sc, model = prep.scenario, prep.model
+    ctrl = make_controller(controller, model) if isinstance(controller, str) else controller
+    plant = SimulatedHome(model, prep.inputs, prep.x0, step_s=sc.step.total_seconds(),
+                          substep_s=sc.spec.plant_step_seconds)
+    forecasts = ForecastProvider(sc.spec.forecast, prep.inputs, model.sym.d.names,
+                                 prep.comfort_low, prep.comfort_high, sc.horizon_steps, sc.step)
+    ctrl.reset()
+    obs = plant.reset()
+    n = prep.n_steps
+    compute = np.zeros(n)
+    t_start = time.perf_counter()
+    for k in range(n):
+        fc = forecasts(k)
+        t0 = time.perf_counter()
+        action = ctrl.act(obs, fc)
+        compute[k] = time.perf_counter() - t0
+        obs = plant.step(action)
+        if progress is not None:
+            progress(k + 1, n)
+    wall = time.perf_counter() - t_start
+    traj = trajectory(prep, plant, compute)
+    bat = model.house.battery
+    usable = bat.capacity_kwh * (bat.soc_max - bat.soc_min) if bat else None
+    kpis = compute_kpis(traj, model.rooms, usable)
+    return RunResult(sc.name, ctrl.name, traj, kpis, plant.log.events, wall, model.rooms,
+                     sc.spec.tariff.currency)
+
+
+def trajectory(prep: Prepared, plant: SimulatedHome, compute_s: np.ndarray) -> pd.DataFrame:
+    """The DESIGN.md trajectory table from the plant's log: one row per step, means over it."""
+    model, lg, n = prep.model, plant.log, plant.k
+    index = prep.inputs.index[:n]
+    y = plant.outputs()
+    inp = prep.inputs.iloc[:n]
+    cols: dict[str, np.ndarray] = {
+        "T_out": inp["T_out"].to_numpy(), "ghi": inp["ghi"].to_numpy(),
+    }
+    x, u = lg.x_mean[:n], lg.u_mean[:n]
+    for i, r in enumerate(model.rooms):
+        cols[f"T_room__{r}"] = x[:, i]
+    for i, r in enumerate(model.rooms):
+        cols[f"T_mass__{r}"] = x[:, model.n_rooms + i]
+    for i, r in enumerate(model.rooms):
+        cols[f"P_heat__{r}"] = u[:, i]
+        cols[f"P_heat_cmd__{r}"] = lg.heat_cmd[:n, i]
+        cols[f"T_setpoint__{r}"] = lg.setpoint[:n, i]
+        cols[f"T_set_low__{r}"] = prep.comfort_low[r].to_numpy()[:n]
+        cols[f"T_set_high__{r}"] = prep.comfort_high[r].to_numpy()[:n]
+    cols["P_pv"] = lg.pv[:n]
+    cols["P_pv_avail"] = inp["P_pv"].to_numpy()
+    cols["P_load"] = inp["P_load"].to_numpy()
+    cols["P_grid"] = y["P_grid"].to_numpy()
+    cols["P_import"] = np.clip(cols["P_grid"], 0, None)
+    cols["P_export"] = np.clip(-cols["P_grid"], 0, None)
+    cols["P_bat"] = y["P_bat"].to_numpy()
+    cols["P_bat_cmd"] = lg.bat_cmd[:n]
+    cols["P_loss"] = y["P_loss"].to_numpy()
+    if model.has_battery:
+        cols["soc"] = x[:, model.i_soc]
+        cols["soc_end"] = lg.x_end[:n, model.i_soc]
+    else:
+        cols["soc"] = np.full(n, np.nan)
+        cols["soc_end"] = np.full(n, np.nan)
+    cols["price_import"] = inp["price_import"].to_numpy()
+    cols["price_export"] = inp["price_export"].to_numpy()
+    cols["curtailed_wh"] = lg.curtailed_wh[:n]
+    cols["shed_wh"] = lg.shed_wh[:n]
+    cols["relay_switches"] = lg.relay_switches[:n]
+    cols["compute_s"] = compute_s[:n]
+    traj = pd.DataFrame(cols, index=pd.DatetimeIndex(index, name="time"))
+    traj.attrs["timezone"] = model.house.site.timezone
+    return traj

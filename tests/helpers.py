@@ -1,0 +1,77 @@
+"""Test helpers: small houses with known parameters, constant inputs, the shared real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pems.twin.house import House
+
+SHARED = Path(os.environ.get("PEMS_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED_DATA = SHARED / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A path under ../shared/data (or $PEMS_SHARED/data), or skip the test with the reason."""
+    p = SHARED_DATA.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"real data not present: {p} (set PEMS_SHARED to the shared folder)")
+    return p
+
+
+def shared_check(name: str) -> Path:
+    """A check script under ../shared/checks, or skip."""
+    p = SHARED / "checks" / name
+    if not p.exists():
+        pytest.skip(f"shared check not present: {p}")
+    return p
+
+
+TWO_ROOMS = {
+    "name": "two-rooms",
+    "site": {"latitude": 50.0, "longitude": 14.4, "timezone": "Europe/Prague", "country": "CZ"},
+    "rooms": [
+        {"id": "a", "floor_area_m2": 20.0, "heater_w": 2000, "neighbours": ["b"],
+         "params": {"C_air": 6.0e5, "C_mass": 4.0e6, "H_am": 200.0, "H_out": 25.0, "H_ground": 6.0,
+                    "A_sol": 2.0, "f_sol_mass": 0.5, "eta_heat": 1.0, "f_heat_mass": 1.0,
+                    "H_neighbour": {"b": 30.0}}},
+        {"id": "b", "floor_area_m2": 12.0, "heater_w": 1200,
+         "params": {"C_air": 3.6e5, "C_mass": 2.4e6, "H_am": 130.0, "H_out": 15.0, "H_ground": 0.0,
+                    "A_sol": 0.0, "f_sol_mass": 0.5, "eta_heat": 0.9, "f_heat_mass": 0.6}},
+    ],
+}
+
+
+def house_from(data: dict, **overrides) -> House:
+    d = {**data, **overrides}
+    return House.model_validate(d)
+
+
+def two_rooms() -> House:
+    return house_from(TWO_ROOMS)
+
+
+def two_rooms_battery() -> House:
+    return house_from(
+        TWO_ROOMS,
+        pv=[{"kwp": 5.0, "tilt_deg": 35, "azimuth_deg": 180}],
+        inverter={"ac_limit_w": 5000, "standby_w": 10},
+        battery={"capacity_kwh": 5.0, "max_charge_w": 2500, "max_discharge_w": 3000,
+                 "soc_min": 0.1, "soc_max": 0.9, "eta_charge": 0.95, "eta_discharge": 0.93},
+        grid={"import_limit_w": 4000, "export_limit_w": 2000},
+    )
+
+
+def constant_disturbances(model, n: int, step: pd.Timedelta = pd.Timedelta(minutes=15), **values) -> pd.DataFrame:
+    """A disturbance table with every model disturbance constant (0 unless given)."""
+    index = pd.date_range("2024-01-01", periods=n, freq=step, tz="UTC", name="time")
+    df = pd.DataFrame(0.0, index=index, columns=list(model.sym.d.names))
+    for k, v in values.items():
+        df[k] = v
+    return df
+
+

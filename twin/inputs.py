@@ -1,0 +1,106 @@
+"""The disturbance table of a run: weather, sun on windows and PV, internal gains, load and prices.
+
+:func:`build_inputs` turns named inputs (built-in or CSV) into one table with a row per control
+step and a column per disturbance of the symbolic model (``T_out``, ``T_ground``, ``I_sol__<room>``,
+``Q_int__<room>``, ``P_pv``, ``P_load``), plus ``ghi``/``dni``/``dhi`` and the prices. Values are
+means over each step (prices: in force at its start), so step energies are exact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pems.twin import priors
+from pems.twin.house import House, Site
+from pems.twin.load import BUILTIN_LOADS, h25, load_csv
+from pems.twin.prices import Tariff, prices_at
+from pems.twin.pv import pv_ac_power
+from pems.twin.solar import complete_irradiance, plane_irradiance, solar_position
+from pems.twin.weather import Weather, resolve_csv, load_weather, samples_for, step_means
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Which weather, prices and load a run uses (names as in a scenario file)."""
+
+    weather: str = "sand-point-tmy3"
+    prices: str = "cz-spot-2024"
+    load: str = "h25"
+    load_kwh_per_year: float = 4000.0
+    tariff: Tariff = field(default_factory=Tariff)
+    base_dir: Path | None = None  # where relative CSV paths resolve
+
+
+def presence(index: pd.DatetimeIndex, tz: str) -> np.ndarray:
+    """Share of occupants at home [0–1]: all from 17:00 to 08:00 and at weekends, 30 % otherwise."""
+    local = index.tz_convert(tz)
+    workday_absence = (local.dayofweek < 5) & (local.hour >= 8) & (local.hour < 17)
+    return np.where(workday_absence, 0.3, 1.0)
+
+
+def build_inputs(house: House, spec: InputSpec, start: pd.Timestamp, n_steps: int,
+                 step: pd.Timedelta, required_steps: int | None = None) -> pd.DataFrame:
+    """One row per control step from ``start``: every model disturbance, irradiance and prices.
+
+    Parameters
+    ----------
+    required_steps
+        Steps that must be covered by the price data (the run); later steps (a forecast horizon)
+        repeat the previous day's prices where the data ends. Default: all.
+    """
+    index = pd.date_range(start, periods=n_steps, freq=step, name="time")
+    end = index[-1] + step
+    weather = load_weather(spec.weather, spec.base_dir)
+    samples = samples_for(weather, index[0], end)
+    w = step_means(samples, index, step)
+    sun_site: Site = weather.site or house.site
+    mid = index + step / 2
+    sun = solar_position(mid, sun_site)
+    sun.index = index
+    w = complete_irradiance(w, sun)
+
+    out = pd.DataFrame(index=index)
+    out["T_out"] = w["T_out"]
+    out["T_ground"] = house.site.ground_temperature_c
+    planes: dict[tuple[float, float], pd.Series] = {}
+    for room in house.rooms:
+        if room.windows:
+            total = sum(win.area_m2 for win in room.windows)
+            irr = 0.0
+            for win in room.windows:
+                key = (win.tilt_deg, win.azimuth_deg)
+                if key not in planes:
+                    planes[key] = plane_irradiance(w, sun, *key)["poa_global"]
+                irr = irr + planes[key] * (win.area_m2 / total)
+            out[f"I_sol__{room.id}"] = irr
+        else:  # no window: a roof/wall aperture on the horizontal, zero unless calibrated
+            out[f"I_sol__{room.id}"] = w["ghi"]
+
+    load = _load(spec, house, index, step)
+    occ = house.occupancy
+    gains = occ.persons * occ.sensible_w_per_person * presence(mid, house.site.timezone) \
+        + occ.electricity_to_heat * load.to_numpy()
+    for rid, share in priors.gain_weights(house).items():
+        out[f"Q_int__{rid}"] = share * gains
+    out["P_pv"] = pv_ac_power(w, sun, house.pv, house.inverter).to_numpy()
+    out["P_load"] = load.to_numpy()
+    for c in ("ghi", "dni", "dhi", "wind_speed"):
+        out[c] = w[c]
+    req = index[(required_steps or n_steps) - 1]
+    out = out.join(prices_at(spec.prices, index, house.site, spec.tariff, spec.base_dir, required_until=req))
+    out.attrs["sun_site"] = sun_site.model_dump()
+    out.attrs["weather_source"] = weather.source
+    return out
+
+
+def _load(spec: InputSpec, house: House, index: pd.DatetimeIndex, step: pd.Timedelta) -> pd.Series:
+    if spec.load in BUILTIN_LOADS:
+        return h25(index, step, house.site, spec.load_kwh_per_year)
+    path = resolve_csv(spec.load, spec.base_dir, "load", BUILTIN_LOADS)
+    df = load_csv(path)
+    w = Weather(path.stem, df, None, False, str(path))
+    return step_means(samples_for(w, index[0], index[-1] + step, "load"), index, step)["P_load"]

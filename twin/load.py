@@ -1,0 +1,57 @@
+"""Household electricity load (without heating): BDEW standard profile H25 or a CSV file.
+
+``h25`` is the BDEW 2025 household standard load profile (demandlib), with its dynamisation over
+the year, evaluated in the house's local time with its country's public holidays, and scaled to
+``kwh_per_year``. A CSV file has columns ``time`` and ``P_load`` [W], interpolated in time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import holidays as holidays_lib
+import numpy as np
+import pandas as pd
+
+from pems.errors import InputError
+from pems.twin.house import Site
+from pems.twin.tables import read_time_csv
+
+BUILTIN_LOADS = ("h25",)
+
+
+def h25(index: pd.DatetimeIndex, step: pd.Timedelta, site: Site, kwh_per_year: float) -> pd.Series:
+    """Mean household load over each step of ``index`` [W], BDEW H25 scaled to ``kwh_per_year``."""
+    from demandlib import bdew
+
+    tz = site.timezone
+    start = (index[0] - pd.Timedelta(days=1)).tz_convert(tz).floor("D")
+    end = (index[-1] + step + pd.Timedelta(days=1)).tz_convert(tz).ceil("D")
+    local = pd.date_range(start, end, freq="15min", inclusive="left")
+    hol = {}
+    if site.country:
+        try:
+            hol = holidays_lib.country_holidays(site.country, years=range(start.year, end.year + 1))
+        except NotImplementedError:
+            raise InputError("house", "site.country", f"no public-holiday calendar for {site.country!r}; "
+                                                      "use an ISO 3166 code such as 'CZ'") from None
+    profile_kw = bdew.H25(local, holidays=dict(hol))  # kW for 1 GWh per year
+    watts = pd.Series(profile_kw.to_numpy() * 1000.0 * kwh_per_year / 1e6, index=local.tz_convert("UTC"))
+    return _step_means_held(watts, index, step)
+
+
+def _step_means_held(series: pd.Series, index: pd.DatetimeIndex, step: pd.Timedelta) -> pd.Series:
+    """Means over steps of a piecewise-constant 15-minute series (exact for any step)."""
+    fine = pd.date_range(index[0], index[-1] + step, freq="1min", inclusive="left")
+    held = series.reindex(series.index.union(fine)).ffill().reindex(fine)
+    per = int(round(step / pd.Timedelta(minutes=1)))
+    vals = held.to_numpy().reshape(len(index), per).mean(axis=1)
+    return pd.Series(vals, index=index, name="P_load")
+
+
+def load_csv(path: Path) -> pd.DataFrame:
+    df = read_time_csv(path, ("P_load",))
+    if (df["P_load"] < 0).any():
+        i = int(np.flatnonzero(df["P_load"].to_numpy() < 0)[0])
+        raise InputError(path, "P_load", f"row {i + 2}: household load must be ≥ 0 W")
+    return df

@@ -1,0 +1,336 @@
+"""The simulated home: the twin as a plant with the ``reset``/``step`` protocol of a real one.
+
+The controller acts once per control step (15 minutes by default); inside the step the plant runs
+at a fine step (1 minute) where the home's own devices act: relays realise duty cycles or follow
+the room thermostats' hysteresis, the inverter runs its "load first" logic, and every physical
+limit is enforced (heater ratings, battery power, SOC and inverter limits, the main fuse and the
+export limit). Disturbances (weather, PV, load) are held at their step average.
+
+Each fine step uses the exact discretisation of the model's linear part (:mod:`pems.twin.linear`):
+one matrix–vector product per fine step for the whole house, the same for 2 rooms or 40.
+Everything the plant does to a command (clipping, load shedding, PV curtailment) is logged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from pems.twin.linear import ModelStructureError, affine_form, zoh
+from pems.twin.model import HouseModel
+from pems.twin.signals import Action, Observation
+
+
+class Plant(Protocol):
+    """A home, simulated or real: ``reset`` then ``step`` once per control step."""
+
+    def reset(self) -> Observation: ...
+
+    def step(self, action: Action) -> Observation: ...
+
+
+@dataclass
+class StepLog:
+    """Per-step records, preallocated for the whole run (averages over each step)."""
+
+    x_mean: np.ndarray  # (N, n_x)
+    x_end: np.ndarray  # (N, n_x)
+    u_mean: np.ndarray  # (N, n_u) [W]
+    heat_cmd: np.ndarray  # (N, n_rooms) [W] what was asked (thermostats: what they asked)
+    bat_cmd: np.ndarray  # (N,) [W]
+    pv: np.ndarray  # (N,) PV actually used, after curtailment [W]
+    grid: np.ndarray  # (N,) [W]
+    setpoint: np.ndarray  # (N, n_rooms) thermostat set-point in force, NaN in power mode [°C]
+    curtailed_wh: np.ndarray  # (N,)
+    shed_wh: np.ndarray  # (N,)
+    relay_switches: np.ndarray  # (N,)
+    events: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, n: int, n_x: int, n_u: int, n_rooms: int) -> StepLog:
+        nan = np.full
+        return cls(
+            x_mean=nan((n, n_x), np.nan), x_end=nan((n, n_x), np.nan), u_mean=nan((n, n_u), np.nan),
+            heat_cmd=nan((n, n_rooms), np.nan), bat_cmd=nan(n, np.nan), pv=nan(n, np.nan),
+            grid=nan(n, np.nan), setpoint=nan((n, n_rooms), np.nan), curtailed_wh=np.zeros(n),
+            shed_wh=np.zeros(n), relay_switches=np.zeros(n, dtype=np.int64),
+        )
+
+
+class SimulatedHome:
+    """The twin of a house driven by a disturbance table.
+
+    Parameters
+    ----------
+    model
+        The house model (parameters, bounds).
+    disturbances
+        One row per control step (index: step start, UTC) with every name in
+        ``model.sym.d.names`` as a column; rows beyond the run are ignored.
+    x0
+        Initial state in ``model.sym.x.names`` order [°C, soc].
+    step_s, substep_s
+        Control step and plant step [s]; the first must be a multiple of the second.
+    """
+
+    def __init__(self, model: HouseModel, disturbances: pd.DataFrame, x0: np.ndarray,
+                 step_s: float = 900.0, substep_s: float = 60.0) -> None:
+        n_sub = step_s / substep_s
+        if abs(n_sub - round(n_sub)) > 1e-9 or n_sub < 1:
+            raise ValueError(f"control step {step_s} s is not a multiple of the plant step {substep_s} s")
+        self.model = model
+        self.step_s, self.substep_s, self.n_sub = float(step_s), float(substep_s), int(round(n_sub))
+        self.index = pd.DatetimeIndex(disturbances.index)
+        self.D = disturbances[list(model.sym.d.names)].to_numpy(dtype=float)
+        if not np.isfinite(self.D).all():
+            bad = [c for c in model.sym.d.names if not np.isfinite(disturbances[c]).all()]
+            raise ValueError(f"disturbances contain NaN/inf in {bad}")
+        self.x0 = np.asarray(x0, dtype=float).copy()
+        self._prepare()
+        self.reset()
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare(self) -> None:
+        m, form = self.model, affine_form(self.model)
+        nx = len(m.sym.x)
+        self.nx = nx
+        disc = zoh(form.A, self.substep_s)
+        # Stacked maps: y = [x_next; x_mean] = Mx x + Mw w
+        self._Mx = np.vstack([disc.Ad, disc.Phi_mean])
+        self._Mw = np.vstack([disc.Gamma, disc.Gamma_mean])
+        self._form = form
+        self._B_const = None if form.B_depends_on_d else form.B(self.D[:1])[0]
+        self._c = form.c(self.D)  # (N, n_x)
+        self._Mc = self._c @ self._Mw.T  # (N, 2 n_x)
+        y_names = m.sym.output_names
+        self._i_grid = y_names.index("P_grid")
+        self._G_const = None if form.G_depends_on_d else form.G(self.D[:1])[0]
+        self._grid0 = form.y0(self.D)[:, self._i_grid]  # (N,) grid with all inputs zero [W]
+        # Sensitivity of the grid to PV (for curtailment), from the model's affine output map.
+        d1 = self.D[:1].copy()
+        d1[0, m.sym.d.index("P_pv")] += 1.0
+        self._dgrid_dpv = float(form.y0(d1)[0, self._i_grid] - self._grid0[0])
+        self._i_pv = m.sym.d.index("P_pv")
+        self._rating = m.u_max[m.heat].copy()
+        self._hyst = m.house.heating.thermostat_hysteresis_k
+        bat = m.house.battery
+        self._bat = bat
+        if bat is not None:
+            self._i_ch, self._i_dis = m.sym.u.index("P_ch"), m.sym.u.index("P_dis")
+            self._i_soc = m.sym.x.index("soc")
+            g = self._step_maps(0)[1]
+            if abs(g[self._i_ch] - 1.0) > 1e-12 or abs(g[self._i_dis] + 1.0) > 1e-12:
+                raise ModelStructureError("battery powers must enter P_grid one to one (AC side)")
+        inv = m.house.inverter
+        self._inv_ac = (inv.ac_limit_w if inv and inv.ac_limit_w else
+                        sum(a.kwp for a in m.house.pv) * 1000.0 or None)
+        self._imp_lim = m.house.grid.import_limit_w
+        self._exp_lim = m.house.grid.export_limit_w
+
+    def _step_maps(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Mw B_k, grid row of G_k) for step ``k``."""
+        B = self._B_const if self._B_const is not None else self._form.B(self.D[k:k + 1])[0]
+        G = self._G_const if self._G_const is not None else self._form.G(self.D[k:k + 1])[0]
+        return self._Mw @ B, G[self._i_grid]
+
+    # ------------------------------------------------------------------ protocol
+    def reset(self) -> Observation:
+        self.k = 0
+        self.x = self.x0.copy()
+        self.relay = np.zeros(self.model.n_rooms, dtype=bool)
+        self.log = StepLog.empty(len(self.D), self.nx, len(self.model.sym.u), self.model.n_rooms)
+        return self._observe(None)
+
+    @property
+    def done(self) -> bool:
+        return self.k >= len(self.D)
+
+    def _observe(self, k_done: int | None) -> Observation:
+        m = self.model
+        t = self.index[self.k] if self.k < len(self.index) else self.index[-1] + pd.Timedelta(seconds=self.step_s)
+        soc = float(self.x[m.i_soc]) if m.has_battery else None
+        if k_done is None:
+            return Observation(time=t, T_room=self.x[m.air].copy(), soc=soc,
+                               T_out=float(self.D[0, m.sym.d.index("T_out")]),
+                               P_heat=np.zeros(m.n_rooms))
+        lg, u = self.log, self.log.u_mean[k_done]
+        p_bat = float(u[self._i_ch] - u[self._i_dis]) if m.has_battery else 0.0
+        return Observation(
+            time=t, T_room=self.x[m.air].copy(), soc=soc,
+            T_out=float(self.D[k_done, m.sym.d.index("T_out")]),
+            P_pv=float(lg.pv[k_done]), P_load=float(self.D[k_done, m.sym.d.index("P_load")]),
+            P_grid=float(lg.grid[k_done]), P_bat=p_bat, P_heat=u[m.heat].copy(),
+        )
+
+    def step(self, action: Action) -> Observation:
+        """Advance one control step under ``action``; returns what the home measures next."""
+        if self.done:
+            raise RuntimeError("the simulation has reached the end of its disturbance table")
+        k, m, n, nr = self.k, self.model, self.n_sub, self.model.n_rooms
+        lg = self.log
+        MwB, g_u = self._step_maps(k)
+        Mh = MwB[:, m.heat]
+        g_heat = g_u[m.heat]
+        mc = self._Mc[k]
+        rating = self._rating
+        t0 = self.index[k]
+
+        # --- heating command
+        thermostat = action.heat_setpoint_c is not None
+        if thermostat:
+            sp = np.asarray(action.heat_setpoint_c, dtype=float)
+            if not np.isfinite(sp).all():
+                lg.events.append({"time": t0, "kind": "nan_command", "what": "heat_setpoint_c"})
+                sp = np.where(np.isfinite(sp), sp, -np.inf)  # a NaN set-point leaves the room unheated
+            on_below, off_above = sp - self._hyst, sp + self._hyst
+            lg.setpoint[k] = sp
+            H = None
+        else:
+            cmd = np.zeros(nr) if action.heat_w is None else np.asarray(action.heat_w, dtype=float)
+            lg.heat_cmd[k] = cmd
+            if not np.isfinite(cmd).all():
+                lg.events.append({"time": t0, "kind": "nan_command", "what": "heat_w"})
+            safe = np.where(np.isfinite(cmd), cmd, 0.0)
+            clipped = np.clip(safe, 0.0, rating)
+            over = np.flatnonzero(np.abs(clipped - safe) > 1e-9)
+            if over.size:
+                lg.events.append({"time": t0, "kind": "clip_heat",
+                                  "rooms": [m.rooms[i] for i in over],
+                                  "requested_w": safe[over].round(1).tolist(),
+                                  "applied_w": clipped[over].round(1).tolist()})
+            duty = np.divide(clipped, rating, out=np.zeros(nr), where=rating > 0)
+            # Relay closed for duty × step from the start of the step; a partial fine step
+            # carries its mean power so that the energy is exact.
+            frac = np.clip(duty[None, :] * n - np.arange(n)[:, None], 0.0, 1.0)
+            H = frac * rating[None, :]
+
+        # --- battery command
+        bat = self._bat
+        bat_cmd = action.bat_w
+        if bat_cmd is not None and not math.isfinite(bat_cmd):
+            lg.events.append({"time": t0, "kind": "nan_command", "what": "bat_w"})
+            bat_cmd = 0.0
+        if bat is not None:
+            i_soc = self._i_soc
+            m_ch, m_dis = MwB[:, self._i_ch], MwB[:, self._i_dis]
+            s_ch, s_dis = m_ch[i_soc], -m_dis[i_soc]
+            soc_min, soc_max = bat.soc_min, bat.soc_max
+            max_ch, max_dis = bat.max_charge_w, bat.max_discharge_w
+
+        pv_avail = self.D[k, self._i_pv]
+        inv_ac, imp_lim, exp_lim = self._inv_ac, self._imp_lim, self._exp_lim
+        dgdpv = self._dgrid_dpv
+        grid0 = self._grid0[k]
+        nx = self.nx
+        x = self.x
+        relay = self.relay
+        Mx = self._Mx
+        x_sum = np.zeros(nx)
+        heat_sum = np.zeros(nr)
+        heat_req_sum = np.zeros(nr)
+        pch_sum = pdis_sum = pv_sum = grid_sum = req_sum = curt = shed = 0.0
+        switches = 0
+        bat_clipped = 0.0
+
+        for j in range(n):
+            if thermostat:
+                T = x[:nr]
+                new = (T < on_below) | (relay & (T <= off_above))
+                switches += int(np.count_nonzero(new != relay))
+                relay = new
+                heat = relay * rating
+            else:
+                heat = H[j]
+            heat_req_sum += heat
+            g_nb = grid0 + float(g_heat @ heat)  # grid without battery, PV available
+            pv = pv_avail
+            # Battery bounds from its ratings, the inverter and the SOC.
+            if bat is not None:
+                soc_base = float(Mx[i_soc] @ x + Mh[i_soc] @ heat + mc[i_soc])
+                lo, hi = -max_dis, max_ch
+                if inv_ac is not None:
+                    lo, hi = max(lo, pv - inv_ac), min(hi, pv + inv_ac)
+                lo = max(lo, -(soc_base - soc_min) / s_dis if soc_base >= soc_min else (soc_min - soc_base) / s_ch)
+                hi = min(hi, (soc_max - soc_base) / s_ch if soc_base <= soc_max else -(soc_base - soc_max) / s_dis)
+                req = -g_nb if bat_cmd is None else bat_cmd
+            else:
+                lo = hi = req = 0.0
+            # Main fuse: if even the least battery charging overloads it, shed heating.
+            if imp_lim is not None and g_nb + lo > imp_lim:
+                tot = float(heat.sum())
+                cut = min(g_nb + lo - imp_lim, tot)
+                if cut > 0:
+                    heat = heat * (1.0 - cut / tot)
+                    shed += cut
+                    g_nb = grid0 + float(g_heat @ heat)
+            if imp_lim is not None:
+                hi = min(hi, imp_lim - g_nb)
+            # Export limit: if even the most battery charging over-exports, curtail PV.
+            if exp_lim is not None and g_nb + hi < -exp_lim:
+                c = min(-exp_lim - (g_nb + hi), pv)
+                pv -= c
+                curt += c
+                g_nb -= dgdpv * c
+            if exp_lim is not None:
+                lo = max(lo, -exp_lim - g_nb)
+            if hi < lo:  # only when a limit cannot be met at all; the SOC bound wins
+                hi = lo
+            p = min(max(req, lo), hi)
+            req_sum += req
+            if bat_cmd is not None:
+                bat_clipped = max(bat_clipped, abs(p - req))
+            y = Mx @ x + Mh @ heat + mc
+            if bat is not None:
+                if p >= 0:
+                    y += m_ch * p
+                    pch_sum += p
+                else:
+                    y -= m_dis * p
+                    pdis_sum -= p
+            x = y[:nx]
+            x_sum += y[nx:]
+            heat_sum += heat
+            pv_sum += pv
+            grid_sum += g_nb + p  # the battery's AC power enters the grid one to one
+
+        self.x = x
+        self.relay = relay if thermostat else heat > 0
+        inv_n = 1.0 / n
+        lg.x_mean[k] = x_sum * inv_n
+        lg.x_end[k] = x
+        u = np.zeros(len(m.sym.u))
+        u[m.heat] = heat_sum * inv_n
+        if bat is not None:
+            u[self._i_ch], u[self._i_dis] = pch_sum * inv_n, pdis_sum * inv_n
+        lg.u_mean[k] = u
+        if thermostat:
+            lg.heat_cmd[k] = heat_req_sum * inv_n
+        lg.bat_cmd[k] = req_sum * inv_n if bat is not None else np.nan
+        lg.pv[k] = pv_sum * inv_n
+        lg.grid[k] = grid_sum * inv_n
+        h = self.substep_s / 3600.0
+        lg.curtailed_wh[k] = curt * h
+        lg.shed_wh[k] = shed * h
+        lg.relay_switches[k] = switches
+        if bat_clipped > 1.0:
+            lg.events.append({"time": t0, "kind": "clip_battery", "requested_w": round(bat_cmd, 1),
+                              "applied_w": round(float(u[self._i_ch] - u[self._i_dis]), 1)})
+        if shed > 0:
+            lg.events.append({"time": t0, "kind": "shed_heat", "energy_wh": round(shed * h, 2)})
+        if curt > 0:
+            lg.events.append({"time": t0, "kind": "curtail_pv", "energy_wh": round(curt * h, 2)})
+        self.k += 1
+        return self._observe(k)
+
+    # ------------------------------------------------------------------ results
+    def outputs(self) -> pd.DataFrame:
+        """Model outputs for every finished step, from the one output map of the declaration."""
+        m, lg, N = self.model, self.log, self.k
+        D = self.D[:N].copy()
+        D[:, self._i_pv] = lg.pv[:N]
+        y = m.sym.g.map(N)(lg.x_mean[:N].T, lg.u_mean[:N].T, D.T, m.p).full().T
+        return pd.DataFrame(y, index=self.index[:N], columns=m.sym.output_names)

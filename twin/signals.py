@@ -1,0 +1,78 @@
+"""What flows between a home (simulated or real) and its controller.
+
+The same three types serve the simulated home and the live one: a controller receives an
+:class:`Observation` (only what a real home measures) and a :class:`Forecast`, and returns an
+:class:`Action`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the home measures at the start of a control step.
+
+    Powers are averages over the step that just ended (zero before the first step).
+    """
+
+    time: pd.Timestamp  # start of the coming step (UTC)
+    T_room: np.ndarray  # room air temperatures, room order of the house [°C]
+    soc: float | None  # battery state of charge [0–1]; None without a battery
+    T_out: float  # outdoor temperature [°C]
+    P_pv: float = 0.0  # [W]
+    P_load: float = 0.0  # household load without heating [W]
+    P_grid: float = 0.0  # import positive [W]
+    P_bat: float = 0.0  # charge positive [W]
+    P_heat: np.ndarray | None = None  # per room [W]
+
+
+@dataclass(frozen=True)
+class Action:
+    """What a controller asks of the home for one control step.
+
+    Heating is commanded in one of two ways:
+
+    - ``heat_w``: mean electric power per room over the step [W]; the plant realises it as a
+      relay duty cycle (on for ``heat_w / heater_w`` of the step);
+    - ``heat_setpoint_c``: set-points for the home's own room thermostats [°C], which switch the
+      relays with their hysteresis at the plant's fine step (what a Loxone home does by itself).
+
+    The battery is commanded by ``bat_w`` (AC power, charge positive [W]) or, when ``None``, left
+    to the inverter's own "load first" logic: charge from PV surplus, discharge to cover the load.
+    """
+
+    heat_w: np.ndarray | None = None
+    heat_setpoint_c: np.ndarray | None = None
+    bat_w: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.heat_w is not None and self.heat_setpoint_c is not None:
+            raise ValueError("give heat_w or heat_setpoint_c, not both")
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Forecasts over the controller's horizon, one row per control step from now.
+
+    ``disturbances`` has the model's disturbance names as columns (``T_out``, ``I_sol__<room>``,
+    ``Q_int__<room>``, ``P_pv``, ``P_load``, ...); ``prices`` has ``price_import`` and
+    ``price_export`` [currency/kWh]; ``comfort_low``/``comfort_high`` have one column per room [°C].
+    """
+
+    disturbances: pd.DataFrame
+    prices: pd.DataFrame
+    comfort_low: pd.DataFrame
+    comfort_high: pd.DataFrame
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def index(self) -> pd.DatetimeIndex:
+        return self.disturbances.index
+
+    def __len__(self) -> int:
+        return len(self.disturbances)

@@ -1,0 +1,55 @@
+"""Reading time-indexed CSV files (weather, prices, load) with clear errors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from pems.errors import InputError
+
+
+def read_time_csv(path: Path, required: Sequence[str], optional: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a CSV with a ``time`` column into a UTC-indexed frame of numeric columns.
+
+    Times without a zone are read as UTC. Rows with an unparsable time raise, as do non-numeric
+    values; duplicate times keep the last row. Missing values stay NaN (callers interpolate or hold).
+
+    Raises
+    ------
+    InputError
+        Unreadable file, no ``time`` column, a required column missing, bad times or values.
+    """
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+        raise InputError(path, "", f"not a readable CSV file ({exc.__class__.__name__}: {exc})") from None
+    cols = [c.strip() for c in df.columns]
+    df.columns = cols
+    if "time" not in cols:
+        raise InputError(path, "time", f"missing column 'time'; expected columns time, {', '.join(required)}"
+                                       f"{' [, ' + ', '.join(optional) + ']' if optional else ''}")
+    missing = [c for c in required if c not in cols]
+    if missing:
+        raise InputError(path, missing[0], f"missing column {missing[0]!r}; expected columns time, "
+                                           f"{', '.join(required)}")
+    try:
+        t = pd.to_datetime(df["time"], utc=True, format="ISO8601")
+    except (ValueError, TypeError):
+        t = pd.to_datetime(df["time"], utc=True, errors="coerce")
+        bad = int(t.isna().idxmax()) if t.isna().any() else 0
+        raise InputError(path, "time", f"row {bad + 2}: cannot read {df['time'].iloc[bad]!r} as an ISO 8601 time") from None
+    keep = [c for c in list(required) + list(optional) if c in cols]
+    out = pd.DataFrame(index=pd.DatetimeIndex(t, name="time"))
+    for c in keep:
+        v = pd.to_numeric(df[c], errors="coerce")
+        bad = v.isna() & df[c].notna()
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raise InputError(path, c, f"row {i + 2}: {df[c].iloc[i]!r} is not a number")
+        out[c] = v.to_numpy(dtype=float)
+    out = out[~out.index.duplicated(keep="last")].sort_index()
+    if len(out) < 2:
+        raise InputError(path, "time", "needs at least two rows")
+    return out

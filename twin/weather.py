@@ -1,0 +1,169 @@
+"""Weather: built-in real measured weather and CSV files, brought onto the model's steps.
+
+Built-in names (all real measurements):
+
+``sand-point-tmy3``
+    NREL TMY3 of Sand Point, Alaska (55.3 N, 160.5 W): a cold maritime typical year whose winter
+    resembles a Czech one (January mean ≈ 0 °C, cold spells to −10 °C), with cool summers.
+``greensboro-tmy3``
+    NREL TMY3 of Greensboro, North Carolina (36.1 N, 80.0 W): mild winters, hot summers.
+``holzkirchen-2014-spring`` / ``holzkirchen-2014-autumn``
+    10-minute measurements of the IEA EBC Annex 58 Twin Houses experiment at Fraunhofer IBP,
+    Holzkirchen (47.9 N, 11.7 E, 680 m): Central European weather for 2014-04-09..05-19 and
+    2014-08-21..10-01.
+
+A built-in weather set was measured somewhere: the sun is computed for *that* site, so a house
+simulated with ``sand-point-tmy3`` has its PV and windows moved to Sand Point (the weather and the
+sun that made it stay consistent). Built-in sets are replayed in the scenario's calendar (a typical
+year onto any year, a measured season onto the same dates of any year; 29 February repeats
+28 February). A CSV file is used as given, at the house's own site.
+
+CSV columns: ``time`` (ISO 8601; without a zone it is read as UTC), ``T_out`` [°C], ``ghi``
+[W m⁻²], optional ``dni``, ``dhi`` [W m⁻²] (else decomposed from ``ghi`` with Erbs) and
+``wind_speed`` [m s⁻¹] (else 1 m/s). Values are point samples, interpolated in time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pems.errors import InputError
+from pems.twin.house import Site
+from pems.twin.tables import read_time_csv
+
+REQUIRED = ("T_out", "ghi")
+OPTIONAL = ("dni", "dhi", "wind_speed")
+
+
+@dataclass(frozen=True)
+class Weather:
+    """Weather samples and where they were measured."""
+
+    name: str
+    data: pd.DataFrame  # UTC index, point samples: T_out, ghi [, dni, dhi, wind_speed]
+    site: Site | None  # where measured (None: at the house)
+    replay: bool  # replayed onto the scenario's calendar (built-in sets)
+    source: str
+
+
+_HOLZKIRCHEN = Site(latitude=47.874, longitude=11.728, altitude_m=680, timezone="Europe/Berlin", country="DE")
+
+BUILTIN_WEATHER = {
+    "sand-point-tmy3": "NREL TMY3 Sand Point, AK (USAF 703165), from the pvlib wheel",
+    "greensboro-tmy3": "NREL TMY3 Greensboro, NC (USAF 723170), from the pvlib wheel",
+    "holzkirchen-2014-spring": "IEA EBC Annex 58 Twin Houses, Fraunhofer IBP Holzkirchen, 2014-04-09..05-19",
+    "holzkirchen-2014-autumn": "IEA EBC Annex 58 Twin Houses, Fraunhofer IBP Holzkirchen, 2014-08-21..10-01",
+}
+_TMY_FILES = {"sand-point-tmy3": ("703165TY.csv", "America/Anchorage"),
+              "greensboro-tmy3": ("723170TYA.CSV", "America/New_York")}
+_REF_YEAR = 2023  # typical years are anchored to a non-leap year before replay
+
+
+def load_weather(spec: str, base_dir: Path | None = None) -> Weather:
+    """A built-in weather set by name, or a CSV file (relative to ``base_dir``)."""
+    if spec in _TMY_FILES:
+        return _read_tmy3(spec)
+    if spec in BUILTIN_WEATHER:
+        path = Path(str(resources.files("pems.twin") / "data" / f"{spec}.csv.gz"))
+        df = pd.read_csv(path, index_col="time", parse_dates=True)
+        return Weather(spec, df[["T_out", "ghi", "dhi", "wind_speed"]], _HOLZKIRCHEN, True,
+                       BUILTIN_WEATHER[spec])
+    path = resolve_csv(spec, base_dir, "weather", BUILTIN_WEATHER)
+    df = read_time_csv(path, REQUIRED, OPTIONAL)
+    return Weather(path.stem, df, None, False, str(path))
+
+
+def resolve_csv(spec: str, base_dir: Path | None, key: str, builtins) -> Path:
+    path = Path(spec)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if path.suffix.lower() not in (".csv", ".gz") and not path.exists():
+        raise InputError(spec, key, f"unknown built-in name; expected one of {', '.join(builtins)} "
+                                    "or a path to a .csv file")
+    if not path.is_file():
+        raise InputError(path, key, "file not found")
+    return path
+
+
+def _read_tmy3(name: str) -> Weather:
+    import pvlib
+
+    fname, tz = _TMY_FILES[name]
+    path = os.path.join(os.path.dirname(pvlib.__file__), "data", fname)
+    df, meta = pvlib.iotools.read_tmy3(path, coerce_year=_REF_YEAR, map_variables=True)
+    df = df.tz_convert("UTC")
+    # TMY3 irradiance is the energy of the hour *ending* at the stamp: its sample time is the
+    # middle of that hour. Temperature and wind are instantaneous at the stamp.
+    irr = df[["ghi", "dni", "dhi"]].astype(float)
+    irr.index = irr.index - pd.Timedelta(minutes=30)
+    inst = df[["temp_air", "wind_speed"]].rename(columns={"temp_air": "T_out"}).astype(float)
+    data = pd.concat([inst, irr], axis=1).sort_index().interpolate(method="time", limit_area="inside")
+    data = data.dropna()
+    site = Site(latitude=meta["latitude"], longitude=meta["longitude"], altitude_m=meta["altitude"],
+                timezone=tz, country="US")
+    return Weather(name, data[["T_out", "ghi", "dni", "dhi", "wind_speed"]], site, True,
+                   BUILTIN_WEATHER[name])
+
+
+def _shift_to_year(data: pd.DataFrame, year: int) -> pd.DataFrame:
+    """Move a (non-leap) reference year of samples onto ``year`` by calendar date."""
+    ref = data.index[len(data) // 2].year
+    off = data.index - pd.Timestamp(f"{ref}-01-01", tz="UTC")
+    base = pd.Timestamp(f"{year}-01-01", tz="UTC")
+    ref_leap, tgt_leap = _leap(ref), _leap(year)
+    day = pd.Timedelta(days=1)
+    mar1 = pd.Timedelta(days=59)  # offset of 1 March in a non-leap year
+    if ref_leap:  # drop 29 February, then treat as non-leap
+        feb29 = (off >= mar1) & (off < mar1 + day)
+        data, off = data[~feb29], off[~feb29]
+        off = off.where(off < mar1, off - day)
+    if tgt_leap:
+        after = off >= mar1
+        shifted = data.set_axis(base + off.where(~after, off + day))
+        feb28 = (off >= mar1 - day) & (off < mar1)
+        dup = data[feb28].set_axis(base + off[feb28] + day)
+        return pd.concat([shifted, dup]).sort_index()
+    return data.set_axis(base + off)
+
+
+def _leap(y: int) -> bool:
+    return y % 4 == 0 and (y % 100 != 0 or y % 400 == 0)
+
+
+def samples_for(weather: Weather, start: pd.Timestamp, end: pd.Timestamp, key: str = "weather") -> pd.DataFrame:
+    """Weather samples covering [start, end] (with a margin), replayed where the set allows."""
+    margin = pd.Timedelta(days=1)
+    if weather.replay:
+        years = range((start - margin).year - 1, (end + margin).year + 2)
+        parts = [_shift_to_year(weather.data, y) for y in years]
+        data = pd.concat(parts).sort_index()
+        data = data[~data.index.duplicated(keep="last")]
+    else:
+        data = weather.data
+    sel = data[(data.index >= start - margin) & (data.index <= end + margin)]
+    first, last = (sel.index[0], sel.index[-1]) if len(sel) else (None, None)
+    if first is None or first > start or last < end:
+        cover = f"{weather.data.index[0]:%Y-%m-%d %H:%M} .. {weather.data.index[-1]:%Y-%m-%d %H:%M} UTC"
+        if weather.replay:
+            cover = f"{weather.data.index[0]:%m-%d} .. {weather.data.index[-1]:%m-%d} of any year"
+        raise InputError(weather.source, key,
+                         f"covers {cover}; the scenario needs {start:%Y-%m-%d %H:%M} .. {end:%Y-%m-%d %H:%M} UTC")
+    return sel
+
+
+def step_means(samples: pd.DataFrame, index: pd.DatetimeIndex, step: pd.Timedelta) -> pd.DataFrame:
+    """Mean of linearly interpolated samples over each step ``[t, t + step)`` of ``index``."""
+    fine_step = min(step / 3, pd.Timedelta(minutes=5))
+    fine = pd.date_range(index[0], index[-1] + step, freq=fine_step, inclusive="left")
+    both = samples.reindex(samples.index.union(fine))
+    both = both.interpolate(method="time", limit_area="inside").reindex(fine)
+    both = both.ffill().bfill()
+    out = both.groupby(np.arange(len(fine)) // int(round(step / fine_step))).mean()
+    out.index = index
+    return out

@@ -23,28 +23,31 @@ class ForecastProvider:
                  comfort_low: pd.DataFrame, comfort_high: pd.DataFrame, horizon_steps: int,
                  step: pd.Timedelta) -> None:
         self.spec = spec
-        self.d_names = d_names
-        self.inputs = inputs
-        self.low, self.high = comfort_low, comfort_high
+        self.d_names = tuple(d_names)
+        self.index = inputs.index
+        self.D = inputs[list(self.d_names)].to_numpy(dtype=float)
+        self.price_import = inputs["price_import"].to_numpy(dtype=float)
+        self.price_export = inputs["price_export"].to_numpy(dtype=float)
+        self.rooms = tuple(comfort_low.columns)
+        self.low, self.high = comfort_low.to_numpy(dtype=float), comfort_high.to_numpy(dtype=float)
         self.h = horizon_steps
         self.step = step
         self.rng = np.random.default_rng(spec.seed)
-        self._irr_cols = [c for c in d_names if c.startswith("I_sol__")] + ["P_pv"]
-        self._load_cols = ["P_load"]
+        self._irr = [i for i, c in enumerate(self.d_names) if c.startswith("I_sol__") or c == "P_pv"]
+        self._gains = [i for i, c in enumerate(self.d_names) if c.startswith("Q_int__") or c == "P_load"]
+        self._t_out = self.d_names.index("T_out")
 
     def reset(self) -> None:
         self.rng = np.random.default_rng(self.spec.seed)
 
     def __call__(self, k: int) -> Forecast:
-        sl = slice(k, min(k + self.h, len(self.inputs)))
-        dist = self.inputs.iloc[sl][list(self.d_names)].copy()
+        sl = slice(k, min(k + self.h, len(self.index)))
+        d = self.D[sl]
         if self.spec.model == "noisy":
-            self._perturb(dist)
-        return Forecast(
-            disturbances=dist,
-            prices=self.inputs.iloc[sl][["price_import", "price_export"]],
-            comfort_low=self.low.iloc[sl], comfort_high=self.high.iloc[sl],
-        )
+            d = self._perturb(d.copy())
+        return Forecast(index=self.index[sl], d=d, d_names=self.d_names,
+                        price_import=self.price_import[sl], price_export=self.price_export[sl],
+                        low=self.low[sl], high=self.high[sl], rooms=self.rooms)
 
     def _ar1(self, n: int, sigma: float) -> np.ndarray:
         """An AR(1) path of length n starting at 0 with stationary standard deviation sigma."""
@@ -55,14 +58,10 @@ class ForecastProvider:
             e[i] = phi * e[i - 1] + shocks[i]
         return e
 
-    def _perturb(self, dist: pd.DataFrame) -> None:
-        n, s = len(dist), self.spec
-        dist["T_out"] = dist["T_out"] + self._ar1(n, s.sigma_T_out)
-        irr = np.clip(1.0 + self._ar1(n, s.sigma_irradiance), 0.0, None)
-        for c in self._irr_cols:
-            dist[c] = dist[c] * irr
-        load = np.clip(1.0 + self._ar1(n, s.sigma_load), 0.0, None)
-        dist["P_load"] = dist["P_load"] * load
-        # Internal gains follow the household's electricity, so they share its error.
-        for c in (c for c in self.d_names if c.startswith("Q_int__")):
-            dist[c] = dist[c] * load
+    def _perturb(self, d: np.ndarray) -> np.ndarray:
+        n, s = len(d), self.spec
+        d[:, self._t_out] += self._ar1(n, s.sigma_T_out)
+        d[:, self._irr] *= np.clip(1.0 + self._ar1(n, s.sigma_irradiance), 0.0, None)[:, None]
+        # Internal gains follow the household's electricity, so they share the load's error.
+        d[:, self._gains] *= np.clip(1.0 + self._ar1(n, s.sigma_load), 0.0, None)[:, None]
+        return d

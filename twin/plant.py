@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
@@ -25,6 +25,7 @@ from pems.twin.model import HouseModel
 from pems.twin.signals import Action, Observation
 
 
+@runtime_checkable
 class Plant(Protocol):
     """A home, simulated or real: ``reset`` then ``step`` once per control step."""
 
@@ -119,6 +120,7 @@ class SimulatedHome:
         self._hyst = m.house.heating.thermostat_hysteresis_k
         bat = m.house.battery
         self._bat = bat
+        self._M_const = None
         if bat is not None:
             self._i_ch, self._i_dis = m.sym.u.index("P_ch"), m.sym.u.index("P_dis")
             self._i_soc = m.sym.x.index("soc")
@@ -132,10 +134,17 @@ class SimulatedHome:
         self._exp_lim = m.house.grid.export_limit_w
 
     def _step_maps(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(Mw B_k, grid row of G_k) for step ``k``."""
+        """(M_k = [Mx | Mw B_k], grid row of G_k) for step ``k``: ``[x_next; x_mean] = M_k [x; u] + Mc_k``."""
+        const = self._B_const is not None and self._G_const is not None
+        if const and getattr(self, "_M_const", None) is not None:
+            return self._M_const, self._g_const
         B = self._B_const if self._B_const is not None else self._form.B(self.D[k:k + 1])[0]
         G = self._G_const if self._G_const is not None else self._form.G(self.D[k:k + 1])[0]
-        return self._Mw @ B, G[self._i_grid]
+        M = np.hstack([self._Mx, self._Mw @ B])
+        g = G[self._i_grid].copy()
+        if const:
+            self._M_const, self._g_const = M, g
+        return M, g
 
     # ------------------------------------------------------------------ protocol
     def reset(self) -> Observation:
@@ -166,91 +175,97 @@ class SimulatedHome:
             P_grid=float(lg.grid[k_done]), P_bat=p_bat, P_heat=u[m.heat].copy(),
         )
 
-    def step(self, action: Action) -> Observation:
-        """Advance one control step under ``action``; returns what the home measures next."""
-        if self.done:
-            raise RuntimeError("the simulation has reached the end of its disturbance table")
-        k, m, n, nr = self.k, self.model, self.n_sub, self.model.n_rooms
-        lg = self.log
-        MwB, g_u = self._step_maps(k)
-        Mh = MwB[:, m.heat]
-        g_heat = g_u[m.heat]
-        mc = self._Mc[k]
-        rating = self._rating
-        t0 = self.index[k]
-
-        # --- heating command
-        thermostat = action.heat_setpoint_c is not None
-        if thermostat:
+    def _heating_plan(self, action: Action, t0: pd.Timestamp) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Thermostat set-points, or the per-fine-step heater powers of a power command."""
+        lg, m, nr, n, k = self.log, self.model, self.model.n_rooms, self.n_sub, self.k
+        if action.heat_setpoint_c is not None:
             sp = np.asarray(action.heat_setpoint_c, dtype=float)
             if not np.isfinite(sp).all():
                 lg.events.append({"time": t0, "kind": "nan_command", "what": "heat_setpoint_c"})
                 sp = np.where(np.isfinite(sp), sp, -np.inf)  # a NaN set-point leaves the room unheated
-            on_below, off_above = sp - self._hyst, sp + self._hyst
             lg.setpoint[k] = sp
-            H = None
-        else:
-            cmd = np.zeros(nr) if action.heat_w is None else np.asarray(action.heat_w, dtype=float)
-            lg.heat_cmd[k] = cmd
-            if not np.isfinite(cmd).all():
-                lg.events.append({"time": t0, "kind": "nan_command", "what": "heat_w"})
-            safe = np.where(np.isfinite(cmd), cmd, 0.0)
-            clipped = np.clip(safe, 0.0, rating)
-            over = np.flatnonzero(np.abs(clipped - safe) > 1e-9)
-            if over.size:
-                lg.events.append({"time": t0, "kind": "clip_heat",
-                                  "rooms": [m.rooms[i] for i in over],
-                                  "requested_w": safe[over].round(1).tolist(),
-                                  "applied_w": clipped[over].round(1).tolist()})
-            duty = np.divide(clipped, rating, out=np.zeros(nr), where=rating > 0)
-            # Relay closed for duty × step from the start of the step; a partial fine step
-            # carries its mean power so that the energy is exact.
-            frac = np.clip(duty[None, :] * n - np.arange(n)[:, None], 0.0, 1.0)
-            H = frac * rating[None, :]
+            return sp, None
+        cmd = np.zeros(nr) if action.heat_w is None else np.asarray(action.heat_w, dtype=float)
+        lg.heat_cmd[k] = cmd
+        if not np.isfinite(cmd).all():
+            lg.events.append({"time": t0, "kind": "nan_command", "what": "heat_w"})
+        safe = np.where(np.isfinite(cmd), cmd, 0.0)
+        rating = self._rating
+        clipped = np.clip(safe, 0.0, rating)
+        over = np.flatnonzero(np.abs(clipped - safe) > 1e-9)
+        if over.size:
+            lg.events.append({"time": t0, "kind": "clip_heat", "rooms": [m.rooms[i] for i in over],
+                              "requested_w": safe[over].round(1).tolist(),
+                              "applied_w": clipped[over].round(1).tolist()})
+        duty = np.divide(clipped, rating, out=np.zeros(nr), where=rating > 0)
+        # Relay closed for duty × step from the start of the step; a partial fine step carries its
+        # mean power so that the energy is exact.
+        frac = np.clip(duty[None, :] * n - np.arange(n)[:, None], 0.0, 1.0)
+        return None, frac * rating[None, :]
 
-        # --- battery command
+    def step(self, action: Action) -> Observation:
+        """Advance one control step under ``action``; returns what the home measures next."""
+        if self.done:
+            raise RuntimeError("the simulation has reached the end of its disturbance table")
+        k, m, n, nr, nx = self.k, self.model, self.n_sub, self.model.n_rooms, self.nx
+        lg, t0 = self.log, self.index[k]
+        M, g_u = self._step_maps(k)
+        mc = self._Mc[k]
+        g_heat = g_u[m.heat]
+        rating = self._rating
+        sp, H = self._heating_plan(action, t0)
+        thermostat = sp is not None
+        if thermostat:
+            on_below, off_above = sp - self._hyst, sp + self._hyst
+
         bat = self._bat
         bat_cmd = action.bat_w
         if bat_cmd is not None and not math.isfinite(bat_cmd):
             lg.events.append({"time": t0, "kind": "nan_command", "what": "bat_w"})
             bat_cmd = 0.0
         if bat is not None:
-            i_soc = self._i_soc
-            m_ch, m_dis = MwB[:, self._i_ch], MwB[:, self._i_dis]
-            s_ch, s_dis = m_ch[i_soc], -m_dis[i_soc]
+            i_soc, i_ch, i_dis = self._i_soc, nx + self._i_ch, nx + self._i_dis
+            soc_row = M[i_soc]
+            s_ch, s_dis = M[i_soc, i_ch], -M[i_soc, i_dis]
             soc_min, soc_max = bat.soc_min, bat.soc_max
             max_ch, max_dis = bat.max_charge_w, bat.max_discharge_w
+            mc_soc = mc[i_soc]
 
         pv_avail = self.D[k, self._i_pv]
         inv_ac, imp_lim, exp_lim = self._inv_ac, self._imp_lim, self._exp_lim
         dgdpv = self._dgrid_dpv
         grid0 = self._grid0[k]
-        nx = self.nx
-        x = self.x
-        relay = self.relay
-        Mx = self._Mx
+        # z = [x; u]: one matrix–vector product per fine step advances the whole house.
+        z = np.zeros(nx + len(m.sym.u))
+        z[:nx] = self.x
+        zh = z[nx:nx + nr]  # heater powers (a view)
+        T = z[:nr]  # room air temperatures (a view)
+        relay = self.relay.copy()
+        new, upper, flipped = np.empty(nr, bool), np.empty(nr, bool), np.empty(nr, bool)
+        y = np.empty(2 * nx)
         x_sum = np.zeros(nx)
-        heat_sum = np.zeros(nr)
-        heat_req_sum = np.zeros(nr)
-        pch_sum = pdis_sum = pv_sum = grid_sum = req_sum = curt = shed = 0.0
+        u_sum = np.zeros(len(m.sym.u))
+        shed_rooms = np.zeros(nr)
+        pv_sum = grid_sum = req_sum = curt = shed = bat_clipped = 0.0
         switches = 0
-        bat_clipped = 0.0
 
         for j in range(n):
             if thermostat:
-                T = x[:nr]
-                new = (T < on_below) | (relay & (T <= off_above))
-                switches += int(np.count_nonzero(new != relay))
-                relay = new
-                heat = relay * rating
+                np.less(T, on_below, out=new)
+                np.less_equal(T, off_above, out=upper)
+                upper &= relay
+                new |= upper
+                np.not_equal(new, relay, out=flipped)
+                switches += int(np.count_nonzero(flipped))
+                relay, new = new, relay
+                np.multiply(relay, rating, out=zh)
             else:
-                heat = H[j]
-            heat_req_sum += heat
-            g_nb = grid0 + float(g_heat @ heat)  # grid without battery, PV available
+                zh[:] = H[j]
+            g_nb = grid0 + float(g_heat @ zh)  # grid without battery, PV available
             pv = pv_avail
-            # Battery bounds from its ratings, the inverter and the SOC.
             if bat is not None:
-                soc_base = float(Mx[i_soc] @ x + Mh[i_soc] @ heat + mc[i_soc])
+                z[i_ch] = z[i_dis] = 0.0
+                soc_base = float(soc_row @ z) + mc_soc
                 lo, hi = -max_dis, max_ch
                 if inv_ac is not None:
                     lo, hi = max(lo, pv - inv_ac), min(hi, pv + inv_ac)
@@ -261,12 +276,14 @@ class SimulatedHome:
                 lo = hi = req = 0.0
             # Main fuse: if even the least battery charging overloads it, shed heating.
             if imp_lim is not None and g_nb + lo > imp_lim:
-                tot = float(heat.sum())
+                tot = float(zh.sum())
                 cut = min(g_nb + lo - imp_lim, tot)
                 if cut > 0:
-                    heat = heat * (1.0 - cut / tot)
+                    before = zh.copy()
+                    zh *= 1.0 - cut / tot
+                    shed_rooms += before - zh
                     shed += cut
-                    g_nb = grid0 + float(g_heat @ heat)
+                    g_nb = grid0 + float(g_heat @ zh)
             if imp_lim is not None:
                 hi = min(hi, imp_lim - g_nb)
             # Export limit: if even the most battery charging over-exports, curtail PV.
@@ -280,35 +297,31 @@ class SimulatedHome:
             if hi < lo:  # only when a limit cannot be met at all; the SOC bound wins
                 hi = lo
             p = min(max(req, lo), hi)
-            req_sum += req
-            if bat_cmd is not None:
-                bat_clipped = max(bat_clipped, abs(p - req))
-            y = Mx @ x + Mh @ heat + mc
             if bat is not None:
+                req_sum += req
+                if bat_cmd is not None:
+                    bat_clipped = max(bat_clipped, abs(p - req))
                 if p >= 0:
-                    y += m_ch * p
-                    pch_sum += p
+                    z[i_ch] = p
                 else:
-                    y -= m_dis * p
-                    pdis_sum -= p
-            x = y[:nx]
+                    z[i_dis] = -p
+            np.dot(M, z, out=y)
+            y += mc
+            z[:nx] = y[:nx]
             x_sum += y[nx:]
-            heat_sum += heat
+            u_sum += z[nx:]
             pv_sum += pv
             grid_sum += g_nb + p  # the battery's AC power enters the grid one to one
 
-        self.x = x
-        self.relay = relay if thermostat else heat > 0
+        self.x = z[:nx].copy()
+        self.relay = relay if thermostat else zh > 0
         inv_n = 1.0 / n
         lg.x_mean[k] = x_sum * inv_n
-        lg.x_end[k] = x
-        u = np.zeros(len(m.sym.u))
-        u[m.heat] = heat_sum * inv_n
-        if bat is not None:
-            u[self._i_ch], u[self._i_dis] = pch_sum * inv_n, pdis_sum * inv_n
+        lg.x_end[k] = self.x
+        u = u_sum * inv_n
         lg.u_mean[k] = u
         if thermostat:
-            lg.heat_cmd[k] = heat_req_sum * inv_n
+            lg.heat_cmd[k] = u[m.heat] + shed_rooms * inv_n
         lg.bat_cmd[k] = req_sum * inv_n if bat is not None else np.nan
         lg.pv[k] = pv_sum * inv_n
         lg.grid[k] = grid_sum * inv_n

@@ -8,6 +8,7 @@ The same three types serve the simulated home and the live one: a controller rec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -59,20 +60,53 @@ class Action:
 class Forecast:
     """Forecasts over the controller's horizon, one row per control step from now.
 
-    ``disturbances`` has the model's disturbance names as columns (``T_out``, ``I_sol__<room>``,
-    ``Q_int__<room>``, ``P_pv``, ``P_load``, ...); ``prices`` has ``price_import`` and
-    ``price_export`` [currency/kWh]; ``comfort_low``/``comfort_high`` have one column per room [°C].
+    Arrays are views into the run's tables where possible (cheap to hand out every step); the
+    pandas views (:attr:`disturbances`, :attr:`prices`, :attr:`comfort_low`, :attr:`comfort_high`)
+    are built on first use.
+
+    Attributes
+    ----------
+    index
+        Start of each step (UTC).
+    d
+        Disturbances (H, n_d) in the order of ``d_names`` (the model's: ``T_out`` [°C],
+        ``I_sol__<room>`` [W m⁻²], ``Q_int__<room>``, ``P_pv``, ``P_load`` [W], ...).
+    price_import, price_export
+        [currency kWh⁻¹], (H,).
+    low, high
+        Comfort band per step and room (H, n_rooms) [°C].
     """
 
-    disturbances: pd.DataFrame
-    prices: pd.DataFrame
-    comfort_low: pd.DataFrame
-    comfort_high: pd.DataFrame
+    index: pd.DatetimeIndex
+    d: np.ndarray
+    d_names: tuple[str, ...]
+    price_import: np.ndarray
+    price_export: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    rooms: tuple[str, ...]
     extras: dict = field(default_factory=dict)
 
-    @property
-    def index(self) -> pd.DatetimeIndex:
-        return self.disturbances.index
-
     def __len__(self) -> int:
-        return len(self.disturbances)
+        return len(self.index)
+
+    def column(self, name: str) -> np.ndarray:
+        """One disturbance over the horizon, e.g. ``forecast.column("T_out")``."""
+        return self.d[:, self.d_names.index(name)]
+
+    @cached_property
+    def disturbances(self) -> pd.DataFrame:
+        return pd.DataFrame(self.d, index=self.index, columns=list(self.d_names))
+
+    @cached_property
+    def prices(self) -> pd.DataFrame:
+        return pd.DataFrame({"price_import": self.price_import, "price_export": self.price_export},
+                            index=self.index)
+
+    @cached_property
+    def comfort_low(self) -> pd.DataFrame:
+        return pd.DataFrame(self.low, index=self.index, columns=list(self.rooms))
+
+    @cached_property
+    def comfort_high(self) -> pd.DataFrame:
+        return pd.DataFrame(self.high, index=self.index, columns=list(self.rooms))

@@ -103,7 +103,7 @@ def _read_tmy3(name: str) -> Weather:
     irr = df[["ghi", "dni", "dhi"]].astype(float)
     irr.index = irr.index - pd.Timedelta(minutes=30)
     inst = df[["temp_air", "wind_speed"]].rename(columns={"temp_air": "T_out"}).astype(float)
-    data = pd.concat([inst, irr], axis=1).sort_index().interpolate(method="time", limit_area="inside")
+    data = pd.concat([inst, irr], axis=1, sort=True).interpolate(method="time", limit_area="inside")
     data = data.dropna()
     site = Site(latitude=meta["latitude"], longitude=meta["longitude"], altitude_m=meta["altitude"],
                 timezone=tz, country="US")

@@ -1,0 +1,114 @@
+"""The closed loop, KPIs and outputs: the DESIGN.md contract, checked independently."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helpers import shared_check
+from pems.scenarios.kpis import compute_kpis
+from pems.scenarios.outputs import write_run
+from pems.scenarios.runner import prepare, run
+from pems.scenarios.spec import builtin_scenarios, load_scenario
+
+
+@pytest.fixture(scope="module")
+def winter_run():
+    prep = prepare(load_scenario("winter-week"))
+    return prep, run(prep, "rule-based")
+
+
+def test_trajectory_has_design_columns_and_closes_the_balance(winter_run):
+    prep, r = winter_run
+    tr = r.trajectory
+    assert len(tr) == 7 * 96 and tr.index.tz is not None
+    for room in prep.model.rooms:
+        for p in ("T_room", "P_heat", "P_heat_cmd", "T_set_low", "T_set_high"):
+            assert f"{p}__{room}" in tr
+    heat = tr[[f"P_heat__{room}" for room in prep.model.rooms]].sum(axis=1)
+    resid = tr["P_grid"] - (tr["P_load"] + heat + tr["P_bat"] - tr["P_pv"] + tr["P_loss"])
+    assert resid.abs().max() < 1e-6
+    bat = prep.model.house.battery
+    assert tr["soc_end"].between(bat.soc_min - 1e-9, bat.soc_max + 1e-9).all()
+
+
+def test_kpis_recomputed_by_hand(winter_run):
+    _, r = winter_run
+    tr, k = r.trajectory, r.kpis
+    dt = 0.25
+    imp = tr["P_grid"].clip(lower=0)
+    exp_ = (-tr["P_grid"]).clip(lower=0)
+    assert k["cost"] == pytest.approx(((imp * tr["price_import"] - exp_ * tr["price_export"]) * dt / 1000).sum())
+    assert k["energy_import_kWh"] == pytest.approx(imp.sum() * dt / 1000)
+    assert k["peak_import_kW"] == pytest.approx(imp.max() / 1000)
+    assert 0 <= k["self_consumption"] <= 1 and 0 <= k["self_sufficiency"] <= 1
+    # a rule-based home with a heat-up lead keeps its rooms in band almost always
+    assert k["discomfort_Kh_per_room"] < 1.0
+    assert k["heating_kWh"] > 300  # a cold week in a 190 m² house
+
+
+def test_discomfort_kpi_on_a_constructed_trajectory():
+    idx = pd.date_range("2024-01-01", periods=4, freq="15min", tz="UTC")
+    tr = pd.DataFrame({"T_room__a": [19.0, 20.0, 25.0, 21.0], "T_set_low__a": 20.0, "T_set_high__a": 24.0,
+                       "P_heat__a": [1000.0, 0, 0, 0], "P_grid": [2000.0, -1000.0, 0, 0], "P_pv": [0, 1500.0, 0, 0],
+                       "P_load": 500.0, "P_bat": 0.0, "P_loss": 0.0, "price_import": 0.4, "price_export": 0.1},
+                      index=idx)
+    k = compute_kpis(tr, ["a"], None)
+    assert k["discomfort_Kh"] == pytest.approx((1.0 + 1.0) * 0.25)
+    assert k["cost"] == pytest.approx(2.0 * 0.25 * 0.4 - 1.0 * 0.25 * 0.1)
+    assert k["self_consumption"] == pytest.approx(500 / 1500)
+
+
+def test_outputs_pass_the_shared_independent_check(winter_run, tmp_path):
+    check = shared_check("check_trajectory.py")
+    _, r = winter_run
+    write_run(r, tmp_path)
+    kp = json.loads((tmp_path / "kpis.json").read_text())
+    assert kp["cost"] == pytest.approx(r.kpis["cost"])
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<script" not in html  # offline, self-contained
+    res = subprocess.run([sys.executable, str(check), str(tmp_path), "17"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_every_builtin_scenario_loads():
+    names = builtin_scenarios()
+    assert {"winter-week", "cold-snap", "shoulder-week", "summer-week", "year"} <= set(names)
+    for n in names:
+        sc = load_scenario(n)
+        assert sc.n_steps > 0 and sc.house.rooms
+
+
+@pytest.mark.parametrize("name", ["cold-snap", "shoulder-week", "summer-week"])
+def test_builtin_scenarios_run_and_make_sense(name):
+    prep = prepare(load_scenario(name))
+    r = run(prep, "rule-based")
+    k = r.kpis
+    if name == "summer-week":
+        assert k["heating_kWh"] == 0.0 and k["pv_kWh"] > 200 and k["energy_export_kWh"] > 0
+    elif name == "shoulder-week":
+        assert k["heating_kWh"] > 50 and k["energy_export_kWh"] > 0  # heating and PV surplus
+    else:
+        assert k["heating_kWh"] / 4 > 110  # > 110 kWh a day at −10 °C
+
+
+def test_forecast_noise_is_reproducible_and_zero_now():
+    from pems.scenarios.forecast import ForecastProvider
+    from pems.scenarios.spec import ForecastSpec
+
+    prep = prepare(load_scenario("cold-snap"))
+    spec = ForecastSpec(model="noisy", seed=7)
+    make = lambda: ForecastProvider(spec, prep.inputs, prep.model.sym.d.names, prep.comfort_low,  # noqa: E731
+                                    prep.comfort_high, 192, pd.Timedelta(minutes=15))
+    a, b = make()(10), make()(10)
+    truth = prep.inputs[list(prep.model.sym.d.names)].to_numpy()[10:202]
+    np.testing.assert_array_equal(a.d, b.d)
+    np.testing.assert_allclose(a.d[0], truth[0])  # lead 0 is a measurement, not a forecast
+    err = np.abs(a.column("T_out") - truth[:, 0])
+    assert err[-48:].mean() > err[:8].mean()  # errors grow with lead
+

@@ -44,11 +44,13 @@ def validate(model: type[M], data: dict[str, Any], source: str | Path) -> M:
         problems = []
         for err in exc.errors(include_url=False):
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-            msg = err["msg"]
+            msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (check the spelling; see the documented keys)"
             elif err["type"] == "missing":
                 msg = "required key is missing"
+            elif err["type"] == "value_error":
+                pass  # our own validators already name the value
             elif "input" in err and not isinstance(err["input"], dict | list):
                 msg = f"{msg}, got {err['input']!r}"
             problems.append(Problem(str(source), key_path(loc), msg))

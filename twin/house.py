@@ -238,6 +238,8 @@ def check_house(house: House, source: str | Path) -> None:
         if r.comfort_c is not None and r.eco_c is not None and r.eco_c > r.comfort_c:
             problems.append(Problem(src, f"rooms[{i}].eco_c",
                                     f"eco set-point {r.eco_c} is above the comfort set-point {r.comfort_c}"))
+    if problems:  # the checks below need known neighbours
+        raise InputError.many(problems)
     # A coupling given from both sides must agree.
     for a, b in house.couplings():
         ha = house.room(a).params.H_neighbour.get(b)

@@ -84,6 +84,7 @@ def test_every_builtin_scenario_loads():
         assert sc.n_steps > 0 and sc.house.rooms
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cold-snap", "shoulder-week", "summer-week"])
 def test_builtin_scenarios_run_and_make_sense(name):
     prep = prepare(load_scenario(name))

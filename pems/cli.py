@@ -40,15 +40,15 @@ def _check_controller(name: str, source: str, key: str) -> str:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from pems.scenarios.outputs import write_run
-    from pems.scenarios.runner import prepare, run
     from pems.scenarios.spec import load_scenario
 
-    sc = load_scenario(args.scenario)
+    sc = load_scenario(args.scenario)  # validate everything before the heavy imports
     if args.controller:
         name = _check_controller(args.controller, "command line", "--controller")
     else:
         name = _check_controller(sc.spec.controller, str(sc.path), "controller")
+    from pems.scenarios.outputs import write_run
+    from pems.scenarios.runner import prepare, run
     out = Path(args.out or f"out/{sc.name}-{name}")
     t0 = time.perf_counter()
     prep = prepare(sc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, time
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -19,8 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pems.errors import InputError, Problem
 from pems.tomlio import read_toml, validate
 from pems.twin.house import House, load_house
-from pems.twin.inputs import InputSpec
 from pems.twin.prices import Tariff
+
+if TYPE_CHECKING:
+    from pems.twin.inputs import InputSpec
 
 
 class _Strict(BaseModel):
@@ -145,6 +147,8 @@ class LoadedScenario:
         return int(round(self.spec.forecast.horizon_hours * 60 / self.spec.step_minutes))
 
     def input_spec(self) -> InputSpec:
+        from pems.twin.inputs import InputSpec  # pvlib and friends: only when inputs are built
+
         s = self.spec
         return InputSpec(weather=s.weather, prices=s.prices, load=s.load,
                          load_kwh_per_year=s.load_kwh_per_year, tariff=s.tariff, base_dir=self.base_dir)

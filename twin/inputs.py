@@ -20,7 +20,7 @@ from pems.twin.load import BUILTIN_LOADS, h25, load_csv
 from pems.twin.prices import Tariff, prices_at
 from pems.twin.pv import pv_ac_power
 from pems.twin.solar import complete_irradiance, plane_irradiance, solar_position
-from pems.twin.weather import Weather, resolve_csv, load_weather, samples_for, step_means
+from pems.twin.weather import Weather, load_weather, resolve_csv, samples_for, step_means, weather_at_steps
 
 
 @dataclass(frozen=True)
@@ -53,10 +53,8 @@ def build_inputs(house: House, spec: InputSpec, start: pd.Timestamp, n_steps: in
         repeat the previous day's prices where the data ends. Default: all.
     """
     index = pd.date_range(start, periods=n_steps, freq=step, name="time")
-    end = index[-1] + step
     weather = load_weather(spec.weather, spec.base_dir)
-    samples = samples_for(weather, index[0], end)
-    w = step_means(samples, index, step)
+    w = weather_at_steps(weather, index, step)
     sun_site: Site = weather.site or house.site
     mid = index + step / 2
     sun = solar_position(mid, sun_site)

@@ -50,6 +50,9 @@ class Weather:
     site: Site | None  # where measured (None: at the house)
     replay: bool  # replayed onto the scenario's calendar (built-in sets)
     source: str
+    # Irradiance given as means over the interval *ending* at each stamp (TMY3: 1 h); None when
+    # every column is a point sample.
+    irradiance_interval: pd.Timedelta | None = None
 
 
 _HOLZKIRCHEN = Site(latitude=47.874, longitude=11.728, altitude_m=680, timezone="Europe/Berlin", country="DE")
@@ -98,17 +101,12 @@ def _read_tmy3(name: str) -> Weather:
     path = os.path.join(os.path.dirname(pvlib.__file__), "data", fname)
     df, meta = pvlib.iotools.read_tmy3(path, coerce_year=_REF_YEAR, map_variables=True)
     df = df.tz_convert("UTC")
-    # TMY3 irradiance is the energy of the hour *ending* at the stamp: its sample time is the
-    # middle of that hour. Temperature and wind are instantaneous at the stamp.
-    irr = df[["ghi", "dni", "dhi"]].astype(float)
-    irr.index = irr.index - pd.Timedelta(minutes=30)
-    inst = df[["temp_air", "wind_speed"]].rename(columns={"temp_air": "T_out"}).astype(float)
-    data = pd.concat([inst, irr], axis=1, sort=True).interpolate(method="time", limit_area="inside")
-    data = data.dropna()
+    # TMY3 irradiance is the mean of the hour *ending* at the stamp; temperature and wind are
+    # instantaneous at the stamp (see weather_at_steps for how each is brought onto steps).
+    data = df[["temp_air", "ghi", "dni", "dhi", "wind_speed"]].rename(columns={"temp_air": "T_out"}).astype(float)
     site = Site(latitude=meta["latitude"], longitude=meta["longitude"], altitude_m=meta["altitude"],
                 timezone=tz, country="US")
-    return Weather(name, data[["T_out", "ghi", "dni", "dhi", "wind_speed"]], site, True,
-                   BUILTIN_WEATHER[name])
+    return Weather(name, data, site, True, BUILTIN_WEATHER[name], irradiance_interval=pd.Timedelta(hours=1))
 
 
 def _shift_to_year(data: pd.DataFrame, year: int) -> pd.DataFrame:
@@ -158,12 +156,70 @@ def samples_for(weather: Weather, start: pd.Timestamp, end: pd.Timestamp, key: s
 
 
 def step_means(samples: pd.DataFrame, index: pd.DatetimeIndex, step: pd.Timedelta) -> pd.DataFrame:
-    """Mean of linearly interpolated samples over each step ``[t, t + step)`` of ``index``."""
-    fine_step = min(step / 3, pd.Timedelta(minutes=5))
-    fine = pd.date_range(index[0], index[-1] + step, freq=fine_step, inclusive="left")
-    both = samples.reindex(samples.index.union(fine))
-    both = both.interpolate(method="time", limit_area="inside").reindex(fine)
-    both = both.ffill().bfill()
-    out = both.groupby(np.arange(len(fine)) // int(round(step / fine_step))).mean()
-    out.index = index
-    return out
+    """Exact mean over each step ``[t, t + step)`` of the piecewise-linear interpolant of point samples.
+
+    Gaps (NaN) are bridged linearly; before the first and after the last sample the value is held.
+    """
+    t0 = index[0]
+    bounds = np.append((index - t0).total_seconds().to_numpy(), (index[-1] + step - t0).total_seconds())
+    ts = (samples.index - t0).total_seconds().to_numpy()
+    out = {}
+    for col in samples.columns:
+        v = samples[col].to_numpy(dtype=float)
+        ok = np.isfinite(v)
+        out[col] = _interval_means(ts[ok], v[ok], bounds)
+    return pd.DataFrame(out, index=index)
+
+
+def _interval_means(ts: np.ndarray, vs: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Means of the linear interpolant of (ts, vs) between consecutive ``bounds`` (exact)."""
+    inner = ts[(ts > bounds[0]) & (ts < bounds[-1])]
+    grid = np.union1d(bounds, inner)
+    v = np.interp(grid, ts, vs)
+    cum = np.concatenate([[0.0], np.cumsum(np.diff(grid) * (v[1:] + v[:-1]) / 2)])
+    at = np.interp(bounds, grid, cum)
+    return np.diff(at) / np.diff(bounds)
+
+
+def _disaggregate_irradiance(samples: pd.DataFrame, interval: pd.Timedelta, site: Site,
+                             index: pd.DatetimeIndex, step: pd.Timedelta) -> pd.DataFrame:
+    """Step means of interval-mean irradiance, shaped within each interval by the sun's height.
+
+    Each interval's mean global irradiance is spread over the interval in proportion to cos(zenith)
+    (zero while the sun is down), which keeps every interval's energy and puts no light into dark
+    minutes; the interval's diffuse fraction is kept and the beam follows from the closure.
+    """
+    from pems.twin.solar import solar_position
+
+    fine = min(step, interval) / 6
+    start = index[0].floor(interval)
+    end = (index[-1] + step).ceil(interval)
+    t = pd.date_range(start, end, freq=fine, inclusive="left") + fine / 2  # midpoints of fine pieces
+    sun = solar_position(t, site)
+    cosz = np.cos(np.radians(sun["zenith"].to_numpy())).clip(min=0.0)
+    ending = t.ceil(interval)  # the stamp of the interval each fine piece belongs to
+    per = pd.Series(cosz, index=ending).groupby(level=0).transform("mean").to_numpy()
+    hour = samples.reindex(ending)
+    ghi_h = hour["ghi"].to_numpy(dtype=float)
+    dhi_h = hour["dhi"].to_numpy(dtype=float) if "dhi" in hour else np.full(len(t), np.nan)
+    shape = np.divide(cosz, per, out=np.zeros_like(cosz), where=per > 1e-9)
+    ghi = np.nan_to_num(ghi_h) * shape
+    frac = np.divide(dhi_h, ghi_h, out=np.ones_like(ghi_h), where=np.nan_to_num(ghi_h) > 0)
+    dhi = ghi * np.clip(np.nan_to_num(frac, nan=1.0), 0.0, 1.0)
+    dni = np.where(sun["zenith"].to_numpy() < 87.0, (ghi - dhi) / np.maximum(cosz, 0.065), 0.0)
+    fine_df = pd.DataFrame({"ghi": ghi, "dni": dni, "dhi": dhi}, index=t)
+    groups = np.searchsorted((index - start).total_seconds(), (t - start).total_seconds(), side="right") - 1
+    keep = (groups >= 0) & (t < index[-1] + step)
+    means = fine_df[keep].groupby(groups[keep]).mean()
+    means.index = index[means.index]
+    return means.reindex(index).fillna(0.0)
+
+
+def weather_at_steps(weather: Weather, index: pd.DatetimeIndex, step: pd.Timedelta) -> pd.DataFrame:
+    """Weather as means over each step: point samples exactly, interval-mean irradiance shaped by the sun."""
+    samples = samples_for(weather, index[0], index[-1] + step)
+    if weather.irradiance_interval is None or weather.site is None:
+        return step_means(samples, index, step)
+    irr = [c for c in ("ghi", "dni", "dhi") if c in samples]
+    out = step_means(samples.drop(columns=irr), index, step)
+    return out.join(_disaggregate_irradiance(samples[irr], weather.irradiance_interval, weather.site, index, step))

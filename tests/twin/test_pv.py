@@ -15,9 +15,10 @@ from pems.twin.weather import load_weather
 
 
 def tmy_hourly(name: str):
-    """A built-in TMY as hourly samples at mid-hour, with its site."""
+    """A built-in TMY as hourly means stamped at mid-hour (TMY3 stamps the hour's end), with its site."""
     w = load_weather(name)
-    hourly = w.data[w.data.index.minute == 30]
+    hourly = w.data.copy()
+    hourly.index = hourly.index - pd.Timedelta(minutes=30)
     return hourly, w.site
 
 

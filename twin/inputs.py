@@ -38,7 +38,7 @@ class InputSpec:
 def presence(index: pd.DatetimeIndex, tz: str) -> np.ndarray:
     """Share of occupants at home [0–1]: all from 17:00 to 08:00 and at weekends, 30 % otherwise."""
     local = index.tz_convert(tz)
-    workday_absence = (local.dayofweek < 5) & (local.hour >= 8) & (local.hour < 17)
+    workday_absence = (local.day_of_week < 5) & (local.hour >= 8) & (local.hour < 17)
     return np.where(workday_absence, 0.3, 1.0)
 
 

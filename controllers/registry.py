@@ -8,8 +8,32 @@ from pems.controllers.base import Controller
 from pems.controllers.rule_based import RuleBasedController
 from pems.twin.model import HouseModel
 
-CONTROLLERS: dict[str, Callable[[HouseModel], Controller]] = {
-    "rule-based": lambda model: RuleBasedController(model),
+
+def _weights(options: dict):
+    from pems.controllers.ocp import Weights
+
+    keys = Weights.__dataclass_fields__
+    return Weights(**{k: v for k, v in options.items() if k in keys})
+
+
+def _mpc(model: HouseModel, step_s: float, options: dict) -> Controller:
+    from pems.controllers.mpc import EconomicMPC, MpcConfig  # do-mpc is imported only when needed
+
+    cfg = MpcConfig(horizon_hours=options.get("horizon_hours", 24.0), weights=_weights(options))
+    return EconomicMPC(model, step_s, cfg)
+
+
+def _oracle(model: HouseModel, step_s: float, options: dict) -> Controller:
+    from pems.controllers.oracle import PerfectForesightOracle
+
+    return PerfectForesightOracle(model, step_s, _weights(options))
+
+
+CONTROLLERS: dict[str, Callable[[HouseModel, float, dict], Controller]] = {
+    "rule-based": lambda model, step_s, options: RuleBasedController(model),
+    "rule-based-preheat": lambda model, step_s, options: RuleBasedController.with_preheat(model),
+    "mpc": _mpc,
+    "oracle": _oracle,
 }
 
 
@@ -17,6 +41,10 @@ def available() -> tuple[str, ...]:
     return tuple(CONTROLLERS)
 
 
-def make_controller(name: str, model: HouseModel) -> Controller:
-    """Build the controller called ``name`` for ``model`` (``KeyError`` if unknown)."""
-    return CONTROLLERS[name](model)
+def make_controller(name: str, model: HouseModel, step_s: float = 900.0,
+                    options: dict | None = None) -> Controller:
+    """Build the controller called ``name`` for ``model`` (``KeyError`` if unknown).
+
+    ``options`` are the scenario's ``[mpc]`` settings (horizon and objective weights).
+    """
+    return CONTROLLERS[name](model, step_s, dict(options or {}))

@@ -64,31 +64,53 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Every scenario × controller; kpis.csv and report.html."""
+    from pems.controllers import available
+    from pems.scenarios.spec import load_scenario
+
+    scenarios = args.scenarios or ["winter-week"]
+    for s in scenarios:
+        load_scenario(s)  # validate every input before the first (long) run
+    names = [n.strip() for n in (args.controllers or ",".join(available())).split(",") if n.strip()]
+    for n in names:
+        _check_controller(n, "command line", "--controllers")
+    from pems.scenarios.bench import run_bench
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    frame = run_bench(scenarios, names, out, progress=_progress)
+    show = ["scenario", "controller", "cost", "cost_gap_to_oracle", "discomfort_Kh_per_room", "heating_kWh",
+            "energy_import_kWh", "self_consumption", "peak_import_kW", "compute_s_per_step"]
+    with __import__("pandas").option_context("display.width", 160, "display.float_format", "{:.3g}".format):
+        print(frame[[c for c in show if c in frame]].to_string(index=False))
+    print(f"wrote {out}/kpis.csv and {out}/report.html ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The winter week with every available controller, one report comparing them."""
     from pems.controllers import available
-    from pems.scenarios.outputs import write_run
-    from pems.scenarios.report import write_report
-    from pems.scenarios.runner import prepare, run
+    from pems.scenarios.bench import run_bench
     from pems.scenarios.spec import load_scenario
 
     out = Path(args.out)
-    sc = load_scenario("winter-week")
-    prep = prepare(sc)
-    results = []
-    for name in available():
-        prog, update = _progress(f"{sc.name} · {name}")
-        with prog:
-            results.append(run(prep, name, progress=update))
-        write_run(results[-1], out / name, subtitle=f"house {sc.house.name}")
-    write_report(out / "report.html", results, f"PEMS demo: {sc.name}",
-                 f"house {sc.house.name}, {len(sc.house.rooms)} rooms · {sc.spec.description}")
-    print(f"{'controller':<14} {'cost':>9} {'discomfort':>11} {'heating':>9} {'import':>8} {'self-cons.':>10}")
-    for r in results:
-        k = r.kpis
-        print(f"{r.controller:<14} {k['cost']:>9.2f} {k['discomfort_Kh']:>8.1f} Kh {k['heating_kWh']:>5.0f} kWh"
-              f" {k['energy_import_kWh']:>4.0f} kWh {k['self_consumption']:>10.2f}")
-    print(f"wrote {out}/report.html (and one folder per controller)")
+    scenario = "winter-week"
+    if args.days is not None:  # a shorter look at the same week
+        sc = load_scenario(scenario)
+        text = sc.path.read_text(encoding="utf-8").replace("days = 7", f"days = {args.days}")
+        out.mkdir(parents=True, exist_ok=True)
+        short = out / "winter-week-short.toml"
+        short.write_text(text.replace('name = "winter-week"', 'name = "winter-week-short"'), encoding="utf-8")
+        scenario = str(short)
+    t0 = time.perf_counter()
+    frame = run_bench([scenario], list(available()), out, progress=_progress)
+    print(f"{'controller':<19} {'cost':>8} {'vs oracle':>9} {'discomfort':>12} {'heating':>9} {'import':>9} {'compute/step':>12}")
+    for _, k in frame.iterrows():
+        gap = "" if k["cost_gap_to_oracle"] != k["cost_gap_to_oracle"] else f"{100 * k['cost_gap_to_oracle']:+.1f} %"
+        print(f"{k['controller']:<19} {k['cost']:>8.2f} {gap:>9} {k['discomfort_Kh']:>8.1f} K·h {k['heating_kWh']:>5.0f} kWh"
+              f" {k['energy_import_kWh']:>5.0f} kWh {k['compute_s_per_step']:>10.3f} s")
+    print(f"wrote {out}/report.html, {out}/kpis.csv and one folder per run ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
@@ -105,7 +127,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the winter week with every available controller; no configuration")
     d.add_argument("--out", default="out/demo", help="output directory (default: out/demo)")
+    d.add_argument("--days", type=float, help="only the first DAYS of the week (a quicker look)")
     d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="every scenario × controller → kpis.csv and report.html")
+    b.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="built-in names or TOML paths (default: winter-week)")
+    b.add_argument("--controllers", help="comma-separated controller names (default: all)")
+    b.add_argument("--out", default="out/bench", help="output directory (default: out/bench)")
+    b.set_defaults(func=cmd_bench)
 
     ls = sub.add_parser("list", help="list built-in houses, scenarios, weather, prices and controllers")
     ls.set_defaults(func=cmd_list)

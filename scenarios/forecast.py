@@ -30,6 +30,9 @@ class ForecastProvider:
         self.price_export = inputs["price_export"].to_numpy(dtype=float)
         self.rooms = tuple(comfort_low.columns)
         self.low, self.high = comfort_low.to_numpy(dtype=float), comfort_high.to_numpy(dtype=float)
+        # Forecasts hand out views of these arrays: read-only, so no controller can alter the future.
+        for a in (self.D, self.price_import, self.price_export, self.low, self.high):
+            a.flags.writeable = False
         self.h = horizon_steps
         self.step = step
         self.rng = np.random.default_rng(spec.seed)
@@ -45,9 +48,29 @@ class ForecastProvider:
         d = self.D[sl]
         if self.spec.model == "noisy":
             d = self._perturb(d.copy())
+        elif self.spec.model == "persistence":
+            d = self._yesterday(k, d)
         return Forecast(index=self.index[sl], d=d, d_names=self.d_names,
                         price_import=self.price_import[sl], price_export=self.price_export[sl],
                         low=self.low[sl], high=self.high[sl], rooms=self.rooms)
+
+    def perfect(self, k: int, end: int) -> Forecast:
+        """The true future from step ``k`` up to (not including) ``end``: the oracle's view."""
+        sl = slice(k, end)
+        return Forecast(index=self.index[sl], d=self.D[sl], d_names=self.d_names,
+                        price_import=self.price_import[sl], price_export=self.price_export[sl],
+                        low=self.low[sl], high=self.high[sl], rooms=self.rooms)
+
+    def _yesterday(self, k: int, d: np.ndarray) -> np.ndarray:
+        """Same time the day before for every lead (the first day has no yesterday: it repeats
+        today's first known values, i.e. the measurement now)."""
+        day = int(round(pd.Timedelta(days=1) / self.step))
+        out = d.copy()
+        for j in range(1, len(d)):
+            src = k + j - day * -(-j // day)  # the latest observed sample at that time of day
+            out[j] = self.D[src] if src >= 0 else self.D[k]
+        out[0] = self.D[k]  # lead 0 is a measurement
+        return out
 
     def _ar1(self, n: int, sigma: float) -> np.ndarray:
         """An AR(1) path of length n starting at 0 with stationary standard deviation sigma."""

@@ -175,7 +175,8 @@ def events_table(results: Sequence[RunResult]) -> str:
         desc = ", ".join(f"{k}: {v} steps" for k, v in sorted(kinds.items())) or "none"
         rows.append(f"<tr><th>{html.escape(r.controller)}</th><td>{html.escape(desc)}</td></tr>")
     return ("<table><tr><th>controller</th><th>what the plant did to the commands (clipping, "
-            f"load shedding at the main fuse, PV curtailment)</th></tr>{''.join(rows)}</table>")
+            "load shedding at the main fuse, PV curtailment) and controller fallbacks</th></tr>"
+            f"{''.join(rows)}</table>")
 
 
 CSS = """
@@ -226,3 +227,109 @@ Self-sufficiency: 1 − import / (load + heating + losses). Battery cycles: disc
 
 def write_report(path, results: Sequence[RunResult], title: str, subtitle: str = "") -> None:
     path.write_text(render_report(results, title, subtitle), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- benchmarks
+BENCH_KPIS = [("cost", "Cost"), ("cost_gap_to_oracle", "Cost above oracle"),
+              ("discomfort_Kh_per_room", "Discomfort / room [K·h]"), ("heating_kWh", "Heating [kWh]"),
+              ("energy_import_kWh", "Import [kWh]"), ("self_consumption", "Self-consumption"),
+              ("peak_import_kW", "Peak import [kW]"), ("battery_cycles", "Battery cycles")]
+
+
+def comparison_figure(frame: pd.DataFrame) -> plt.Figure:
+    """Grouped bars: each KPI per controller, one group per scenario."""
+    scen = list(dict.fromkeys(frame["scenario"]))
+    ctrls = list(dict.fromkeys(frame["controller"]))
+    keys = [k for k in BENCH_KPIS if k[0] in frame.columns and frame[k[0]].notna().any()]
+    ncols = 4
+    nrows = int(np.ceil(len(keys) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(13, 3.1 * nrows), squeeze=False)
+    w = 0.8 / max(1, len(ctrls))
+    for a, (key, label) in enumerate(keys):
+        ax = axes[a // ncols][a % ncols]
+        for i, c in enumerate(ctrls):
+            vals = [frame[(frame.scenario == s) & (frame.controller == c)][key].mean() for s in scen]
+            vals = [v * 100 if key == "cost_gap_to_oracle" else v for v in vals]
+            ax.bar(np.arange(len(scen)) + i * w, vals, w, color=COLORS[i % len(COLORS)], label=c)
+        ax.set_xticks(np.arange(len(scen)) + w * (len(ctrls) - 1) / 2)
+        ax.set_xticklabels(scen, fontsize=8, rotation=15)
+        ax.set_title(label + (" [%]" if key == "cost_gap_to_oracle" else ""), fontsize=10)
+        ax.grid(True, axis="y", alpha=0.3)
+    for a in range(len(keys), nrows * ncols):
+        axes[a // ncols][a % ncols].set_visible(False)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def where_figure(results: Sequence[RunResult]) -> plt.Figure:
+    """Where the money goes: net cost by local hour of day, and imports by price decile."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 3.8))
+    w = 0.8 / max(1, len(results))
+    for i, r in enumerate(results):
+        tr = r.trajectory
+        dt = (tr.index[1] - tr.index[0]).total_seconds() / 3600
+        imp, exp_ = tr["P_grid"].clip(lower=0), (-tr["P_grid"]).clip(lower=0)
+        net = (imp * tr["price_import"] - exp_ * tr["price_export"]) * dt / 1000
+        hours = tr.index.tz_convert(tr.attrs.get("timezone", "UTC")).hour
+        by_hour = net.groupby(hours).sum().reindex(range(24), fill_value=0.0)
+        ax1.bar(np.arange(24) + i * w, by_hour.to_numpy(), w, color=COLORS[i % len(COLORS)], label=r.controller)
+        deciles = pd.qcut(tr["price_import"].rank(method="first"), 10, labels=False)
+        by_price = (imp * dt / 1000).groupby(deciles).sum().reindex(range(10), fill_value=0.0)
+        ax2.bar(np.arange(10) + i * w, by_price.to_numpy(), w, color=COLORS[i % len(COLORS)], label=r.controller)
+    ax1.set_title("Net electricity cost by hour of day (local)")
+    ax1.set_xlabel("hour")
+    ax1.set_ylabel(results[0].currency)
+    ax2.set_title("Grid import by import-price decile (1 = cheapest 10 % of steps)")
+    ax2.set_xticks(range(10))
+    ax2.set_xticklabels([str(i + 1) for i in range(10)])
+    ax2.set_ylabel("kWh")
+    for ax in (ax1, ax2):
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def frame_table(frame: pd.DataFrame, currency: str) -> str:
+    cols = [("controller", "controller")] + [(k, lab) for k, lab in BENCH_KPIS if k in frame.columns]
+    cols += [(k, k.replace("_", " ")) for k in ("energy_export_kWh", "self_sufficiency", "compute_s_per_step",
+                                                 "compute_s_per_step_max", "fallbacks") if k in frame.columns]
+    head = "".join(f"<th>{html.escape(lab if k != 'cost' else f'Cost [{currency}]')}</th>" for k, lab in cols)
+    rows = []
+    for _, row in frame.iterrows():
+        cells = []
+        for k, _ in cols:
+            v = row[k]
+            if k == "controller":
+                cells.append(f"<th>{html.escape(str(v))}</th>")
+            elif k == "cost_gap_to_oracle":
+                cells.append(f"<td>{'–' if pd.isna(v) else f'{100 * v:+.1f} %'}</td>")
+            else:
+                cells.append(f"<td>{_fmt(float(v)) if pd.notna(v) else '–'}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def write_bench_report(path, results: Sequence[RunResult], frame: pd.DataFrame) -> None:
+    """One report for a whole benchmark: summary charts, then a section per scenario."""
+    cur = results[0].currency if results else "EUR"
+    parts = [f"<h2>All scenarios</h2><img alt='comparison' src='data:image/png;base64,{_png(comparison_figure(frame))}'>"]
+    for sc in dict.fromkeys(r.scenario for r in results):
+        runs = [_plottable(r) for r in results if r.scenario == sc]
+        sub = frame[frame.scenario == sc]
+        tr = runs[0].trajectory
+        parts.append(
+            f"<h2>{html.escape(sc)}</h2><p class='sub'>{tr.index[0]:%Y-%m-%d} – {tr.index[-1]:%Y-%m-%d}, "
+            f"{len(results[0].rooms)} rooms</p>{frame_table(sub, cur)}"
+            f"<h3>Where the money goes</h3><img alt='where' src='data:image/png;base64,{_png(where_figure(runs))}'>"
+            f"<h3>Energy system</h3><img alt='overview' src='data:image/png;base64,{_png(overview_figure(runs))}'>"
+            f"<h3>Rooms</h3><img alt='rooms' src='data:image/png;base64,{_png(rooms_figure(runs))}'>"
+            f"<h3>Plant and controller events</h3>{events_table([r for r in results if r.scenario == sc])}")
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    text = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>PEMS benchmark</title><style>{CSS}</style></head>
+<body><h1>PEMS benchmark</h1><p class="sub">{len(set(frame.scenario))} scenario(s) × {len(set(frame.controller))} controller(s).
+"Cost above oracle" is the distance to the perfect-foresight bound (same model and objective, the true future).</p>
+{''.join(parts)}<footer>PEMS {__version__} · generated {now}</footer></body></html>"""
+    path.write_text(text, encoding="utf-8")

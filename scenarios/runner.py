@@ -103,7 +103,10 @@ def _per_room(v: float | dict[str, float], rooms: tuple[str, ...], default: np.n
 def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | None = None) -> RunResult:
     """Run one controller over the scenario; KPIs come from the plant's log."""
     sc, model = prep.scenario, prep.model
-    ctrl = make_controller(controller, model) if isinstance(controller, str) else controller
+    if isinstance(controller, str):
+        ctrl = make_controller(controller, model, sc.step.total_seconds(), sc.spec.mpc.model_dump())
+    else:
+        ctrl = controller
     plant = SimulatedHome(model, prep.inputs, prep.x0, step_s=sc.step.total_seconds(),
                           substep_s=sc.spec.plant_step_seconds)
     forecasts = ForecastProvider(sc.spec.forecast, prep.inputs, model.sym.d.names,
@@ -112,9 +115,14 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
     obs = plant.reset()
     n = prep.n_steps
     compute = np.zeros(n)
+    # The oracle sees the whole true future of the run; privileged controllers see the true state.
+    full = getattr(ctrl, "full_horizon", False)
+    privileged = full or getattr(ctrl, "privileged", False)
     t_start = time.perf_counter()
     for k in range(n):
-        fc = forecasts(k)
+        fc = forecasts.perfect(k, n) if full else forecasts(k)
+        if privileged:
+            fc.extras["x_true"] = plant.x.copy()
         t0 = time.perf_counter()
         action = ctrl.act(obs, fc)
         compute[k] = time.perf_counter() - t0
@@ -126,8 +134,8 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
     bat = model.house.battery
     usable = bat.capacity_kwh * (bat.soc_max - bat.soc_min) if bat else None
     kpis = compute_kpis(traj, model.rooms, usable)
-    return RunResult(sc.name, ctrl.name, traj, kpis, plant.log.events, wall, model.rooms,
-                     sc.spec.tariff.currency)
+    events = sorted(plant.log.events + list(getattr(ctrl, "events", [])), key=lambda e: e["time"])
+    return RunResult(sc.name, ctrl.name, traj, kpis, events, wall, model.rooms, sc.spec.tariff.currency)
 
 
 def trajectory(prep: Prepared, plant: SimulatedHome, compute_s: np.ndarray) -> pd.DataFrame:

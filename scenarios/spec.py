@@ -71,18 +71,32 @@ class Initial(_Strict):
 class ForecastSpec(_Strict):
     """The forecasts controllers receive.
 
-    ``perfect``: the truth. ``noisy``: the truth plus AR(1) errors drawn per forecast issue, zero
-    at lead 0 and growing with lead to the given standard deviations (temperature additive [K];
-    irradiance, PV and load multiplicative [-]); reproducible with ``seed``.
+    ``perfect``: the truth. ``persistence``: weather, PV and load as at the same time the day
+    before (prices and comfort bands are known ahead). ``noisy``: the truth plus AR(1) errors drawn
+    per forecast issue, zero at lead 0 and growing with lead to the given standard deviations
+    (temperature additive [K]; irradiance, PV and load multiplicative [-]); reproducible with ``seed``.
     """
 
-    model: Literal["perfect", "noisy"] = "perfect"
+    model: Literal["perfect", "persistence", "noisy"] = "perfect"
     horizon_hours: Annotated[float, Field(gt=0, le=168)] = 48.0
     seed: int = 0
     sigma_T_out: Annotated[float, Field(ge=0)] = 1.5
     sigma_irradiance: Annotated[float, Field(ge=0)] = 0.35
     sigma_load: Annotated[float, Field(ge=0)] = 0.25
     correlation_hours: Annotated[float, Field(gt=0)] = 12.0
+
+
+class MpcSpec(_Strict):
+    """Settings of the ``mpc`` and ``oracle`` controllers (see :class:`pems.controllers.ocp.Weights`)."""
+
+    horizon_hours: Annotated[float, Field(gt=0, le=168)] = 24.0
+    comfort: Annotated[float, Field(ge=0)] = 2.0  # currency per K·h per room
+    comfort_margin_k: Annotated[float, Field(ge=0, le=2)] = 0.1
+    battery_wear: Annotated[float, Field(ge=0)] = 0.005  # currency per kWh throughput
+    peak: Annotated[float, Field(ge=0)] = 0.0  # currency per kW·h above the threshold
+    peak_threshold_kw: Annotated[float, Field(ge=0)] = 15.0
+    terminal_battery_value: Annotated[float, Field(ge=0, le=1.5)] = 1.0
+    terminal_heat_value: Annotated[float, Field(ge=0, le=1.5)] = 0.9
 
 
 class Scenario(_Strict):
@@ -105,6 +119,7 @@ class Scenario(_Strict):
     tariff: Tariff = Field(default_factory=Tariff)
     initial: Initial = Field(default_factory=Initial)
     forecast: ForecastSpec = Field(default_factory=ForecastSpec)
+    mpc: MpcSpec = Field(default_factory=MpcSpec)
 
     @field_validator("start")
     @classmethod

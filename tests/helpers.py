@@ -75,3 +75,32 @@ def constant_disturbances(model, n: int, step: pd.Timedelta = pd.Timedelta(minut
     return df
 
 
+
+
+def write_constant_inputs(folder: Path, start: str, days: float, T_out: float = 0.0, ghi: float = 0.0,
+                          P_load: float = 300.0) -> None:
+    """weather.csv and load.csv with constant values (hourly), covering start − 1 d .. start + days + 3 d."""
+    t = pd.date_range(pd.Timestamp(start) - pd.Timedelta(days=1), periods=int((days + 4) * 24), freq="1h")
+    pd.DataFrame({"time": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "T_out": T_out, "ghi": ghi}).to_csv(
+        folder / "weather.csv", index=False)
+    pd.DataFrame({"time": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "P_load": P_load}).to_csv(folder / "load.csv", index=False)
+
+
+def write_prices(folder: Path, start: str, days: float, import_fn, export_fn) -> None:
+    """prices.csv from functions of the UTC hour of day."""
+    t = pd.date_range(pd.Timestamp(start) - pd.Timedelta(days=1), periods=int((days + 4) * 24), freq="1h")
+    pd.DataFrame({"time": t.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                  "price_import": [import_fn(h) for h in t.hour],
+                  "price_export": [export_fn(h) for h in t.hour]}).to_csv(folder / "prices.csv", index=False)
+
+
+def write_scenario(folder: Path, house: dict, **keys) -> Path:
+    """house.toml and scenario.toml in ``folder``; returns the scenario path."""
+    import tomli_w
+
+    (folder / "house.toml").write_text(tomli_w.dumps(house), encoding="utf-8")
+    sc = {"name": "test", "house": "house.toml", "start": "2024-01-10T00:00:00Z", "days": 1.0,
+          "weather": "weather.csv", "load": "load.csv", "prices": "flat"} | keys
+    path = folder / "scenario.toml"
+    path.write_text(tomli_w.dumps(sc), encoding="utf-8")
+    return path

@@ -6,7 +6,9 @@ STAMP  := $(VENV)/.installed-stamp
 export OMP_NUM_THREADS ?= 1
 export MPLBACKEND ?= Agg
 
-.PHONY: install demo test test-fast bench clean
+PEERS  ?= .venv-peers
+
+.PHONY: install demo test test-fast bench bench-peers clean
 
 install: $(STAMP)
 
@@ -28,5 +30,14 @@ test-fast: install            ## the fast set, in seconds
 bench: install                ## performance benchmarks (pytest-benchmark)
 	$(PY) -m pytest bench -q --benchmark-only --benchmark-columns=min,median,max,rounds
 
+$(PEERS)/.installed-stamp:     # EMHASS pins numpy<2.3, cvxpy<1.8: its own environment
+	@test -x $(PEERS)/bin/python || $(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS)/bin/python -m pip install --quiet "emhass==0.18.7"
+	@touch $@
+
+bench-peers: install $(PEERS)/.installed-stamp   ## EMHASS beside our controllers → out/bench-peers
+	$(VENV)/bin/pems bench winter-week --controllers rule-based,emhass,mpc,oracle --out out/bench-peers
+
 clean:
-	rm -rf $(VENV) out .pytest_cache .benchmarks *.egg-info
+	rm -rf $(VENV) $(PEERS) out .pytest_cache .benchmarks *.egg-info

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -78,6 +79,15 @@ class EconomicMPC:
 
     # ------------------------------------------------------------------ do-mpc set-up
     def _build(self) -> None:
+        with warnings.catch_warnings():
+            # do-mpc announces its optional extras (ONNX, OPC UA, PyTorch) and that no input-rate
+            # penalty is set (on purpose: relays, not valves), and calls numpy on casadi values,
+            # which casadi 3.8 flags; none of it concerns this controller.
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            self._build_do_mpc()
+
+    def _build_do_mpc(self) -> None:
         import do_mpc
 
         m, dm, w, v = self.model, self.dm, self.config.weights, self.vars

@@ -29,6 +29,12 @@ def _oracle(model: HouseModel, step_s: float, options: dict) -> Controller:
     return PerfectForesightOracle(model, step_s, _weights(options))
 
 
+def _emhass(model: HouseModel, step_s: float, options: dict) -> Controller:
+    from pems.controllers.emhass_peer import EmhassPeer
+
+    return EmhassPeer(model, step_s)
+
+
 CONTROLLERS: dict[str, Callable[[HouseModel, float, dict], Controller]] = {
     "rule-based": lambda model, step_s, options: RuleBasedController(model),
     "rule-based-preheat": lambda model, step_s, options: RuleBasedController.with_preheat(model),
@@ -37,8 +43,19 @@ CONTROLLERS: dict[str, Callable[[HouseModel, float, dict], Controller]] = {
 }
 
 
-def available() -> tuple[str, ...]:
-    return tuple(CONTROLLERS)
+#: Peers that run in their own environment; available where it is installed (``make bench-peers``).
+PEERS: dict[str, Callable[[HouseModel, float, dict], Controller]] = {"emhass": _emhass}
+
+
+def available(peers: bool = False) -> tuple[str, ...]:
+    """Our controllers; with ``peers``, also the installed peer tools."""
+    names = tuple(CONTROLLERS)
+    if peers:
+        from pems.controllers.emhass_peer import peers_python
+
+        if peers_python() is not None:
+            names += ("emhass",)
+    return names
 
 
 def make_controller(name: str, model: HouseModel, step_s: float = 900.0,
@@ -47,4 +64,5 @@ def make_controller(name: str, model: HouseModel, step_s: float = 900.0,
 
     ``options`` are the scenario's ``[mpc]`` settings (horizon and objective weights).
     """
-    return CONTROLLERS[name](model, step_s, dict(options or {}))
+    factory = CONTROLLERS.get(name) or PEERS[name]
+    return factory(model, step_s, dict(options or {}))

@@ -34,8 +34,10 @@ def _progress(description: str):
 def _check_controller(name: str, source: str, key: str) -> str:
     from pems.controllers import available
 
-    if name not in available():
-        raise InputError(source, key, f"unknown controller {name!r}; expected one of {', '.join(available())}")
+    if name not in available(peers=True):
+        hint = " (EMHASS runs after `make bench-peers`)" if name == "emhass" else ""
+        raise InputError(source, key, f"unknown controller {name!r}; expected one of "
+                                      f"{', '.join(available(peers=True))}{hint}")
     return name
 
 
@@ -151,7 +153,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     print("houses:     ", ", ".join(BUILTIN_HOUSES))
     print("scenarios:  ", ", ".join(builtin_scenarios()))
-    print("controllers:", ", ".join(available()))
+    print("controllers:", ", ".join(available(peers=True)))
     print("prices:     ", ", ".join(BUILTIN_PRICES))
     print("loads:      ", ", ".join(BUILTIN_LOADS))
     print("weather:")

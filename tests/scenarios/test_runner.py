@@ -114,3 +114,42 @@ def test_forecast_noise_is_reproducible_and_zero_now():
     err = np.abs(a.column("T_out") - truth[:, 0])
     assert err[-48:].mean() > err[:8].mean()  # errors grow with lead
 
+
+
+def test_persistence_forecast_repeats_yesterday():
+    from pems.scenarios.forecast import ForecastProvider
+    from pems.scenarios.spec import ForecastSpec
+
+    prep = prepare(load_scenario("cold-snap"))
+    fp = ForecastProvider(ForecastSpec(model="persistence"), prep.inputs, prep.model.sym.d.names,
+                          prep.comfort_low, prep.comfort_high, 192, pd.Timedelta(minutes=15))
+    truth = prep.inputs[list(prep.model.sym.d.names)].to_numpy()
+    k = 150  # a day and a half in: yesterday exists for every lead
+    fc = fp(k)
+    np.testing.assert_allclose(fc.d[0], truth[k])
+    np.testing.assert_allclose(fc.d[10], truth[k + 10 - 96])  # same time the day before
+    np.testing.assert_allclose(fc.d[100], truth[k + 100 - 192])  # two days before: the latest seen
+    np.testing.assert_allclose(fc.price_import, prep.inputs["price_import"].to_numpy()[k:k + 192])
+    perfect = ForecastProvider(ForecastSpec(), prep.inputs, prep.model.sym.d.names, prep.comfort_low,
+                               prep.comfort_high, 192, pd.Timedelta(minutes=15))(k)
+    with pytest.raises(ValueError):
+        perfect.d[0, 0] = 99.0  # perfect forecasts are read-only views of the run's data
+
+
+def test_bench_writes_kpis_csv_with_distance_to_the_oracle(tmp_path):
+    from helpers import TWO_ROOMS, write_constant_inputs, write_scenario
+    from pems.scenarios.bench import run_bench
+
+    write_constant_inputs(tmp_path, "2024-01-10T00:00:00Z", 1.0, T_out=-3.0)
+    path = write_scenario(tmp_path, TWO_ROOMS, start="2024-01-10T00:00:00Z", days=1.0, prices="two-rate")
+    frame = run_bench([str(path)], ["rule-based", "oracle"], tmp_path / "out")
+    csv = pd.read_csv(tmp_path / "out" / "kpis.csv")
+    assert list(csv.columns[:2]) == ["scenario", "controller"] and len(csv) == 2
+    for key in ("cost", "discomfort_Kh", "compute_s_per_step", "compute_s_per_step_max", "cost_gap_to_oracle"):
+        assert key in csv.columns
+    row = csv.set_index("controller")
+    assert row.loc["oracle", "cost_gap_to_oracle"] == 0.0
+    assert row.loc["rule-based", "cost_gap_to_oracle"] > 0.0  # the bound is below the thermostats
+    assert (tmp_path / "out" / "report.html").stat().st_size > 10_000
+    assert (tmp_path / "out" / "test" / "oracle" / "trajectory.parquet").exists()
+    assert frame.shape[0] == 2

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pems.errors import InputError
 from pems.twin import priors
 from pems.twin.house import House, Site
 from pems.twin.load import BUILTIN_LOADS, h25, load_csv
@@ -49,9 +50,35 @@ def build_inputs(house: House, spec: InputSpec, start: pd.Timestamp, n_steps: in
     Parameters
     ----------
     required_steps
-        Steps that must be covered by the price data (the run); later steps (a forecast horizon)
-        repeat the previous day's prices where the data ends. Default: all.
+        Steps that the data must cover (the run). Later steps (a forecast horizon beyond the run)
+        repeat the last day where weather, load or price data end. Default: all.
     """
+    required = required_steps or n_steps
+    if required < n_steps:
+        try:
+            return _build(house, spec, start, n_steps, step, required)
+        except InputError:  # the data end with the run: extend the horizon by the last day
+            run = _build(house, spec, start, required, step, required)
+            return _repeat_last_day(run, n_steps, step)
+    return _build(house, spec, start, n_steps, step, required)
+
+
+def _repeat_last_day(df: pd.DataFrame, n: int, step: pd.Timedelta) -> pd.DataFrame:
+    day = int(round(pd.Timedelta(days=1) / step))
+    rows = [df]
+    total = len(df)
+    while total < n:
+        tail = df.iloc[-min(day, len(df)):]
+        rows.append(tail)
+        total += len(tail)
+    out = pd.concat(rows).iloc[:n]
+    out.index = pd.date_range(df.index[0], periods=n, freq=step, name="time")
+    out.attrs = dict(df.attrs)
+    return out
+
+
+def _build(house: House, spec: InputSpec, start: pd.Timestamp, n_steps: int, step: pd.Timedelta,
+           required: int) -> pd.DataFrame:
     index = pd.date_range(start, periods=n_steps, freq=step, name="time")
     weather = load_weather(spec.weather, spec.base_dir)
     w = weather_at_steps(weather, index, step)
@@ -88,7 +115,7 @@ def build_inputs(house: House, spec: InputSpec, start: pd.Timestamp, n_steps: in
     out["P_load"] = load.to_numpy()
     for c in ("ghi", "dni", "dhi", "wind_speed"):
         out[c] = w[c]
-    req = index[(required_steps or n_steps) - 1]
+    req = index[min(required, n_steps) - 1]
     out = out.join(prices_at(spec.prices, index, house.site, spec.tariff, spec.base_dir, required_until=req))
     out.attrs["sun_site"] = sun_site.model_dump()
     out.attrs["weather_source"] = weather.source

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from helpers import TWO_ROOMS, house_from, write_constant_inputs, write_prices, write_scenario
@@ -159,3 +160,31 @@ def test_estimator_finds_the_hidden_slab_temperatures():
         errors.append(np.abs(x[2:] - plant.x[2:]).max())
     assert errors[0] > 2.0
     assert max(errors[-96:]) < 0.3  # after two days, every slab within 0.3 K
+
+
+@pytest.mark.slow
+def test_heat_pump_house_runs_and_exploits_mild_hours(tmp_path):
+    """A heat pump (COP from the outdoor temperature): the NLP has COP(T_out)·P in it. With a
+    cold night and a mild afternoon at one price, the MPC moves heating into the mild hours."""
+    house = {**TWO_ROOMS, "heating": {"kind": "heat_pump", "eta_carnot": 0.45, "supply_temp_c": 35.0},
+             "occupancy": {"persons": 0}}
+    t = pd.date_range(pd.Timestamp(START) - pd.Timedelta(days=1), periods=5 * 24, freq="1h")
+    T_out = np.where((t.hour >= 11) & (t.hour < 17), 12.0, -12.0)  # 4.0 vs 2.0 COP
+    pd.DataFrame({"time": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "T_out": T_out, "ghi": 0.0}).to_csv(
+        tmp_path / "weather.csv", index=False)
+    pd.DataFrame({"time": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "P_load": 300.0}).to_csv(tmp_path / "load.csv", index=False)
+    sc = load_scenario(write_scenario(tmp_path, house, start=START, days=2.0, comfort=CONSTANT_BAND,
+                                      prices="flat"))
+    prep = prepare(sc)
+    runs = {c: run(prep, c) for c in ("rule-based", "mpc")}
+    mpc, rb = runs["mpc"], runs["rule-based"]
+    assert not [e for e in mpc.events if e["kind"] == "fallback"]
+    mild = (mpc.trajectory.index.hour >= 11) & (mpc.trajectory.index.hour < 17)
+
+    def mild_share(r):  # share of the heat pump's electricity used in the mild (high-COP) hours
+        heat = r.trajectory[["P_heat__a", "P_heat__b"]].sum(axis=1)
+        return heat[mild].sum() / heat.sum()
+
+    assert mild_share(mpc) > mild_share(rb) + 0.15  # electricity moves to where the COP is high
+    assert mpc.kpis["cost"] < 0.95 * rb.kpis["cost"]
+    assert mpc.kpis["discomfort_Kh"] < rb.kpis["discomfort_Kh"] + 1.0

@@ -17,7 +17,7 @@ length and re-used (EMHASS updates its cvxpy Parameters: forecasts, prices, SOCs
 
 Request (one line)::
 
-    {"times": ["2024-01-22T00:00:00Z", ...],   # N step starts (UTC, regular step)
+    {"times": ["2024-01-22T00:00:00Z", ...],   # N >= 2 step starts (UTC, every step_minutes)
      "step_minutes": 15,
      "timezone": "Europe/Prague",
      "pv_w": [N], "load_w": [N],               # PV AC power, house load without battery [W]
@@ -60,9 +60,10 @@ How the request maps to EMHASS (and why):
   (a bare bound on the variable plus the battery-side bound of its binary constraint), i.e. in
   effect discharge is limited on the battery side and charge on the AC side. So
   ``battery_charge_power_max = max_charge_w`` and ``battery_discharge_power_max =
-  max_discharge_w/eta_discharge``: EMHASS then sees exactly the AC limits of the request. Its SOC recursion, E⁺ = E − dt·(P_dis/eta_dis − eta_ch·P_ch), is the
-  PEMS one. ``soc_final`` is EMHASS's terminal target; EMHASS enforces it softly (a miss is
-  priced at 100× the dearest import price per kWh), so it holds whenever it is reachable.
+  max_discharge_w/eta_discharge``: EMHASS then sees exactly the AC limits of the request. Its
+  SOC recursion, E⁺ = E − dt·(P_dis/eta_dis − eta_ch·P_ch), is the PEMS one. ``soc_final`` is
+  EMHASS's terminal target, enforced softly (a miss is priced at 100× the dearest import price
+  per kWh), so it holds whenever it is reachable.
 - Grid: ``maximum_power_from_grid`` / ``maximum_power_to_grid`` from the request; null means no
   limit, modelled as a bound no flow can reach (EMHASS needs a number: it is the big-M of its
   import/export binary).
@@ -71,8 +72,11 @@ How the request maps to EMHASS (and why):
   efficiencies 1 (the request's PV and battery powers are already AC): |PV − curtailment +
   P_batt| ≤ inverter_ac_w, as the PEMS plant limits the hybrid inverter's AC flow. Null means an
   AC-coupled system without an inverter limit (``inverter_is_hybrid = false``).
-- ``compute_curtailment = true``: PV may be curtailed, so an export or inverter limit below the
-  PV never makes the problem infeasible (EMHASS breaks ties toward not curtailing).
+- ``compute_curtailment``: true only when a limit can force it — PV − load above the export limit,
+  or PV above the hybrid inverter's AC limit, at some step — as the PEMS plant and OCP curtail
+  only then; otherwise EMHASS would be infeasible there. Off elsewhere, so all PV must be used or
+  exported (with curtailment on, free curtailment makes plans that cycle the battery on surplus
+  PV cost-equivalent, and EMHASS may pick them).
 - ``set_nodischarge_to_grid = false`` (EMHASS's default is true): the PEMS plant and OCP let the
   battery export, so EMHASS may too. ``set_nocharge_from_grid = false``, ``set_total_pv_sell =
   false`` (net metering per step), no battery-first priority, no ramp limits.
@@ -192,11 +196,11 @@ def parse(req) -> dict:
     except (TypeError, ValueError) as exc:
         raise BadRequest(f"times: {exc}") from None
     n = len(idx)
+    if n < 2:
+        raise BadRequest("times: EMHASS needs at least 2 steps")
     step = _num(req.get("step_minutes"), "step_minutes", lo=0.0, lo_open=True)
-    if n > 1:
-        d = np.diff(idx.asi8) / 60e9
-        if np.abs(d - step).max() > 1e-6:
-            raise BadRequest(f"times: not a regular {step:g}-minute grid")
+    if np.abs(np.diff(idx.asi8) / 60e9 - step).max() > 1e-6:
+        raise BadRequest(f"times: not a regular {step:g}-minute grid")
     tz = req.get("timezone") or "UTC"
     try:
         idx_local = idx.tz_convert(tz)
@@ -228,9 +232,10 @@ def parse(req) -> dict:
             "max_discharge_w": _num(b.get("max_discharge_w"), "battery.max_discharge_w", lo=0.0),
             "soc_min": _num(b.get("soc_min", 0.0), "battery.soc_min", lo=0.0, hi=1.0),
             "soc_max": _num(b.get("soc_max", 1.0), "battery.soc_max", lo=0.0, hi=1.0),
-            "eta_charge": _num(b.get("eta_charge", 1.0), "battery.eta_charge", lo=0.0, hi=1.0, lo_open=True),
-            "eta_discharge": _num(b.get("eta_discharge", 1.0), "battery.eta_discharge", lo=0.0, hi=1.0,
-                                  lo_open=True),
+            "eta_charge": _num(b.get("eta_charge", 1.0), "battery.eta_charge",
+                               lo=0.0, hi=1.0, lo_open=True),
+            "eta_discharge": _num(b.get("eta_discharge", 1.0), "battery.eta_discharge",
+                                  lo=0.0, hi=1.0, lo_open=True),
         }
         if bat["soc_min"] > bat["soc_max"]:
             raise BadRequest("battery: soc_min > soc_max")
@@ -264,6 +269,9 @@ def emhass_config(p: dict) -> dict:
     b = p["battery"]
     no_limit = _no_limit_w(p)
     hybrid = p["inverter"] is not None
+    surplus = float((p["pv_w"] - p["load_w"]).max())
+    curtail = (p["export_limit"] is not None and surplus > p["export_limit"]) or (
+        hybrid and float(p["pv_w"].max()) > p["inverter"])
     cfg = copy.deepcopy(_DEFAULTS)
     cfg.update({
         "optimization_time_step": p["step"],
@@ -306,7 +314,7 @@ def emhass_config(p: dict) -> dict:
         "inverter_power_curve_dc_ac": [],
         "inverter_power_curve_ac_dc": [],
         "inverter_stress_cost": 0.0,
-        "compute_curtailment": True,
+        "compute_curtailment": curtail,
         "capacity_cost_per_kw": 0.0,
         "lp_solver_mip_rel_gap": 0,
         "lp_solver_timeout": 45,
@@ -368,12 +376,12 @@ def solve(req) -> dict:
     status = str(opt.optim_status)
     if status not in ACCEPTED_STATUS or "P_batt" not in res or "SOC_opt" not in res:
         return {"ok": False, "error": f"EMHASS found no plan (status {status!r})", "status": status,
-                "solve_s": solve_s}
+                "solve_s": round(solve_s, 4)}
     p_batt = res["P_batt"].to_numpy(dtype=float)
     soc = res["SOC_opt"].to_numpy(dtype=float)
     if len(p_batt) != n or not (np.isfinite(p_batt).all() and np.isfinite(soc).all()):
         return {"ok": False, "error": f"EMHASS returned an unusable plan (status {status!r})",
-                "status": status, "solve_s": solve_s}
+                "status": status, "solve_s": round(solve_s, 4)}
     return {"ok": True, "p_batt_w": [round(float(x), 4) for x in p_batt],
             "soc": [round(float(x), 9) for x in soc], "status": status,
             "solve_s": round(solve_s, 4), "cached": cached}

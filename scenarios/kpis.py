@@ -28,6 +28,7 @@ KPI_UNITS = {
     "load_kWh": "kWh",
     "curtailed_kWh": "kWh",
     "relay_switches": "–",
+    "import_price_avg": "currency/kWh",
 }
 
 
@@ -82,4 +83,6 @@ def compute_kpis(traj: pd.DataFrame, rooms: Sequence[str], usable_battery_kwh: f
         "load_kWh": float(traj["P_load"].sum() * dt / 1000),
         "curtailed_kWh": float(traj["curtailed_wh"].sum() / 1000) if "curtailed_wh" in traj else 0.0,
         "relay_switches": float(traj["relay_switches"].sum()) if "relay_switches" in traj else 0.0,
+        # what a kWh bought cost on average: how well imports were moved into cheap hours
+        "import_price_avg": float((imp * traj["price_import"]).sum() / imp.sum()) if imp.sum() > 0 else float("nan"),
     }

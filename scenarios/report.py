@@ -33,7 +33,7 @@ KPI_LABELS = {
     "peak_import_kW": "Peak import", "battery_cycles": "Battery cycles",
     "compute_s_per_step": "Compute / step (median)", "compute_s_per_step_max": "Compute / step (max)",
     "pv_kWh": "PV", "load_kWh": "Household load", "curtailed_kWh": "PV curtailed",
-    "relay_switches": "Relay switches",
+    "relay_switches": "Relay switches", "import_price_avg": "Mean import price",
 }
 
 
@@ -232,8 +232,32 @@ def write_report(path, results: Sequence[RunResult], title: str, subtitle: str =
 # ---------------------------------------------------------------------------- benchmarks
 BENCH_KPIS = [("cost", "Cost"), ("cost_gap_to_oracle", "Cost above oracle"),
               ("discomfort_Kh_per_room", "Discomfort / room [K·h]"), ("heating_kWh", "Heating [kWh]"),
-              ("energy_import_kWh", "Import [kWh]"), ("self_consumption", "Self-consumption"),
-              ("peak_import_kW", "Peak import [kW]"), ("battery_cycles", "Battery cycles")]
+              ("energy_import_kWh", "Import [kWh]"), ("import_price_avg", "Mean import price [/kWh]"),
+              ("self_consumption", "Self-consumption"), ("peak_import_kW", "Peak import [kW]"),
+              ("battery_cycles", "Battery cycles")]
+
+
+def why_text(frame: pd.DataFrame, currency: str) -> str:
+    """Where each controller's savings against the plain rule-based baseline come from, in words:
+    buying less (energy) and buying cheaper (mean import price), and what export earned."""
+    if "rule-based" not in set(frame.controller):
+        return ""
+    base = frame[frame.controller == "rule-based"].iloc[0]
+    items = []
+    for _, r in frame.iterrows():
+        if r.controller == "rule-based":
+            continue
+        d_cost = base.cost - r.cost
+        less = (base.energy_import_kWh - r.energy_import_kWh) * base.import_price_avg
+        cheaper = (base.import_price_avg - r.import_price_avg) * r.energy_import_kWh
+        items.append(
+            f"<li><b>{html.escape(r.controller)}</b>: {d_cost:+.2f} {currency} against rule-based — "
+            f"{less:+.2f} from importing {base.energy_import_kWh - r.energy_import_kWh:+.0f} kWh less "
+            f"(heating {base.heating_kWh - r.heating_kWh:+.0f} kWh less), {cheaper:+.2f} from paying "
+            f"{100 * (base.import_price_avg - r.import_price_avg) / base.import_price_avg:+.1f} % less per kWh "
+            f"bought, the rest from export; discomfort {r.discomfort_Kh_per_room:.2f} K·h per room "
+            f"(rule-based {base.discomfort_Kh_per_room:.2f}).</li>")
+    return f"<h3>Why</h3><ul>{''.join(items)}</ul>"
 
 
 def comparison_figure(frame: pd.DataFrame) -> plt.Figure:
@@ -321,7 +345,7 @@ def write_bench_report(path, results: Sequence[RunResult], frame: pd.DataFrame) 
         tr = runs[0].trajectory
         parts.append(
             f"<h2>{html.escape(sc)}</h2><p class='sub'>{tr.index[0]:%Y-%m-%d} – {tr.index[-1]:%Y-%m-%d}, "
-            f"{len(results[0].rooms)} rooms</p>{frame_table(sub, cur)}"
+            f"{len(results[0].rooms)} rooms</p>{frame_table(sub, cur)}{why_text(sub, cur)}"
             f"<h3>Where the money goes</h3><img alt='where' src='data:image/png;base64,{_png(where_figure(runs))}'>"
             f"<h3>Energy system</h3><img alt='overview' src='data:image/png;base64,{_png(overview_figure(runs))}'>"
             f"<h3>Rooms</h3><img alt='rooms' src='data:image/png;base64,{_png(rooms_figure(runs))}'>"

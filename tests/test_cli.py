@@ -119,6 +119,13 @@ CASES = [
          lambda d: (good_case(d), write_scenario(d, start="2024-01-10T00:00:00"))),
     Case("duplicate room ids", ("simulate", "sc.toml"), ("house.toml", "rooms[1].id", "duplicate", "'a'"),
          lambda d: (good_case(d), write_house(d, neighbours_a="[]", id_b="a"))),
+    Case("bench with an unknown controller", ("bench", "sc.toml", "--controllers", "mpc,nonsense", "--out", "out"),
+         ("command line", "--controllers", "nonsense", "oracle")),
+    Case("bench with a broken second scenario", ("bench", "sc.toml", "broken.toml", "--out", "out"),
+         ("broken.toml", "mpc.horizon_hours"),
+         lambda d: (good_case(d), write_scenario(d, extra="[mpc]\nhorizon_hours = -4", name="broken.toml"))),
+    Case("bad mpc weight", ("simulate", "sc.toml"), ("sc.toml", "mpc.comfort_margin", "greater than or equal"),
+         lambda d: (good_case(d), write_scenario(d, extra="[mpc]\ncomfort_margin_k = -1"))),
 ]
 
 GOOD = Case("good path", ("simulate", "sc.toml", "--out", "out"), ())

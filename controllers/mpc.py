@@ -24,7 +24,7 @@ import numpy as np
 
 from pems.controllers.estimator import KalmanEstimator, NoiseModel
 from pems.controllers.ocp import (StageParameters, Weights, decision_variables, discretise, stage,
-                                  terminal_value)
+                                  terminal_prices, terminal_value)
 from pems.controllers.rule_based import RuleBasedController
 from pems.twin.model import HouseModel
 from pems.twin.signals import Action, Forecast, Observation
@@ -179,19 +179,9 @@ class EconomicMPC:
             t["_tvp", k, "price_export"] = fc.price_export[j]
             t["_tvp", k, "low"] = fc.low[j]
             t["_tvp", k, "high"] = fc.high[j]
-        p_el = float(np.mean(fc.price_import[idx]))
+        p_el, p_heat = terminal_prices(self.dm, fc.price_import[idx], fc.d[idx])
         t["_tvp", n - 1, "value_electricity"] = p_el
-        t["_tvp", n - 1, "value_heat"] = p_el / self._heat_per_electricity(fc)
-
-    def _heat_per_electricity(self, fc: Forecast) -> float:
-        """Heat delivered per unit of electricity (efficiency × COP at the mean forecast T_out)."""
-        m = self.model
-        eta = float(np.mean([m.param(f"eta_heat__{r}") for r in m.rooms]))
-        if m.house.heating.kind != "heat_pump":
-            return eta
-        d = fc.d.mean(axis=0)
-        y = np.asarray(self.dm.Y(np.zeros(len(m.sym.x)), np.zeros(len(m.sym.u)), d)).ravel()
-        return eta * float(y[m.sym.output_names.index("COP")])
+        t["_tvp", n - 1, "value_heat"] = p_heat
 
     def act(self, observation: Observation, forecast: Forecast) -> Action:
         bad = [n for n, ok in zip(forecast.d_names, np.isfinite(forecast.d).all(axis=0)) if not ok]

@@ -259,6 +259,22 @@ def stage(dm: DiscreteModel, weights: Weights, v: OcpVariables, x, z, par: Stage
     return cost, ca.vertcat(*g), dynamics
 
 
+def terminal_prices(dm: DiscreteModel, price_import: np.ndarray, d: np.ndarray) -> tuple[float, float]:
+    """Prices at which energy left at a horizon's end is valued [currency/kWh, currency/kWh_th].
+
+    Electricity: the mean import price over the horizon. Heat: what making it costs, the
+    electricity price divided by heat per electricity (efficiency × COP at the mean outdoor
+    temperature for a heat pump).
+    """
+    m = dm.model
+    p_el = float(np.mean(price_import))
+    eta = float(np.mean([m.param(f"eta_heat__{r}") for r in m.rooms]))
+    if m.house.heating.kind == "heat_pump":
+        y = np.asarray(dm.Y(np.zeros(len(m.sym.x)), np.zeros(len(m.sym.u)), np.mean(d, axis=0))).ravel()
+        eta *= float(y[m.sym.output_names.index("COP")])
+    return p_el, p_el / eta
+
+
 def terminal_value(dm: DiscreteModel, x, price_electricity, price_heat, weights: Weights):
     """Value [currency] of the energy left at the horizon's end: battery charge and building heat.
 

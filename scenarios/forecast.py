@@ -55,11 +55,22 @@ class ForecastProvider:
                         low=self.low[sl], high=self.high[sl], rooms=self.rooms)
 
     def perfect(self, k: int, end: int) -> Forecast:
-        """The true future from step ``k`` up to (not including) ``end``: the oracle's view."""
+        """The true future from step ``k`` up to (not including) ``end``: the oracle's view.
+
+        ``extras["after"]`` holds the true day after ``end`` where the run's table has it, so that the
+        oracle can leave the house in the state a controller planning on would leave it.
+        """
         sl = slice(k, end)
+        after = slice(end, min(end + int(round(pd.Timedelta(days=1) / self.step)), len(self.index)))
+        extras = {}
+        if after.stop > after.start:
+            extras = {"after": Forecast(index=self.index[after], d=self.D[after], d_names=self.d_names,
+                                        price_import=self.price_import[after],
+                                        price_export=self.price_export[after], low=self.low[after],
+                                        high=self.high[after], rooms=self.rooms)}
         return Forecast(index=self.index[sl], d=self.D[sl], d_names=self.d_names,
                         price_import=self.price_import[sl], price_export=self.price_export[sl],
-                        low=self.low[sl], high=self.high[sl], rooms=self.rooms)
+                        low=self.low[sl], high=self.high[sl], rooms=self.rooms, extras=extras)
 
     def _yesterday(self, k: int, d: np.ndarray) -> np.ndarray:
         """Same time the day before for every lead (the first day has no yesterday: it repeats

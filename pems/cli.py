@@ -116,6 +116,88 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history_source(text: str) -> Path:
+    if "://" in text:
+        raise InputError(text, "--history", "InfluxDB sources are not supported yet; export a CSV or Parquet file")
+    return Path(text)
+
+
+def _step(minutes: float) -> "pd.Timedelta":
+    import pandas as pd
+
+    if not 1 <= minutes <= 240:
+        raise InputError("command line", "--step-minutes", f"{minutes} is outside 1…240")
+    return pd.Timedelta(minutes=minutes)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit the twin to a history; write house.toml, calibration.json and report.html."""
+    from pems.calibration.history import load_history
+    from pems.twin.house import load_house
+
+    house = load_house(args.house) if args.house else None
+    history = load_history(_history_source(args.history), house, _step(args.step_minutes))
+    if not 0.2 <= args.train_fraction <= 0.95:
+        raise InputError("command line", "--train-fraction", "expected a value between 0.2 and 0.95")
+    from pems.calibration.calibrate import calibrate
+    from pems.calibration.infer import house_from_history
+    from pems.calibration.outputs import write_calibration
+
+    if house is None:
+        house = house_from_history(history, name=Path(args.history).stem)
+    out = Path(args.out)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    prog = Progress(TextColumn("[bold]calibrating[/] {task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("rooms"), console=Console(stderr=True), transient=True)
+    task = prog.add_task("", total=len(history.rooms))
+    with prog:
+        result = calibrate(house, history, train_fraction=args.train_fraction,
+                           progress=lambda room, i, n: prog.update(task, completed=i, total=n, description=room))
+    write_calibration(result, out, str(args.history))
+    s = result.summary
+    print(f"{house.name}: {len(result.fits)} rooms, {result.quality.trusted_days:.0f} trusted days, quality "
+          f"{result.quality.score:.2f}; validation ({s.get('validation_days', 0)} days): 24 h-ahead RMSE "
+          f"{s.get('rmse_24h_k_mean', float('nan')):.3f} K, one-step {s.get('rmse_1step_k_mean', float('nan')):.3f} K "
+          f"({result.wall_s:.0f} s)")
+    print(f"wrote {out}/house.toml, calibration.json, report.html")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Estimate the state from the history before START, then predict H hours ahead."""
+    import pandas as pd
+
+    from pems.calibration.history import load_history
+    from pems.twin.house import load_house
+
+    house = load_house(args.house)
+    try:
+        start = pd.Timestamp(args.start)
+    except (ValueError, TypeError):
+        raise InputError("command line", "--start", f"cannot read {args.start!r} as a time (ISO 8601)") from None
+    start = start.tz_localize("UTC") if start.tz is None else start.tz_convert("UTC")
+    if not 0 < args.hours <= 24 * 14:
+        raise InputError("command line", "--hours", "expected a horizon between 0 and 336 hours")
+    history = load_history(_history_source(args.history), house, _step(args.step_minutes))
+    d = history.data
+    end = start + pd.Timedelta(hours=args.hours)
+    if start <= d.index[0] or end > d.index[-1] + history.step:
+        raise InputError(args.history, "time", f"covers {d.index[0]:%Y-%m-%d %H:%M} .. "
+                                                f"{d.index[-1] + history.step:%Y-%m-%d %H:%M} UTC; the prediction needs "
+                                                f"history before {start:%Y-%m-%d %H:%M} and inputs until {end:%Y-%m-%d %H:%M}")
+    from pems.calibration.predict import predict_ahead
+    from pems.twin.model import build_model
+
+    out = predict_ahead(build_model(house), d, history.step, start, args.hours)
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out.to_parquet(path)
+    print(f"predicted {len(out)} steps of {len(house.rooms)} rooms from {start:%Y-%m-%d %H:%M} UTC; wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pems", description="Physics-first digital twin of a home energy system.")
     p.add_argument("--version", action="version", version=f"pems {__version__}")
@@ -137,6 +219,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--controllers", help="comma-separated controller names (default: all)")
     b.add_argument("--out", default="out/bench", help="output directory (default: out/bench)")
     b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("calibrate", help="fit the twin to a home's history → house.toml, calibration.json, report.html")
+    c.add_argument("--history", required=True, help="history table: CSV or Parquet with DESIGN.md columns")
+    c.add_argument("--house", help="house file or built-in name (default: inferred from the history)")
+    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--step-minutes", type=float, default=15.0, help="model step (default 15)")
+    c.add_argument("--train-fraction", type=float, default=0.7, help="share of the history used to fit (default 0.7)")
+    c.set_defaults(func=cmd_calibrate)
+
+    pr = sub.add_parser("predict", help="estimate the state before START, predict every room H hours ahead")
+    pr.add_argument("--house", required=True, help="house file (e.g. a calibrated one) or built-in name")
+    pr.add_argument("--history", required=True, help="history table: CSV or Parquet")
+    pr.add_argument("--start", required=True, help="start of the prediction (ISO 8601; UTC without a zone)")
+    pr.add_argument("--hours", type=float, required=True, help="prediction horizon [h]")
+    pr.add_argument("--out", required=True, help="output Parquet file")
+    pr.add_argument("--step-minutes", type=float, default=15.0, help="model step (default 15)")
+    pr.set_defaults(func=cmd_predict)
 
     ls = sub.add_parser("list", help="list built-in houses, scenarios, weather, prices and controllers")
     ls.set_defaults(func=cmd_list)

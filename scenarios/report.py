@@ -5,9 +5,7 @@ One report can hold one run or several controllers on the same scenario, overlai
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -21,6 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pems import __version__  # noqa: E402
+from pems.reporting import CSS, png_base64  # noqa: E402
 from pems.scenarios.kpis import KPI_UNITS  # noqa: E402
 from pems.scenarios.runner import RunResult  # noqa: E402
 
@@ -37,11 +36,7 @@ KPI_LABELS = {
 }
 
 
-def _png(fig: plt.Figure) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=96, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+_png = png_base64
 
 
 def _time_axis(ax: plt.Axes) -> None:
@@ -179,13 +174,7 @@ def events_table(results: Sequence[RunResult]) -> str:
             f"{''.join(rows)}</table>")
 
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1250px;color:#222}
-h1{margin-bottom:0} .sub{color:#666;margin-top:.3em}
-table{border-collapse:collapse;margin:1em 0;font-size:13px} th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
-th{background:#f6f6f6} tr th:first-child{text-align:left} img{max-width:100%}
-footer{color:#888;font-size:12px;margin-top:3em}
-"""
+
 
 
 MAX_PLOT_ROWS = 3000

@@ -83,6 +83,12 @@ class RoomParams(_Strict):
     eta_heat: Annotated[float, Field(gt=0, le=1.5)] | None = None  # heat delivered / electricity
     f_heat_mass: Fraction | None = None  # share of heater output entering the mass node
     H_neighbour: dict[str, NonNeg] = Field(default_factory=dict)  # air ↔ air per neighbour id
+    # Daily profile of internal gains beyond the known ones [W]: mean and two harmonics (local time).
+    g0: float | None = None
+    g1c: float | None = None
+    g1s: float | None = None
+    g2c: float | None = None
+    g2s: float | None = None
 
 
 class Room(_Strict):

@@ -36,6 +36,72 @@ class InputSpec:
     base_dir: Path | None = None  # where relative CSV paths resolve
 
 
+def internal_gains(house: House, times: pd.DatetimeIndex, p_load: np.ndarray) -> dict[str, np.ndarray]:
+    """Known internal gains per room [W]: occupants at home plus the share of the household's
+    electricity that ends as heat, split by room type and floor area (:mod:`pems.twin.priors`)."""
+    occ = house.occupancy
+    gains = occ.persons * occ.sensible_w_per_person * presence(times, house.site.timezone) \
+        + occ.electricity_to_heat * np.asarray(p_load, dtype=float)
+    return {rid: share * gains for rid, share in priors.gain_weights(house).items()}
+
+
+def measured_disturbances(house: House, measured: pd.DataFrame, step: pd.Timedelta) -> pd.DataFrame:
+    """The model's disturbances from measurements (a history): weather (``T_out``, ``ghi`` [, ``dni``,
+    ``dhi``]), ``P_pv`` and ``P_load`` where logged (else 0 and the occupancy prior alone).
+
+    Rows follow ``measured.index`` (step starts); the sun is computed at the house's own site.
+    """
+    index = pd.DatetimeIndex(measured.index)
+    mid = index + step / 2
+    sun = solar_position(mid, house.site)
+    sun.index = index
+    w = measured[[c for c in ("T_out", "ghi", "dni", "dhi", "wind_speed") if c in measured]].copy()
+    w["ghi"] = w["ghi"].fillna(0.0) if "ghi" in w else 0.0
+    w = complete_irradiance(w, sun)
+    out = pd.DataFrame(index=index)
+    out["T_out"] = measured["T_out"] if "T_out" in measured else np.nan
+    out["T_ground"] = house.site.ground_temperature_c
+    for rid, irr in room_irradiance(house, w, sun).items():
+        out[f"I_sol__{rid}"] = irr
+    load = measured["P_load"].fillna(0.0).to_numpy() if "P_load" in measured else np.zeros(len(index))
+    for rid, q in internal_gains(house, mid, load).items():
+        out[f"Q_int__{rid}"] = q
+    out["P_pv"] = measured["P_pv"].fillna(0.0) if "P_pv" in measured else 0.0
+    out["P_load"] = load
+    for name, v in time_of_day(mid, house.site.timezone).items():
+        out[name] = v
+    return out
+
+
+def room_irradiance(house: House, weather: pd.DataFrame, sun: pd.DataFrame) -> dict[str, pd.Series]:
+    """The solar driver of each room [W m⁻²]: the window-area-weighted irradiance on its windows'
+    planes, or the global horizontal irradiance for a room without windows (its aperture is zero
+    unless calibration finds one)."""
+    planes: dict[tuple[float, float], pd.Series] = {}
+    out = {}
+    for room in house.rooms:
+        if not room.windows:
+            out[room.id] = weather["ghi"]
+            continue
+        total = sum(win.area_m2 for win in room.windows)
+        irr = 0.0
+        for win in room.windows:
+            key = (win.tilt_deg, win.azimuth_deg)
+            if key not in planes:
+                planes[key] = plane_irradiance(weather, sun, *key)["poa_global"]
+            irr = irr + planes[key] * (win.area_m2 / total)
+        out[room.id] = irr
+    return out
+
+
+def time_of_day(times: pd.DatetimeIndex, tz: str) -> dict[str, np.ndarray]:
+    """The model's time-of-day disturbances (cos/sin of one and two cycles a day, local time)."""
+    local = times.tz_convert(tz)
+    phase = 2 * np.pi * (local.hour + local.minute / 60 + local.second / 3600) / 24
+    return {"day_cos": np.cos(phase), "day_sin": np.sin(phase),
+            "day2_cos": np.cos(2 * phase), "day2_sin": np.sin(2 * phase)}
+
+
 def presence(index: pd.DatetimeIndex, tz: str) -> np.ndarray:
     """Share of occupants at home [0–1]: all from 17:00 to 08:00 and at weekends, 30 % otherwise."""
     local = index.tz_convert(tz)
@@ -91,28 +157,16 @@ def _build(house: House, spec: InputSpec, start: pd.Timestamp, n_steps: int, ste
     out = pd.DataFrame(index=index)
     out["T_out"] = w["T_out"]
     out["T_ground"] = house.site.ground_temperature_c
-    planes: dict[tuple[float, float], pd.Series] = {}
-    for room in house.rooms:
-        if room.windows:
-            total = sum(win.area_m2 for win in room.windows)
-            irr = 0.0
-            for win in room.windows:
-                key = (win.tilt_deg, win.azimuth_deg)
-                if key not in planes:
-                    planes[key] = plane_irradiance(w, sun, *key)["poa_global"]
-                irr = irr + planes[key] * (win.area_m2 / total)
-            out[f"I_sol__{room.id}"] = irr
-        else:  # no window: a roof/wall aperture on the horizontal, zero unless calibrated
-            out[f"I_sol__{room.id}"] = w["ghi"]
+    for rid, irr in room_irradiance(house, w, sun).items():
+        out[f"I_sol__{rid}"] = irr
 
     load = _load(spec, house, index, step)
-    occ = house.occupancy
-    gains = occ.persons * occ.sensible_w_per_person * presence(mid, house.site.timezone) \
-        + occ.electricity_to_heat * load.to_numpy()
-    for rid, share in priors.gain_weights(house).items():
-        out[f"Q_int__{rid}"] = share * gains
+    for rid, q in internal_gains(house, mid, load.to_numpy()).items():
+        out[f"Q_int__{rid}"] = q
     out["P_pv"] = pv_ac_power(w, sun, house.pv, house.inverter).to_numpy()
     out["P_load"] = load.to_numpy()
+    for name, v in time_of_day(mid, house.site.timezone).items():
+        out[name] = v
     for c in ("ghi", "dni", "dhi", "wind_speed"):
         out[c] = w[c]
     req = index[min(required, n_steps) - 1]

@@ -7,10 +7,14 @@ discretisation (:mod:`pems.twin.linear`), the MPC's dynamics and calibration's r
 Per room ``r`` the thermal network has an air node and a floor/mass node::
 
     C_air  dT_air/dt  = H_am (T_mass − T_air) + H_out (T_out − T_air) + Σ_n H_rn (T_air,n − T_air)
-                        + (1 − f_sol_mass) A_sol I_sol + Q_int + (1 − f_heat_mass) Q_heat
+                        + (1 − f_sol_mass) A_sol I_sol + Q_int + Q_prof + (1 − f_heat_mass) Q_heat
     C_mass dT_mass/dt = H_am (T_air − T_mass) + H_ground (T_ground − T_mass)
                         + f_sol_mass A_sol I_sol + f_heat_mass Q_heat
     Q_heat = eta_heat · COP(T_out) · P_heat            (COP ≡ 1 for electric heaters)
+    Q_prof = g0 + g1c cos ωt + g1s sin ωt + g2c cos 2ωt + g2s sin 2ωt   (ω: one day, local time)
+
+``Q_int`` are the internal gains the inputs know of (occupants, household electricity); ``Q_prof`` is a
+daily profile of further gains that calibration fits to a home's history (zero in a new house).
 
 Underfloor heating puts its heat into the slab (``f_heat_mass = 1``): the room air warms only
 through the floor surface (``H_am``), which is the lag the controller has to anticipate.
@@ -91,7 +95,8 @@ class SymbolicModel:
 
     x: Variables  # states: T_air__<room>, T_mass__<room> [°C], soc [-]
     u: Variables  # inputs: P_heat__<room>, P_ch, P_dis [W]
-    d: Variables  # disturbances: T_out, T_ground [°C], I_sol__<room> [W m⁻²], Q_int__<room>, P_pv, P_load [W]
+    d: Variables  # disturbances: T_out, T_ground [°C], I_sol__<room> [W m⁻²], Q_int__<room>, P_pv, P_load [W],
+    #               day_cos, day_sin, day2_cos, day2_sin [-] (local time of day)
     p: Variables  # physical parameters (SI units; see :func:`parameter_values`)
     rhs: ca.SX
     outputs: dict[str, ca.SX]
@@ -131,6 +136,7 @@ def declare(house: House) -> SymbolicModel:
     Q_int = {r: D.add("d", f"Q_int__{r}") for r in rooms}
     P_pv = D.add("d", "P_pv")
     P_load = D.add("d", "P_load")
+    tod = [D.add("d", n) for n in TIME_OF_DAY]
 
     par = {}
     for r in rooms:
@@ -162,8 +168,10 @@ def declare(house: House) -> SymbolicModel:
             elif r == b:
                 q_nb += h * (T_air[a] - T_air[b])
         q_am = p["H_am"] * (T_mass[r] - T_air[r])
+        q_prof = p["g0"] + sum(p[g] * t for g, t in zip(_GAIN_HARMONICS, tod))
+        outputs[f"Q_prof__{r}"] = q_prof
         rhs_air[r] = (q_am + p["H_out"] * (T_out - T_air[r]) + q_nb
-                      + (1 - p["f_sol_mass"]) * q_sol + Q_int[r]
+                      + (1 - p["f_sol_mass"]) * q_sol + Q_int[r] + q_prof
                       + (1 - p["f_heat_mass"]) * q_heat) / p["C_air"]
         rhs_mass[r] = (-q_am + p["H_ground"] * (T_ground - T_mass[r])
                        + p["f_sol_mass"] * q_sol + p["f_heat_mass"] * q_heat) / p["C_mass"]
@@ -193,8 +201,11 @@ def declare(house: House) -> SymbolicModel:
     )
 
 
+_GAIN_HARMONICS = ("g1c", "g1s", "g2c", "g2s")
 _ROOM_PARAMS = ("C_air", "C_mass", "H_am", "H_out", "H_ground", "A_sol", "f_sol_mass",
-                "eta_heat", "f_heat_mass")
+                "eta_heat", "f_heat_mass", "g0", *_GAIN_HARMONICS)
+#: Disturbances giving the local time of day: cos/sin of one and two cycles a day.
+TIME_OF_DAY = ("day_cos", "day_sin", "day2_cos", "day2_sin")
 
 
 def parameter_values(house: House) -> dict[str, float]:

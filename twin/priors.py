@@ -79,6 +79,8 @@ def room_priors(room: Room, house: House) -> dict[str, float]:
         "f_sol_mass": F_SOL_MASS,
         "eta_heat": 1.0,
         "f_heat_mass": heater_split(house),
+        # no gains beyond the occupancy and electricity priors until calibration finds them
+        "g0": 0.0, "g1c": 0.0, "g1s": 0.0, "g2c": 0.0, "g2s": 0.0,
     }
 
 

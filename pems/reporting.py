@@ -1,0 +1,45 @@
+"""Shared pieces of the self-contained HTML reports: figures inlined as PNG, one stylesheet, a page."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from datetime import datetime, timezone
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pems import __version__  # noqa: E402
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1250px;color:#222}
+h1{margin-bottom:0} .sub{color:#666;margin-top:.3em}
+table{border-collapse:collapse;margin:1em 0;font-size:13px} th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
+th{background:#f6f6f6} tr th:first-child{text-align:left} img{max-width:100%}
+.bad{color:#c0392b;font-weight:600} .good{color:#27ae60}
+footer{color:#888;font-size:12px;margin-top:3em}
+"""
+
+
+def png_base64(fig: plt.Figure, dpi: int = 96) -> str:
+    """The figure as a base64 PNG (and closed)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def img(fig: plt.Figure, alt: str) -> str:
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{png_base64(fig)}'>"
+
+
+def page(title: str, subtitle: str, body: str) -> str:
+    """A complete, offline HTML document."""
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
+<body><h1>{html.escape(title)}</h1><p class="sub">{subtitle}</p>
+{body}<footer>PEMS {__version__} · generated {now}</footer></body></html>"""

@@ -8,7 +8,7 @@ export MPLBACKEND ?= Agg
 
 PEERS  ?= .venv-peers
 
-.PHONY: install demo test test-fast bench bench-peers clean
+.PHONY: install demo test test-fast bench bench-peers validate clean
 
 install: $(STAMP)
 
@@ -38,6 +38,9 @@ $(PEERS)/.installed-stamp:     # EMHASS pins numpy<2.3, cvxpy<1.8: its own envir
 
 bench-peers: install $(PEERS)/.installed-stamp   ## EMHASS beside our controllers → out/bench-peers
 	$(VENV)/bin/pems bench winter-week --controllers rule-based,emhass,mpc,oracle --out out/bench-peers
+
+validate: install             ## calibrate on the real buildings in ../shared/data → out/validate
+	$(PY) tools/validate.py --out out/validate
 
 clean:
 	rm -rf $(VENV) $(PEERS) out .pytest_cache .benchmarks *.egg-info

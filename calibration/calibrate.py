@@ -6,8 +6,11 @@ rest scores); nothing is ever scored on the data it was fitted to.
 
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +20,7 @@ from scipy.optimize import lsq_linear
 from pems.calibration.fit import Estimate, FitSettings, RoomFit, RoomProblem
 from pems.calibration.history import History
 from pems.calibration.predict import HistoryFilter
+from pems.calibration.pv_battery import BatteryFit, PVFit, fit_battery, fit_pv
 from pems.calibration.quality import QualityReport, assess
 from pems.twin.house import House
 from pems.twin.inputs import measured_disturbances
@@ -57,15 +61,20 @@ class CalibrationResult:
     heating: pd.DataFrame  # hourly heating energy on validation days: measured and predicted [Wh]
     house_tau_h: list[float]  # time constants of the whole calibrated house [h]
     summary: dict = field(default_factory=dict)
+    pv: PVFit | None = None
+    battery: BatteryFit | None = None
     wall_s: float = 0.0
 
 
 def calibrate(house: House, history: History, settings: FitSettings = FitSettings(),
-              train_fraction: float = 0.7, progress: ProgressFn | None = None) -> CalibrationResult:
-    """Calibrate ``house`` to ``history`` and validate the result on the held-out end of it."""
+              train_fraction: float = 0.7, progress: ProgressFn | None = None,
+              workers: int | None = None) -> CalibrationResult:
+    """Calibrate ``house`` to ``history`` and validate the result on the held-out end of it.
+
+    Rooms are fitted in ``workers`` processes (default: one per CPU), each building its own problem.
+    """
     t0 = time.perf_counter()
     quality = assess(history)
-    prior_model = build_model(house)
     step = history.step
     data = history.data
     n = len(data)
@@ -75,22 +84,13 @@ def calibrate(house: House, history: History, settings: FitSettings = FitSetting
     dist = measured_disturbances(house, train, step)
     table = pd.concat([dist, train[[c for c in train if c.startswith(("P_heat__", "T_room__"))]]], axis=1)
     table = table.loc[:, ~table.columns.duplicated()]
-    fits: dict[str, RoomFit] = {}
     rooms = [r for r in house.room_ids if f"T_room__{r}" in data]
-    for i, room in enumerate(rooms):
-        if progress:
-            progress(room, i, len(rooms))
-        prob = RoomProblem(prior_model, room, settings, step.total_seconds())
-        cols = [c for c in prob.input_names if c not in table]
-        if cols:  # a neighbour or heater not logged: it cannot be fitted from this history
-            fits[room] = prob._unfitted(f"missing columns {cols}", time.perf_counter())
-            continue
-        y = train[f"T_room__{room}"].where(trusted)
-        fits[room] = prob.fit(table, y)
-    if progress:
-        progress("", len(rooms), len(rooms))
+    ys = {r: train[f"T_room__{r}"].where(trusted) for r in rooms}
+    fits = _fit_rooms(house, rooms, table, ys, settings, step.total_seconds(), workers, progress)
     couplings = combine_couplings(fits)
-    calibrated = calibrated_house(house, fits, couplings)
+    pv = fit_pv(house, train, step)
+    battery = fit_battery(train, step)
+    calibrated = calibrated_house(house, fits, couplings, pv, battery)
     model = build_model(calibrated)
     val = data.index >= split
     metrics, predictions, heating = validate(model, history, val)
@@ -109,7 +109,42 @@ def calibrate(house: House, history: History, settings: FitSettings = FitSetting
                                                                        daily["predicted_wh"].to_numpy()).items()})
     return CalibrationResult(house, calibrated, fits, couplings, quality, (data.index[0], split),
                              (split, data.index[-1] + step), metrics, predictions, heating, house_tau,
-                             summary, time.perf_counter() - t0)
+                             summary, time.perf_counter() - t0, pv, battery)
+
+
+def _fit_one(house_json: str, room: str, table: pd.DataFrame, y: pd.Series, settings: FitSettings,
+             step_s: float) -> RoomFit:
+    """One room's fit, self-contained (a worker process builds its own symbolic problem)."""
+    house = House.model_validate_json(house_json)
+    prob = RoomProblem(build_model(house), room, settings, step_s)
+    missing = [c for c in prob.input_names if c not in table]
+    if missing:  # a neighbour or heater not logged: it cannot be fitted from this history
+        return prob._unfitted(f"missing columns {missing}", time.perf_counter())
+    return prob.fit(table[prob.input_names], y)
+
+
+def _fit_rooms(house: House, rooms: list[str], table: pd.DataFrame, ys: dict[str, pd.Series],
+               settings: FitSettings, step_s: float, workers: int | None,
+               progress: ProgressFn | None) -> dict[str, RoomFit]:
+    workers = min(len(rooms), workers or os.cpu_count() or 1)
+    hj = house.model_dump_json()
+    fits: dict[str, RoomFit] = {}
+    if workers <= 1:
+        for i, room in enumerate(rooms):
+            if progress:
+                progress(room, i, len(rooms))
+            fits[room] = _fit_one(hj, room, table, ys[room], settings, step_s)
+    else:
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = {pool.submit(_fit_one, hj, r, table, ys[r], settings, step_s): r for r in rooms}
+            for i, fut in enumerate(as_completed(futures)):
+                fits[futures[fut]] = fut.result()
+                if progress:
+                    progress(futures[fut], i + 1, len(rooms))
+    if progress:
+        progress("", len(rooms), len(rooms))
+    return {r: fits[r] for r in rooms}
 
 
 def combine_couplings(fits: dict[str, RoomFit]) -> dict[tuple[str, str], Estimate]:
@@ -133,8 +168,11 @@ def combine_couplings(fits: dict[str, RoomFit]) -> dict[tuple[str, str], Estimat
 ROOM_KEYS = ("C_air", "C_mass", "H_am", "H_out", "H_ground", "A_sol", "eta_heat", "g0", "g1c", "g1s", "g2c", "g2s")
 
 
-def calibrated_house(house: House, fits: dict[str, RoomFit], couplings: dict[tuple[str, str], Estimate]) -> House:
-    """The house file with every fitted parameter written into its rooms' ``params`` tables."""
+def calibrated_house(house: House, fits: dict[str, RoomFit], couplings: dict[tuple[str, str], Estimate],
+                     pv: PVFit | None = None, battery: BatteryFit | None = None) -> House:
+    """The house file with every fitted parameter written into its rooms' ``params`` tables, its PV
+    arrays scaled to the fitted effective size (a single array also turned to the fitted plane) and
+    its battery's capacity and efficiencies replaced by the fitted ones."""
     rooms = []
     for room in house.rooms:
         params = room.params.model_dump()
@@ -150,7 +188,18 @@ def calibrated_house(house: House, fits: dict[str, RoomFit], couplings: dict[tup
                 nb[b] = round(e.value, 4)
         params["H_neighbour"] = nb
         rooms.append(room.model_copy(update={"params": room.params.model_validate(params)}))
-    return house.model_copy(update={"rooms": rooms})
+    update: dict = {"rooms": rooms}
+    if pv is not None and house.pv and np.isfinite(pv.performance_ratio) and pv.r2 > 0.5:
+        arrays = [a.model_copy(update={"kwp": round(a.kwp * pv.performance_ratio, 3)}) for a in house.pv]
+        if len(arrays) == 1:
+            arrays[0] = arrays[0].model_copy(update={"tilt_deg": round(pv.tilt_deg, 1),
+                                                     "azimuth_deg": round(pv.azimuth_deg, 1)})
+        update["pv"] = arrays
+    if battery is not None and house.battery is not None and 0.5 < battery.round_trip_efficiency <= 1.0:
+        update["battery"] = house.battery.model_copy(update={
+            "capacity_kwh": round(battery.capacity_kwh, 3), "eta_charge": round(battery.eta_charge, 4),
+            "eta_discharge": round(battery.eta_discharge, 4)})
+    return house.model_copy(update=update)
 
 
 def validate(model: HouseModel, history: History, val: np.ndarray

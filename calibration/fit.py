@@ -41,10 +41,14 @@ class FitSettings:
     prior_sigma_log: float = 0.7  # prior σ of log(parameter/prior): a factor of 2 is one σ
     eta_sigma_log: float = 0.05  # heater efficiency: only its ratio to capacities is observable
     bound_factor: float = 10.0  # bounds: prior / 10 … prior × 10
-    gain_sigma_w: float = 60.0  # prior σ of the daily gain-profile coefficients [W]
+    gain_sigma_w: float = 60.0  # prior σ of the daily gain profile's harmonics [W]
+    # prior σ of its constant part [W]: while a slab's temperature hardly changes, a constant gain
+    # and a loss to the ground look alike, so this one is held close to zero
+    gain_mean_sigma_w: float = 15.0
     aperture_sigma_per_m2: float = 0.03  # prior σ of the solar aperture per m² floor [m²/m²]
     sensor_sigma_k: float = 0.1  # weight of a measurement residual [K]
     slab_sigma_k: float = 3.0  # prior σ of each segment's initial slab − air temperature [K]
+    continuity_sigma_k: float = 0.2  # σ of the jump in slab temperature between consecutive segments [K]
     substeps: int = 3  # RK4 sub-steps per model step inside the fit
     max_iter: int = 300
 
@@ -114,6 +118,8 @@ class RoomProblem:
             elif base == "A_sol":
                 sig = settings.aperture_sigma_per_m2 * area
                 self.specs.append((name, "lin", p0, sig, -p0 / sig, 1.0 * area / sig))
+            elif base == "g0":
+                self.specs.append((name, "lin", p0, settings.gain_mean_sigma_w, -np.inf, np.inf))
             elif base in LIN_PARAMS:
                 self.specs.append((name, "lin", p0, settings.gain_sigma_w, -np.inf, np.inf))
         th = ca.SX.sym("theta", len(self.specs))
@@ -178,12 +184,14 @@ class RoomProblem:
             out[name] = float(p0 * np.exp(theta[k]) if kind_ == "log" else p0 + sig * theta[k])
         return out
 
-    def segments(self, inputs: pd.DataFrame, measured: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Cut the data into complete segments: V (n_seg, n_v, L), Y (n_seg, L), y0 (n_seg,)."""
+    def segments(self, inputs: pd.DataFrame, measured: pd.Series
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Cut the data into complete segments: V (n_seg, n_v, L), Y (n_seg, L), y0 (n_seg,), and
+        whether each segment directly follows the previous one (n_seg,)."""
         L = int(round(self.settings.segment_hours * 3600 / self.step_s))
         V = inputs[self.input_names].to_numpy(dtype=float)
         Y = measured.to_numpy(dtype=float)
-        segs_v, segs_y, y0 = [], [], []
+        segs_v, segs_y, y0, follows, last = [], [], [], [], None
         for a in range(0, len(Y) - L + 1, L):
             v, y = V[a:a + L], Y[a:a + L]
             if not np.isfinite(v).all() or not np.isfinite(y[0]) or np.isfinite(y).mean() < 0.8:
@@ -191,55 +199,62 @@ class RoomProblem:
             segs_v.append(v.T)
             segs_y.append(y)
             y0.append(y[0])
+            follows.append(last is not None and a == last + L)
+            last = a
         if not segs_v:
-            return np.zeros((0, len(self.input_names), L)), np.zeros((0, L)), np.zeros(0)
-        return np.array(segs_v), np.array(segs_y), np.array(y0)
+            return np.zeros((0, len(self.input_names), L)), np.zeros((0, L)), np.zeros(0), np.zeros(0, bool)
+        return np.array(segs_v), np.array(segs_y), np.array(y0), np.array(follows)
 
     def fit(self, inputs: pd.DataFrame, measured: pd.Series) -> RoomFit:
         """Fit this room to its data (rows: model steps)."""
         t_start = time.perf_counter()
         st = self.settings
-        V, Y, y0 = self.segments(inputs, measured)
+        V, Y, y0, follows = self.segments(inputs, measured)
         n_seg, L = Y.shape if Y.ndim == 2 else (0, 0)
         n_th = len(self.specs)
         if n_seg < 2:
             return self._unfitted("too little complete data (fewer than two segments)", t_start)
-        # One segment, mapped over all of them: simulate from [y0, slab0], compare step means.
-        m0 = ca.SX.sym("m0")
-        y0s, Vs = ca.SX.sym("y0"), ca.SX.sym("V", V.shape[1], L)
+        # One segment, mapped over all of them: simulate from its initial [air, slab] (both free: the
+        # first measurement is a noisy step mean, not the air's exact state), compare step means.
+        z0 = ca.SX.sym("z0", 2)
+        Vs = ca.SX.sym("V", V.shape[1], L)
         Ys, Ws = ca.SX.sym("Y", 1, L), ca.SX.sym("W", 1, L)
         acc = self.step.mapaccum("acc", L)
         Wv = self.W.map(L)(Vs, self.theta)  # w for every step (2 × L)
-        _, pred = acc(ca.vertcat(y0s, m0), Wv, ca.repmat(self.mats(self.theta), 1, L))
+        Z, pred = acc(z0, Wv, ca.repmat(self.mats(self.theta), 1, L))
         r = (pred - Ys) * Ws / st.sensor_sigma_k  # pred: exact step-mean air temperature
-        seg = ca.Function("seg", [self.theta, m0, y0s, Vs, Ys, Ws], [r]).map(n_seg)
+        seg = ca.Function("seg", [self.theta, z0, Vs, Ys, Ws], [r, Z[:, L - 1]]).map(n_seg)
         W = np.isfinite(Y).astype(float)
         Yf = np.nan_to_num(Y)
         # The outer problem in MX: the mapped segment function is called, not inlined, so building
         # the NLP and its derivatives stays cheap however many segments a year of data gives.
         th = ca.MX.sym("th", n_th)
-        M0 = ca.MX.sym("M0", 1, n_seg)
-        r_all = seg(th, M0, ca.DM(y0).T, ca.DM(np.hstack(list(V))), ca.DM(Yf.reshape(1, -1)),
-                    ca.DM(W.reshape(1, -1)))
+        Z0 = ca.MX.sym("Z0", 2, n_seg)  # initial [air; slab] of every segment
+        r_data, z_end = seg(th, Z0, ca.DM(np.hstack(list(V))), ca.DM(Yf.reshape(1, -1)), ca.DM(W.reshape(1, -1)))
+        # Multiple shooting: where a segment follows the previous one, it starts (softly) where the
+        # previous one ended, so the slab's slow dynamics are seen across days, not reset daily.
+        nxt = np.flatnonzero(follows)
+        sc = ca.DM([[st.sensor_sigma_k], [st.continuity_sigma_k]])
+        cont = (Z0[:, nxt] - z_end[:, nxt - 1]) / ca.repmat(sc, 1, len(nxt)) if len(nxt) else ca.MX(0, 1)
         sig = np.array([s[3] if s[1] == "log" else 1.0 for s in self.specs])
-        prior = ca.sumsqr(th / ca.DM(sig))
-        slab_prior = ca.sumsqr((M0 - ca.DM(y0).T) / st.slab_sigma_k)
-        x = ca.vertcat(th, M0.T)
-        J = ca.sumsqr(r_all) + prior + slab_prior
+        init_sig = ca.DM([[st.sensor_sigma_k], [st.slab_sigma_k]])
+        init = (Z0 - ca.repmat(ca.DM(y0).T, 2, 1)) / ca.repmat(init_sig, 1, n_seg)
+        r_all = ca.vertcat(r_data.T, ca.vec(cont), ca.vec(init), th / ca.DM(sig))
+        x = ca.vertcat(th, ca.vec(Z0))
+        J = ca.sumsqr(r_all)
         # Gauss–Newton Hessian (2 JᵀJ + the priors' curvature) for IPOPT: positive definite, cheap,
         # and as good as the exact one for a least-squares fit whose residuals are small.
-        Jr = ca.jacobian(r_all, x)
+        Jr = ca.jacobian(r_all, x)  # priors and continuity are residuals too: all in the GN Hessian
         lam_f, lam_g = ca.MX.sym("lam_f"), ca.MX.sym("lam_g", 0, 1)
-        prior_h = np.r_[1 / sig**2, np.full(n_seg, 1 / st.slab_sigma_k**2)]
-        H = lam_f * 2 * (ca.mtimes(Jr.T, Jr) + ca.diag(ca.DM(prior_h)))
+        H = lam_f * 2 * ca.mtimes(Jr.T, Jr)
         hess = ca.Function("hess_gn", [x, ca.MX.sym("p", 0, 1), lam_f, lam_g], [ca.triu(H)],
                            ["x", "p", "lam_f", "lam_g"], ["hess_gamma_x_x"])
         solver = ca.nlpsol("fit", "ipopt", {"x": x, "f": J},
                            {"ipopt.print_level": 0, "ipopt.sb": "yes", "print_time": 0,
                             "ipopt.max_iter": st.max_iter, "ipopt.tol": 1e-8, "hess_lag": hess})
-        lbx = np.r_[[s[4] for s in self.specs], np.full(n_seg, -np.inf)]
-        ubx = np.r_[[s[5] for s in self.specs], np.full(n_seg, np.inf)]
-        x0 = np.r_[np.zeros(n_th), y0 + 1.0]
+        lbx = np.r_[[s[4] for s in self.specs], np.full(2 * n_seg, -np.inf)]
+        ubx = np.r_[[s[5] for s in self.specs], np.full(2 * n_seg, np.inf)]
+        x0 = np.r_[np.zeros(n_th), np.c_[y0, y0 + 1.0].ravel()]
         sol = solver(x0=x0, lbx=lbx, ubx=ubx)
         status = solver.stats()["return_status"]
         xo = np.asarray(sol["x"]).ravel()
@@ -248,10 +263,9 @@ class RoomProblem:
         Jr = ca.Function("Jr", [x], [ca.jacobian(r_all, x)])(xo)
         Jr = Jr.sparse() if hasattr(Jr, "sparse") else np.asarray(Jr)
         H = np.asarray((Jr.T @ Jr).todense() if hasattr(Jr, "todense") else Jr.T @ Jr)
-        H += np.diag(np.r_[1 / sig**2, np.full(n_seg, 1 / st.slab_sigma_k**2)])
-        res = np.asarray(ca.Function("r", [x], [r_all])(xo)).ravel()
+        res = np.asarray(ca.Function("r", [x], [r_data])(xo)).ravel()
         n_pts = int(W.sum())
-        dof = max(1, n_pts - n_th - n_seg)
+        dof = max(1, n_pts - n_th - 2 * n_seg)
         s2 = float(res @ res) / dof  # variance factor of the standardised residuals
         cov = np.linalg.pinv(H) * s2
         cov_th = cov[:n_th, :n_th]

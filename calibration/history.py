@@ -24,7 +24,7 @@ from pems.twin.house import House
 
 #: Physical ranges per column kind (inclusive); outside is an outlier.
 RANGES = {
-    "T_out": (-45.0, 50.0), "T_room": (-10.0, 45.0), "ghi": (0.0, 1400.0), "dni": (0.0, 1200.0),
+    "T_out": (-45.0, 50.0), "T_ground": (-20.0, 40.0), "T_room": (-10.0, 45.0), "ghi": (0.0, 1400.0), "dni": (0.0, 1200.0),
     "dhi": (0.0, 800.0), "P_heat": (0.0, 1e5), "P_pv": (0.0, 1e5), "P_load": (0.0, 1e5),
     "P_grid": (-1e5, 1e5), "P_bat": (-1e5, 1e5), "soc": (0.0, 1.0), "relay": (0.0, 1.0),
     "price_import": (-5.0, 20.0), "price_export": (-5.0, 20.0),

@@ -73,6 +73,8 @@ def calibration_json(result: CalibrationResult) -> dict:
         "couplings": {f"{a}__{b}": {"value": e.value, "se": e.se, "prior": e.prior}
                       for (a, b), e in result.couplings.items()},
         "rooms": rooms,
+        "pv": None if result.pv is None else vars(result.pv) | {"performance_ratio": result.pv.performance_ratio},
+        "battery": None if result.battery is None else vars(result.battery),
         "quality": {"score": q.score, "missing": q.missing, "trusted_days": q.trusted_days,
                     "trusted_periods": [[a, b] for a, b in q.trusted],
                     "signals": {s.name: {"score": s.score, "completeness": s.completeness, "outliers": s.outliers,
@@ -185,13 +187,25 @@ def write_calibration(result: CalibrationResult, out: Path, source: str) -> None
               f"{100 * s.get('daily_heat_nmbe', float('nan')):+.1f} %. The twin's heating is the energy its rooms "
               "need to follow the measured temperatures; a floor slab hides within which hour the heat went in, "
               "so hourly agreement is the harder test.</p>")
+    devices = ""
+    if result.pv is not None:
+        pv = result.pv
+        devices += (f"<p>PV: effective size {pv.kwp_effective:.2f} kWp ({100 * pv.performance_ratio:.0f} % of "
+                    f"the house file's), plane tilt {pv.tilt_deg:.0f}°, azimuth {pv.azimuth_deg:.0f}°; RMSE "
+                    f"{pv.rmse_w:.0f} W, R² {pv.r2:.3f} over {pv.n} daylight steps.</p>")
+    if result.battery is not None:
+        b = result.battery
+        devices += (f"<p>Battery: capacity {b.capacity_kwh:.2f} kWh, round-trip efficiency "
+                    f"{100 * b.round_trip_efficiency:.1f} % (charge and discharge taken equal), self-discharge "
+                    f"{b.self_discharge_w:.0f} W; SOC-change RMSE {b.rmse_soc:.4f} over {b.n} steps.</p>")
     body = (f"<h2>Summary</h2><p>Mean over rooms on {s.get('validation_days', 0)} validation days: 24 h-ahead RMSE "
             f"<b>{s.get('rmse_24h_k_mean', float('nan')):.3f} K</b>, one-step RMSE {s.get('rmse_1step_k_mean', float('nan')):.3f} K. "
             f"Data quality score {result.quality.score:.2f}, {result.quality.trusted_days:.0f} trusted days. "
             f"Calibration took {result.wall_s:.0f} s.</p>{rooms_table}{ashrae}"
             f"<h2>Predictions on validation days</h2>{img(predictions_figure(result), 'predictions')}"
             f"{img(residuals_figure(result), 'residuals')}{img(heating_figure(result), 'heating')}"
-            f"<h2>Parameters</h2>{params_table}<h2>Data quality</h2>"
+            f"<h2>Parameters</h2>{params_table}{'<h2>PV and battery</h2>' + devices if devices else ''}"
+            f"<h2>Data quality</h2>"
             f"<p>Missing signals: {html.escape(', '.join(result.quality.missing) or 'none')}.</p>{quality_table}")
     sub = (f"{html.escape(source)} · training {result.train[0]:%Y-%m-%d} – {result.train[1]:%Y-%m-%d}, "
            f"validation {result.validation[0]:%Y-%m-%d} – {result.validation[1]:%Y-%m-%d}")

@@ -44,11 +44,16 @@ class HistoryFilter:
         self.rows = np.r_[model.air]  # measured states: the rooms' air
         self.Cm = self.disc.Phi_mean[:nr, :]  # step mean of the air from the state at the step's start
         self.Dm = self.disc.Gamma_mean[:nr, :]
-        q = np.r_[np.full(nr, noise.air_k), np.full(nr, noise.mass_k), np.full(n - 2 * nr, noise.soc)] ** 2
+        # The gain is computed for the thermal states (2 per room); a battery's SOC is not measured
+        # here and simply follows the logged battery power.
+        th = slice(0, 2 * nr)
+        A, C = self.disc.Ad[th, th], self.Cm[:, th]
+        q = np.r_[np.full(nr, noise.air_k), np.full(nr, noise.mass_k)] ** 2
         r = np.full(nr, noise.sensor_k) ** 2
-        P = solve_discrete_are(self.disc.Ad.T, self.Cm.T, np.diag(q), np.diag(r))
-        S = self.Cm @ P @ self.Cm.T + np.diag(r)
-        self.K = self.disc.Ad @ P @ self.Cm.T @ np.linalg.inv(S)  # one-step predictor gain
+        P = solve_discrete_are(A.T, C.T, np.diag(q), np.diag(r))
+        S = C @ P @ C.T + np.diag(r)
+        self.K = np.zeros((n, nr))
+        self.K[th] = A @ P @ C.T @ np.linalg.inv(S)  # one-step predictor gain
 
     def inputs(self, data: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """(U [W], D) per step from a history table (missing heating counts as off)."""

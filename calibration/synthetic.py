@@ -37,7 +37,8 @@ class SyntheticHistory:
 def make_history(house: House, start: str | pd.Timestamp, days: float, seed: int = 0,
                  spread: float = 0.3, sensor_noise_k: float = 0.05, quantum_k: float = 0.1,
                  occupancy_w: float = 80.0, weather: str = "sand-point-tmy3",
-                 step: pd.Timedelta = pd.Timedelta(minutes=15), setback_k: float = 2.0) -> SyntheticHistory:
+                 step: pd.Timedelta = pd.Timedelta(minutes=15), setback_k: float = 2.0,
+                 plant_step_s: float = 60.0) -> SyntheticHistory:
     """Simulate ``days`` of a home whose true parameters differ from ``house``'s priors.
 
     Parameters
@@ -82,7 +83,7 @@ def make_history(house: House, start: str | pd.Timestamp, days: float, seed: int
     night = (hour < 6) | (hour >= 22)
     d0 = inputs[list(truth.sym.d.names)].iloc[:96].mean().to_numpy()
     x0, _ = steady_state(truth, d0, comfort)
-    plant = SimulatedHome(truth, inputs, x0, step_s=step.total_seconds())
+    plant = SimulatedHome(truth, inputs, x0, step_s=step.total_seconds(), substep_s=plant_step_s)
     for k in range(n):
         plant.step(Action(heat_setpoint_c=eco if night[k] else comfort))
     lg = plant.log

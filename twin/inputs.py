@@ -47,7 +47,8 @@ def internal_gains(house: House, times: pd.DatetimeIndex, p_load: np.ndarray) ->
 
 def measured_disturbances(house: House, measured: pd.DataFrame, step: pd.Timedelta) -> pd.DataFrame:
     """The model's disturbances from measurements (a history): weather (``T_out``, ``ghi`` [, ``dni``,
-    ``dhi``]), ``P_pv`` and ``P_load`` where logged (else 0 and the occupancy prior alone).
+    ``dhi``]), ``P_pv`` and ``P_load`` where logged (else 0 and the occupancy prior alone), and
+    ``T_ground`` where a temperature below the slabs is logged (else the site's ground temperature).
 
     Rows follow ``measured.index`` (step starts); the sun is computed at the house's own site.
     """
@@ -60,7 +61,9 @@ def measured_disturbances(house: House, measured: pd.DataFrame, step: pd.Timedel
     w = complete_irradiance(w, sun)
     out = pd.DataFrame(index=index)
     out["T_out"] = measured["T_out"] if "T_out" in measured else np.nan
-    out["T_ground"] = house.site.ground_temperature_c
+    # a measured boundary below the slabs (a cellar, a ground probe) where the history has one
+    out["T_ground"] = measured["T_ground"].fillna(house.site.ground_temperature_c) if "T_ground" in measured \
+        else house.site.ground_temperature_c
     for rid, irr in room_irradiance(house, w, sun).items():
         out[f"I_sol__{rid}"] = irr
     load = measured["P_load"].fillna(0.0).to_numpy() if "P_load" in measured else np.zeros(len(index))

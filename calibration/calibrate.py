@@ -109,7 +109,7 @@ def calibrate(house: House, history: History, settings: FitSettings = FitSetting
                                                                        daily["predicted_wh"].to_numpy()).items()})
     return CalibrationResult(house, calibrated, fits, couplings, quality, (data.index[0], split),
                              (split, data.index[-1] + step), metrics, predictions, heating, house_tau,
-                             summary, time.perf_counter() - t0, pv, battery)
+                             summary, pv=pv, battery=battery, wall_s=time.perf_counter() - t0)
 
 
 def _fit_one(house_json: str, room: str, table: pd.DataFrame, y: pd.Series, settings: FitSettings,

@@ -53,8 +53,8 @@ class BatteryFit:
 
 def fit_pv(house: House, data: pd.DataFrame, step: pd.Timedelta) -> PVFit | None:
     """Fit an effective PV plane to measured ``P_pv`` (None without PV data or arrays)."""
-    if "P_pv" not in data or "ghi" not in data or "T_out" not in data or not data["P_pv"].notna().any():
-        return None
+    if "P_pv" not in data or "ghi" not in data or "T_out" not in data or not (data["P_pv"] > 50).any():
+        return None  # no PV logged (or none produced): nothing to fit
     arrays = house.pv or [PVArray(kwp=max(1.0, float(data["P_pv"].max()) / 1000), tilt_deg=35, azimuth_deg=180)]
     inverter = house.inverter or Inverter(ac_limit_w=inverter_ac_limit(arrays, None) * 1.2)
     limit = inverter_ac_limit(arrays, inverter)
@@ -84,7 +84,8 @@ def fit_pv(house: House, data: pd.DataFrame, step: pd.Timedelta) -> PVFit | None
                         x_scale=[kwp_total, 10, 30])
     pred = model(res.x)
     rmse = float(np.sqrt(np.mean((pred - y) ** 2)))
-    r2 = float(1 - np.sum((pred - y) ** 2) / np.sum((y - y.mean()) ** 2))
+    spread = np.sum((y - y.mean()) ** 2)
+    r2 = float(1 - np.sum((pred - y) ** 2) / spread) if spread > 0 else float("nan")
     return PVFit(float(res.x[0]), float(res.x[1]), float(res.x[2] % 360), rmse, r2, int(ok.sum()), prior_eff)
 
 

@@ -8,7 +8,7 @@ export MPLBACKEND ?= Agg
 
 PEERS  ?= .venv-peers
 
-.PHONY: install demo test test-fast bench bench-peers validate clean
+.PHONY: install services demo test test-fast bench bench-peers validate clean
 
 install: $(STAMP)
 
@@ -21,13 +21,16 @@ $(STAMP): pyproject.toml
 demo: install                 ## the winter week with every controller → out/demo/report.html
 	$(VENV)/bin/pems demo --out out/demo
 
-test: install                 ## every test (services are started by the tests that need them)
+services:                     ## Debian packages of the test servers (the tests start them on 127.0.0.1)
+	@tools/install_services.sh
+
+test: install services        ## every test; service-backed tests start their own servers
 	$(PY) -m pytest -q
 
 test-fast: install            ## the fast set, in seconds
 	$(PY) -m pytest -q -m "not slow"
 
-bench: install                ## performance benchmarks (pytest-benchmark)
+bench: install services       ## performance benchmarks (pytest-benchmark)
 	$(PY) -m pytest bench -q --benchmark-only --benchmark-columns=min,median,max,rounds
 
 $(PEERS)/.installed-stamp:     # EMHASS pins numpy<2.3, cvxpy<1.8: its own environment

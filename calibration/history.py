@@ -27,9 +27,9 @@ RANGES = {
     "T_out": (-45.0, 50.0), "T_ground": (-20.0, 40.0), "T_room": (-10.0, 45.0), "ghi": (0.0, 1400.0), "dni": (0.0, 1200.0),
     "dhi": (0.0, 800.0), "P_heat": (0.0, 1e5), "P_pv": (0.0, 1e5), "P_load": (0.0, 1e5),
     "P_grid": (-1e5, 1e5), "P_bat": (-1e5, 1e5), "soc": (0.0, 1.0), "relay": (0.0, 1.0),
-    "price_import": (-5.0, 20.0), "price_export": (-5.0, 20.0),
+    "price_import": (-5.0, 20.0), "price_export": (-5.0, 20.0), "P_load_total": (0.0, 1e5),
 }
-HELD = ("P_heat", "P_pv", "P_load", "P_grid", "P_bat", "relay", "price_import", "price_export")
+HELD = ("P_heat", "P_pv", "P_load", "P_grid", "P_bat", "relay", "price_import", "price_export", "P_load_total")
 
 
 def kind(column: str) -> str:
@@ -47,6 +47,7 @@ class History:
     rooms: tuple[str, ...]
     outliers: dict[str, int] = field(default_factory=dict)  # values removed per column
     raw_step: pd.Timedelta | None = None  # median spacing of the source
+    sources: dict[str, str] = field(default_factory=dict)  # column -> source series (InfluxDB)
 
     def room_columns(self, prefix: str) -> list[str]:
         return [f"{prefix}__{r}" for r in self.rooms]
@@ -57,7 +58,7 @@ class History:
             d = d[d.index >= start]
         if end is not None:
             d = d[d.index < end]
-        return History(d, self.step, self.source, self.rooms, dict(self.outliers), self.raw_step)
+        return History(d, self.step, self.source, self.rooms, dict(self.outliers), self.raw_step, dict(self.sources))
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -139,6 +140,11 @@ def prepare_history(raw: pd.DataFrame, source: str, house: House | None = None,
             clean[col] = p if col not in clean else clean[col].fillna(p)
         clean = clean.drop(columns=c)
     data = _resample(clean, step, max_gap)
+    if "P_load_total" in data:  # a whole-house meter: the household load is what heating leaves
+        heat = data[[c for c in data if c.startswith("P_heat__")]].sum(axis=1, min_count=1)
+        load = (data["P_load_total"] - heat.fillna(0.0)).clip(lower=0.0)
+        data["P_load"] = data["P_load"].fillna(load) if "P_load" in data else load
+        data = data.drop(columns="P_load_total")
     return History(data, step, source, rooms, outliers, raw_step)
 
 

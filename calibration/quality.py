@@ -121,6 +121,9 @@ def assess(history: History, min_trusted: pd.Timedelta = pd.Timedelta(days=1),
                         problems.append(f"cooled while heated in {100 * (1 - reason):.0f} % of heated hours")
         score = completeness * (1.0 - flat) * reason * regularity * np.exp(-jumps / max(1, len(v)) * 100)
         score *= 1.0 if not out else max(0.5, 1.0 - out / max(1, len(v)) * 10)
+        src = history.sources.get(c)
+        if src and problems:  # say where to look: the source series behind the column
+            problems = [f"{p} [{src}]" for p in problems]
         signals[c] = SignalQuality(c, completeness, out, flat, jumps, regularity, reason, float(score), problems)
     trusted = _trusted_periods(d, [c for c in needed if c in d.columns], signals, min_trusted)
     return QualityReport(signals, missing, trusted, history.step)

@@ -116,10 +116,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _history_source(text: str) -> Path:
-    if "://" in text:
-        raise InputError(text, "--history", "InfluxDB sources are not supported yet; export a CSV or Parquet file")
-    return Path(text)
+def _time(text: str | None, key: str):
+    import pandas as pd
+
+    if text is None:
+        return None
+    try:
+        t = pd.Timestamp(text)
+    except (ValueError, TypeError):
+        raise InputError("command line", key, f"cannot read {text!r} as a time (ISO 8601)") from None
+    return t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")
+
+
+def _open(args: argparse.Namespace, house, step, start=None, end=None):
+    """A history from a file or an InfluxDB URL, with a progress bar for extraction."""
+    from pems.calibration.sources import is_url, open_history
+
+    if not is_url(args.history):
+        return open_history(args.history, house, step, start=start, end=end)
+    prog, update = _progress("extracting")
+    with prog:
+        return open_history(args.history, house, step, mapping=args.mapping, start=start, end=end,
+                            use_cache=not getattr(args, "no_cache", False), progress=update)
 
 
 def _step(minutes: float) -> "pd.Timedelta":
@@ -132,11 +150,14 @@ def _step(minutes: float) -> "pd.Timedelta":
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     """Fit the twin to a history; write house.toml, calibration.json and report.html."""
-    from pems.calibration.history import load_history
     from pems.twin.house import load_house
 
     house = load_house(args.house) if args.house else None
-    history = load_history(_history_source(args.history), house, _step(args.step_minutes))
+    import pandas as pd
+
+    end = _time(args.end, "--end") or pd.Timestamp.now(tz="UTC").floor("D")
+    start = _time(args.start, "--start") or end - pd.Timedelta(days=365)
+    history = _open(args, house, _step(args.step_minutes), start, end)
     if not 0.2 <= args.train_fraction <= 0.95:
         raise InputError("command line", "--train-fraction", "expected a value between 0.2 and 0.95")
     from pems.calibration.calibrate import calibrate
@@ -169,18 +190,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Estimate the state from the history before START, then predict H hours ahead."""
     import pandas as pd
 
-    from pems.calibration.history import load_history
     from pems.twin.house import load_house
 
     house = load_house(args.house)
-    try:
-        start = pd.Timestamp(args.start)
-    except (ValueError, TypeError):
-        raise InputError("command line", "--start", f"cannot read {args.start!r} as a time (ISO 8601)") from None
-    start = start.tz_localize("UTC") if start.tz is None else start.tz_convert("UTC")
+    start = _time(args.start, "--start")
     if not 0 < args.hours <= 24 * 14:
         raise InputError("command line", "--hours", "expected a horizon between 0 and 336 hours")
-    history = load_history(_history_source(args.history), house, _step(args.step_minutes))
+    from pems.calibration.sources import is_url
+
+    window = (start - pd.Timedelta(days=14), start + pd.Timedelta(hours=args.hours)) if is_url(args.history) else (None, None)
+    history = _open(args, house, _step(args.step_minutes), *window)
     d = history.data
     end = start + pd.Timedelta(hours=args.hours)
     if start <= d.index[0] or end > d.index[-1] + history.step:
@@ -195,6 +214,27 @@ def cmd_predict(args: argparse.Namespace) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     out.to_parquet(path)
     print(f"predicted {len(out)} steps of {len(house.rooms)} rooms from {start:%Y-%m-%d %H:%M} UTC; wrote {path}")
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    """The canonical history table from a file or InfluxDB, cleaned and on the model step."""
+    from pems.calibration.quality import assess
+    from pems.twin.house import load_house
+
+    house = load_house(args.house) if args.house else None
+    start, end = _time(args.start, "--start"), _time(args.end, "--end")
+    args.history = args.source
+    h = _open(args, house, _step(args.step_minutes), start, end)
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h.data.to_parquet(path)
+    q = assess(h)
+    print(f"{len(h.data)} steps × {len(h.data.columns)} columns, {len(h.rooms)} rooms; quality {q.score:.2f}, "
+          f"{q.trusted_days:.0f} trusted days; wrote {path}")
+    for sig in q.signals.values():
+        for p in sig.problems:
+            print(f"  {sig.name}: {p}")
     return 0
 
 
@@ -226,6 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--step-minutes", type=float, default=15.0, help="model step (default 15)")
     c.add_argument("--train-fraction", type=float, default=0.7, help="share of the history used to fit (default 0.7)")
+    c.add_argument("--mapping", help="InfluxDB sources: mapping preset or file (default loxone-growatt)")
+    c.add_argument("--start", help="InfluxDB sources: first time (default: a year before --end)")
+    c.add_argument("--end", help="InfluxDB sources: end time (default: today 00:00 UTC)")
+    c.add_argument("--no-cache", action="store_true", help="InfluxDB sources: query again, ignore the cache")
     c.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="estimate the state before START, predict every room H hours ahead")
@@ -235,7 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--hours", type=float, required=True, help="prediction horizon [h]")
     pr.add_argument("--out", required=True, help="output Parquet file")
     pr.add_argument("--step-minutes", type=float, default=15.0, help="model step (default 15)")
+    pr.add_argument("--mapping", help="InfluxDB sources: mapping preset or file (default loxone-growatt)")
+    pr.add_argument("--no-cache", action="store_true", help="InfluxDB sources: ignore the cache")
     pr.set_defaults(func=cmd_predict)
+
+    hi = sub.add_parser("history", help="the canonical history table from a file or InfluxDB → Parquet")
+    hi.add_argument("source", metavar="SOURCE", help="CSV/Parquet file, influx://HOST:PORT/DB or influx2://HOST:PORT?org=ORG")
+    hi.add_argument("--start", required=True, help="first time (ISO 8601)")
+    hi.add_argument("--end", required=True, help="end time (ISO 8601)")
+    hi.add_argument("--mapping", help="mapping preset or file (default loxone-growatt)")
+    hi.add_argument("--house", help="house file (for relay ratings and room names)")
+    hi.add_argument("--out", required=True, help="output Parquet file")
+    hi.add_argument("--step-minutes", type=float, default=15.0, help="model step (default 15)")
+    hi.add_argument("--no-cache", action="store_true", help="query again, ignore the cache")
+    hi.set_defaults(func=cmd_history)
 
     ls = sub.add_parser("list", help="list built-in houses, scenarios, weather, prices and controllers")
     ls.set_defaults(func=cmd_list)
@@ -269,6 +326,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for p in exc.problems:
             print(f"pems: error: {p}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a data source that is down or refuses: one line, no traceback
+        from pems.calibration.influx import SourceError
+
+        if isinstance(exc, SourceError):
+            print(f"pems: error: {exc}", file=sys.stderr)
+            return 3
+        raise
     except KeyboardInterrupt:
         print("pems: interrupted", file=sys.stderr)
         return 130

@@ -155,9 +155,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     house = load_house(args.house) if args.house else None
     import pandas as pd
 
-    end = _time(args.end, "--end") or pd.Timestamp.now(tz="UTC").floor("D")
-    start = _time(args.start, "--start") or end - pd.Timedelta(days=365)
+    from pems.calibration.sources import is_url
+
+    start, end = _time(args.start, "--start"), _time(args.end, "--end")
+    if is_url(args.history):  # a database holds years: default to the last one
+        end = end or pd.Timestamp.now(tz="UTC").floor("D")
+        start = start or end - pd.Timedelta(days=365)
     history = _open(args, house, _step(args.step_minutes), start, end)
+    if len(history.data) < 2:
+        raise InputError(args.history, "time", "no data in the requested period")
     if not 0.2 <= args.train_fraction <= 0.95:
         raise InputError("command line", "--train-fraction", "expected a value between 0.2 and 0.95")
     from pems.calibration.calibrate import calibrate
@@ -267,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--step-minutes", type=float, default=15.0, help="model step (default 15)")
     c.add_argument("--train-fraction", type=float, default=0.7, help="share of the history used to fit (default 0.7)")
     c.add_argument("--mapping", help="InfluxDB sources: mapping preset or file (default loxone-growatt)")
-    c.add_argument("--start", help="InfluxDB sources: first time (default: a year before --end)")
-    c.add_argument("--end", help="InfluxDB sources: end time (default: today 00:00 UTC)")
+    c.add_argument("--start", help="first time (InfluxDB default: a year before --end; files: all)")
+    c.add_argument("--end", help="end time (InfluxDB default: today 00:00 UTC; files: all)")
     c.add_argument("--no-cache", action="store_true", help="InfluxDB sources: query again, ignore the cache")
     c.set_defaults(func=cmd_calibrate)
 

@@ -28,7 +28,7 @@ test: install services        ## every test; service-backed tests start their ow
 	$(PY) -m pytest -q
 
 test-fast: install            ## the fast set, in seconds
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow and not service"
 
 bench: install services       ## performance benchmarks (pytest-benchmark)
 	$(PY) -m pytest bench -q --benchmark-only --benchmark-columns=min,median,max,rounds

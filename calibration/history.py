@@ -152,7 +152,7 @@ def _resample(df: pd.DataFrame, step: pd.Timedelta, max_gap: pd.Timedelta) -> pd
     """Means over each step: temperatures and irradiance as the mean of their linear interpolant,
     powers and states as time-weighted means of held values; nothing across gaps > ``max_gap``."""
     start = df.index[0].floor(step)
-    end = df.index[-1].ceil(step)
+    end = df.index[-1].floor(step) + step  # the last sample's step is included
     grid = pd.date_range(start, end, freq=step, inclusive="left")
     if df.index.isin(grid).all():  # already on the grid (each value a step mean): bridge short gaps only
         out = df.reindex(grid)

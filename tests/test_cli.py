@@ -167,6 +167,7 @@ def runs(tmp_path_factory) -> dict[str, Ran]:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_exits_2_with_one_clear_message(runs, case):
     r = runs[case.name]
@@ -179,6 +180,7 @@ def test_bad_input_exits_2_with_one_clear_message(runs, case):
     assert not (r.cwd / "out").exists()  # nothing was written
 
 
+@pytest.mark.slow
 def test_simulate_tiny_scenario_writes_its_outputs(runs):
     r = runs[GOOD.name]
     assert r.returncode == 0, r.stderr

@@ -112,6 +112,7 @@ def test_calibrated_house_round_trips_and_uses_the_fit(result, tmp_path):
     assert m.param("g1s__a") == pytest.approx(est["g1s__a"].value, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_cli_calibrate_and_predict_with_only_site_and_rooms(synthetic, tmp_path):
     _, syn, _ = synthetic
     plain = {"name": "plain", "site": PLAIN["site"],

@@ -68,6 +68,7 @@ def test_line_protocol_escapes_and_inverts_scaling():
 
 
 @pytest.mark.slow
+@pytest.mark.service
 def test_two_years_round_trip_through_a_real_influxdb1(tmp_path, monkeypatch):
     """Two years of 15-minute data for 17 rooms in the loxone-growatt layout: written, extracted,
     compared value by value; the second extraction comes from the cache."""
@@ -97,6 +98,7 @@ def test_two_years_round_trip_through_a_real_influxdb1(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(out, again)
 
 
+@pytest.mark.service
 def test_resumes_and_never_caches_a_failed_chunk(tmp_path, monkeypatch):
     monkeypatch.setenv("PEMS_CACHE", str(tmp_path / "cache"))
     m = load_mapping("loxone-growatt")
@@ -131,6 +133,7 @@ class _Broken(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.service
 def test_a_failing_server_gives_a_clear_error_after_retries(tmp_path, monkeypatch):
     monkeypatch.setenv("PEMS_CACHE", str(tmp_path / "cache"))
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Broken)
@@ -155,6 +158,7 @@ def test_bad_urls_and_credentials_in_urls_are_input_errors():
         load_mapping("no-such-mapping")
 
 
+@pytest.mark.service
 def test_writes_through_the_v2_api_into_victoria_metrics(tmp_path):
     m = load_mapping("loxone-growatt")
     idx = pd.date_range("2024-03-01", periods=8, freq=Q, tz="UTC")
@@ -183,3 +187,28 @@ def test_flux_against_a_real_influxdb2(tmp_path, monkeypatch):
     write(url, m, table)
     out = extract(url, m, idx[0], idx[-1] + Q)
     np.testing.assert_allclose(out["T_room__obyvak"], table["T_room__obyvak"])
+
+
+@pytest.mark.service
+def test_pems_history_from_a_real_server(tmp_path):
+    import subprocess
+    import sys
+
+    m = load_mapping("loxone-growatt")
+    idx = pd.date_range(T0, T1, freq=Q, inclusive="left")
+    with influxdb1(tmp_path) as base:
+        url = base.replace("http://", "influx://")
+        write(url, m, source_layout(idx))
+        env = dict(os.environ, PEMS_CACHE=str(tmp_path / "cache"))
+        r = subprocess.run([sys.executable, "-m", "pems", "history", url, "--start", "2024-01-01", "--end",
+                            "2024-01-08", "--house", "reference", "--out", str(tmp_path / "h.parquet")],
+                           capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 0, r.stderr
+    h = pd.read_parquet(tmp_path / "h.parquet")
+    assert len(h) == len(idx) and "P_heat__obyvak" in h and "relay__obyvak" not in h
+    assert h["P_heat__obyvak"].isin([0.0, 4800.0]).all()  # relay 0/1 × the living room's 4.8 kW
+    assert (h["P_load"] >= 0).all()  # the whole-house meter minus the heating
+    r = subprocess.run([sys.executable, "-m", "pems", "history", url, "--start", "2024-02-01", "--end",
+                        "2024-02-08", "--out", str(tmp_path / "x.parquet")], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 3 and "not reachable" in r.stderr and "Traceback" not in r.stderr

@@ -107,6 +107,7 @@ def test_oracle_is_a_lower_bound(tmp_path):
         assert o["cost"] + w * o["discomfort_Kh"] <= k["cost"] + w * k["discomfort_Kh"] + 1e-2, name
 
 
+@pytest.mark.slow
 def test_solver_failure_and_nan_forecasts_fall_back_to_rule_based(tmp_path):
     sc = scenario(tmp_path, TWO_ROOMS, days=0.25, comfort=CONSTANT_BAND)
     prep = prepare(sc)

@@ -136,6 +136,7 @@ def test_persistence_forecast_repeats_yesterday():
         perfect.d[0, 0] = 99.0  # perfect forecasts are read-only views of the run's data
 
 
+@pytest.mark.slow
 def test_bench_writes_kpis_csv_with_distance_to_the_oracle(tmp_path):
     from helpers import TWO_ROOMS, write_constant_inputs, write_scenario
     from pems.scenarios.bench import run_bench

@@ -55,10 +55,18 @@ class HistoryFilter:
         self.K = np.zeros((n, nr))
         self.K[th] = A @ P @ C.T @ np.linalg.inv(S)  # one-step predictor gain
 
-    def inputs(self, data: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """(U [W], D) per step from a history table (missing heating counts as off)."""
+    def inputs(self, data: pd.DataFrame, gains: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(U [W], D) per step from a history table (missing heating counts as off).
+
+        ``gains``: extra heat per room [W] (columns: room ids) added to the internal gains, e.g. a
+        residual corrector's output.
+        """
         m = self.model
-        D = measured_disturbances(m.house, data, self.step)[list(m.sym.d.names)].to_numpy(dtype=float)
+        table = measured_disturbances(m.house, data, self.step)
+        if gains is not None:
+            for r in gains.columns:
+                table[f"Q_int__{r}"] = table[f"Q_int__{r}"].to_numpy() + gains[r].reindex(table.index).fillna(0.0).to_numpy()
+        D = table[list(m.sym.d.names)].to_numpy(dtype=float)
         U = np.zeros((len(data), len(m.sym.u)))
         for i, r in enumerate(m.rooms):
             col = f"P_heat__{r}"
@@ -77,10 +85,11 @@ class HistoryFilter:
             return c + np.einsum("kij,kj->ki", self.form.B(D), U)
         return c + U @ self.form.B(D[:1])[0].T
 
-    def run(self, data: pd.DataFrame) -> Filtered:
-        """Filter over the whole history; NaN temperatures are skipped (no correction)."""
+    def run(self, data: pd.DataFrame, gains: pd.DataFrame | None = None) -> Filtered:
+        """Filter over the whole history; NaN temperatures are skipped (no correction).
+        ``gains``: extra heat per room [W] (see :meth:`inputs`)."""
         m = self.model
-        U, D = self.inputs(data)
+        U, D = self.inputs(data, gains)
         D = np.where(np.isfinite(D), D, 0.0)
         W = self.w(U, D)
         Y = data[[f"T_room__{r}" for r in m.rooms]].to_numpy(dtype=float)
@@ -138,3 +147,30 @@ def predict_ahead(model: HouseModel, data: pd.DataFrame, step: pd.Timedelta, sta
     for i, r in enumerate(model.rooms):
         out[f"T_mass__{r}"] = means[:, model.n_rooms + i]
     return out
+
+
+def ahead_errors(model: HouseModel, data: pd.DataFrame, step: pd.Timedelta, hours: float = 24.0,
+                 every: pd.Timedelta = pd.Timedelta(hours=6), start: pd.Timestamp | None = None,
+                 gains: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Errors (predicted − measured) of open-loop predictions ``hours`` ahead from every origin
+    ``every`` apart at or after ``start``: one row per (origin, step), one column per room [K].
+
+    The filter before each origin uses measurements before it only; ``gains`` [W per room] are
+    added to the internal gains in filter and prediction alike (physics + correction).
+    """
+    f = HistoryFilter(model, step)
+    filt = f.run(data, gains)
+    n = int(round(pd.Timedelta(hours=hours) / step))
+    stride = max(1, int(round(every / step)))
+    k0 = 0 if start is None else int(np.searchsorted(filt.index, pd.Timestamp(start)))
+    Y = data[[f"T_room__{r}" for r in model.rooms]].to_numpy(dtype=float)
+    frames = []
+    for k in range(k0, len(filt.index) - n + 1, stride):
+        means, _ = f.simulate(filt.x_prior[k], filt.W[k:k + n])
+        e = means[:, : model.n_rooms] - Y[k:k + n]
+        fr = pd.DataFrame(e, columns=list(model.rooms), index=filt.index[k:k + n])
+        fr.insert(0, "origin", filt.index[k])
+        frames.append(fr)
+    if not frames:
+        raise ValueError("the history is too short for one prediction after the start")
+    return pd.concat(frames)

@@ -23,6 +23,14 @@ def _mpc(model: HouseModel, step_s: float, options: dict) -> Controller:
     return EconomicMPC(model, step_s, cfg)
 
 
+def _mpc_corrected(model: HouseModel, step_s: float, options: dict) -> Controller:
+    from pems.controllers.mpc import MpcConfig
+    from pems.controllers.mpc_corrected import CorrectedMPC
+
+    cfg = MpcConfig(horizon_hours=options.get("horizon_hours", 24.0), weights=_weights(options))
+    return CorrectedMPC(model, step_s, cfg)
+
+
 def _oracle(model: HouseModel, step_s: float, options: dict) -> Controller:
     from pems.controllers.oracle import PerfectForesightOracle
 
@@ -39,6 +47,7 @@ CONTROLLERS: dict[str, Callable[[HouseModel, float, dict], Controller]] = {
     "rule-based": lambda model, step_s, options: RuleBasedController(model),
     "rule-based-preheat": lambda model, step_s, options: RuleBasedController.with_preheat(model),
     "mpc": _mpc,
+    "mpc+correctors": _mpc_corrected,  # learns from the history of scenarios with a [truth] section
     "oracle": _oracle,
 }
 
@@ -47,9 +56,18 @@ CONTROLLERS: dict[str, Callable[[HouseModel, float, dict], Controller]] = {
 PEERS: dict[str, Callable[[HouseModel, float, dict], Controller]] = {"emhass": _emhass}
 
 
-def available(peers: bool = False) -> tuple[str, ...]:
-    """Our controllers; with ``peers``, also the installed peer tools."""
-    names = tuple(CONTROLLERS)
+#: Controllers that learn from a history before the run (scenarios with a ``[truth]`` section).
+LEARNING = frozenset({"mpc+correctors"})
+
+
+def needs_history(name: str) -> bool:
+    return name in LEARNING
+
+
+def available(peers: bool = False, learning: bool = True) -> tuple[str, ...]:
+    """Our controllers; with ``peers``, also the installed peer tools; without ``learning``, only
+    those that need no history."""
+    names = tuple(n for n in CONTROLLERS if learning or n not in LEARNING)
     if peers:
         from pems.controllers.emhass_peer import peers_python
 

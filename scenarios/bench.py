@@ -16,6 +16,7 @@ import pandas as pd
 
 from pems.scenarios.kpis import KPI_UNITS
 from pems.scenarios.runner import RunResult, prepare, run
+from pems.controllers import needs_history
 from pems.scenarios.spec import load_scenario
 
 #: Columns of kpis.csv after ``scenario`` and ``controller``.
@@ -60,6 +61,10 @@ def run_bench(scenarios: Sequence[str], controllers: Sequence[str], out: Path,
         sc = load_scenario(name)
         prep = prepare(sc)
         for ctrl in controllers:
+            if needs_history(ctrl) and prep.history is None:
+                print(f"skipped {ctrl} on {sc.name}: it learns from a history, which only scenarios "
+                      "with a [truth] section provide")
+                continue
             if progress is not None:
                 bar, update = progress(f"{sc.name} · {ctrl}")
                 with bar:

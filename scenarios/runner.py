@@ -38,6 +38,8 @@ class Prepared:
     comfort_low: pd.DataFrame
     comfort_high: pd.DataFrame
     x0: np.ndarray
+    plant_inputs: pd.DataFrame | None = None  # the true home's disturbances, when it has unmodelled heat
+    history: pd.DataFrame | None = None  # logged before the start (scenarios with a [truth] section)
 
     @property
     def n_steps(self) -> int:
@@ -67,7 +69,17 @@ def prepare(sc: LoadedScenario) -> Prepared:
     inputs = build_inputs(sc.house, sc.input_spec(), sc.start, n_total, sc.step, required_steps=sc.n_steps)
     low, high = comfort_bands(sc.spec.comfort, sc.house, inputs.index)
     x0 = initial_state(sc, model, inputs, low)
-    return Prepared(sc, model, inputs, low, high, x0)
+    truth = sc.spec.truth
+    if truth is None:
+        return Prepared(sc, model, inputs, low, high, x0)
+    from pems.scenarios.unmodelled import add_gains, training_history, unmodelled_gains
+
+    # The true home: the same physics plus heat the model does not know. It has run under its own
+    # thermostats before the start; that history is what learning controllers may learn from, and
+    # every controller starts from the state it left.
+    history, x0 = training_history(sc, model)
+    gains = unmodelled_gains(truth, sc.house, inputs.index, inputs["ghi"], sc.step)
+    return Prepared(sc, model, inputs, low, high, x0, add_gains(inputs, gains), history)
 
 
 def initial_state(sc: LoadedScenario, model: HouseModel, inputs: pd.DataFrame,
@@ -107,10 +119,19 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
         ctrl = make_controller(controller, model, sc.step.total_seconds(), sc.spec.mpc.model_dump())
     else:
         ctrl = controller
-    plant = SimulatedHome(model, prep.inputs, prep.x0, step_s=sc.step.total_seconds(),
+    if getattr(ctrl, "learns_from_history", False):
+        if prep.history is None:
+            raise ValueError(f"controller {ctrl.name!r} learns from a history; the scenario has no [truth] section")
+        ctrl.learn(prep.history)
+    plant_inputs = prep.plant_inputs if prep.plant_inputs is not None else prep.inputs
+    plant = SimulatedHome(model, plant_inputs, prep.x0, step_s=sc.step.total_seconds(),
                           substep_s=sc.spec.plant_step_seconds)
     forecasts = ForecastProvider(sc.spec.forecast, prep.inputs, model.sym.d.names,
                                  prep.comfort_low, prep.comfort_high, sc.horizon_steps, sc.step)
+    # The perfect-foresight bound sees the true home, unmodelled heat included.
+    truth_fc = forecasts if prep.plant_inputs is None else ForecastProvider(
+        sc.spec.forecast, plant_inputs, model.sym.d.names, prep.comfort_low, prep.comfort_high,
+        sc.horizon_steps, sc.step)
     ctrl.reset()
     obs = plant.reset()
     n = prep.n_steps
@@ -120,7 +141,7 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
     privileged = full or getattr(ctrl, "privileged", False)
     t_start = time.perf_counter()
     for k in range(n):
-        fc = forecasts.perfect(k, n) if full else forecasts(k)
+        fc = truth_fc.perfect(k, n) if full else forecasts(k)
         if privileged:
             fc.extras["x_true"] = plant.x.copy()
         t0 = time.perf_counter()

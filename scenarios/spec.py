@@ -20,6 +20,7 @@ from pems.errors import InputError, Problem
 from pems.tomlio import read_toml, validate
 from pems.twin.house import House, load_house
 from pems.twin.prices import Tariff
+from pems.scenarios.unmodelled import Truth
 
 if TYPE_CHECKING:
     from pems.twin.inputs import InputSpec
@@ -120,6 +121,7 @@ class Scenario(_Strict):
     initial: Initial = Field(default_factory=Initial)
     forecast: ForecastSpec = Field(default_factory=ForecastSpec)
     mpc: MpcSpec = Field(default_factory=MpcSpec)
+    truth: Truth | None = None  # heat the controllers' model does not know (see scenarios/unmodelled.py)
 
     @field_validator("start")
     @classmethod
@@ -214,6 +216,11 @@ def _check_against_house(sc: Scenario, house: House, path: Path) -> None:
     for rid, band in sc.comfort.rooms.items():
         if band.low >= band.high:
             problems.append(Problem(str(path), f"comfort.rooms.{rid}.low", f"must be below high ({band.high})"))
+    if sc.truth is not None:
+        for i, g in enumerate(sc.truth.gains):
+            if g.room not in rooms:
+                problems.append(Problem(str(path), f"truth.gains[{i}].room",
+                                        f"unknown room {g.room!r}; the house {house.name!r} has {', '.join(house.room_ids)}"))
     if sc.comfort.low >= sc.comfort.high:
         problems.append(Problem(str(path), "comfort.low", f"must be below comfort.high ({sc.comfort.high})"))
     if problems:

@@ -74,7 +74,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     scenarios = args.scenarios or ["winter-week"]
     for s in scenarios:
         load_scenario(s)  # validate every input before the first (long) run
-    names = [n.strip() for n in (args.controllers or ",".join(available())).split(",") if n.strip()]
+    learning = any(load_scenario(s).spec.truth is not None for s in scenarios)
+    names = [n.strip() for n in (args.controllers or ",".join(available(learning=learning))).split(",") if n.strip()]
     for n in names:
         _check_controller(n, "command line", "--controllers")
     from pems.scenarios.bench import run_bench
@@ -106,7 +107,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         short.write_text(text.replace('name = "winter-week"', 'name = "winter-week-short"'), encoding="utf-8")
         scenario = str(short)
     t0 = time.perf_counter()
-    frame = run_bench([scenario], list(available()), out, progress=_progress)
+    frame = run_bench([scenario], list(available(learning=False)), out, progress=_progress)
     print(f"{'controller':<19} {'cost':>8} {'vs oracle':>9} {'discomfort':>12} {'heating':>9} {'import':>9} {'compute/step':>12}")
     for _, k in frame.iterrows():
         gap = "" if k["cost_gap_to_oracle"] != k["cost_gap_to_oracle"] else f"{100 * k['cost_gap_to_oracle']:+.1f} %"
@@ -299,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     hi.add_argument("--step-minutes", type=float, default=15.0, help="model step (default 15)")
     hi.add_argument("--no-cache", action="store_true", help="query again, ignore the cache")
     hi.set_defaults(func=cmd_history)
+
+    from pems.controllers.forecast.models_cli import add_models_parser
+
+    add_models_parser(sub)
 
     ls = sub.add_parser("list", help="list built-in houses, scenarios, weather, prices and controllers")
     ls.set_defaults(func=cmd_list)

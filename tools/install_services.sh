@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Install the Debian packages of the servers the service-backed tests start themselves (influxd,
-# victoria-metrics). They are never run as system services: each test starts its own, bound to
+# victoria-metrics, mosquitto). They are never run as system services: each test starts its own, bound to
 # 127.0.0.1, in a temporary data directory. Without apt (or root) the tests skip with the reason.
 set -u
 need=()
 command -v influxd >/dev/null 2>&1 || need+=(influxdb)
 command -v victoria-metrics >/dev/null 2>&1 || need+=(victoria-metrics)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 [ ${#need[@]} -eq 0 ] && exit 0
 command -v apt-get >/dev/null 2>&1 || { echo "no apt-get: ${need[*]} not installed, their tests will skip"; exit 0; }
 SUDO=""

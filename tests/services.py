@@ -275,3 +275,86 @@ def mosquitto(folder: Path, port: int | None = None, username: str | None = None
         broker.stop()
         if own_tmp is not None:
             shutil.rmtree(own_tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# InfluxDB 1.x that a test may stop and start again (same port, same data directory)
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class InfluxDB1:
+    """A running ``influxd`` (1.x) on 127.0.0.1 that a test may stop and start again.
+
+    The port, the data directory and the configuration stay the same across :meth:`stop` and
+    :meth:`start`, so points written before a stop are still there after the restart, as with a real
+    server that was down for a while.
+    """
+
+    exe: str
+    folder: Path
+    port: int
+    conf: Path
+    log: Path
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, ``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start the server (again) and wait until ``/ping`` answers."""
+        if self.running:
+            return
+        with open(self.log, "a") as out:
+            self.proc = subprocess.Popen([self.exe, "run", "-config", str(self.conf)], stdout=out,
+                                         stderr=subprocess.STDOUT)
+        _wait(f"{self.url}/ping", self.proc, timeout=timeout)
+
+    def stop(self) -> None:
+        """Stop the server we started (by its PID); clients see connections refused."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextmanager
+def influxdb1_restartable(folder: Path):
+    """Like :func:`influxdb1`, but yields an :class:`InfluxDB1` (``.url``, ``.stop()``, ``.start()``)."""
+    exe = shutil.which("influxd")
+    if exe is None:
+        pytest.skip("influxd (Debian package influxdb) not installed; `make test` installs it")
+    folder = folder / "influxdb1"
+    folder.mkdir(parents=True, exist_ok=True)
+    port, rpc = free_port(), free_port()
+    conf = folder / "influxdb.conf"
+    conf.write_text(f"""reporting-disabled = true
+bind-address = "127.0.0.1:{rpc}"
+[meta]
+  dir = "{folder}/meta"
+[data]
+  dir = "{folder}/data"
+  wal-dir = "{folder}/wal"
+  query-log-enabled = false
+[http]
+  bind-address = "127.0.0.1:{port}"
+  log-enabled = false
+  max-body-size = 0
+[logging]
+  level = "error"
+""")
+    server = InfluxDB1(exe, folder, port, conf, folder / "influxd.log")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

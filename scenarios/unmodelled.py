@@ -188,6 +188,8 @@ class CorrectorBacktest:
     test: tuple[str, str]
     gains_true: pd.DataFrame | None = None  # the unmodelled heat over the test days [W]
     gains_learned: pd.DataFrame | None = None  # the corrector's forecast of it [W]
+    mae_physics: float = float("nan")  # pooled mean absolute 24 h-ahead error [K]
+    mae_corrected: float = float("nan")
 
     @property
     def reduction(self) -> float:
@@ -223,7 +225,8 @@ def corrector_backtest(sc: LoadedScenario, settings=None, every: pd.Timedelta = 
     true = unmodelled_gains(sc.spec.truth, sc.house, held.index, held["ghi"], sc.step)
     return CorrectorBacktest(sc.name, table, pooled(phys), pooled(both), corr,
                              (str(train.index[0]), str(train.index[-1])), (str(sc.start), str(end)),
-                             true, corr.gains_for_history(held))
+                             true, corr.gains_for_history(held),
+                             float(np.nanmean(np.abs(phys[rooms].to_numpy()))), float(np.nanmean(np.abs(both[rooms].to_numpy()))))
 
 
 def write_corrector_report(bt: CorrectorBacktest, out: Path) -> Path:
@@ -238,6 +241,7 @@ def write_corrector_report(bt: CorrectorBacktest, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     metrics = {"scenario": bt.scenario, "rmse_24h_physics_K": bt.rmse_physics,
                "rmse_24h_corrected_K": bt.rmse_corrected, "reduction": bt.reduction,
+               "mae_24h_physics_K": bt.mae_physics, "mae_24h_corrected_K": bt.mae_corrected,
                "train": list(bt.train), "test": list(bt.test),
                "rooms": json.loads(bt.rooms.to_json(orient="index"))}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -49,6 +50,8 @@ class BacktestResult:
     metrics: dict[str, dict[str, float]]  # "model" and each baseline → scores; "skill" → ...
     by_lead: pd.DataFrame  # MAE per lead hour of the model and baselines
     settings: dict = field(default_factory=dict)
+    model: Any = None  # the forecaster as fitted at the last refit (what would be deployed now)
+    trained_on: dict = field(default_factory=dict)  # its training data: start, end, rows, sha256
 
     @property
     def skill_mae(self) -> dict[str, float]:
@@ -98,8 +101,8 @@ def rolling_origin(make: Callable[[], Forecaster], data: pd.DataFrame, *, horizo
     data = data.sort_index()
     first = data.index[0] + min_train if start is None else max(pd.Timestamp(start), data.index[0] + min_train)
     last = data.index[-1] if end is None else min(pd.Timestamp(end), data.index[-1])
-    freq = pd.infer_freq(data.index[:50])  # "h", "15min": an offset alias, not a Timedelta string
-    step = pd.Timedelta(pd.tseries.frequencies.to_offset(freq)) if freq else data.index[1] - data.index[0]
+    # The typical step (pd.infer_freq returns an alias such as "h", which pd.Timedelta cannot read).
+    step = pd.Timedelta(data.index[:50].to_series().diff().median())
     origins = origins_between(first, last + step, horizon, every, issue_hour, tz)
     if not origins:
         raise ValueError("the data are too short for one origin after the minimum training period")
@@ -110,7 +113,8 @@ def rolling_origin(make: Callable[[], Forecaster], data: pd.DataFrame, *, horizo
     for i, origin in enumerate(origins):
         if model is None or origin - fitted_at >= refit_every:
             lo = data.index[0] if train_window is None else origin - train_window
-            model = make().fit(data.loc[(data.index >= lo) & (data.index < origin)])
+            train = data.loc[(data.index >= lo) & (data.index < origin)]
+            model = make().fit(train)
             fitted_at = origin
         window = data.loc[(data.index >= origin - lookback) & (data.index < origin + horizon)].copy()
         window.iloc[window.index >= origin, tcol] = np.nan
@@ -155,4 +159,9 @@ def rolling_origin(make: Callable[[], Forecaster], data: pd.DataFrame, *, horizo
                 "origins": len(origins), "first_origin": str(origins[0]), "last_origin": str(origins[-1]),
                 "refit_every_days": refit_every / pd.Timedelta(days=1),
                 "min_train_days": min_train / pd.Timedelta(days=1)}
-    return BacktestResult(getattr(probe, "role", "?"), target, unit, probe.quantiles, pred, metrics, by_lead, settings)
+    from pems.controllers.forecast.correctors import data_hash
+
+    trained_on = {"start": str(train.index[0]), "end": str(train.index[-1]), "rows": int(len(train)),
+                  "sha256": data_hash(train.select_dtypes("number"))}
+    return BacktestResult(getattr(probe, "role", "?"), target, unit, probe.quantiles, pred, metrics, by_lead, settings,
+                          model, trained_on)

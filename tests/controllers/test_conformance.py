@@ -38,7 +38,7 @@ def test_simulated_home_is_a_plant(prep):
     assert plant.reset().time == prep.inputs.index[0]  # reset is repeatable
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "mpc" else n for n in available()])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "mpc" else n for n in available(learning=False)])  # learning ones: tests/scenarios/test_unmodelled.py
 def test_controller_conformance(prep, name):
     ctrl = make_controller(name, prep.model, 900.0, {"horizon_hours": 6})
     assert isinstance(ctrl, Controller) and ctrl.name == name

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,3 +85,26 @@ def test_mpc_with_correctors_is_more_comfortable_at_no_more_than_two_percent_cos
     kp, kl = plain.kpis, learned.kpis
     assert kl["discomfort_Kh"] < kp["discomfort_Kh"]
     assert kl["cost"] <= 1.02 * kp["cost"]
+
+
+def test_forecast_backtest_correctors_cli_reports_and_registers(tmp_path, capsys):
+    """The corrector cuts the two-room 24 h-ahead error by far more than 30 % and lands in the registry."""
+    path = _two_room_scenario(tmp_path)
+    out, reg = tmp_path / "out", tmp_path / "models"
+    assert main(["forecast", "backtest", "correctors", "--scenario", str(path), "--out", str(out),
+                 "--registry", str(reg)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reduction"] >= 0.3 and metrics["rmse_24h_corrected_K"] < metrics["rmse_24h_physics_K"]
+    assert (out / "report.html").stat().st_size > 10_000  # with its figures inlined
+    from pems.controllers.forecast.registry import ModelRegistry
+
+    card = ModelRegistry(reg).champion("corrector")
+    assert card is not None and card.reference_mae == pytest.approx(metrics["mae_24h_corrected_K"])
+    assert card.data["sha256"] and card.libraries["scikit-learn"]
+    corrector = ModelRegistry(reg).load("corrector")
+    assert corrector.rooms["a"].enabled
+
+
+def test_forecast_backtest_correctors_needs_a_truth_section(tmp_path, capsys):
+    assert main(["forecast", "backtest", "correctors", "--scenario", "winter-week", "--out", str(tmp_path / "o")]) == 2
+    assert "truth" in capsys.readouterr().err

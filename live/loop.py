@@ -1,0 +1,884 @@
+"""The live closed loop: read → estimate → forecast → solve → translate → write, with a watchdog.
+
+:class:`LiveLoop` runs one home through the device protocols of :mod:`pems.live.devices` (a real
+Loxone + Growatt, or the emulator behind the same sockets):
+
+**Control step** (every ``step_s``, 15 min): read the room bus and the inverter; build the
+:class:`~pems.twin.signals.Observation` (temperatures now; PV, battery, grid and load powers as
+means of the inner loop's samples over the step that ended; heating power as the on-time the loop
+commanded, or the sampled relay states where the home's thermostats were in charge); ask the
+controller (its own Kalman estimator turns the observation into the full state) for an
+:class:`~pems.twin.signals.Action` on the forecast; bound it; translate it (below); write it; log
+it; save the state.
+
+**Inner loop** (every ``inner_s``, 1 min): sample both devices (the step's power means), run the
+watchdog (:mod:`pems.live.safety`), switch relays off when their on-time is over, and in fallback
+keep handing control back until the home has it.
+
+Translation
+-----------
+*Heating*: ``heat_w`` → duty = heat / rating → on-time = duty × step, rounded to the inner tick with
+the rounding carried to the next step (so energy is unbiased). Relays are on **from the step's
+start** for their on-time, then off — the same realisation as the simulator's plant
+(:class:`~pems.twin.plant.SimulatedHome`), so that live and simulated runs compare; one on and one
+off per room and step is also the relay rate limit. The on-time is counted from the moment the
+"on" was sent, and the inner ticks are timed from that moment, so a late solve shifts the pulse but
+does not shorten it.
+
+*Battery*: ``bat_w`` (AC, charge +) → :class:`~pems.live.devices.BatteryCommand`:
+
+- ``|bat_w| < hold_w`` → hold: ``battery_first`` at 0 % (the battery neither charges nor covers);
+- ``bat_w > 0`` → ``battery_first`` at ``bat_w / max_charge`` with AC charge when the forecast PV
+  cannot deliver it alone;
+- ``bat_w < 0`` and within ``cover_tol_w`` of the expected deficit (load + heating − PV) →
+  ``load_first``: the inverter covers the house's actual load (better than a fixed rate when the
+  load forecast is off);
+- other discharges → ``grid_first`` at ``−bat_w / max_discharge`` down to ``soc_min``.
+- ``bat_w is None`` (a rule-based action) → ``load_first``, slots cleared (the inverter's own logic).
+
+Battery-first and grid-first slots end 1.5 steps ahead: re-commanded each step (the write guard
+then rewrites only the slot's end), they lapse to load first soon after the loop stops.
+
+Timing
+------
+The loop schedules on its clock's **monotonic** time (``clock.monotonic()``; never jumps), aligned
+once to the calendar's step grid, and labels steps with the calendar (``clock.now()`` floored to
+the step): a calendar jump is a watchdog fault, not a skipped or repeated step. With the emulator
+both run on one :class:`~pems.live.clock.SimClock` (accelerated); a real home uses
+:class:`WallClock`. A step that starts late (the machine was busy) runs at once and is logged as an
+overrun; it is never skipped, so the log has one step record per step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pems.live.devices import BatteryCommand, Inverter, InverterReadings, RoomBus, RoomReadings, WriteRecord
+from pems.live.safety import BatteryLimits, SafetyLimits, Watchdog, bound_battery, bound_heat
+from pems.live.state import LoopState, StateStore
+from pems.twin.model import HouseModel
+from pems.twin.signals import Action, Forecast, Observation
+
+log = logging.getLogger(__name__)
+
+ForecastFn = Callable[[pd.Timestamp], Forecast]
+
+
+# ---------------------------------------------------------------------------------------------
+# clocks for a real home and for clock-jump tests
+# ---------------------------------------------------------------------------------------------
+class WallClock:
+    """Real time: calendar from the system clock, schedule from :func:`time.monotonic`.
+
+    ``sleep_until(t)`` sleeps until ``monotonic() ≥ (t − start)``: targets are on the monotonic
+    timeline anchored at construction, so an NTP step of the system clock does not move them.
+    """
+
+    speed: float | None = 1.0
+
+    def __init__(self) -> None:
+        self._m0 = time.monotonic()
+        self.start = pd.Timestamp.now(tz="UTC")
+
+    def now(self) -> pd.Timestamp:
+        return pd.Timestamp.now(tz="UTC")
+
+    def monotonic(self) -> float:
+        return time.monotonic() - self._m0
+
+    def sleep_until(self, t: pd.Timestamp, interrupt: threading.Event | None = None) -> bool:
+        target = (t - self.start).total_seconds()
+        while True:
+            left = target - self.monotonic()
+            if interrupt is not None and interrupt.is_set():
+                return False
+            if left <= 0:
+                return True
+            if interrupt is not None:
+                if interrupt.wait(min(left, 0.5)):
+                    return False
+            else:
+                time.sleep(min(left, 0.5))
+
+
+class JumpClock:
+    """A clock whose calendar can be stepped (tests of the ``clock`` rule); monotonic time and
+    ``sleep_until`` (on the base's timeline) are the base clock's."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.start = base.start
+        self.speed = getattr(base, "speed", None)
+        self.offset_s = 0.0
+
+    def jump(self, seconds: float) -> None:
+        """Step the calendar by ``seconds`` (negative: back); ``jump(-offset_s)`` heals it."""
+        self.offset_s += float(seconds)
+
+    def now(self) -> pd.Timestamp:
+        return self.base.now() + pd.Timedelta(seconds=self.offset_s)
+
+    def monotonic(self) -> float:
+        return self.base.monotonic()
+
+    def sleep_until(self, t: pd.Timestamp, interrupt: threading.Event | None = None) -> bool:
+        return self.base.sleep_until(t, interrupt)
+
+
+# ---------------------------------------------------------------------------------------------
+# settings and the translation of an action
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the loop runs (times in the clock's seconds).
+
+    Attributes
+    ----------
+    step_s
+        Control step [s] (the controller's).
+    inner_s
+        Inner-loop tick [s]: relay resolution, sampling and watchdog period. Divides ``step_s``.
+    settle_s
+        Delay after a step's start before reading [s] (emulation: lets the tick's publications
+        arrive; 0 for a real home).
+    hold_w
+        Battery commands smaller than this are "hold" [W].
+    cover_tol_w
+        A discharge within this of the expected deficit is left to load first [W].
+    state_max_age_steps
+        Saved state older than this many steps is not resumed.
+    dry_run
+        Compute and log everything, write nothing (the adapters are built dry too).
+    """
+
+    step_s: float = 900.0
+    inner_s: float = 60.0
+    settle_s: float = 0.0
+    hold_w: float = 50.0
+    cover_tol_w: float = 150.0
+    state_max_age_steps: float = 2.0
+    dry_run: bool = False
+
+    def __post_init__(self) -> None:
+        n = self.step_s / self.inner_s
+        if not (self.inner_s > 0 and abs(n - round(n)) < 1e-9 and n >= 1):
+            raise ValueError(f"inner_s {self.inner_s} must divide step_s {self.step_s}")
+
+
+def battery_command(bat_w: float | None, pv_w: float, house_w: float, lim: BatteryLimits,
+                    settings: LoopSettings, until: pd.Timestamp) -> BatteryCommand:
+    """The inverter mode that realises ``bat_w`` [W, charge +] (see the module notes).
+
+    Parameters
+    ----------
+    bat_w
+        Bounded battery power [W]; None: leave it to the inverter.
+    pv_w, house_w
+        Expected PV and house consumption (load + heating) over the step [W].
+    lim
+        Battery limits (ratings and SOC window).
+    settings
+        ``hold_w`` and ``cover_tol_w``.
+    until
+        End of the command's slot (UTC).
+    """
+    if bat_w is None:
+        return BatteryCommand()
+    if abs(bat_w) < settings.hold_w:
+        return BatteryCommand("battery_first", power_pct=0.0, soc_limit=lim.soc_max, ac_charge=False, until=until)
+    if bat_w > 0:
+        pct = min(100.0, 100.0 * bat_w / lim.max_charge_w)
+        return BatteryCommand("battery_first", power_pct=pct, soc_limit=lim.soc_max,
+                              ac_charge=bool(bat_w > 0.9 * max(pv_w, 0.0)), until=until)
+    deficit = house_w - max(pv_w, 0.0)
+    if deficit > 0 and abs(-bat_w - deficit) <= settings.cover_tol_w:
+        return BatteryCommand()  # load first: cover the house's load, whatever it turns out to be
+    pct = min(100.0, 100.0 * -bat_w / lim.max_discharge_w)
+    return BatteryCommand("grid_first", power_pct=pct, soc_limit=lim.soc_min, until=until)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, pd.Timestamp):
+        return v.isoformat()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, np.ndarray):
+        return [_jsonable(x) for x in v.tolist()]
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+class EventLog:
+    """``events.jsonl``: one JSON object per line, flushed at once (a crash loses nothing logged)."""
+
+    def __init__(self, path: str | Path | None) -> None:
+        self.path = Path(path) if path is not None else None
+        self.records: list[dict[str, Any]] = []
+        self._f = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
+        self._lock = threading.Lock()
+
+    def write(self, kind: str, time: pd.Timestamp, **fields: Any) -> dict[str, Any]:
+        rec = {"time": time, "kind": kind, **fields}
+        with self._lock:
+            self.records.append(rec)
+            if self._f is not None:
+                self._f.write(json.dumps(_jsonable(rec)) + "\n")
+                self._f.flush()
+        return rec
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+@dataclass
+class _StepAccum:
+    """The inner loop's samples over the current step (for the observation's means)."""
+
+    inv: list[InverterReadings] = field(default_factory=list)
+    relay: list[dict[str, float]] = field(default_factory=list)
+    fallback_seen: bool = False
+
+
+class LiveLoop:
+    """One home, one controller, one clock (see the module notes).
+
+    Parameters
+    ----------
+    model
+        The house model (room order, heater ratings, battery).
+    controller
+        Any controller (``reset``/``act``); an estimator at ``controller.estimator`` (with
+        ``_last_d``, as :class:`~pems.controllers.mpc.EconomicMPC`) is persisted and resumed.
+    forecast
+        Calendar time of a step's start → the forecast from it.
+    rooms
+        The room bus (:class:`~pems.live.loxone.LoxoneMqtt`).
+    inverter
+        The inverter (:class:`~pems.live.growatt.GrowattModbus`) or None.
+    clock
+        :class:`~pems.live.clock.SimClock`, :class:`WallClock`, or :class:`JumpClock`.
+    settings, limits
+        Loop settings and watchdog thresholds.
+    events_path
+        ``events.jsonl`` (appended), or None to keep events in memory only (:attr:`events`).
+    state_dir
+        Folder of the persistent state and its lock, or None (no persistence).
+    influx
+        Optional :class:`~pems.live.influx_log.InfluxLog` (measured, commanded, events).
+    """
+
+    def __init__(self, model: HouseModel, controller: Any, forecast: ForecastFn, rooms: RoomBus,
+                 inverter: Inverter | None, clock: Any, settings: LoopSettings | None = None,
+                 limits: SafetyLimits | None = None, events_path: str | Path | None = None,
+                 state_dir: str | Path | None = None, influx: Any = None) -> None:
+        self.model = model
+        self.controller = controller
+        self.forecast = forecast
+        self.bus = rooms
+        self.inverter = inverter
+        self.clock = clock
+        self.settings = settings or LoopSettings()
+        self.rooms: tuple[str, ...] = tuple(model.rooms)
+        self.rating = np.asarray(model.u_max[model.heat], dtype=float)
+        b = model.house.battery
+        self.bat_limits = (BatteryLimits(b.max_charge_w, b.max_discharge_w, b.soc_min, b.soc_max)
+                           if b is not None and inverter is not None else None)
+        self.watchdog = Watchdog(self.rooms, limits or SafetyLimits(), has_inverter=inverter is not None)
+        self.events = EventLog(events_path)
+        self.store = StateStore(state_dir) if state_dir is not None else None
+        self.influx = influx
+        self.n_inner = int(round(self.settings.step_s / self.settings.inner_s))
+        # what the loop believes the home is doing
+        self.mode: str = "home"  # "pems" once the loop has taken the rooms
+        self.relays: dict[str, bool] = dict.fromkeys(self.rooms, False)
+        self.battery: BatteryCommand | None = None
+        self.residual_s: dict[str, float] = dict.fromkeys(self.rooms, 0.0)
+        self._off_at: dict[str, float] = {}  # room → monotonic time its relay goes off [s]
+        self._on_s: np.ndarray = np.zeros(len(self.rooms))  # commanded on-time of the current step [s]
+        self._pending_home = False
+        self._pending_release = False
+        self._acc = _StepAccum()
+        self._soc = math.nan
+        self._bus_connections = -1
+        self._stop = threading.Event()
+        self._steps = 0
+        self.overruns = 0
+        self._started = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Lock the state folder, resume or start safe, connect the devices."""
+        if self._started:
+            return
+        if self.store is not None:
+            self.store.lock()
+        self.controller.reset()
+        now = self.clock.now()
+        resumed = False
+        if self.store is not None:
+            st, why = self.store.load(now, self.settings.state_max_age_steps * self.settings.step_s, self.rooms)
+            if st is not None:
+                resumed = self._restore(st)
+            self.events.write("state", now, resumed=resumed, why=why)
+        self.bus.connect()
+        if self.inverter is not None:
+            self.inverter.connect()
+        self.events.write("start", now, dry_run=self.settings.dry_run, rooms=list(self.rooms),
+                          step_s=self.settings.step_s, inner_s=self.settings.inner_s, resumed=resumed)
+        if not resumed:
+            # A fresh start: whatever an earlier loop left behind, the home runs itself until the
+            # first healthy step takes over (idempotent when it already does).
+            self._pending_home = True
+            self._pending_release = self.inverter is not None
+            self._handback(now)
+        self._started = True
+
+    def _restore(self, st: LoopState) -> bool:
+        est = getattr(self.controller, "estimator", None)
+        if est is not None and st.estimator_x is not None and st.last_d is not None:
+            x = np.asarray(st.estimator_x, dtype=float)
+            if x.shape == (len(self.model.sym.x),) and np.isfinite(x).all():
+                est.x = x
+                self.controller._last_d = np.asarray(st.last_d, dtype=float)
+        self.mode = st.mode if st.mode in ("pems", "home") else "home"
+        self.relays = {r: bool(st.relays.get(r, False)) for r in self.rooms}
+        self.residual_s = {r: float(st.duty_residual_s.get(r, 0.0)) for r in self.rooms}
+        if st.battery is not None:
+            b = dict(st.battery)
+            b["until"] = pd.Timestamp(b["until"]) if b.get("until") else None
+            self.battery = BatteryCommand(**b)
+        return True
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to end after the current tick."""
+        self._stop.set()
+
+    def close(self, handback: bool = True) -> None:
+        """Hand the home back (unless ``handback`` is False: a simulated crash), disconnect, unlock."""
+        now = self.clock.now()
+        if handback and self._started:
+            self._pending_home = True
+            self._pending_release = self.inverter is not None
+            self._handback(now)
+            self.mode = "home"
+            self._save(now, now)
+        self.events.write("stop", now, handback=handback, steps=self._steps, overruns=self.overruns)
+        try:
+            self.bus.close()
+        finally:
+            if self.inverter is not None:
+                self.inverter.close()
+            if self.influx is not None:
+                try:
+                    self.influx.flush(5.0)
+                except Exception:  # noqa: BLE001 - the log must not stop the shutdown
+                    log.exception("influx flush failed")
+            if self.store is not None:
+                self.store.unlock()
+            self.events.close()
+            self._started = False
+
+    # ------------------------------------------------------------------ running
+    def _at(self, mono_s: float) -> pd.Timestamp:
+        return self.clock.start + pd.Timedelta(seconds=mono_s)
+
+    def first_step_mono(self) -> float:
+        """Monotonic time of the first step: the next boundary of the calendar's step grid."""
+        now, mono = self.clock.now(), self.clock.monotonic()
+        step = pd.Timedelta(seconds=self.settings.step_s)
+        t = now.ceil(step)
+        return mono + (t - now).total_seconds()
+
+    def run(self, n_steps: int | None = None, first_mono: float | None = None) -> int:
+        """Run control steps until :meth:`stop` (or ``n_steps``); returns the steps run.
+
+        Calls :meth:`start` if needed; does not :meth:`close` (the caller decides on hand-back).
+        """
+        self.start()
+        s = self.settings
+        m = self.first_step_mono() if first_mono is None else first_mono
+        k = 0
+        while not self._stop.is_set() and (n_steps is None or k < n_steps):
+            m_k = m + k * s.step_s
+            if not self.clock.sleep_until(self._at(m_k + s.settle_s), self._stop):
+                break
+            if k == 0:
+                self._await_first_data(m_k + s.settle_s + s.inner_s / 2)
+            late = self.clock.monotonic() - (m_k + s.settle_s)
+            if late > s.inner_s:
+                self.overruns += 1
+                self.events.write("overrun", self.clock.now(), late_s=late, step=k)
+            sent_mono = self.control_step()
+            # inner ticks timed from the moment the step's commands went out (see the module notes)
+            j = 1
+            while True:
+                tick = sent_mono + j * s.inner_s
+                if tick >= m_k + s.step_s + s.settle_s - 1e-6 or self._stop.is_set():
+                    break
+                if not self.clock.sleep_until(self._at(tick), self._stop):
+                    break
+                self.inner_tick()
+                j += 1
+            k += 1
+        return k
+
+    def _await_first_data(self, until_mono: float) -> None:
+        """Before the first step, wait (at most until ``until_mono``) for every room's first value:
+        a loop just connected has seen only retained messages, if any."""
+        wall_end = time.monotonic() + 2.0  # delivery latency is wall time (matters when accelerated)
+        while (self.clock.monotonic() < until_mono or time.monotonic() < wall_end) and not self._stop.is_set():
+            if all(math.isfinite(v) for v in self.bus.read().T_room.values()):
+                return
+            time.sleep(0.002)
+
+    # ------------------------------------------------------------------ one sample
+    def _read(self) -> tuple[pd.Timestamp, float, RoomReadings, InverterReadings | None]:
+        now, mono = self.clock.now(), self.clock.monotonic()
+        rr = self.bus.read()
+        inv = self.inverter.read() if self.inverter is not None else None
+        if inv is not None and inv.ok:
+            self._acc.inv.append(inv)
+            if math.isfinite(inv.soc):
+                self._soc = inv.soc
+        self._acc.relay.append(dict(rr.relay))
+        return now, mono, rr, inv
+
+    def _sample(self) -> tuple[pd.Timestamp, float, RoomReadings, InverterReadings | None, list[str]]:
+        now, mono, rr, inv = self._read()
+        return now, mono, rr, inv, self.watchdog.check(now, mono, rr, inv)
+
+    def _apply_health(self, now: pd.Timestamp, faults: list[str]) -> None:
+        tr = self.watchdog.update(now, faults)
+        if tr is not None:
+            if tr.state == "fallback":
+                self.events.write("fallback", now, reasons=list(tr.reasons))
+                log.warning("live loop falls back at %s: %s", now, "; ".join(tr.reasons))
+                self._pending_home = True
+                self._pending_release = self.inverter is not None
+                self._off_at.clear()
+                self.mode = "home"
+            else:
+                self.events.write("recover", now, reasons=list(tr.reasons))
+                log.info("live loop recovers at %s", now)
+            self._influx_event(now, tr.state, "; ".join(tr.reasons))
+        if self.watchdog.state == "fallback":
+            self._acc.fallback_seen = True
+            self._handback(now)
+
+    def inner_tick(self) -> None:
+        """Sample, check health, switch relays whose on-time is over."""
+        now, mono, _, _, faults = self._sample()
+        self._apply_health(now, faults)
+        if self.watchdog.state != "active" or self.mode != "pems":
+            return
+        due = [r for r, t in self._off_at.items() if mono >= t - 1e-6]
+        if due:
+            for r in due:
+                del self._off_at[r]
+                self.relays[r] = False
+            self._log_writes(now, self.bus.set_relays(dict.fromkeys(due, False)))
+
+    # ------------------------------------------------------------------ the control step
+    def control_step(self) -> float:
+        """One control step; returns the monotonic time its commands went out [s]."""
+        s = self.settings
+        step = pd.Timedelta(seconds=s.step_s)
+        now, mono, rr, inv = self._read()
+        t = now.floor(step)
+        obs = self._observation(t, rr)
+        self._acc = _StepAccum()
+        fc = self.forecast(t)
+        n_ev = len(getattr(self.controller, "events", []) or [])
+        t0 = time.perf_counter()
+        reason = ""
+        try:
+            action = self.controller.act(obs, fc)
+        except Exception as exc:  # noqa: BLE001 - any controller failure is a solver fault
+            log.exception("controller failed")
+            action, reason = Action(heat_w=None, bat_w=None), f"controller raised {type(exc).__name__}: {exc}"
+        solve_s = time.perf_counter() - t0
+        new_ev = (getattr(self.controller, "events", []) or [])[n_ev:]
+        fell_back = [e for e in new_ev if e.get("kind") == "fallback"]
+        if fell_back:
+            reason = str(fell_back[-1].get("reason", "controller fell back"))
+        ok = not reason and action.heat_w is not None
+        if not ok and not reason:
+            reason = "controller gave no heater powers"
+        self.watchdog.solver_result(ok, reason)
+        # the step's sample is checked after the solve, so the solver rule counts this step too
+        all_faults = self.watchdog.check(now, mono, rr, inv)
+        self._apply_health(now, all_faults)
+        record: dict[str, Any] = {"step": self._steps, "mono_s": mono, "state": self.watchdog.state,
+                                  "faults": all_faults, "T_room": dict(rr.T_room), "T_out": obs.T_out,
+                                  "soc": obs.soc, "P_heat": obs.P_heat, "P_pv": obs.P_pv, "P_load": obs.P_load,
+                                  "P_grid": obs.P_grid, "P_bat": obs.P_bat, "solve_s": solve_s,
+                                  "solver_ok": ok}
+        if not ok:
+            record["solver_reason"] = reason
+            self.events.write("solver_fallback", now, reason=reason)
+        sent_mono = self.clock.monotonic()
+        if self.watchdog.state == "active":
+            if action.heat_w is None:
+                # the controller's own fallback (rule-based set-points): the home's thermostats do
+                # exactly that, and the inverter runs itself
+                self._pending_home = True
+                self._pending_release = self.inverter is not None
+                self._handback(now)
+                self.mode = "home"
+                self._off_at.clear()
+                record["commands"] = "home (controller fallback)"
+            else:
+                sent_mono = self._command(now, t, action, fc, record)
+        else:
+            record["commands"] = "none (fallback)"
+        self._steps += 1
+        self.events.write("step", t, **record)
+        self._save(now, t)
+        self._influx_step(t, obs, record)
+        return sent_mono
+
+    def _observation(self, t: pd.Timestamp, rr: RoomReadings) -> Observation:
+        acc, s = self._acc, self.settings
+        rooms = self.rooms
+        T = np.array([rr.T_room.get(r, math.nan) for r in rooms], dtype=float)
+        if self._steps == 0:
+            p_heat = np.zeros(len(rooms))
+        elif not acc.fallback_seen and self.mode == "pems":
+            p_heat = self.rating * np.clip(self._on_s / s.step_s, 0.0, 1.0)
+        else:
+            rel = np.array([[row.get(r, math.nan) for r in rooms] for row in acc.relay] or [np.zeros(len(rooms))])
+            p_heat = self.rating * np.nan_to_num(np.nanmean(np.where(np.isfinite(rel), rel, np.nan), axis=0)
+                                                 if np.isfinite(rel).any() else np.zeros(len(rooms)))
+        inv = acc.inv
+        if inv and self._steps > 0:
+            p_pv = float(np.mean([i.P_pv for i in inv]))
+            p_bat = float(np.mean([i.P_charge - i.P_discharge for i in inv]))
+            p_grid = float(np.mean([i.P_import - i.P_export for i in inv]))
+            p_house = float(np.mean([i.P_load for i in inv]))
+        else:
+            p_pv = p_bat = p_grid = 0.0
+            p_house = float(np.sum(p_heat))
+        t_out = rr.T_out
+        soc = None
+        if self.model.has_battery:
+            soc = self._soc if math.isfinite(self._soc) else None
+        obs = Observation(time=t, T_room=T, soc=soc, T_out=t_out, P_pv=p_pv,
+                          P_load=max(0.0, p_house - float(np.sum(p_heat))), P_grid=p_grid, P_bat=p_bat,
+                          P_heat=p_heat)
+        if not math.isfinite(t_out):  # no outdoor sensor (or it failed): the forecast's value now
+            try:
+                t_out = float(self.forecast(t).column("T_out")[0])
+            except Exception:  # noqa: BLE001 - the estimator then predicts with the forecast anyway
+                t_out = 0.0
+            obs = replace(obs, T_out=t_out)
+        return obs
+
+    def _command(self, now: pd.Timestamp, t: pd.Timestamp, action: Action, fc: Forecast,
+                 record: dict[str, Any]) -> float:
+        s = self.settings
+        heat = bound_heat(action.heat_w, self.rating)
+        duty = np.divide(heat, self.rating, out=np.zeros_like(heat), where=self.rating > 0)
+        on_s = np.zeros(len(self.rooms))
+        mono = self.clock.monotonic()
+        for i, r in enumerate(self.rooms):
+            # a pulse of the last step still running (the step started late) keeps its remaining
+            # on-time: lateness shifts energy, never loses it
+            carry = max(0.0, self._off_at.get(r, mono) - mono) if self.relays.get(r) else 0.0
+            want = duty[i] * s.step_s + self.residual_s[r] + carry
+            q = min(s.step_s, max(0.0, round(want / s.inner_s) * s.inner_s))
+            # carry the rounding (bounded: a saturated room does not bank energy for later)
+            self.residual_s[r] = float(np.clip(want - q, -s.inner_s, s.inner_s))
+            on_s[i] = q
+        self._on_s = on_s
+        relays = {r: bool(on_s[i] > 0) for i, r in enumerate(self.rooms)}
+        records = self.bus.set_relays(relays)
+        sent_mono = self.clock.monotonic()
+        self._off_at = {r: sent_mono + on_s[i] for i, r in enumerate(self.rooms) if 0 < on_s[i] < s.step_s}
+        self.relays = relays
+        # mode after the relays, so the rooms switch over to the loop with the right relay state;
+        # sent when the loop did not hold the rooms, after a reconnection, or when a room reports
+        # another mode (at most once per step: the mode rate limit)
+        reported = self.bus.modes() if hasattr(self.bus, "modes") else {}
+        conns = getattr(self.bus, "connections", 0)
+        if (self.mode != "pems" or conns != self._bus_connections
+                or any(v not in (None, "pems") for v in reported.values())):
+            records += self.bus.set_mode("pems")
+            self._bus_connections = conns
+        self.mode = "pems"
+        self._log_writes(now, records)
+        record.update(heat_w=heat, on_s=on_s, relays=relays)
+        if self.inverter is not None and self.bat_limits is not None:
+            soc = self._soc
+            bat = bound_battery(action.bat_w, soc, self.bat_limits)
+            pv = float(fc.column("P_pv")[0]) if "P_pv" in fc.d_names else 0.0
+            load = float(fc.column("P_load")[0]) if "P_load" in fc.d_names else 0.0
+            until = t + pd.Timedelta(seconds=1.5 * s.step_s)
+            cmd = battery_command(bat, pv, load + float(heat.sum()), self.bat_limits, s, until)
+            self._log_writes(now, self.inverter.command(cmd))
+            self.battery = cmd
+            record.update(bat_w=bat, bat_w_plan=action.bat_w, battery=asdict(cmd))
+        return sent_mono
+
+    # ------------------------------------------------------------------ fallback and logging
+    def _handback(self, now: pd.Timestamp) -> None:
+        """Keep handing control back until the home has it (retried every tick while unsent)."""
+        if self._pending_home:
+            recs = self.bus.set_mode("home")
+            self._log_writes(now, recs, fallback=True)
+            if all(w.sent or "dry-run" in w.reason for w in recs):
+                self._pending_home = False
+                self.mode = "home"
+        if self._pending_release and self.inverter is not None:
+            recs = self.inverter.release()
+            self._log_writes(now, recs, fallback=True)
+            if all(w.sent or w.reason.startswith("unchanged") or "dry-run" in w.reason for w in recs):
+                self._pending_release = False
+                self.battery = BatteryCommand()
+
+    def _log_writes(self, now: pd.Timestamp, records: list[WriteRecord], fallback: bool = False) -> None:
+        for w in records:
+            if not w.sent and w.reason.startswith("unchanged"):
+                continue  # the guard skipped a value the device already holds
+            self.events.write("command", now, device=w.device, target=w.target, value=w.value, sent=w.sent,
+                              reason=w.reason, fallback=fallback)
+
+    def _save(self, now: pd.Timestamp, t: pd.Timestamp) -> None:
+        if self.store is None:
+            return
+        est = getattr(self.controller, "estimator", None)
+        x = getattr(est, "x", None)
+        d = getattr(self.controller, "_last_d", None)
+        b = None
+        if self.battery is not None:
+            b = asdict(self.battery)
+            b["until"] = b["until"].isoformat() if b["until"] is not None else None
+        st = LoopState(saved_at=now.isoformat(), step_time=t.isoformat(), rooms=list(self.rooms),
+                       estimator_x=None if x is None else [float(v) for v in x],
+                       last_d=None if d is None else [float(v) for v in d], mode=self.mode,
+                       relays=dict(self.relays), battery=b, duty_residual_s=dict(self.residual_s))
+        try:
+            self.store.save(st)
+        except OSError as exc:  # a full disk must not stop the control of the home
+            log.error("cannot save the loop state: %s", exc)
+
+    def _influx_step(self, t: pd.Timestamp, obs: Observation, record: dict[str, Any]) -> None:
+        if self.influx is None:
+            return
+        try:
+            measured = {f"T_room__{r}": float(obs.T_room[i]) for i, r in enumerate(self.rooms)}
+            measured.update(T_out=obs.T_out, P_pv=obs.P_pv, P_load=obs.P_load, P_grid=obs.P_grid, P_bat=obs.P_bat)
+            if obs.soc is not None:
+                measured["soc"] = obs.soc
+            self.influx.write(t, measured, "measured")
+            if "heat_w" in record:
+                cmd = {f"P_heat_cmd__{r}": float(record["heat_w"][i]) for i, r in enumerate(self.rooms)}
+                if record.get("bat_w") is not None:
+                    cmd["P_bat_cmd"] = float(record["bat_w"])
+                self.influx.write(t, cmd, "commanded")
+        except Exception:  # noqa: BLE001 - the log never stops the loop (it spools on its own)
+            log.exception("influx write failed")
+
+    def _influx_event(self, now: pd.Timestamp, state: str, reason: str) -> None:
+        if self.influx is None:
+            return
+        try:
+            self.influx.write(now, {"state": state, "reason": reason}, "event")
+        except Exception:  # noqa: BLE001
+            log.exception("influx event failed")
+
+
+# ---------------------------------------------------------------------------------------------
+# the emulator and the loop together (``pems live --emulate``, tests)
+# ---------------------------------------------------------------------------------------------
+class EmulatedRun:
+    """A scenario's emulated home and a live loop controlling it over real sockets, in one process.
+
+    Both run on one :class:`~pems.live.clock.SimClock` at ``speed``, anchored ``lead_s`` of wall
+    time in the future so that the loop is connected before the first step. The controller and its
+    forecasts are exactly those of :func:`pems.scenarios.runner.run` (``make_controller`` with the
+    scenario's MPC options; the scenario's :class:`~pems.scenarios.forecast.ForecastProvider`), so
+    the emulated truth compares with ``pems simulate --controller NAME``.
+
+    Parameters
+    ----------
+    prep
+        The prepared scenario.
+    mqtt_host, mqtt_port
+        The broker.
+    speed
+        Simulated seconds per wall second.
+    hours
+        Simulated hours (default: the scenario's length).
+    controller
+        Controller name.
+    events_path, state_dir
+        The loop's ``events.jsonl`` and state folder (None: in memory / none).
+    dry_run
+        The loop writes nothing.
+    limits
+        Watchdog thresholds (default: stale after 1.5 × the emulator's republish interval).
+    jump_clock
+        Give the loop a :class:`JumpClock` over the shared clock (clock-jump tests).
+    mqtt_options, emulator_options
+        Passed to both MQTT clients / to the :class:`~pems.live.emulator.Emulator`.
+    """
+
+    def __init__(self, prep: Any, mqtt_host: str, mqtt_port: int, speed: float = 1000.0,
+                 hours: float | None = None, controller: str = "mpc", events_path: str | Path | None = None,
+                 state_dir: str | Path | None = None, dry_run: bool = False, limits: SafetyLimits | None = None,
+                 jump_clock: bool = False, lead_s: float = 1.0, mqtt_options: dict[str, Any] | None = None,
+                 emulator_options: dict[str, Any] | None = None, mqtt_username: str | None = None,
+                 mqtt_password: str | None = None) -> None:
+        from pems.controllers import make_controller
+        from pems.live.clock import SimClock
+        from pems.live.emulator import Emulator
+        from pems.scenarios.forecast import ForecastProvider
+
+        sc, model = prep.scenario, prep.model
+        self.prep, self.speed = prep, float(speed)
+        self.step_s = sc.step.total_seconds()
+        total_h = sc.n_steps * self.step_s / 3600.0
+        self.hours = total_h if hours is None else float(hours)
+        self.n_steps = int(round(self.hours * 3600.0 / self.step_s))
+        self.controller_name = controller
+        self.controller = make_controller(controller, model, self.step_s, sc.spec.mpc.model_dump())
+        fcp = ForecastProvider(sc.spec.forecast, prep.inputs, model.sym.d.names, prep.comfort_low,
+                               prep.comfort_high, sc.horizon_steps, sc.step)
+        n_max = len(prep.inputs.index) - 1
+
+        def forecast(t: pd.Timestamp) -> Forecast:
+            k = int(round((t - sc.start) / sc.step))
+            return fcp(min(max(k, 0), n_max))
+
+        self.mqtt_options = dict(mqtt_options or {})
+        emu_opts = dict(emulator_options or {})
+        self.lead_s = float(lead_s)
+        self._forecast = forecast
+        self._emu_opts = emu_opts
+        self._host, self._port = mqtt_host, int(mqtt_port)
+        self._creds = (mqtt_username, mqtt_password)
+        self.events_path, self.state_dir, self.dry_run = events_path, state_dir, dry_run
+        self.jump_clock = jump_clock
+        republish = emu_opts.get("republish_every_s", 900.0)
+        self.limits = limits or SafetyLimits(republish_s=republish)
+        self.clock = SimClock(sc.start, self.speed, epoch=time.time() + 3600.0)  # re-anchored in start()
+        self.emu: Any = None
+        self.loop: LiveLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self._Emulator, self._SimClock = Emulator, SimClock
+
+    def new_loop(self, state_dir: str | Path | None = None, events_path: str | Path | None = None) -> LiveLoop:
+        """A loop on this run's home (also used to restart one: same clock, new adapters)."""
+        from pems.live.growatt import GrowattModbus
+        from pems.live.loxone import LoxoneMqtt
+
+        model, clock, emu = self.prep.model, self.clock, self.emu
+        bus = LoxoneMqtt(self._host, self._port, model.rooms, layout=emu.home.layout, clock=clock.monotonic,
+                         dry_run=self.dry_run, username=self._creds[0], password=self._creds[1],
+                         **self.mqtt_options)
+        inverter = None
+        if model.has_battery:
+            speed = self.speed
+
+            def sim_sleep(seconds: float) -> None:  # the guard's waits are in simulated seconds
+                time.sleep(max(0.0, seconds) / speed)
+
+            inverter = GrowattModbus("127.0.0.1", emu.modbus_port, map=emu.growatt.regmap,
+                                     timezone=model.house.site.timezone, dry_run=self.dry_run, timeout=1.0,
+                                     reconnect_backoff_s=30.0, clock=clock.monotonic, now=clock.now,
+                                     sleep=sim_sleep)
+        loop_clock = JumpClock(clock) if self.jump_clock else clock
+        tick = float(self.prep.scenario.spec.plant_step_seconds)
+        settings = LoopSettings(step_s=self.step_s, inner_s=max(tick, 60.0) if self.step_s % 60 == 0 else tick,
+                                settle_s=min(5.0, tick / 4), dry_run=self.dry_run)
+        return LiveLoop(model, self.controller, self._forecast, bus, inverter, loop_clock, settings, self.limits,
+                        events_path if events_path is not None else self.events_path,
+                        state_dir if state_dir is not None else self.state_dir)
+
+    def warm_up(self) -> None:
+        """One throw-away solve before the clock starts: the first solve builds and compiles the
+        solver (seconds of wall time, hours of accelerated time), then the controller is reset."""
+        from pems.twin.signals import Observation
+
+        prep, m = self.prep, self.prep.model
+        x0 = prep.x0
+        soc = float(x0[m.i_soc]) if m.has_battery else None
+        obs = Observation(time=prep.scenario.start, T_room=np.asarray(x0[m.air], dtype=float), soc=soc,
+                          T_out=float(prep.inputs["T_out"].iloc[0]), P_heat=np.zeros(m.n_rooms))
+        self.controller.reset()
+        self.controller.act(obs, self._forecast(prep.scenario.start))
+        self.controller.reset()
+
+    def start(self) -> EmulatedRun:
+        """Start the emulator and the loop's thread (returns at once)."""
+        sc = self.prep.scenario
+        self.warm_up()
+        self.clock = self._SimClock(sc.start, self.speed, epoch=time.time() + self.lead_s)
+        self.emu = self._Emulator(self.prep, self._host, self._port, modbus_port=0, speed=self.speed,
+                                  clock=self.clock, hours=self.hours, mqtt_options=self.mqtt_options,
+                                  mqtt_username=self._creds[0], mqtt_password=self._creds[1], **self._emu_opts)
+        self.emu.start()
+        self.loop = self.new_loop()
+        self.loop.start()
+        self.run_loop(self.loop, self.n_steps, 0.0)
+        return self
+
+    def run_loop(self, loop: LiveLoop, n_steps: int, first_mono: float) -> None:
+        """Run ``loop`` for ``n_steps`` from ``first_mono`` in a thread (:meth:`wait` joins it)."""
+        self.loop = loop
+
+        def body() -> None:
+            try:
+                loop.run(n_steps=n_steps, first_mono=first_mono)
+            except BaseException as exc:  # noqa: BLE001 - reported through .error
+                self.error = exc
+                log.exception("live loop failed")
+
+        self._thread = threading.Thread(target=body, name="pems-live-loop", daemon=True)
+        self._thread.start()
+
+    def step_mono(self, k: int) -> float:
+        """Monotonic time of control step ``k`` [s]."""
+        return k * self.step_s
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Join the loop's thread; True when it ended."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def finish(self, handback: bool = True, timeout: float = 30.0) -> Any:
+        """Wait for the emulation's end, close the loop, stop the emulator; the truth (RunResult)."""
+        self.wait(timeout=None)
+        if self.loop is not None and self.loop._started:
+            self.loop.close(handback=handback)
+        self.emu.wait(timeout)
+        self.emu.stop()
+        if self.error is not None:
+            raise RuntimeError(f"the live loop failed: {self.error}") from self.error
+        if self.emu.error is not None:
+            raise RuntimeError(f"the emulation failed: {self.emu.error}") from self.emu.error
+        return self.emu.result(controller=f"live-{self.controller_name}")

@@ -1,0 +1,267 @@
+"""The live loop's safety layer: a watchdog with explicit rules, and bounds on every command.
+
+The :class:`Watchdog` looks at every sample the loop takes (each inner tick, a minute by default)
+and at every solve, and says whether the loop may command the home. Its rules, each with its
+threshold in :class:`SafetyLimits`:
+
+==================  ==========================================================================
+rule                fault when
+==================  ==========================================================================
+``broker``          the MQTT connection to the room bus is down
+``stale``           a room temperature is older than ``stale_room_s``. Loxone publishes only on
+                    change, so a steady room is silent: the limit must exceed the Miniserver's
+                    periodic republish interval (``republish_s``; default 1.5 × it)
+``nan``             a room temperature is missing or not finite (sensor fault, ``null`` payload)
+``range``           a room temperature outside ``[room_min_c, room_max_c]`` (−40 °C in a living
+                    room), an SOC outside [0, 1]
+``jump``            a room temperature moved more than ``max_jump_k`` + ``max_rate_k_per_h`` × the
+                    time since its last plausible value (air does not jump; a stuck or swapped
+                    sensor does). Latched until the value is plausible again.
+``stuck``           a room temperature identical for ``stuck_s`` (None: rule off)
+``inverter``        ``inverter_failures`` consecutive inverter reads failed
+``solver``          ``solver_failures`` consecutive control steps in which the controller fell
+                    back to its rule-based action
+``clock``           calendar time moved against the monotonic clock by more than ``clock_jump_s``
+                    (an NTP step, a wrong RTC); latched until the offset is steady again
+==================  ==========================================================================
+
+State machine: ``active`` → ``fallback`` at the first sample with any fault (the loop then hands
+the rooms back to their thermostats and releases the inverter, within the same inner tick);
+``fallback`` → ``active`` after ``recover_after`` consecutive healthy samples (hysteresis: a
+flapping link does not make the loop flap). Every transition is kept with its time and reasons.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from pems.live.devices import InverterReadings, RoomReadings
+
+WatchdogState = Literal["active", "fallback"]
+
+
+@dataclass(frozen=True)
+class SafetyLimits:
+    """Thresholds of the watchdog's rules (see the module table).
+
+    Attributes
+    ----------
+    republish_s
+        The room bus's periodic republish interval [s] (a Miniserver's "send every").
+    stale_room_s
+        Age at which a room temperature is stale [s]; default ``1.5 × republish_s``.
+    room_min_c, room_max_c
+        Plausible range of a room's air temperature [°C].
+    max_jump_k, max_rate_k_per_h
+        Largest plausible change of a room temperature [K], plus [K/h] of elapsed time.
+    stuck_s
+        A temperature bit-identical this long is a stuck sensor [s]; None disables the rule
+        (floor-heated rooms can sit within one 0.1 K step for hours).
+    inverter_failures
+        Consecutive failed inverter reads that make a fault.
+    solver_failures
+        Consecutive controller fallbacks that make a fault.
+    clock_jump_s
+        Largest tolerated step of calendar time against monotonic time [s].
+    recover_after
+        Consecutive healthy samples before control is taken back.
+    """
+
+    republish_s: float = 900.0
+    stale_room_s: float | None = None
+    room_min_c: float = 5.0
+    room_max_c: float = 35.0
+    max_jump_k: float = 3.0
+    max_rate_k_per_h: float = 2.0
+    stuck_s: float | None = None
+    inverter_failures: int = 2
+    solver_failures: int = 3
+    clock_jump_s: float = 60.0
+    recover_after: int = 3
+
+    @property
+    def stale_s(self) -> float:
+        """The staleness limit in force [s]."""
+        return self.stale_room_s if self.stale_room_s is not None else 1.5 * self.republish_s
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One change of the watchdog's state."""
+
+    time: pd.Timestamp  # calendar time of the sample that caused it (UTC)
+    state: WatchdogState  # the new state
+    reasons: tuple[str, ...]  # why (faults when falling back; "healthy for k samples" on recovery)
+
+
+@dataclass
+class _RoomTrack:
+    ref: float = math.nan  # last plausible value [°C]
+    ref_mono: float = 0.0  # when it was accepted [s]
+    same_since: float = 0.0  # monotonic time since which the value is identical [s]
+    last: float = math.nan
+
+
+@dataclass
+class Watchdog:
+    """Decides, sample by sample, whether the loop may command the home (see the module notes).
+
+    Parameters
+    ----------
+    rooms
+        Room ids, in the house's order.
+    limits
+        Thresholds.
+    has_inverter
+        Whether inverter reads are expected (the ``inverter`` rule).
+    """
+
+    rooms: tuple[str, ...]
+    limits: SafetyLimits = field(default_factory=SafetyLimits)
+    has_inverter: bool = True
+    state: WatchdogState = "active"
+    transitions: list[Transition] = field(default_factory=list)
+    faults: tuple[str, ...] = ()  # the faults of the last sample
+    _healthy: int = 0
+    _inv_fail: int = 0
+    _solver_fail: int = 0
+    _solver_reason: str = ""
+    _offset: float | None = None  # calendar − monotonic time [s], last accepted
+    _clock_fault: str = ""
+    _tracks: dict[str, _RoomTrack] = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ inputs
+    def solver_result(self, ok: bool, reason: str = "") -> None:
+        """Record one control step's solve (``ok=False``: the controller fell back)."""
+        if ok:
+            self._solver_fail, self._solver_reason = 0, ""
+        else:
+            self._solver_fail += 1
+            self._solver_reason = reason
+
+    def check(self, now: pd.Timestamp, mono_s: float, rooms: RoomReadings,
+              inverter: InverterReadings | None) -> list[str]:
+        """The faults of one sample (empty: healthy). Does not change :attr:`state`.
+
+        Parameters
+        ----------
+        now
+            Calendar time of the sample (UTC), as the loop's clock says.
+        mono_s
+            Monotonic time of the sample [s] (never jumps).
+        rooms, inverter
+            What the devices gave (``inverter`` None: none configured).
+        """
+        lim = self.limits
+        faults: list[str] = []
+        # clock: calendar time must advance with monotonic time
+        offset = (now - pd.Timestamp("1970-01-01", tz="UTC")).total_seconds() - mono_s
+        if self._offset is None:
+            self._offset = offset
+        elif abs(offset - self._offset) > lim.clock_jump_s:
+            jump = offset - self._offset
+            self._clock_fault = f"clock: calendar time jumped {'forward' if jump > 0 else 'back'} by {abs(jump):.0f} s"
+            self._offset = offset  # a steady new offset clears the fault after `recover_after` samples
+            faults.append(self._clock_fault)
+        if not rooms.connected:
+            faults.append("broker: room bus disconnected")
+        stale = lim.stale_s
+        for r in self.rooms:
+            v = rooms.T_room.get(r, math.nan)
+            age = rooms.age_s.get(f"T_room__{r}", math.inf)
+            tr = self._tracks.setdefault(r, _RoomTrack())
+            if not math.isfinite(v):
+                faults.append(f"nan: T_room__{r} has no value")
+                continue
+            if age > stale:
+                faults.append(f"stale: T_room__{r} is {age:.0f} s old (limit {stale:.0f} s)")
+            if not lim.room_min_c <= v <= lim.room_max_c:
+                faults.append(f"range: T_room__{r} = {v:.1f} °C outside [{lim.room_min_c:g}, {lim.room_max_c:g}]")
+                continue
+            if v != tr.last:
+                tr.same_since, tr.last = mono_s, v
+            if lim.stuck_s is not None and mono_s - tr.same_since > lim.stuck_s:
+                faults.append(f"stuck: T_room__{r} unchanged at {v:.1f} °C for {mono_s - tr.same_since:.0f} s")
+            if math.isfinite(tr.ref):
+                allow = lim.max_jump_k + lim.max_rate_k_per_h * max(0.0, mono_s - tr.ref_mono) / 3600.0
+                if abs(v - tr.ref) > allow:
+                    faults.append(f"jump: T_room__{r} = {v:.1f} °C, {v - tr.ref:+.1f} K from its last plausible "
+                                  f"value (limit {allow:.1f} K)")
+                    continue
+            tr.ref, tr.ref_mono = v, mono_s
+        if inverter is not None and self.has_inverter:
+            if not inverter.ok:
+                self._inv_fail += 1
+                if self._inv_fail >= lim.inverter_failures:
+                    faults.append(f"inverter: {self._inv_fail} consecutive reads failed")
+            else:
+                self._inv_fail = 0
+                if not (math.isfinite(inverter.soc) and 0.0 <= inverter.soc <= 1.0):
+                    faults.append(f"range: soc = {inverter.soc} outside [0, 1]")
+        if self._solver_fail >= lim.solver_failures:
+            faults.append(f"solver: {self._solver_fail} consecutive fallbacks ({self._solver_reason})")
+        return faults
+
+    def update(self, now: pd.Timestamp, faults: list[str]) -> Transition | None:
+        """Apply one sample's faults to the state machine; returns the transition, if any."""
+        self.faults = tuple(faults)
+        if faults:
+            self._healthy = 0
+            if self.state == "active":
+                return self._go(now, "fallback", tuple(faults))
+            return None
+        self._healthy += 1
+        if self.state == "fallback" and self._healthy >= self.limits.recover_after:
+            return self._go(now, "active", (f"healthy for {self._healthy} samples",))
+        return None
+
+    def force(self, now: pd.Timestamp, reason: str) -> Transition | None:
+        """Fall back for a reason found outside the samples (e.g. a restart without usable state)."""
+        self._healthy = 0
+        return self._go(now, "fallback", (reason,)) if self.state == "active" else None
+
+    def _go(self, now: pd.Timestamp, state: WatchdogState, reasons: tuple[str, ...]) -> Transition:
+        self.state = state
+        t = Transition(now, state, reasons)
+        self.transitions.append(t)
+        return t
+
+
+# ---------------------------------------------------------------------------------------------
+# Command bounds
+# ---------------------------------------------------------------------------------------------
+def bound_heat(heat_w: np.ndarray, rating_w: np.ndarray) -> np.ndarray:
+    """Heater powers within [0, rating] [W]; NaN → 0 (a relay never heats on a number it cannot read)."""
+    h = np.asarray(heat_w, dtype=float)
+    h = np.where(np.isfinite(h), h, 0.0)
+    return np.clip(h, 0.0, np.asarray(rating_w, dtype=float))
+
+
+@dataclass(frozen=True)
+class BatteryLimits:
+    """What a battery command must respect."""
+
+    max_charge_w: float  # [W]
+    max_discharge_w: float  # [W]
+    soc_min: float  # [0–1]
+    soc_max: float  # [0–1]
+
+
+def bound_battery(bat_w: float | None, soc: float, lim: BatteryLimits) -> float | None:
+    """Battery power (charge +) within the ratings; no charging at ``soc_max``, no discharging at
+    ``soc_min`` (an unknown SOC allows neither). None (leave it to the inverter) stays None."""
+    if bat_w is None:
+        return None
+    if not math.isfinite(bat_w):
+        return 0.0
+    p = min(max(float(bat_w), -lim.max_discharge_w), lim.max_charge_w)
+    if p > 0 and not (math.isfinite(soc) and soc < lim.soc_max):
+        return 0.0
+    if p < 0 and not (math.isfinite(soc) and soc > lim.soc_min):
+        return 0.0
+    return p

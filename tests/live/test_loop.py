@@ -1,0 +1,313 @@
+"""The live loop against the emulator, over a real mosquitto and a real pymodbus server (127.0.0.1).
+
+Each test runs the emulated two-room battery house and a :class:`~pems.live.loop.LiveLoop` with the
+economic MPC on one accelerated :class:`~pems.live.clock.SimClock` (1000×: a control step is 0.9 s
+of wall time, a solve ~0.3 s). Fault tests run three simulated hours.
+
+(4) "a write outside the allow-list is refused before the socket" is tested in
+``tests/live/test_growatt.py`` (the write guard); not repeated here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import write_scenario  # noqa: E402
+from services import mosquitto  # noqa: E402
+from test_emulator import BATTERY_HOUSE, FAST  # noqa: E402
+
+from pems.live.loop import EmulatedRun, battery_command, LoopSettings  # noqa: E402
+from pems.live.safety import BatteryLimits, SafetyLimits, Watchdog  # noqa: E402
+from pems.live.devices import InverterReadings, RoomReadings  # noqa: E402
+from pems.live.state import StateLocked, StateStore  # noqa: E402
+from pems.scenarios.kpis import compute_kpis  # noqa: E402
+from pems.scenarios.runner import prepare, run  # noqa: E402
+from pems.scenarios.spec import load_scenario  # noqa: E402
+
+SPEED = 1000.0
+
+
+@pytest.fixture(scope="module")
+def prep(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("loop")
+    return prepare(load_scenario(write_scenario(folder, BATTERY_HOUSE, weather="greensboro-tmy3", load="h25",
+                                                prices="two-rate")))
+
+
+@pytest.fixture
+def broker(tmp_path):
+    with mosquitto(tmp_path) as b:
+        yield b
+
+
+def events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def kinds(evs: list[dict], kind: str) -> list[dict]:
+    return [e for e in evs if e["kind"] == kind]
+
+
+def at(prep, hours: float) -> pd.Timestamp:
+    return prep.scenario.start + pd.Timedelta(hours=hours)
+
+
+def check_no_gap(evs: list[dict], n: int, labels: bool = True) -> None:
+    steps = kinds(evs, "step")
+    assert [e["step"] for e in steps] == list(range(n))
+    mono = [e["mono_s"] for e in steps]
+    assert all(abs(b - a - 900.0) < 120.0 for a, b in zip(mono, mono[1:]))  # one record per step
+    if not labels:  # a calendar jump moves the labels (by design), never the schedule
+        return
+    t = pd.DatetimeIndex([e["time"] for e in steps])
+    assert (t[1:] - t[:-1] == pd.Timedelta(minutes=15)).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# pure pieces
+# ---------------------------------------------------------------------------------------------
+def test_battery_translation():
+    lim = BatteryLimits(2500, 3000, 0.1, 0.9)
+    s, until = LoopSettings(), pd.Timestamp("2024-01-10T01:00Z")
+    assert battery_command(None, 0, 500, lim, s, until).priority == "load_first"
+    hold = battery_command(10.0, 0, 500, lim, s, until)
+    assert (hold.priority, hold.power_pct) == ("battery_first", 0.0)
+    ch = battery_command(1250.0, 0.0, 500, lim, s, until)
+    assert (ch.priority, ch.power_pct, ch.ac_charge) == ("battery_first", 50.0, True)
+    assert not battery_command(1000.0, 3000.0, 500, lim, s, until).ac_charge  # PV delivers it
+    assert battery_command(-450.0, 0.0, 500, lim, s, until).priority == "load_first"  # covers the load
+    gf = battery_command(-1500.0, 0.0, 500, lim, s, until)
+    assert (gf.priority, gf.power_pct, gf.soc_limit) == ("grid_first", 50.0, 0.1)
+
+
+def test_watchdog_rules_and_hysteresis():
+    wd = Watchdog(("a",), SafetyLimits(republish_s=900, recover_after=2))
+    t0 = pd.Timestamp("2024-01-10T00:00Z")
+    inv = InverterReadings(t0, 0, 0.5, 0, 0, 0, 0, 0)
+
+    def rr(v, age=10.0, connected=True):
+        return RoomReadings(t0, {"a": v}, {"a": 0.0}, 0.0, {"T_room__a": age}, connected)
+
+    def sample(k, v, **kw):
+        t = t0 + pd.Timedelta(minutes=k)
+        return wd.update(t, wd.check(t, 60.0 * k, rr(v, **kw), inv))
+
+    assert sample(0, 21.0) is None and wd.state == "active"
+    tr = sample(1, float("nan"))
+    assert tr.state == "fallback" and "nan" in tr.reasons[0]
+    assert sample(2, 21.0) is None  # one healthy sample is not enough
+    assert sample(3, 21.1).state == "active"
+    assert sample(4, 30.0).reasons[0].startswith("jump")  # +9 K in a minute
+    sample(5, 21.0), sample(6, 21.0)
+    assert wd.state == "active"
+    assert "range" in sample(7, -40.0).reasons[0]
+    sample(8, 21.0), sample(9, 21.0)
+    assert "stale" in sample(10, 21.0, age=2000.0).reasons[0]
+    sample(11, 21.0), sample(12, 21.0)
+    assert "broker" in sample(13, 21.0, connected=False).reasons[0]
+
+
+def test_state_lock_refuses_a_second_loop(tmp_path):
+    a, b = StateStore(tmp_path), StateStore(tmp_path)
+    a.lock()
+    with pytest.raises(StateLocked):
+        b.lock()
+    a.unlock()
+    b.lock()
+    b.unlock()
+
+
+# ---------------------------------------------------------------------------------------------
+# (1) a simulated day against the emulator ≈ the in-process MPC
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.service
+@pytest.mark.slow
+def test_closed_loop_day_matches_in_process_mpc(prep, broker, tmp_path):
+    ev = tmp_path / "events.jsonl"
+    r = EmulatedRun(prep, broker.host, broker.port, speed=SPEED, events_path=ev, mqtt_options=FAST)
+    r.start()
+    res = r.finish()
+    ref = run(prep, "mpc")
+    n = len(res.trajectory)
+    assert n == 96
+    evs = events(ev)
+    check_no_gap(evs, 96)
+    assert not kinds(evs, "overrun")
+    k = res.kpis
+    b = prep.model.house.battery
+    k_ref = compute_kpis(ref.trajectory.iloc[:n], prep.model.rooms, b.capacity_kwh * (b.soc_max - b.soc_min))
+    print({key: (k[key], k_ref[key]) for key in ("cost", "discomfort_Kh", "heating_kWh", "energy_import_kWh")})
+    assert k["cost"] == pytest.approx(k_ref["cost"], rel=0.05)
+    assert k["heating_kWh"] == pytest.approx(k_ref["heating_kWh"], rel=0.05)
+    assert k["discomfort_Kh"] <= k_ref["discomfort_Kh"] + 0.5  # both ~0: a relative bound is meaningless
+
+
+# ---------------------------------------------------------------------------------------------
+# (2) dry-run sends nothing
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.service
+def test_dry_run_sends_nothing(prep, broker, tmp_path):
+    seen: list[str] = []
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="spy")
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("#", qos=1)
+    sub.on_message = lambda c, u, msg: seen.append(msg.topic)
+    sub.connect(broker.host, broker.port)
+    sub.loop_start()
+    ev = tmp_path / "events.jsonl"
+    try:
+        r = EmulatedRun(prep, broker.host, broker.port, speed=SPEED, hours=1.0, events_path=ev, dry_run=True,
+                        mqtt_options=FAST)
+        r.start()
+        res = r.finish()
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+    assert not [t for t in seen if t.endswith("/set") or t == "pems/status"], seen
+    assert r.emu.growatt.writes == [] and r.emu.stats.commands == 0
+    evs = events(ev)
+    cmds = kinds(evs, "command")
+    assert cmds and all(not c["sent"] for c in cmds), {c["reason"] for c in cmds}
+    assert all(e["solver_ok"] for e in kinds(evs, "step"))
+    assert (res.trajectory[["mode_pems__a", "mode_pems__b"]] == 0).all().all()
+
+
+# ---------------------------------------------------------------------------------------------
+# (3) faults
+# ---------------------------------------------------------------------------------------------
+def _fault_run(prep, broker, tmp_path, inject, hours=3.0, labels=True, **kw):
+    ev = tmp_path / "events.jsonl"
+    r = EmulatedRun(prep, broker.host, broker.port, speed=SPEED, hours=hours, events_path=ev,
+                    mqtt_options=FAST, **kw)
+    r.start()
+    th = threading.Thread(target=inject, args=(r,))
+    th.start()
+    res = r.finish()
+    th.join(30)
+    evs = events(ev)
+    check_no_gap(evs, int(hours * 4), labels)
+    return res, evs
+
+
+def _assert_fallback_and_recovery(evs, reason: str, t_fault: pd.Timestamp, t_clear: pd.Timestamp):
+    fb = [e for e in kinds(evs, "fallback") if pd.Timestamp(e["time"]) >= t_fault]
+    assert fb, "no fallback"
+    first = fb[0]
+    assert any(reason in x for x in first["reasons"]), first
+    assert pd.Timestamp(first["time"]) - t_fault <= pd.Timedelta(minutes=15)  # within one control step
+    rec = [e for e in kinds(evs, "recover") if pd.Timestamp(e["time"]) >= pd.Timestamp(first["time"])]
+    assert rec and pd.Timestamp(rec[0]["time"]) >= t_clear - pd.Timedelta(minutes=1)
+    # while faulted no step commanded the home
+    t_fb, t_rec = pd.Timestamp(first["time"]), pd.Timestamp(rec[0]["time"])
+    during = [e for e in kinds(evs, "step") if t_fb < pd.Timestamp(e["time"]) < t_rec - pd.Timedelta(minutes=15)]
+    assert all(e["state"] == "fallback" and e["commands"].startswith("none") for e in during)
+    after = [e for e in kinds(evs, "step") if pd.Timestamp(e["time"]) > t_rec]
+    assert after and after[-1]["state"] == "active"
+    return first, rec[0]
+
+
+@pytest.mark.service
+def test_sensor_nan_falls_back_and_recovers(prep, broker, tmp_path):
+    def inject(r):
+        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+        r.emu.nan("a")
+        assert r.emu.wait_until(at(prep, 1.5), timeout=60)
+        r.emu.clear_faults()
+
+    res, evs = _fault_run(prep, broker, tmp_path, inject)
+    first, _ = _assert_fallback_and_recovery(evs, "nan: T_room__a", at(prep, 1.0), at(prep, 1.5))
+    home_cmds = [e for e in kinds(evs, "command") if e["fallback"] and e["value"] == "home"
+                 and pd.Timestamp(e["time"]) >= pd.Timestamp(first["time"])]
+    assert home_cmds and all(e["sent"] for e in home_cmds)
+    tr = res.trajectory
+    # the rooms were the home's while faulted, the loop's again afterwards
+    assert (tr.loc[at(prep, 1.25):at(prep, 1.5), "mode_pems__a"] == 0).all()
+    assert tr["mode_pems__a"].iloc[-1] == 1
+
+
+@pytest.mark.service
+def test_sensor_stuck_jump_falls_back(prep, broker, tmp_path):
+    def inject(r):
+        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+        r.emu.stuck("b", 30.0)
+        assert r.emu.wait_until(at(prep, 1.5), timeout=60)
+        r.emu.clear_faults()
+
+    _, evs = _fault_run(prep, broker, tmp_path, inject)
+    _assert_fallback_and_recovery(evs, "jump: T_room__b", at(prep, 1.0), at(prep, 1.5))
+
+
+@pytest.mark.service
+def test_broker_restart_falls_back_and_recovers(prep, broker, tmp_path):
+    def inject(r):
+        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+        broker.stop()
+        time.sleep(0.3 * 3600 / SPEED / 3)  # ~6 simulated minutes... plus restart time
+        broker.start()
+
+    _, evs = _fault_run(prep, broker, tmp_path, inject)
+    _assert_fallback_and_recovery(evs, "broker", at(prep, 1.0), at(prep, 1.0))
+
+
+@pytest.mark.service
+def test_modbus_restart_falls_back_and_recovers(prep, broker, tmp_path):
+    def inject(r):
+        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+        r.emu.growatt.stop()
+        assert r.emu.wait_until(at(prep, 1.5), timeout=60)
+        r.emu.growatt.start()
+
+    _, evs = _fault_run(prep, broker, tmp_path, inject)
+    _assert_fallback_and_recovery(evs, "inverter", at(prep, 1.0), at(prep, 1.5))
+
+
+@pytest.mark.service
+def test_clock_jump_falls_back_and_recovers(prep, broker, tmp_path):
+    def inject(r):
+        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+        r.loop.clock.jump(7200.0)
+
+    _, evs = _fault_run(prep, broker, tmp_path, inject, labels=False, jump_clock=True)
+    fb = kinds(evs, "fallback")
+    assert fb and "clock" in fb[0]["reasons"][0] and kinds(evs, "recover")
+
+
+# ---------------------------------------------------------------------------------------------
+# (5) restart resumes the estimator and issues no conflicting commands
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.service
+def test_restart_resumes_estimator_state(prep, broker, tmp_path):
+    state = tmp_path / "state"
+    ev1, ev2 = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    r = EmulatedRun(prep, broker.host, broker.port, speed=SPEED, hours=2.0, events_path=ev1, state_dir=state,
+                    mqtt_options=FAST)
+    r.warm_up()
+    r.n_steps = 4  # the first loop runs one hour, then "crashes"
+    r.start()
+    r.wait()
+    saved = json.loads((state / "state.json").read_text())
+    r.loop.close(handback=False)
+    assert saved["mode"] == "pems" and saved["estimator_x"] is not None
+    loop2 = r.new_loop(events_path=ev2)
+    loop2.start()
+    est = r.controller.estimator
+    assert list(est.x) == pytest.approx(saved["estimator_x"])  # resumed, not re-initialised
+    r.run_loop(loop2, 4, r.step_mono(4))
+    res = r.finish()
+    evs2 = events(ev2)
+    assert kinds(evs2, "state")[0]["resumed"] is True
+    # no hand-back/take-over flip on restart: no "home" mode command before its first step
+    first_step = min(i for i, e in enumerate(evs2) if e["kind"] == "step")
+    assert not [e for e in evs2[:first_step] if e["kind"] == "command" and e["value"] == "home"]
+    assert [e["step"] for e in kinds(evs2, "step")] == [0, 1, 2, 3]
+    assert pd.Timestamp(kinds(evs2, "step")[0]["time"]) == at(prep, 1.0)
+    assert len(res.trajectory) == 8

@@ -308,10 +308,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list built-in houses, scenarios, weather, prices and controllers")
     ls.set_defaults(func=cmd_list)
     from pems.controllers.forecast.cli import add_forecast_parser
-    from pems.live.cli import add_emulate_parser
+    from pems.live.cli import add_emulate_parser, add_live_parser
 
     add_forecast_parser(sub)
     add_emulate_parser(sub)
+    add_live_parser(sub)
     return p
 
 

@@ -311,3 +311,30 @@ def test_restart_resumes_estimator_state(prep, broker, tmp_path):
     assert [e["step"] for e in kinds(evs2, "step")] == [0, 1, 2, 3]
     assert pd.Timestamp(kinds(evs2, "step")[0]["time"]) == at(prep, 1.0)
     assert len(res.trajectory) == 8
+
+
+@pytest.mark.service
+def test_pems_live_emulate_writes_truth_and_log(prep, broker, tmp_path, capsys):
+    """`pems live --emulate`: the command a user runs; three hours of the two-room battery house."""
+    from pems.cli import main
+
+    out = tmp_path / "live"
+    assert main(["live", "--emulate", str(prep.scenario.path), "--mqtt", f"{broker.host}:{broker.port}",
+                 "--hours", "3", "--speed", str(SPEED), "--out", str(out)]) == 0
+    traj = pd.read_parquet(out / "trajectory.parquet")
+    assert len(traj) == 12  # 3 h of 15-min steps
+    k = json.loads((out / "kpis.json").read_text())
+    assert k["heating_kWh"] > 0 and "cost" in k
+    evs = events(out / "events.jsonl")
+    assert len(kinds(evs, "step")) == 12 and not kinds(evs, "fallback")
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_pems_live_bad_input_is_one_line(tmp_path, capsys):
+    from pems.cli import main
+
+    assert main(["live", "--emulate", "winter-week"]) == 2
+    assert "--mqtt" in capsys.readouterr().err
+    assert main(["live", "--config", str(tmp_path / "home.toml")]) == 2
+    err = capsys.readouterr().err
+    assert "not available yet" in err and "Traceback" not in err

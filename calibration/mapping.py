@@ -31,12 +31,12 @@ import hashlib
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pems.errors import InputError
-from pems.tomlio import read_toml, validate
+from pems.tomlio import builtin_or_file, read_toml, validate
 
 AGGREGATES = ("mean", "last", "max", "min", "sum")
 NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -105,14 +105,8 @@ def builtin_mappings() -> tuple[str, ...]:
 
 def load_mapping(spec: str | Path) -> Mapping:
     """A built-in preset by name (``loxone-growatt``) or a mapping TOML file."""
-    s = str(spec)
-    if s in builtin_mappings():
-        path = Path(str(resources.files("pems.calibration") / "mappings" / f"{s}.toml"))
-    else:
-        path = Path(s)
-        if path.suffix != ".toml" and not path.exists():
-            raise InputError(s, "--mapping", f"unknown mapping; expected a preset ({', '.join(builtin_mappings())}) "
-                                             "or a path to a .toml file")
+    folder = Path(str(resources.files("pems.calibration") / "mappings"))
+    path = builtin_or_file(spec, folder, builtin_mappings(), "--mapping", "mapping", "preset")
     m = validate(Mapping, read_toml(path), path)
     for key, expr in m.derived.items():
         if not NAME.match(key):

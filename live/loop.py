@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pems.live.clock import SimClock
 from pems.live.devices import BatteryCommand, Inverter, InverterReadings, RoomBus, RoomReadings, WriteRecord
 from pems.live.safety import BatteryLimits, SafetyLimits, Watchdog, bound_battery, bound_heat
 from pems.live.state import LoopState, StateStore
@@ -78,38 +79,19 @@ ForecastFn = Callable[[pd.Timestamp], Forecast]
 # ---------------------------------------------------------------------------------------------
 # clocks for a real home and for clock-jump tests
 # ---------------------------------------------------------------------------------------------
-class WallClock:
+class WallClock(SimClock):
     """Real time: calendar from the system clock, schedule from :func:`time.monotonic`.
 
-    ``sleep_until(t)`` sleeps until ``monotonic() ≥ (t − start)``: targets are on the monotonic
-    timeline anchored at construction, so an NTP step of the system clock does not move them.
+    A :class:`~pems.live.clock.SimClock` at speed 1 anchored now, except that :meth:`now` reads the
+    system clock. ``sleep_until(t)`` sleeps until ``monotonic() ≥ (t − start)``: targets are on the
+    monotonic timeline anchored at construction, so an NTP step of the system clock does not move them.
     """
 
-    speed: float | None = 1.0
-
     def __init__(self) -> None:
-        self._m0 = time.monotonic()
-        self.start = pd.Timestamp.now(tz="UTC")
+        super().__init__(pd.Timestamp.now(tz="UTC"), speed=1.0)
 
     def now(self) -> pd.Timestamp:
         return pd.Timestamp.now(tz="UTC")
-
-    def monotonic(self) -> float:
-        return time.monotonic() - self._m0
-
-    def sleep_until(self, t: pd.Timestamp, interrupt: threading.Event | None = None) -> bool:
-        target = (t - self.start).total_seconds()
-        while True:
-            left = target - self.monotonic()
-            if interrupt is not None and interrupt.is_set():
-                return False
-            if left <= 0:
-                return True
-            if interrupt is not None:
-                if interrupt.wait(min(left, 0.5)):
-                    return False
-            else:
-                time.sleep(min(left, 0.5))
 
 
 class JumpClock:
@@ -751,8 +733,6 @@ class EmulatedRun:
                  emulator_options: dict[str, Any] | None = None, mqtt_username: str | None = None,
                  mqtt_password: str | None = None) -> None:
         from pems.controllers import make_controller
-        from pems.live.clock import SimClock
-        from pems.live.emulator import Emulator
         from pems.scenarios.forecast import ForecastProvider
 
         sc, model = prep.scenario, prep.model
@@ -787,7 +767,6 @@ class EmulatedRun:
         self.loop: LiveLoop | None = None
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
-        self._Emulator, self._SimClock = Emulator, SimClock
 
     def new_loop(self, state_dir: str | Path | None = None, events_path: str | Path | None = None) -> LiveLoop:
         """A loop on this run's home (also used to restart one: same clock, new adapters)."""
@@ -835,8 +814,10 @@ class EmulatedRun:
         """Start the emulator and the loop's thread (returns at once)."""
         sc = self.prep.scenario
         self.warm_up()
-        self.clock = self._SimClock(sc.start, self.speed, epoch=time.time() + self.lead_s)
-        self.emu = self._Emulator(self.prep, self._host, self._port, modbus_port=0, speed=self.speed,
+        from pems.live.emulator import Emulator
+
+        self.clock = SimClock(sc.start, self.speed, epoch=time.time() + self.lead_s)
+        self.emu = Emulator(self.prep, self._host, self._port, modbus_port=0, speed=self.speed,
                                   clock=self.clock, hours=self.hours, mqtt_options=self.mqtt_options,
                                   mqtt_username=self._creds[0], mqtt_password=self._creds[1], **self._emu_opts)
         self.emu.start()

@@ -68,7 +68,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pems.errors import InputError, Problem
 from pems.live.devices import Priority
-from pems.tomlio import read_toml, validate
+from pems.tomlio import builtin_or_file, read_toml, validate
 
 Table = Literal["input", "holding"]
 Encoding = Literal["uint", "time_hm", "tlxh_slot_start"]
@@ -429,14 +429,8 @@ def load_map(spec: str | Path | RegisterMap) -> RegisterMap:
     """
     if isinstance(spec, RegisterMap):
         return spec
-    s = str(spec)
-    if s in builtin_maps():
-        path = Path(str(resources.files("pems.live") / "maps" / f"{s}.toml"))
-    else:
-        path = Path(s)
-        if path.suffix != ".toml" and not path.exists():
-            raise InputError(s, "map", f"unknown register map; expected a built-in map "
-                                       f"({', '.join(builtin_maps())}) or a path to a .toml file")
+    path = builtin_or_file(spec, Path(str(resources.files("pems.live") / "maps")), builtin_maps(),
+                           "map", "register map", "built-in map")
     try:
         stamp = path.stat().st_mtime_ns
     except OSError:

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pems.errors import InputError
 from pems.live.devices import HeatingMode
-from pems.tomlio import read_toml, validate
+from pems.tomlio import builtin_or_file, read_toml, validate
 
 #: Keys of per-room topics (their templates contain ``{room}``).
 ROOM_KEYS = ("temperature", "relay_state", "relay_set", "mode_set", "mode_state")
@@ -371,9 +371,11 @@ def check_room_name(name: str, key: str, source: str = "layout") -> None:
 
 
 def builtin_layouts() -> tuple[str, ...]:
-    """Names of the layouts shipped in ``live/maps/``."""
+    """Names of the layouts shipped in ``live/maps/`` (the folder's other files are register maps)."""
+    from pems.live.registers import builtin_maps
+
     folder = Path(str(resources.files("pems.live") / "maps"))
-    return tuple(sorted(p.stem for p in folder.glob("*.toml")))
+    return tuple(sorted(p.stem for p in folder.glob("*.toml") if p.stem not in builtin_maps()))
 
 
 def load_layout(spec: str | Path | Layout = "loxberry") -> Layout:
@@ -386,14 +388,8 @@ def load_layout(spec: str | Path | Layout = "loxberry") -> Layout:
     """
     if isinstance(spec, Layout):
         return spec
-    s = str(spec)
-    if s in builtin_layouts():
-        path = Path(str(resources.files("pems.live") / "maps" / f"{s}.toml"))
-    else:
-        path = Path(s)
-        if path.suffix != ".toml" and not path.exists():
-            raise InputError(s, "layout", f"unknown layout; expected a built-in name "
-                                          f"({', '.join(builtin_layouts())}) or a path to a .toml file")
+    path = builtin_or_file(spec, Path(str(resources.files("pems.live") / "maps")), builtin_layouts(),
+                           "layout", "layout")
     return validate(Layout, read_toml(path), path)
 
 

@@ -25,6 +25,21 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise InputError(path, "", "not a UTF-8 text file") from None
 
 
+def builtin_or_file(spec: str | Path, folder: Path, names: tuple[str, ...], key: str, what: str,
+                    builtin: str = "built-in name") -> Path:
+    """The TOML file of a built-in ``what`` named ``spec`` (one of ``names``, in ``folder``), or
+    ``spec`` as a path to a TOML file; anything else raises :class:`InputError` naming ``key``
+    (``builtin`` is what the message calls the built-in ones: "built-in name", "preset", ...)."""
+    s = str(spec)
+    if s in names:
+        return folder / f"{s}.toml"
+    path = Path(s)
+    if path.suffix != ".toml" and not path.exists():
+        raise InputError(s, key, f"unknown {what}; expected a {builtin} ({', '.join(names)}) "
+                                 "or a path to a .toml file")
+    return path
+
+
 def key_path(loc: tuple[Any, ...]) -> str:
     """``("rooms", 3, "heater_w")`` → ``"rooms[3].heater_w"``."""
     out = ""

@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pems.errors import InputError, Problem
-from pems.tomlio import read_toml, validate
+from pems.tomlio import builtin_or_file, read_toml, validate
 from pems.twin.house import House, load_house
 from pems.twin.prices import Tariff
 from pems.scenarios.unmodelled import Truth
@@ -181,16 +181,9 @@ def builtin_scenarios() -> tuple[str, ...]:
 
 def load_scenario(spec: str | Path) -> LoadedScenario:
     """A built-in scenario by name, or a scenario TOML file."""
-    s = str(spec)
-    if s in builtin_scenarios():
-        path = library_dir() / f"{s}.toml"
-    else:
-        path = Path(s)
-        if path.suffix != ".toml" and not path.exists():
-            raise InputError(s, "scenario", f"unknown scenario; expected a built-in name "
-                                            f"({', '.join(builtin_scenarios())}) or a path to a .toml file")
-        if not path.is_file():
-            raise InputError(path, "", "scenario file not found")
+    path = builtin_or_file(spec, library_dir(), builtin_scenarios(), "scenario", "scenario")
+    if not path.is_file():
+        raise InputError(path, "", "scenario file not found")
     sc = validate(Scenario, read_toml(path), path)
     house = load_house(sc.house, base_dir=path.parent)
     _check_against_house(sc, house, path)

@@ -213,8 +213,9 @@ def corrector_backtest(sc: LoadedScenario, settings=None, every: pd.Timedelta = 
     corr = ResidualCorrector(model, sc.step, settings or CorrectorSettings()).fit(train)
     end = sc.start + pd.Timedelta(days=days)
     test = history.loc[history.index < end]
+    learned = corr.gains_for_history(test)
     phys = ahead_errors(model, test, sc.step, start=sc.start, every=every)
-    both = ahead_errors(model, test, sc.step, start=sc.start, every=every, gains=corr.gains_for_history(test))
+    both = ahead_errors(model, test, sc.step, start=sc.start, every=every, gains=learned)
     rooms = list(model.rooms)
     rm = lambda e: np.sqrt(np.nanmean(e ** 2, axis=0))  # noqa: E731
     a, b = rm(phys[rooms].to_numpy()), rm(both[rooms].to_numpy())
@@ -225,7 +226,7 @@ def corrector_backtest(sc: LoadedScenario, settings=None, every: pd.Timedelta = 
     true = unmodelled_gains(sc.spec.truth, sc.house, held.index, held["ghi"], sc.step)
     return CorrectorBacktest(sc.name, table, pooled(phys), pooled(both), corr,
                              (str(train.index[0]), str(train.index[-1])), (str(sc.start), str(end)),
-                             true, corr.gains_for_history(held),
+                             true, learned.loc[held.index],
                              float(np.nanmean(np.abs(phys[rooms].to_numpy()))), float(np.nanmean(np.abs(both[rooms].to_numpy()))))
 
 

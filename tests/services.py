@@ -45,38 +45,8 @@ def _wait(url: str, proc: subprocess.Popen, ok=(200, 204), timeout: float = 30.0
 @contextmanager
 def influxdb1(folder: Path):
     """``influxd`` (1.x) on a free port; yields its base URL (http://127.0.0.1:PORT)."""
-    exe = shutil.which("influxd")
-    if exe is None:
-        pytest.skip("influxd (Debian package influxdb) not installed; `make test` installs it")
-    port, rpc = free_port(), free_port()
-    conf = folder / "influxdb.conf"
-    conf.write_text(f"""reporting-disabled = true
-bind-address = "127.0.0.1:{rpc}"
-[meta]
-  dir = "{folder}/meta"
-[data]
-  dir = "{folder}/data"
-  wal-dir = "{folder}/wal"
-  query-log-enabled = false
-[http]
-  bind-address = "127.0.0.1:{port}"
-  log-enabled = false
-  max-body-size = 0
-[logging]
-  level = "error"
-""")
-    log = open(folder / "influxd.log", "w")
-    proc = subprocess.Popen([exe, "run", "-config", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait(f"http://127.0.0.1:{port}/ping", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    with influxdb1_restartable(folder) as server:
+        yield server.url
 
 
 @contextmanager

@@ -34,7 +34,7 @@ import pandas as pd
 from pems.controllers.forecast.backtest import BacktestResult, origins_between
 from pems.controllers.forecast.base import QUANTILES, QuantileForecast
 from pems.controllers.forecast.features import calendar_features
-from pems.controllers.forecast.quantile import GBMSettings, QuantileGBM
+from pems.controllers.forecast.quantile import CalendarGBMForecaster, GBMSettings
 
 DAY = pd.Timedelta(days=1)
 
@@ -161,7 +161,7 @@ class LoadSettings:
     gbm: GBMSettings = GBMSettings(max_iter=100, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=50)
 
 
-class LoadForecaster:
+class LoadForecaster(CalendarGBMForecaster):
     """Quantile forecasts of the household load without heating ``P_load`` [W].
 
     Parameters
@@ -188,16 +188,9 @@ class LoadForecaster:
 
     def __init__(self, tz: str = "Europe/Berlin", country: str | None = "DE", quantiles: tuple[float, ...] = QUANTILES,
                  settings: LoadSettings = LoadSettings()) -> None:
-        self.tz = tz
-        self.country = country
-        self.quantiles = tuple(quantiles)
-        self.settings = settings
-        self.model = QuantileGBM(self.quantiles, settings.gbm, categorical=None)
-        self.step: pd.Timedelta | None = None
+        super().__init__(tz, country, quantiles, settings)
         self.exogenous: tuple[str, ...] = ()
-        self.features: list[str] = []
         self.floor = 1.0  # smallest level [W] the target is divided by
-        self.n_train = 0
 
     # -- feature table ------------------------------------------------------------------------------
     def _table(self, grid: pd.DatetimeIndex, y: np.ndarray, exog: pd.DataFrame, pos_t: np.ndarray,
@@ -223,9 +216,6 @@ class LoadForecaster:
         for c in self.exogenous:
             f[c] = exog[c].to_numpy(dtype=float)[pos_t] if c in exog else np.full(len(pos_t), np.nan)
         return pd.DataFrame(f), level
-
-    def _grid(self, index: pd.DatetimeIndex) -> pd.DatetimeIndex:
-        return pd.date_range(index.min(), index.max(), freq=self.step, name="time")
 
     # -- fit / predict ----------------------------------------------------------------------------------
     def fit(self, history: pd.DataFrame) -> LoadForecaster:
@@ -293,13 +283,8 @@ class LoadForecaster:
                                 extras={"level_w": float(level[0]) if len(level) else float("nan")})
 
     def describe(self) -> dict:
-        """Features, settings, training size and interval calibration."""
-        s = asdict(self.settings)
-        return {"role": self.role, "target": self.target, "unit": self.unit, "model": "QuantileGBM",
-                "tz": self.tz, "country": self.country, "quantiles": list(self.quantiles),
-                "features": list(self.features), "exogenous": list(self.exogenous), "settings": s,
-                "n_train": self.n_train, "calibration": dict(self.model.calibration),
-                "step_s": None if self.step is None else self.step.total_seconds()}
+        """Features (and the exogenous columns used), settings, training size and interval calibration."""
+        return {**super().describe(), "exogenous": list(self.exogenous)}
 
 
 # --------------------------------------------------------------------------------------------------

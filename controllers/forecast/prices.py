@@ -34,7 +34,7 @@ import pandas as pd
 from pems.controllers.forecast.base import QUANTILES, QuantileForecast
 from pems.controllers.forecast.features import calendar_features
 from pems.controllers.forecast.load import CALENDAR, DAY, first_before, lag_features, periodic_stack, take
-from pems.controllers.forecast.quantile import GBMSettings, QuantileGBM
+from pems.controllers.forecast.quantile import CalendarGBMForecaster, GBMSettings
 
 #: Column holding already published day-ahead prices over the forecast horizon (a backtest's feed).
 PUBLISHED = "price_published"
@@ -61,7 +61,7 @@ class PriceSettings:
     gbm: GBMSettings = GBMSettings(max_iter=100, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=50)
 
 
-class PriceForecaster:
+class PriceForecaster(CalendarGBMForecaster):
     """Quantile forecasts of the day-ahead price [EUR MWh⁻¹].
 
     Parameters
@@ -83,16 +83,9 @@ class PriceForecaster:
 
     def __init__(self, tz: str = "Europe/Prague", country: str | None = "CZ", quantiles: tuple[float, ...] = QUANTILES,
                  settings: PriceSettings = PriceSettings()) -> None:
-        self.tz = tz
-        self.country = country
-        self.quantiles = tuple(quantiles)
-        self.settings = settings
+        super().__init__(tz, country, quantiles, settings)
         hh, mm = (int(x) for x in settings.publication.split(":"))
         self._publication = pd.Timedelta(hours=hh, minutes=mm)
-        self.model = QuantileGBM(self.quantiles, settings.gbm)
-        self.step: pd.Timedelta | None = None
-        self.features: list[str] = []
-        self.n_train = 0
 
     # -- what is known ------------------------------------------------------------------------------
     def published_until(self, issue: pd.Timestamp) -> pd.Timestamp:
@@ -138,9 +131,6 @@ class PriceForecaster:
         f["level"] = level
         f["spread"] = spread
         return pd.DataFrame(f), level, spread
-
-    def _grid(self, index: pd.DatetimeIndex) -> pd.DatetimeIndex:
-        return pd.date_range(index.min(), index.max(), freq=self.step, name="time")
 
     # -- fit / predict ----------------------------------------------------------------------------------
     def fit(self, history: pd.DataFrame) -> PriceForecaster:
@@ -218,14 +208,6 @@ class PriceForecaster:
             out[rest] = level[:, None] + spread[:, None] * self.model.predict(X[self.features].to_numpy())
         return QuantileForecast(index, self.quantiles, out, self.unit,
                                 extras={"known": known_here, "published_until": end})
-
-    def describe(self) -> dict:
-        """Features, settings, training size and interval calibration."""
-        return {"role": self.role, "target": self.target, "unit": self.unit, "model": "QuantileGBM",
-                "tz": self.tz, "country": self.country, "quantiles": list(self.quantiles),
-                "features": list(self.features), "settings": asdict(self.settings), "n_train": self.n_train,
-                "calibration": dict(self.model.calibration),
-                "step_s": None if self.step is None else self.step.total_seconds()}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -12,9 +12,11 @@ power) by which scores are normalised, so the correction is relative where the s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from pems.controllers.forecast.base import QUANTILES
@@ -99,3 +101,33 @@ class QuantileGBM:
             out[:, 0] = np.minimum(out[:, 0], out[:, mid])
             out[:, -1] = np.maximum(out[:, -1], out[:, mid])
         return np.sort(out, axis=1)
+
+
+class CalendarGBMForecaster:
+    """What the gradient-boosted forecasters on a regular grid share (load, prices): time zone and
+    holiday calendar, the quantile model, the grid they work on and their :meth:`describe`."""
+
+    role: str
+    target: str
+    unit: str
+
+    def __init__(self, tz: str, country: str | None, quantiles: tuple[float, ...], settings: Any) -> None:
+        self.tz = tz
+        self.country = country
+        self.quantiles = tuple(quantiles)
+        self.settings = settings
+        self.model = QuantileGBM(self.quantiles, settings.gbm)
+        self.step: pd.Timedelta | None = None
+        self.features: list[str] = []
+        self.n_train = 0
+
+    def _grid(self, index: pd.DatetimeIndex) -> pd.DatetimeIndex:
+        return pd.date_range(index.min(), index.max(), freq=self.step, name="time")
+
+    def describe(self) -> dict:
+        """Features, settings, training size and interval calibration."""
+        return {"role": self.role, "target": self.target, "unit": self.unit, "model": "QuantileGBM",
+                "tz": self.tz, "country": self.country, "quantiles": list(self.quantiles),
+                "features": list(self.features), "settings": asdict(self.settings), "n_train": self.n_train,
+                "calibration": dict(self.model.calibration),
+                "step_s": None if self.step is None else self.step.total_seconds()}

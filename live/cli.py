@@ -166,9 +166,9 @@ def add_emulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
 def cmd_live(args: argparse.Namespace) -> int:
     """``pems live --emulate SCENARIO``: the emulated home and the live loop over real sockets."""
     if args.config is not None:
-        # The config-file path for a real home is not built yet: say so plainly instead of half-running.
-        raise InputError(str(args.config), "--config", "running a real home from a config file is not "
-                                                       "available yet; use --emulate SCENARIO --mqtt HOST:PORT")
+        if args.emulate is not None:
+            raise InputError("command line", "--config", "give --config FILE or --emulate SCENARIO, not both")
+        return cmd_live_config(args)
     if args.emulate is None:
         raise InputError("command line", "--emulate", "give --emulate SCENARIO (or --config FILE)")
     if args.mqtt is None:
@@ -231,15 +231,71 @@ def cmd_live(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_live_config(args: argparse.Namespace) -> int:
+    """``pems live --config FILE``: run a home until Ctrl-C / SIGTERM (or ``--hours`` of its clock)."""
+    import logging
+    import signal
+
+    from pems.live.config import load_live_config, open_live
+
+    _positive(args.hours, "--hours")
+    cfg = load_live_config(args.config)
+    s = cfg.spec
+    from pems.live.loxone import MqttConnectError
+    from pems.live.state import StateLocked
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("pems.live.paho").setLevel(logging.WARNING)
+    try:
+        loop = open_live(cfg, dry_run=args.dry_run)
+    except MqttConnectError as exc:
+        print(f"pems: error: {exc}", file=sys.stderr)
+        return 3
+    where = [f"Loxone on MQTT {s.mqtt.host}:{s.mqtt.port}{' (TLS)' if s.mqtt.tls else ''}"
+             f"{' with credentials' if loop.bus.username else ''}"]
+    if s.modbus is not None:
+        where.append(f"Growatt on Modbus {s.modbus.host}:{s.modbus.port} (unit {s.modbus.device_id}, {s.modbus.map})")
+    if loop.influx is not None:
+        where.append(f"log to {loop.influx.source.safe_url}")
+    print(f"live {s.controller} on {cfg.house.name} ({len(cfg.house.rooms)} rooms), step {s.step_minutes} min: "
+          f"{'; '.join(where)}{' — dry run: nothing is written' if args.dry_run else ''}", flush=True)
+    n_steps = None if args.hours is None else max(1, math.ceil(args.hours * 60 / s.step_minutes))
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in stop_signals}
+
+    def _stop(signum: int, frame: object) -> None:  # ends after the current tick, then hands back
+        print(f"pems: {signal.Signals(signum).name}: handing the home back", file=sys.stderr, flush=True)
+        loop.stop()
+
+    for sig in stop_signals:
+        signal.signal(sig, _stop)
+    try:
+        steps = loop.run(n_steps=n_steps)
+    except StateLocked as exc:
+        raise InputError(cfg.path, "state_dir", str(exc)) from None
+    except MqttConnectError as exc:
+        print(f"pems: error: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+        loop.close(handback=True)
+    print(f"ran {steps} control steps ({loop.overruns} late); the home runs itself again; "
+          f"log: {loop.events.path}")
+    return 0
+
+
 def add_live_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """``pems live``."""
-    lv = sub.add_parser("live", help="run the controller live: against an emulated home (--emulate) over real sockets",
+    lv = sub.add_parser("live", help="run the controller live: a real home (--config) or an emulated one (--emulate)",
                         description="Every control step: read the home, estimate, forecast, solve, write; "
                                     "a watchdog hands control back to the home's own logic on any fault.")
-    lv.add_argument("--config", type=Path, help="a real home's live configuration (not available yet)")
+    lv.add_argument("--config", type=Path, help="a home's live configuration (TOML; see docs/live-example.toml)")
     lv.add_argument("--emulate", metavar="SCENARIO", help="run against the scenario's emulated home")
     lv.add_argument("--mqtt", metavar="HOST:PORT", help="the MQTT broker")
-    lv.add_argument("--hours", type=float, help="simulated hours (default: the whole scenario)")
+    lv.add_argument("--hours", type=float, help="hours to run (--emulate: simulated, default the whole scenario; "
+                                                "--config: default until Ctrl-C/SIGTERM)")
     lv.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall second (default 60)")
     lv.add_argument("--controller", default="mpc", help="controller (default mpc)")
     lv.add_argument("--dry-run", action="store_true", help="compute and log everything, write nothing")

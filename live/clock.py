@@ -38,6 +38,8 @@ import json
 import math
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -99,11 +101,47 @@ class SimClock:
         wall, mono = time.time(), time.monotonic()
         self.epoch = wall if epoch is None else float(epoch)
         # From here on only the monotonic clock counts: a wall-clock step (NTP) cannot move us.
-        self._mono0 = mono - (wall - self.epoch)
+        # (mono0, real_since): simulated time is (monotonic − mono0) × speed, except while
+        # ``real_time()`` holds it to speed 1 from ``real_since``. One tuple, swapped whole, so a
+        # reader in another thread never sees half an update.
+        self._state: tuple[float, float | None] = (mono - (wall - self.epoch), None)
+        self._real_lock = threading.Lock()
+        self._real_depth = 0
 
     def monotonic(self) -> float:
         """Simulated seconds since ``start`` [s] (negative before the epoch)."""
-        return (time.monotonic() - self._mono0) * self.speed
+        mono0, since = self._state
+        m = time.monotonic()
+        if since is None:
+            return (m - mono0) * self.speed
+        return (since - mono0) * self.speed + (m - since)
+
+    @contextmanager
+    def real_time(self) -> Iterator[None]:
+        """Inside, simulated time runs at real-time rate (1 s per wall second), then at ``speed`` again.
+
+        For work that takes wall time a real home would also spend — a controller's solve: 0.3 s is
+        0.03 % of a 15-minute step at home, but a third of it at 1000×. Held to real time, an
+        accelerated emulation gives the solve the share of the step it has in reality, so its
+        results compare with the in-process simulator. Sleepers wake no earlier than their target;
+        the epoch moves with the hold, so anchors published afterwards stay right. Reentrant.
+        """
+        with self._real_lock:
+            self._real_depth += 1
+            if self._real_depth == 1:
+                self._state = (self._state[0], time.monotonic())
+        try:
+            yield
+        finally:
+            with self._real_lock:
+                self._real_depth -= 1
+                if self._real_depth == 0:
+                    mono0, since = self._state
+                    m = time.monotonic()
+                    sim = (since - mono0) * self.speed + (m - since)
+                    new0 = m - sim / self.speed
+                    self.epoch += new0 - mono0
+                    self._state = (new0, None)
 
     def now(self) -> pd.Timestamp:
         """Simulated time now (UTC)."""

@@ -51,6 +51,7 @@ overrun; it is never skipped, so the log has one step record per step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -117,6 +118,10 @@ class JumpClock:
     def sleep_until(self, t: pd.Timestamp, interrupt: threading.Event | None = None) -> bool:
         return self.base.sleep_until(t, interrupt)
 
+    def real_time(self) -> contextlib.AbstractContextManager[Any]:
+        rt = getattr(self.base, "real_time", None)
+        return rt() if rt is not None else contextlib.nullcontext()
+
 
 # ---------------------------------------------------------------------------------------------
 # settings and the translation of an action
@@ -142,6 +147,10 @@ class LoopSettings:
         Saved state older than this many steps is not resumed.
     dry_run
         Compute and log everything, write nothing (the adapters are built dry too).
+    real_time_solve
+        While forecasting and solving, run an accelerated clock at real-time rate
+        (:meth:`~pems.live.clock.SimClock.real_time`): the solve then takes the share of a step it
+        takes at home, not ``speed`` times more. No effect on a real home's wall clock.
     """
 
     step_s: float = 900.0
@@ -151,6 +160,7 @@ class LoopSettings:
     cover_tol_w: float = 150.0
     state_max_age_steps: float = 2.0
     dry_run: bool = False
+    real_time_solve: bool = True
 
     def __post_init__(self) -> None:
         n = self.step_s / self.inner_s
@@ -303,6 +313,7 @@ class LiveLoop:
         self._acc = _StepAccum()
         self._soc = math.nan
         self._bus_connections = -1
+        self._log_up: bool | None = None  # the InfluxDB log's last known state
         self._stop = threading.Event()
         self._steps = 0
         self.overruns = 0
@@ -472,6 +483,7 @@ class LiveLoop:
         """Sample, check health, switch relays whose on-time is over."""
         now, mono, _, _, faults = self._sample()
         self._apply_health(now, faults)
+        self._watch_log(now)
         if self.watchdog.state != "active" or self.mode != "pems":
             return
         due = [r for r, t in self._off_at.items() if mono >= t - 1e-6]
@@ -490,15 +502,16 @@ class LiveLoop:
         t = now.floor(step)
         obs = self._observation(t, rr)
         self._acc = _StepAccum()
-        fc = self.forecast(t)
         n_ev = len(getattr(self.controller, "events", []) or [])
         t0 = time.perf_counter()
         reason = ""
-        try:
-            action = self.controller.act(obs, fc)
-        except Exception as exc:  # noqa: BLE001 - any controller failure is a solver fault
-            log.exception("controller failed")
-            action, reason = Action(heat_w=None, bat_w=None), f"controller raised {type(exc).__name__}: {exc}"
+        with self._thinking():
+            fc = self.forecast(t)
+            try:
+                action = self.controller.act(obs, fc)
+            except Exception as exc:  # noqa: BLE001 - any controller failure is a solver fault
+                log.exception("controller failed")
+                action, reason = Action(heat_w=None, bat_w=None), f"controller raised {type(exc).__name__}: {exc}"
         solve_s = time.perf_counter() - t0
         new_ev = (getattr(self.controller, "events", []) or [])[n_ev:]
         fell_back = [e for e in new_ev if e.get("kind") == "fallback"]
@@ -536,9 +549,23 @@ class LiveLoop:
             record["commands"] = "none (fallback)"
         self._steps += 1
         self.events.write("step", t, **record)
+        if log.isEnabledFor(logging.INFO):
+            heat = record.get("heat_w")
+            bat = record.get("battery")
+            log.info("step %s %s: heat %s, battery %s (solve %.2f s)", t.isoformat(), self.watchdog.state,
+                     "—" if heat is None else f"{float(np.sum(heat)) / 1000:.2f} kW",
+                     "—" if bat is None else f"{bat['priority']} {bat.get('power_pct') or 0:.0f} %", solve_s)
         self._save(now, t)
         self._influx_step(t, obs, record)
+        self._watch_log(now)
         return sent_mono
+
+    def _thinking(self) -> contextlib.AbstractContextManager[Any]:
+        """Forecast and solve with the clock at real-time rate where it can (``real_time_solve``)."""
+        real_time = getattr(self.clock, "real_time", None)
+        if self.settings.real_time_solve and real_time is not None:
+            return real_time()
+        return contextlib.nullcontext()
 
     def _observation(self, t: pd.Timestamp, rr: RoomReadings) -> Observation:
         acc, s = self._acc, self.settings
@@ -681,6 +708,32 @@ class LiveLoop:
         except Exception:  # noqa: BLE001 - the log never stops the loop (it spools on its own)
             log.exception("influx write failed")
 
+    def _watch_log(self, now: pd.Timestamp) -> None:
+        """Log the InfluxDB log going down (it spools on disk) and coming back (it replays).
+
+        InfluxDB being down is not a control fault: the home stays under control, nothing measured
+        or commanded is lost (the spool), and ``events.jsonl`` says when and why.
+        """
+        if self.influx is None:
+            return
+        try:
+            st = self.influx.status()
+        except Exception:  # noqa: BLE001 - the log's health never stops the loop
+            return
+        up = bool(st.connected)
+        if up == self._log_up or (self._log_up is None and up):
+            self._log_up = up
+            return
+        self._log_up = up
+        if up:
+            self.events.write("log_store", now, state="up", reason="InfluxDB reachable again; replaying the spool",
+                              pending_lines=st.pending_lines)
+            log.info("InfluxDB log reachable again (%d lines to replay)", st.pending_lines)
+        else:
+            self.events.write("log_store", now, state="down", reason=st.last_error or "InfluxDB not reachable",
+                              pending_lines=st.pending_lines)
+            log.warning("InfluxDB log down (%s): spooling on disk", st.last_error)
+
     def _influx_event(self, now: pd.Timestamp, state: str, reason: str) -> None:
         if self.influx is None:
             return
@@ -724,6 +777,10 @@ class EmulatedRun:
         Give the loop a :class:`JumpClock` over the shared clock (clock-jump tests).
     mqtt_options, emulator_options
         Passed to both MQTT clients / to the :class:`~pems.live.emulator.Emulator`.
+    mqtt_username, mqtt_password
+        Broker credentials of both sides.
+    influx
+        The loop's :class:`~pems.live.influx_log.InfluxLog` (or None).
     """
 
     def __init__(self, prep: Any, mqtt_host: str, mqtt_port: int, speed: float = 1000.0,
@@ -731,7 +788,7 @@ class EmulatedRun:
                  state_dir: str | Path | None = None, dry_run: bool = False, limits: SafetyLimits | None = None,
                  jump_clock: bool = False, lead_s: float = 1.0, mqtt_options: dict[str, Any] | None = None,
                  emulator_options: dict[str, Any] | None = None, mqtt_username: str | None = None,
-                 mqtt_password: str | None = None) -> None:
+                 mqtt_password: str | None = None, influx: Any = None) -> None:
         from pems.controllers import make_controller
         from pems.scenarios.forecast import ForecastProvider
 
@@ -760,6 +817,7 @@ class EmulatedRun:
         self._creds = (mqtt_username, mqtt_password)
         self.events_path, self.state_dir, self.dry_run = events_path, state_dir, dry_run
         self.jump_clock = jump_clock
+        self.influx = influx
         republish = emu_opts.get("republish_every_s", 900.0)
         self.limits = limits or SafetyLimits(republish_s=republish)
         self.clock = SimClock(sc.start, self.speed, epoch=time.time() + 3600.0)  # re-anchored in start()
@@ -794,7 +852,7 @@ class EmulatedRun:
                                 settle_s=min(5.0, tick / 4), dry_run=self.dry_run)
         return LiveLoop(model, self.controller, self._forecast, bus, inverter, loop_clock, settings, self.limits,
                         events_path if events_path is not None else self.events_path,
-                        state_dir if state_dir is not None else self.state_dir)
+                        state_dir if state_dir is not None else self.state_dir, self.influx)
 
     def warm_up(self) -> None:
         """One throw-away solve before the clock starts: the first solve builds and compiles the

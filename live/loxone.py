@@ -655,3 +655,47 @@ class LoxoneMqtt(MqttEndpoint):
             if topic not in self._warned:
                 self._warned.add(topic)
                 log.warning("MQTT %s: unreadable payload (%s); counted as nan", topic, problem)
+
+
+# ---------------------------------------------------------------------------------------------
+# Following an emulator's clock from another process
+# ---------------------------------------------------------------------------------------------
+class ClockFollower(MqttEndpoint):
+    """Reads the emulator's retained clock anchor (:data:`pems.live.clock.TIME_TOPIC`).
+
+    A loop in another process than ``pems emulate`` builds its clock from the anchor (same start,
+    speed and epoch) and needs the broker only once; see :mod:`pems.live.clock`.
+    """
+
+    _id_prefix = "pems-clock"
+
+    def __init__(self, host: str, port: int, **options: Any) -> None:
+        super().__init__(host, port, **options)
+        self._anchor: Any = None
+        self._got = threading.Event()
+
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        from pems.live.clock import TIME_TOPIC
+
+        return [(TIME_TOPIC, 1)]
+
+    def _handle(self, topic: str, payload: bytes, retained: bool) -> None:
+        from pems.live.clock import ClockAnchor
+
+        try:
+            self._anchor = ClockAnchor.from_json(payload)
+        except ValueError as exc:
+            log.warning("MQTT %s: %s", self.where, exc)
+            return
+        self._got.set()
+
+    def anchor(self, timeout_s: float = 10.0) -> Any:
+        """The emulator's :class:`~pems.live.clock.ClockAnchor`; ``MqttConnectError`` if none comes."""
+        self.connect()
+        try:
+            if not self._got.wait(timeout_s):
+                raise MqttConnectError(f"no emulator clock on {self.where} within {timeout_s:g} s "
+                                       "(is `pems emulate` running against this broker?)")
+            return self._anchor
+        finally:
+            self.close()

@@ -183,7 +183,7 @@ class WriteGuard:
             # 4. dry run or send, in runs of consecutive addresses
             if self.dry_run:
                 for i, reg, q, words in todo:
-                    records[i] = self._record(t, reg.name, q, False, "dry run: not sent")
+                    records[i] = self._record(t, reg.name, q, False, "dry-run: not sent")
                     self._known[reg.name] = words
             else:
                 self._send_runs(t, todo, send, records)

@@ -340,7 +340,7 @@ def test_dry_run_sends_nothing(sph_server: GrowattServer, clock: FakeClock):
     g = adapter(sph_server, clock, dry_run=True)
     records = g.command(battery_first())
     assert records and not any(r.sent for r in records)
-    would = [r for r in records if r.reason.startswith("dry run")]
+    would = [r for r in records if r.reason.startswith("dry-run")]
     assert {r.target for r in would} >= {"priority", "bat_first_slot1_enable", "bat_first_rate"}
     clock.advance(2)
     assert all(r.reason.startswith("unchanged") for r in g.command(battery_first()))  # as a live run would

@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import write_scenario  # noqa: E402
 from services import mosquitto  # noqa: E402
+from test_influx_log import influxql  # noqa: E402
 from test_emulator import BATTERY_HOUSE, FAST  # noqa: E402
 
 from pems.live.loop import EmulatedRun, battery_command, LoopSettings  # noqa: E402
@@ -35,6 +36,7 @@ from pems.scenarios.runner import prepare, run  # noqa: E402
 from pems.scenarios.spec import load_scenario  # noqa: E402
 
 SPEED = 1000.0
+DAY_SPEED = 2500.0  # the day: 35 s of wall time plus the solves (which run at real time, see LoopSettings)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +136,7 @@ def test_state_lock_refuses_a_second_loop(tmp_path):
 @pytest.mark.slow
 def test_closed_loop_day_matches_in_process_mpc(prep, broker, tmp_path):
     ev = tmp_path / "events.jsonl"
-    r = EmulatedRun(prep, broker.host, broker.port, speed=SPEED, events_path=ev, mqtt_options=FAST)
+    r = EmulatedRun(prep, broker.host, broker.port, speed=DAY_SPEED, events_path=ev, mqtt_options=FAST)
     r.start()
     res = r.finish()
     ref = run(prep, "mpc")
@@ -281,6 +283,47 @@ def test_clock_jump_falls_back_and_recovers(prep, broker, tmp_path):
     assert fb and "clock" in fb[0]["reasons"][0] and kinds(evs, "recover")
 
 
+@pytest.mark.service
+def test_influxdb_down_for_an_hour_spools_keeps_control_and_loses_nothing(prep, broker, tmp_path):
+    """InfluxDB is the log, not the control: while it is down the home stays under control, the
+    loop logs the outage and the recovery, and every step's points reach InfluxDB afterwards."""
+    from services import influxdb1_restartable
+
+    from pems.live.influx_log import InfluxLog
+
+    with influxdb1_restartable(tmp_path) as db:
+        url = db.url.replace("http://", "influx://") + "/pems_live"
+        # the log's timers are wall time: short, as the run is accelerated 1000×
+        influx = InfluxLog(url, None, tmp_path / "spool", batch_s=0.05, ping_s=0.2, retry_min_s=0.05,
+                           retry_max_s=0.3, timeout_s=1.0)
+        stopped: dict[str, pd.Timestamp] = {}
+
+        def inject(r):
+            assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+            db.stop()
+            stopped["down"] = r.clock.now()
+            assert r.emu.wait_until(at(prep, 2.0), timeout=60)
+            db.start()
+            stopped["up"] = r.clock.now()
+
+        _, evs = _fault_run(prep, broker, tmp_path, inject, hours=3.0, influx=influx)
+        assert not kinds(evs, "fallback")  # control never depended on the log
+        assert all(e["state"] == "active" and e["solver_ok"] for e in kinds(evs, "step"))
+        store = kinds(evs, "log_store")
+        assert [e["state"] for e in store] == ["down", "up"], store
+        assert pd.Timestamp(store[0]["time"]) - stopped["down"] <= pd.Timedelta(minutes=15)  # within a step
+        assert "not reachable" in store[0]["reason"]
+        assert pd.Timestamp(store[1]["time"]) >= stopped["up"]
+        assert influx.flush(10) and influx.status().pending_lines == 0
+        influx.close(1)
+        steps = [pd.Timestamp(e["time"]) for e in kinds(evs, "step")]
+        where = f"time >= '{steps[0]:%Y-%m-%dT%H:%M:%SZ}' AND time <= '{steps[-1]:%Y-%m-%dT%H:%M:%SZ}'"
+        for kind, field in (("measured", "T_room"), ("commanded", "P_heat_cmd")):
+            rows = influxql(db.url, "pems_live", f"SELECT \"{field}\" FROM pems WHERE kind = '{kind}' AND "
+                                                 f"room = 'a' AND {where}")
+            assert [pd.Timestamp(r[0], tz="UTC") for r in rows] == steps, kind  # one point per step, no gap
+
+
 # ---------------------------------------------------------------------------------------------
 # (5) restart resumes the estimator and issues no conflicting commands
 # ---------------------------------------------------------------------------------------------
@@ -337,4 +380,4 @@ def test_pems_live_bad_input_is_one_line(tmp_path, capsys):
     assert "--mqtt" in capsys.readouterr().err
     assert main(["live", "--config", str(tmp_path / "home.toml")]) == 2
     err = capsys.readouterr().err
-    assert "not available yet" in err and "Traceback" not in err
+    assert "file not found" in err and "Traceback" not in err

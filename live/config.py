@@ -1,0 +1,308 @@
+"""A real home's live configuration: ``pems live --config FILE``.
+
+One TOML file says which house model runs, which controller, how the home is reached (Loxone over
+MQTT, Growatt over Modbus TCP, InfluxDB for the log), where forecasts come from and the watchdog's
+thresholds. Relative paths resolve against the file's folder. Passwords never go in it: broker
+credentials come from ``PEMS_MQTT_USERNAME``/``PEMS_MQTT_PASSWORD`` or a ``credentials_file``
+(``chmod 600``); InfluxDB credentials from ``PEMS_INFLUX_*``. A full example with every key is
+``docs/live-example.toml``.
+
+Forecasts
+---------
+Every control step the forecast over the horizon is built from ``[forecast]`` exactly as a scenario
+builds its inputs (:func:`pems.twin.inputs.build_inputs`): weather, prices and household load are
+built-in names or CSV files. A CSV is read again whenever it changes, so a small job of your own
+that refreshes it (a weather service's forecast, the next day's spot prices) feeds the MPC fresh
+forecasts; built-in weather is a typical year (climatology), a fallback rather than a forecast.
+Measurements (room and outdoor temperatures, PV, load, SOC) always come from the home.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pems.errors import InputError
+from pems.scenarios.spec import Comfort, MpcSpec
+from pems.tomlio import read_toml, validate
+from pems.twin.house import House, load_house
+from pems.twin.prices import Tariff
+
+_SECRET_KEYS = ("password", "username", "token", "user", "pass")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _refuse_secrets(data: Any, hint: str) -> Any:
+    """Refuse credentials in the file, naming the key but never repeating its value (it may be the password)."""
+    if isinstance(data, dict):
+        for k in data:
+            if str(k).lower() in _SECRET_KEYS:
+                raise ValueError(f"'{k}' does not belong in the config file: {hint}")
+    return data
+
+
+class TlsSpec(_Strict):
+    """TLS towards the broker (see :class:`pems.live.loxone.TLSConfig`)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+class MqttSpec(_Strict):
+    """The Loxone side: the MQTT broker the Miniserver (or LoxBerry) talks to."""
+
+    host: str = Field(min_length=1)
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    layout: str = "loxberry"  # topic layout: built-in name or TOML file
+    credentials_file: str | None = None  # KEY=VALUE lines; the environment wins
+    client_id: str | None = None
+    tls: TlsSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        return _refuse_secrets(data, "set PEMS_MQTT_USERNAME / PEMS_MQTT_PASSWORD or name a credentials_file")
+
+
+class ModbusSpec(_Strict):
+    """The Growatt hybrid inverter over Modbus TCP (a TCP gateway or the inverter's own port)."""
+
+    host: str = Field(min_length=1)
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    device_id: Annotated[int, Field(ge=1, le=247)] = 1
+    map: str = "growatt-sph"  # register map: built-in name or TOML file
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
+
+
+class InfluxSpec(_Strict):
+    """Where everything measured, commanded and every fallback is logged (spooled on disk while down)."""
+
+    url: str = Field(min_length=1)  # influx://HOST:PORT/DB (v1) or influx2://HOST:PORT/BUCKET?org=ORG
+    mapping: str = "loxone-growatt"
+    spool_dir: str = "spool"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        return _refuse_secrets(data, "set PEMS_INFLUX_USERNAME / PEMS_INFLUX_PASSWORD or PEMS_INFLUX_TOKEN")
+
+
+class LiveForecastSpec(_Strict):
+    """Forecast sources (names as in a scenario file; CSVs are re-read when they change)."""
+
+    weather: str = "sand-point-tmy3"
+    prices: str = "two-rate"
+    load: str = "h25"
+    load_kwh_per_year: Annotated[float, Field(ge=0)] = 4000.0
+    horizon_hours: Annotated[float, Field(gt=0, le=168)] = 48.0
+    tariff: Tariff = Field(default_factory=Tariff)
+
+
+class LiveConfig(_Strict):
+    """A ``pems live --config`` file."""
+
+    house: str
+    controller: Literal["mpc", "rule-based"] = "mpc"
+    step_minutes: Annotated[int, Field(ge=1, le=240)] = 15
+    inner_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
+    clock: Literal["wall", "emulator"] = "wall"  # emulator: follow `pems emulate`'s clock over MQTT
+    state_dir: str = "state"
+    events: str = "events.jsonl"
+    mqtt: MqttSpec
+    modbus: ModbusSpec | None = None
+    influx: InfluxSpec | None = None
+    forecast: LiveForecastSpec = Field(default_factory=LiveForecastSpec)
+    comfort: Comfort = Field(default_factory=Comfort)
+    mpc: MpcSpec = Field(default_factory=MpcSpec)
+    safety: dict[str, float | int | None] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _inner_divides_step(self) -> LiveConfig:
+        if (self.step_minutes * 60) % self.inner_seconds:
+            raise ValueError(f"inner_seconds = {self.inner_seconds} must divide the control step "
+                             f"({self.step_minutes} min)")
+        return self
+
+
+class LoadedLiveConfig:
+    """A validated live configuration with its house and its folder (where relative paths resolve)."""
+
+    def __init__(self, spec: LiveConfig, house: House, path: Path) -> None:
+        self.spec, self.house, self.path = spec, house, path
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, p: str | None) -> Path | None:
+        """A path of the file, relative to its folder."""
+        if p is None:
+            return None
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else self.base_dir / q
+
+    def resolve_named(self, p: str, builtins: tuple[str, ...]) -> str | Path:
+        """A built-in name as is, anything else a path relative to the file's folder."""
+        return p if p in builtins else self.resolve(p)
+
+    @property
+    def step(self) -> pd.Timedelta:
+        return pd.Timedelta(minutes=self.spec.step_minutes)
+
+    def safety_limits(self) -> Any:
+        """``[safety]`` as :class:`~pems.live.safety.SafetyLimits` (unknown keys named)."""
+        from pems.live.safety import SafetyLimits
+
+        known = {f.name for f in fields(SafetyLimits)}
+        for k in self.spec.safety:
+            if k not in known:
+                raise InputError(self.path, f"safety.{k}", f"unknown key; expected one of {', '.join(sorted(known))}")
+        return SafetyLimits(**self.spec.safety)
+
+
+def load_live_config(path: str | Path) -> LoadedLiveConfig:
+    """Read and validate a live configuration (every problem named by file and key, exit code 2)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(p, "--config", "file not found")
+    spec = validate(LiveConfig, read_toml(p), p)
+    house = load_house(spec.house, base_dir=p.parent)
+    cfg = LoadedLiveConfig(spec, house, p)
+    rooms = set(house.room_ids)
+    for rid in spec.comfort.rooms:
+        if rid not in rooms:
+            raise InputError(p, f"comfort.rooms.{rid}", f"no room {rid!r} in house {house.name!r}")
+    cfg.safety_limits()  # unknown keys now, not at the first fault
+    if spec.mqtt.credentials_file is not None and not cfg.resolve(spec.mqtt.credentials_file).is_file():
+        raise InputError(p, "mqtt.credentials_file", f"{cfg.resolve(spec.mqtt.credentials_file)} not found")
+    if spec.modbus is not None and house.battery is None:
+        raise InputError(p, "modbus", f"house {house.name!r} has no battery to control; remove [modbus]")
+    return cfg
+
+
+class LiveForecast:
+    """The forecast of the coming horizon at each control step, from ``[forecast]`` and ``[comfort]``.
+
+    Tables are built for a day ahead of the horizon at a time and reused while they cover it; a
+    CSV source that changed on disk (its modification time) triggers a rebuild at the next step.
+    """
+
+    def __init__(self, cfg: LoadedLiveConfig, d_names: tuple[str, ...]) -> None:
+        from pems.twin.inputs import InputSpec
+
+        f = cfg.spec.forecast
+        self.cfg, self.d_names = cfg, tuple(d_names)
+        self.input_spec = InputSpec(weather=f.weather, prices=f.prices, load=f.load,
+                                    load_kwh_per_year=f.load_kwh_per_year, tariff=f.tariff, base_dir=cfg.base_dir)
+        self.step = cfg.step
+        self.h = int(round(pd.Timedelta(hours=f.horizon_hours) / self.step))
+        self.block = self.h + int(round(pd.Timedelta(days=1) / self.step))
+        self._table: pd.DataFrame | None = None
+        self._low = self._high = None
+        self._stamp: tuple = ()
+
+    def _files_stamp(self) -> tuple:
+        out = []
+        for name in (self.input_spec.weather, self.input_spec.prices, self.input_spec.load):
+            p = self.cfg.resolve(name)
+            out.append(p.stat().st_mtime_ns if p is not None and p.is_file() else None)
+        return tuple(out)
+
+    def table(self, t: pd.Timestamp) -> pd.DataFrame:
+        """The input table from step ``t`` over the horizon (rebuilt when needed)."""
+        from pems.scenarios.comfort import comfort_bands
+        from pems.twin.inputs import build_inputs
+
+        stamp = self._files_stamp()
+        tab = self._table
+        if (tab is None or stamp != self._stamp or t < tab.index[0]
+                or t + (self.h - 1) * self.step > tab.index[-1]):
+            tab = build_inputs(self.cfg.house, self.input_spec, t.floor(self.step), self.block, self.step,
+                               required_steps=self.h)
+            self._low, self._high = comfort_bands(self.cfg.spec.comfort, self.cfg.house, tab.index)
+            self._table, self._stamp = tab, stamp
+        return tab
+
+    def __call__(self, t: pd.Timestamp) -> Any:
+        from pems.twin.signals import Forecast
+
+        tab = self.table(t)
+        k = int(tab.index.get_indexer([t.floor(self.step)])[0])
+        sl = slice(k, k + self.h)
+        return Forecast(index=tab.index[sl], d=tab[list(self.d_names)].to_numpy(dtype=float)[sl],
+                        d_names=self.d_names, price_import=tab["price_import"].to_numpy(dtype=float)[sl],
+                        price_export=tab["price_export"].to_numpy(dtype=float)[sl],
+                        low=np.asarray(self._low)[sl], high=np.asarray(self._high)[sl],
+                        rooms=tuple(self._low.columns))
+
+
+def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | Path | None = None) -> Any:
+    """The :class:`~pems.live.loop.LiveLoop` a configuration describes (not started).
+
+    ``clock = "emulator"`` reads the emulator's clock anchor from the broker first (a
+    :class:`~pems.live.clock.SimClock` shared with ``pems emulate`` in another process); otherwise
+    the loop runs on the wall clock.
+    """
+    import time
+
+    from pems.calibration.mapping import builtin_mappings
+    from pems.controllers import make_controller
+    from pems.live.growatt import GrowattModbus
+    from pems.live.loop import LiveLoop, LoopSettings, WallClock
+    from pems.live.loxone import ClockFollower, LoxoneMqtt, TLSConfig, credentials_from
+    from pems.live.registers import builtin_maps
+    from pems.live.topics import builtin_layouts
+    from pems.twin.model import build_model
+
+    s, house = cfg.spec, cfg.house
+    model = build_model(house)
+    step_s = s.step_minutes * 60.0
+    controller = make_controller(s.controller, model, step_s, s.mpc.model_dump())
+    creds = credentials_from(file=cfg.resolve(s.mqtt.credentials_file))
+    tls = None
+    if s.mqtt.tls is not None:
+        t = s.mqtt.tls
+        tls = TLSConfig(cfg.resolve(t.ca_file), cfg.resolve(t.cert_file), cfg.resolve(t.key_file), t.insecure)
+        tls.check()
+    mqtt_kw: dict[str, Any] = {"username": creds.username, "password": creds.password, "tls": tls}
+    if s.clock == "emulator":
+        clock = ClockFollower(s.mqtt.host, s.mqtt.port, **mqtt_kw).anchor().clock()
+    else:
+        clock = WallClock()
+    speed = float(getattr(clock, "speed", 1.0) or 1.0)
+
+    def clock_sleep(seconds: float) -> None:  # the write guard's waits are in the clock's seconds
+        time.sleep(max(0.0, seconds) / speed)
+
+    bus = LoxoneMqtt(s.mqtt.host, s.mqtt.port, model.rooms, layout=cfg.resolve_named(s.mqtt.layout, builtin_layouts()),
+                     client_id=s.mqtt.client_id, dry_run=dry_run, clock=clock.monotonic, **mqtt_kw)
+    inverter = None
+    if s.modbus is not None:
+        m = s.modbus
+        inverter = GrowattModbus(m.host, m.port, m.device_id, map=cfg.resolve_named(m.map, builtin_maps()),
+                                 timezone=house.site.timezone, dry_run=dry_run, timeout=m.timeout_s,
+                                 clock=clock.monotonic, now=clock.now, sleep=clock_sleep)
+    influx = None
+    if s.influx is not None:
+        from pems.live.influx_log import InfluxLog
+
+        influx = InfluxLog(s.influx.url, cfg.resolve_named(s.influx.mapping, builtin_mappings()),
+                           spool_dir=cfg.resolve(s.influx.spool_dir), house=house)
+    forecast = LiveForecast(cfg, model.sym.d.names)
+    forecast(clock.now())  # a missing or bad forecast source is an input error now, not at the first step
+    settings = LoopSettings(step_s=step_s, inner_s=float(s.inner_seconds), dry_run=dry_run)
+    return LiveLoop(model, controller, forecast, bus, inverter, clock, settings,
+                    cfg.safety_limits(), events_path if events_path is not None else cfg.resolve(s.events),
+                    # a dry run keeps its own state: it never held the home, so a later real run
+                    # must not resume from it
+                    cfg.resolve(s.state_dir) / "dry-run" if dry_run else cfg.resolve(s.state_dir), influx)

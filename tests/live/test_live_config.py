@@ -1,0 +1,195 @@
+"""``pems live --config``: a home's live configuration, its forecasts, and the loop it opens.
+
+The configuration tests are fast (no sockets). The end-to-end tests run ``pems live --config`` in
+this process against the emulator (a real mosquitto and a real pymodbus server on 127.0.0.1), the
+loop following the emulator's clock over MQTT (``clock = "emulator"``), as a trial of a real
+home's file would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tomli_w
+
+sys.path.insert(0, str(Path(__file__).parent))
+from helpers import write_scenario  # noqa: E402
+from services import mosquitto  # noqa: E402
+from test_emulator import BATTERY_HOUSE, FAST  # noqa: E402
+
+from pems.cli import main  # noqa: E402
+from pems.live.config import LiveForecast, load_live_config  # noqa: E402
+
+EXAMPLE = Path(__file__).parents[2] / "docs" / "live-example.toml"
+
+
+def write_config(folder: Path, **keys) -> Path:
+    (folder / "house.toml").write_text(tomli_w.dumps(BATTERY_HOUSE), encoding="utf-8")
+    cfg = {"house": "house.toml", "mqtt": {"host": "127.0.0.1", "port": 1883},
+           "forecast": {"weather": "greensboro-tmy3", "load": "h25", "prices": "two-rate"}}
+    for k, v in keys.items():
+        if isinstance(v, dict) and isinstance(cfg.get(k), dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    path = folder / "live.toml"
+    path.write_text(tomli_w.dumps(cfg), encoding="utf-8")
+    return path
+
+
+def errors(capsys) -> str:
+    return capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# the file
+# ---------------------------------------------------------------------------------------------
+def test_the_documented_example_is_valid():
+    cfg = load_live_config(EXAMPLE)
+    assert cfg.spec.modbus is not None and cfg.spec.influx is not None and cfg.house.battery is not None
+    assert cfg.safety_limits().republish_s == 900
+
+
+@pytest.mark.parametrize(("keys", "where", "what"), [
+    ({"mqtt": {"port": 70000}}, "mqtt.port", "65535"),
+    ({"inner_seconds": 7}, "live.toml", "must divide"),
+    ({"controller": "magic"}, "controller", "mpc"),
+    ({"safety": {"stale_after": 10}}, "safety.stale_after", "unknown key"),
+    ({"mqtt": {"credentials_file": "nope.env"}}, "mqtt.credentials_file", "not found"),
+    ({"comfort": {"rooms": {"kitchen": {"low": 21, "high": 24}}}}, "comfort.rooms.kitchen", "no room"),
+])
+def test_a_bad_config_names_the_file_and_the_key_and_exits_2(tmp_path, capsys, keys, where, what):
+    path = write_config(tmp_path, **keys)
+    assert main(["live", "--config", str(path)]) == 2
+    err = errors(capsys)
+    assert str(path) in err and where in err and what in err
+    assert "Traceback" not in err
+
+
+def test_a_password_in_the_file_is_refused_without_repeating_it(tmp_path, capsys):
+    path = write_config(tmp_path, mqtt={"username": "pems", "password": "hunter2-secret"})
+    assert main(["live", "--config", str(path)]) == 2
+    err = errors(capsys)
+    assert "PEMS_MQTT_PASSWORD" in err and "hunter2-secret" not in err
+
+
+def test_a_missing_config_and_a_house_without_battery_under_modbus(tmp_path, capsys):
+    assert main(["live", "--config", str(tmp_path / "none.toml")]) == 2
+    assert "file not found" in errors(capsys)
+    path = write_config(tmp_path, modbus={"host": "127.0.0.1"})
+    no_battery = {k: v for k, v in BATTERY_HOUSE.items() if k != "battery"}
+    (tmp_path / "house.toml").write_text(tomli_w.dumps(no_battery), encoding="utf-8")
+    assert main(["live", "--config", str(path)]) == 2
+    assert "no battery" in errors(capsys)
+
+
+# ---------------------------------------------------------------------------------------------
+# forecasts
+# ---------------------------------------------------------------------------------------------
+def test_live_forecast_is_the_scenario_table_from_now_and_rereads_a_changed_csv(tmp_path):
+    from pems.scenarios.comfort import comfort_bands
+    from pems.twin.inputs import build_inputs
+    from pems.twin.model import build_model
+
+    idx = pd.date_range("2024-01-09", "2024-01-14", freq="h", tz="UTC")
+    prices = tmp_path / "prices.csv"
+    pd.DataFrame({"time": idx, "price_import": 0.10, "price_export": 0.02}).to_csv(prices, index=False)
+    cfg = load_live_config(write_config(tmp_path, forecast={"prices": "prices.csv", "horizon_hours": 24}))
+    model = build_model(cfg.house)
+    fc = LiveForecast(cfg, model.sym.d.names)
+    t = pd.Timestamp("2024-01-10T10:07:30Z")
+    f = fc(t)
+    assert len(f.index) == 96 and f.index[0] == pd.Timestamp("2024-01-10T10:00Z")
+    ref = build_inputs(cfg.house, fc.input_spec, f.index[0], 96, cfg.step)
+    np.testing.assert_allclose(f.d, ref[list(model.sym.d.names)].to_numpy(), rtol=1e-9, atol=1e-9)
+    low, _ = comfort_bands(cfg.spec.comfort, cfg.house, f.index)
+    np.testing.assert_allclose(f.low, low.to_numpy())
+    assert np.allclose(f.price_import, 0.10)
+    assert fc(t + pd.Timedelta(hours=3)).index[0] == pd.Timestamp("2024-01-10T13:00Z")  # the same table
+    # a fetcher of the user's refreshes the prices: the next step sees them
+    time.sleep(0.01)
+    pd.DataFrame({"time": idx, "price_import": 0.50, "price_export": 0.02}).to_csv(prices, index=False)
+    os.utime(prices, ns=(time.time_ns(), time.time_ns() + 10**9))
+    assert np.allclose(fc(t + pd.Timedelta(hours=3)).price_import, 0.50)
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end, against the emulator in this process
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def broker(tmp_path):
+    with mosquitto(tmp_path) as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def battery_prep(tmp_path_factory):
+    from pems.scenarios.runner import prepare
+    from pems.scenarios.spec import load_scenario
+
+    folder = tmp_path_factory.mktemp("battery")
+    return prepare(load_scenario(write_scenario(folder, BATTERY_HOUSE, weather="greensboro-tmy3", load="h25",
+                                                prices="two-rate")))
+
+
+def run_against_emulator(prep, broker, tmp_path: Path, *extra: str, hours: float = 1.5) -> tuple[int, object, Path]:
+    from pems.live.emulator import Emulator
+
+    emu = Emulator(prep, broker.host, broker.port, modbus_port=0, speed=400.0, hours=hours + 1.5,
+                   mqtt_options=FAST)
+    emu.start()
+    try:
+        path = write_config(tmp_path, clock="emulator", mqtt={"port": broker.port},
+                            modbus={"host": "127.0.0.1", "port": emu.modbus_port, "timeout_s": 1.0})
+        rc = main(["live", "--config", str(path), "--hours", str(hours), *extra])
+    finally:
+        emu.stop()
+    return rc, emu, tmp_path / "events.jsonl"
+
+
+def read_events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.service
+@pytest.mark.slow
+def test_live_config_runs_the_home_over_mqtt_and_modbus_and_hands_it_back(battery_prep, broker, tmp_path):
+    rc, emu, ev_path = run_against_emulator(battery_prep, broker, tmp_path)
+    assert rc == 0
+    evs = read_events(ev_path)
+    steps = [e for e in evs if e["kind"] == "step"]
+    assert len(steps) == 6 and all(e["state"] == "active" and e["solver_ok"] for e in steps)
+    assert not [e for e in evs if e["kind"] == "fallback"]
+    sent = [e for e in evs if e["kind"] == "command" and e["sent"]]
+    assert {e["device"] for e in sent} == {"loxone", "growatt"}
+    assert emu.stats.commands > 0 and emu.stats.register_writes > 0
+    # closing handed the rooms back to their thermostats and the inverter to its own logic
+    last = [e for e in evs if e["kind"] == "command" and e["fallback"]]
+    assert any(e["target"].endswith("mode") or "mode" in e["target"] for e in last if e["device"] == "loxone")
+    assert (tmp_path / "state").is_dir()
+
+
+@pytest.mark.service
+@pytest.mark.slow
+def test_live_config_dry_run_sends_nothing_and_never_prints_credentials(battery_prep, broker, tmp_path, capfd,
+                                                                        monkeypatch):
+    monkeypatch.setenv("PEMS_MQTT_USERNAME", "pems")
+    monkeypatch.setenv("PEMS_MQTT_PASSWORD", "s3cret-not-for-logs")
+    rc, emu, ev_path = run_against_emulator(battery_prep, broker, tmp_path, "--dry-run", hours=1.0)
+    assert rc == 0
+    out = capfd.readouterr()
+    assert "s3cret-not-for-logs" not in out.out + out.err and "dry run" in out.out
+    evs = read_events(ev_path)
+    assert len([e for e in evs if e["kind"] == "step"]) == 4
+    commands = [e for e in evs if e["kind"] == "command"]
+    assert commands and not any(e["sent"] for e in commands)
+    assert all("dry-run" in e["reason"] for e in commands)
+    assert emu.stats.commands == 0 and emu.stats.register_writes == 0
+    assert (tmp_path / "state" / "dry-run").is_dir()  # a real run never resumes a dry run's state

@@ -24,8 +24,12 @@ demo: install                 ## the winter week with every controller → out/d
 services:                     ## Debian packages of the test servers (the tests start them on 127.0.0.1)
 	@tools/install_services.sh
 
+# Two workers (the machine's two cores), a test file per worker: module fixtures are built once, and
+# the service tests, which mostly wait on their servers and accelerated clocks, overlap the solver-heavy ones.
+TEST_WORKERS ?= 2
+
 test: install services        ## every test; service-backed tests start their own servers
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: install            ## the fast set, in seconds
 	$(PY) -m pytest -q -m "not slow and not service"

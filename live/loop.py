@@ -47,6 +47,12 @@ the step): a calendar jump is a watchdog fault, not a skipped or repeated step. 
 both run on one :class:`~pems.live.clock.SimClock` (accelerated); a real home uses
 :class:`WallClock`. A step that starts late (the machine was busy) runs at once and is logged as an
 overrun; it is never skipped, so the log has one step record per step.
+
+Accelerated, wall-time work would be stretched by the speed-up: a 0.3 s solve is 0.03 % of a
+15-minute step at home but a third of one at 1000×, and every relay pulse would start that much
+later. While the loop forecasts and solves (and while it awaits its first data), a clock that can
+(:meth:`~pems.live.clock.SimClock.real_time`) runs at real-time rate, so the emulated home gives
+that work the share of a step it has in reality (``LoopSettings.real_time_solve``).
 """
 
 from __future__ import annotations
@@ -148,9 +154,9 @@ class LoopSettings:
     dry_run
         Compute and log everything, write nothing (the adapters are built dry too).
     real_time_solve
-        While forecasting and solving, run an accelerated clock at real-time rate
-        (:meth:`~pems.live.clock.SimClock.real_time`): the solve then takes the share of a step it
-        takes at home, not ``speed`` times more. No effect on a real home's wall clock.
+        While forecasting and solving (and awaiting the first data), run an accelerated clock at
+        real-time rate (:meth:`~pems.live.clock.SimClock.real_time`): the solve then takes the
+        share of a step it takes at home, not ``speed`` times more. No effect on a wall clock.
     """
 
     step_s: float = 900.0
@@ -439,11 +445,15 @@ class LiveLoop:
     def _await_first_data(self, until_mono: float) -> None:
         """Before the first step, wait (at most until ``until_mono``) for every room's first value:
         a loop just connected has seen only retained messages, if any."""
-        wall_end = time.monotonic() + 2.0  # delivery latency is wall time (matters when accelerated)
-        while (self.clock.monotonic() < until_mono or time.monotonic() < wall_end) and not self._stop.is_set():
-            if all(math.isfinite(v) for v in self.bus.read().T_room.values()):
-                return
-            time.sleep(0.002)
+        # Delivery latency is wall time: at 1000× a 50 ms delay would be most of a minute of the
+        # home's time, so an accelerated clock runs at real time meanwhile (as during a solve).
+        speed = float(getattr(self.clock, "speed", None) or 1.0)
+        wall_end = time.monotonic() + max(2.0, (until_mono - self.clock.monotonic()) / speed)
+        with self._real_time():
+            while time.monotonic() < wall_end and not self._stop.is_set():
+                if all(math.isfinite(v) for v in self.bus.read().T_room.values()):
+                    return
+                time.sleep(0.002)
 
     # ------------------------------------------------------------------ one sample
     def _read(self) -> tuple[pd.Timestamp, float, RoomReadings, InverterReadings | None]:
@@ -505,7 +515,7 @@ class LiveLoop:
         n_ev = len(getattr(self.controller, "events", []) or [])
         t0 = time.perf_counter()
         reason = ""
-        with self._thinking():
+        with self._real_time():
             fc = self.forecast(t)
             try:
                 action = self.controller.act(obs, fc)
@@ -560,7 +570,7 @@ class LiveLoop:
         self._watch_log(now)
         return sent_mono
 
-    def _thinking(self) -> contextlib.AbstractContextManager[Any]:
+    def _real_time(self) -> contextlib.AbstractContextManager[Any]:
         """Forecast and solve with the clock at real-time rate where it can (``real_time_solve``)."""
         real_time = getattr(self.clock, "real_time", None)
         if self.settings.real_time_solve and real_time is not None:

@@ -303,8 +303,8 @@ def test_influxdb_down_for_an_hour_spools_keeps_control_and_loses_nothing(prep, 
             db.stop()
             stopped["down"] = r.clock.now()
             assert r.emu.wait_until(at(prep, 2.0), timeout=60)
+            stopped["up"] = r.clock.now()  # before: start() returns after its own poll of /ping
             db.start()
-            stopped["up"] = r.clock.now()
 
         _, evs = _fault_run(prep, broker, tmp_path, inject, hours=3.0, influx=influx)
         assert not kinds(evs, "fallback")  # control never depended on the log

@@ -21,6 +21,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 from pems.controllers.estimator import KalmanEstimator, NoiseModel
 from pems.controllers.ocp import (StageParameters, Weights, decision_variables, discretise, stage,
@@ -218,7 +219,34 @@ class EconomicMPC:
         bat = None
         if m.has_battery:
             bat = float(u_w[m.sym.u.index("P_ch")] - u_w[m.sym.u.index("P_dis")])
+        self._fc = forecast  # for plan()
         return Action(heat_w=heat, bat_w=bat)
+
+    def plan(self) -> pd.DataFrame | None:
+        """The last solve's plan over the horizon (None before the first solve or after a fallback).
+
+        One row per step from the solve's time: the planned inputs (``P_heat__<room>``, and
+        ``P_bat`` [W, AC, charge +] with a battery) and the predicted states at the step's start
+        (``T_room__<room>``, ``T_mass__<room>`` [°C], ``soc`` [-]) — what the live loop logs as
+        "planned".
+        """
+        fc = self._fc
+        if fc is None or self._first:
+            return None
+        m, ox = self.model, self.mpc.opt_x_num
+        n = min(self.N, len(fc.index))
+        u = np.hstack([np.asarray(ox["_u", k, 0]) for k in range(n)]).T * 1000.0  # (n, nu) [W]
+        x = np.hstack([np.asarray(ox["_x", k, 0, -1]) for k in range(n)]).T  # (n, nx)
+        heat, air, mass = (np.arange(k)[sl] for k, sl in ((u.shape[1], m.heat), (x.shape[1], m.air),
+                                                            (x.shape[1], m.mass)))
+        out = {f"P_heat__{r}": u[:, j] for r, j in zip(m.rooms, heat)}
+        if m.has_battery:
+            names = self.vars.names
+            out["P_bat"] = u[:, names.index("P_ch")] - u[:, names.index("P_dis")]
+            out["soc"] = x[:, m.i_soc]
+        out |= {f"T_room__{r}": x[:, j] for r, j in zip(m.rooms, air)}
+        out |= {f"T_mass__{r}": x[:, j] for r, j in zip(m.rooms, mass)}
+        return pd.DataFrame(out, index=fc.index[:n])
 
     def _fall_back(self, obs: Observation, fc: Forecast, reason: str) -> Action:
         log.warning("mpc falls back to rule-based at %s: %s", obs.time, reason)

@@ -715,6 +715,18 @@ class LiveLoop:
                 if record.get("bat_w") is not None:
                     cmd["P_bat_cmd"] = float(record["bat_w"])
                 self.influx.write(t, cmd, "commanded")
+            # the estimator's full state (the slabs no sensor sees) and the plan behind the command
+            x = getattr(getattr(self.controller, "estimator", None), "x", None)
+            if x is not None and record.get("solver_ok"):
+                m = self.model
+                est = {f"T_room__{r}": float(v) for r, v in zip(self.rooms, np.asarray(x)[m.air])}
+                est |= {f"T_mass__{r}": float(v) for r, v in zip(self.rooms, np.asarray(x)[m.mass])}
+                if m.has_battery:
+                    est["soc"] = float(x[m.i_soc])
+                self.influx.write(t, est, "estimated")
+            plan = self.controller.plan() if record.get("solver_ok") and hasattr(self.controller, "plan") else None
+            if plan is not None:
+                self.influx.write_plan(t, plan)
         except Exception:  # noqa: BLE001 - the log never stops the loop (it spools on its own)
             log.exception("influx write failed")
 

@@ -134,6 +134,14 @@ def test_solver_failure_and_nan_forecasts_fall_back_to_rule_based(tmp_path):
     assert "T_out" in mpc.events[-1]["reason"]
     a = mpc.act(plant.step(a), fp(1))  # a clean forecast: the MPC is back
     assert a.heat_w is not None
+    # the plan (what the live loop logs as "planned"): its first step is the action taken
+    plan = mpc.plan()
+    assert plan is not None and len(plan) == 24 and plan.index[0] == fp(1).index[0]
+    np.testing.assert_allclose(plan.iloc[0][["P_heat__a", "P_heat__b"]].to_numpy(), a.heat_w, rtol=1e-6, atol=1e-3)
+    assert (plan[["P_heat__a", "P_heat__b"]].to_numpy() <= prep.model.heater_w + 1e-3).all()
+    assert plan[["T_room__a", "T_room__b"]].iloc[0].to_numpy() == pytest.approx(mpc.estimator.x[prep.model.air], abs=1e-6)
+    mpc.reset()
+    assert mpc.plan() is None
 
 
 def test_estimator_finds_the_hidden_slab_temperatures():

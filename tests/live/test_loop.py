@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import paho.mqtt.client as mqtt
 import pytest
@@ -318,10 +319,18 @@ def test_influxdb_down_for_an_hour_spools_keeps_control_and_loses_nothing(prep, 
         influx.close(1)
         steps = [pd.Timestamp(e["time"]) for e in kinds(evs, "step")]
         where = f"time >= '{steps[0]:%Y-%m-%dT%H:%M:%SZ}' AND time <= '{steps[-1]:%Y-%m-%dT%H:%M:%SZ}'"
-        for kind, field in (("measured", "T_room"), ("commanded", "P_heat_cmd")):
+        got = {}
+        for kind, field, extra in (("measured", "T_room", ""), ("commanded", "P_heat_cmd", ""),
+                                   ("estimated", "T_mass", ""), ("planned", "P_heat", " AND horizon = '0'")):
             rows = influxql(db.url, "pems_live", f"SELECT \"{field}\" FROM pems WHERE kind = '{kind}' AND "
-                                                 f"room = 'a' AND {where}")
+                                                 f"room = 'a'{extra} AND {where}")
             assert [pd.Timestamp(r[0], tz="UTC") for r in rows] == steps, kind  # one point per step, no gap
+            got[kind] = np.array([r[1] for r in rows], dtype=float)
+        np.testing.assert_allclose(got["planned"], got["commanded"], atol=1.0)  # the plan's first step is sent
+        assert np.isfinite(got["estimated"]).all()
+        later = influxql(db.url, "pems_live", f"SELECT count(\"P_heat\") FROM pems WHERE kind = 'planned' AND "
+                                              f"room = 'a' AND horizon = '95'")
+        assert later and later[0][1] == len(steps)  # the whole 24 h plan of every step
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,6 +47,23 @@ class CorrectedMPC:
     def solve_s(self) -> list[float]:
         return self.mpc.solve_s
 
+    # the live loop persists the estimator and logs the plan: both are the inner MPC's
+    @property
+    def estimator(self):  # noqa: ANN201 - KalmanEstimator
+        return self.mpc.estimator
+
+    @property
+    def _last_d(self) -> np.ndarray | None:
+        return getattr(self.mpc, "_last_d", None)
+
+    @_last_d.setter
+    def _last_d(self, value: np.ndarray) -> None:
+        self.mpc._last_d = value
+
+    def plan(self) -> pd.DataFrame | None:
+        """The inner MPC's plan (its disturbances include the learned gains)."""
+        return self.mpc.plan()
+
     def learn(self, history: pd.DataFrame) -> None:
         """Fit the residual corrector on the home's history (a table of logged measurements)."""
         t0 = time.perf_counter()

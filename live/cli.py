@@ -184,9 +184,10 @@ def cmd_live(args: argparse.Namespace) -> int:
     if args.hours is not None and args.hours > total_h + 1e-9:
         raise InputError("command line", "--hours", f"{args.hours:g} h is longer than the scenario "
                                                     f"{sc.name!r} ({total_h:g} h)")
-    if args.controller not in available(learning=False):
-        raise InputError("command line", "--controller", f"unknown controller {args.controller!r}; expected one of "
-                                                         f"{', '.join(available(learning=False))}")
+    names = available(learning=sc.spec.truth is not None)  # learning controllers need the home's history
+    if args.controller not in names:
+        raise InputError("command line", "--controller", f"unknown controller {args.controller!r} for {sc.name!r}; "
+                                                         f"expected one of {', '.join(names)}")
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise InputError(str(out), "--out", "exists and is not a directory")

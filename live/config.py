@@ -112,7 +112,8 @@ class LiveConfig(_Strict):
     """A ``pems live --config`` file."""
 
     house: str
-    controller: Literal["mpc", "rule-based"] = "mpc"
+    controller: Literal["mpc", "mpc+correctors", "rule-based"] = "mpc"
+    registry: str | None = None  # mpc+correctors: the model registry holding the champion corrector
     step_minutes: Annotated[int, Field(ge=1, le=240)] = 15
     inner_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
     clock: Literal["wall", "emulator"] = "wall"  # emulator: follow `pems emulate`'s clock over MQTT
@@ -159,6 +160,27 @@ class LoadedLiveConfig:
     def step(self) -> pd.Timedelta:
         return pd.Timedelta(minutes=self.spec.step_minutes)
 
+    def champion_corrector(self) -> Any:
+        """``mpc+correctors``: the registry's champion residual corrector, checked against the house.
+
+        Learned by ``pems forecast backtest correctors --registry DIR`` (or from the home's history)
+        and made champion with ``pems models promote``; ``registry`` defaults to ``$PEMS_MODELS`` or
+        ``./models``.
+        """
+        from pems.controllers.forecast.registry import ModelRegistry, default_root
+
+        root = self.resolve(self.spec.registry) if self.spec.registry is not None else default_root()
+        card = ModelRegistry(root).champion("corrector")
+        if card is None:
+            raise InputError(self.path, "registry", f"no champion corrector in {root}; learn one with `pems forecast "
+                                                    "backtest correctors --registry DIR` and `pems models promote`")
+        corrector = ModelRegistry(root).load(card.ref)
+        rooms = tuple(getattr(getattr(corrector, "model", None), "rooms", ()))
+        if rooms != tuple(self.house.room_ids):
+            raise InputError(self.path, "registry", f"the champion corrector {card.ref} was learned for rooms "
+                                                    f"{', '.join(rooms) or '?'}, not for the rooms of {self.house.name!r}")
+        return corrector
+
     def safety_limits(self) -> Any:
         """``[safety]`` as :class:`~pems.live.safety.SafetyLimits` (unknown keys named)."""
         from pems.live.safety import SafetyLimits
@@ -187,6 +209,8 @@ def load_live_config(path: str | Path) -> LoadedLiveConfig:
         raise InputError(p, "mqtt.credentials_file", f"{cfg.resolve(spec.mqtt.credentials_file)} not found")
     if spec.modbus is not None and house.battery is None:
         raise InputError(p, "modbus", f"house {house.name!r} has no battery to control; remove [modbus]")
+    if spec.controller == "mpc+correctors":
+        cfg.champion_corrector()  # there is one, and it was learned for this house
     return cfg
 
 
@@ -268,6 +292,8 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
     model = build_model(house)
     step_s = s.step_minutes * 60.0
     controller = make_controller(s.controller, model, step_s, s.mpc.model_dump())
+    if s.controller == "mpc+correctors":
+        controller.corrector = cfg.champion_corrector()  # learned offline; the live loop does not relearn
     creds = credentials_from(file=cfg.resolve(s.mqtt.credentials_file))
     tls = None
     if s.mqtt.tls is not None:

@@ -822,6 +822,10 @@ class EmulatedRun:
         self.n_steps = int(round(self.hours * 3600.0 / self.step_s))
         self.controller_name = controller
         self.controller = make_controller(controller, model, self.step_s, sc.spec.mpc.model_dump())
+        if getattr(self.controller, "learns_from_history", False):  # as pems simulate does
+            if prep.history is None:
+                raise ValueError(f"controller {controller!r} learns from a history; the scenario has no [truth] section")
+            self.controller.learn(prep.history)
         fcp = ForecastProvider(sc.spec.forecast, prep.inputs, model.sym.d.names, prep.comfort_low,
                                prep.comfort_high, sc.horizon_steps, sc.step)
         n_max = len(prep.inputs.index) - 1

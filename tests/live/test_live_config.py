@@ -193,3 +193,26 @@ def test_live_config_dry_run_sends_nothing_and_never_prints_credentials(battery_
     assert all("dry-run" in e["reason"] for e in commands)
     assert emu.stats.commands == 0 and emu.stats.register_writes == 0
     assert (tmp_path / "state" / "dry-run").is_dir()  # a real run never resumes a dry run's state
+
+
+def test_mpc_with_correctors_takes_the_registry_champion_learned_for_this_house(tmp_path, capsys):
+    from pems.controllers.forecast.correctors import ResidualCorrector
+    from pems.controllers.forecast.registry import ModelRegistry
+    from pems.twin.house import House, load_house
+    from pems.twin.model import build_model
+
+    path = write_config(tmp_path, controller="mpc+correctors", registry="models")
+    assert main(["live", "--config", str(path)]) == 2
+    err = errors(capsys)
+    assert "registry" in err and "no champion corrector" in err
+    # a corrector learned for another house is refused
+    other = House.model_validate({**BATTERY_HOUSE, "rooms": [{**BATTERY_HOUSE["rooms"][1], "id": "c"}]})
+    reg = ModelRegistry(tmp_path / "models")
+    reg.register(ResidualCorrector(build_model(other), pd.Timedelta(minutes=15)), "corrector", "elsewhere")
+    assert main(["live", "--config", str(path)]) == 2
+    assert "learned for rooms c" in errors(capsys)
+    # one learned for this house, promoted: taken
+    here = load_house(tmp_path / "house.toml")
+    card = reg.register(ResidualCorrector(build_model(here), pd.Timedelta(minutes=15)), "corrector", "here")
+    reg.promote(card.ref)
+    assert load_live_config(path).champion_corrector().model.rooms == ("a", "b")

@@ -382,6 +382,31 @@ def test_pems_live_emulate_writes_truth_and_log(prep, broker, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+@pytest.mark.service
+def test_pems_live_emulate_with_correctors_learns_from_the_homes_history(broker, tmp_path, capsys):
+    """A scenario whose true home has unmodelled gains: mpc+correctors learns its corrector from the
+    history before the start (as `pems simulate` does) and runs the home over the same sockets."""
+    from helpers import write_constant_inputs
+
+    from pems.cli import main
+
+    write_constant_inputs(tmp_path, "2023-12-01T00:00:00Z", 45, T_out=-3.0, ghi=0.0)
+    gains = [{"room": "a", "watts": 400.0, "hours": [[17.0, 21.0]], "day_to_day": 0.1}]
+    path = write_scenario(tmp_path, {k: v for k, v in BATTERY_HOUSE.items() if k not in ("pv", "battery")},
+                          truth={"train_days": 14, "gains": gains}, forecast={"horizon_hours": 24})
+    out = tmp_path / "live"
+    assert main(["live", "--emulate", str(path), "--mqtt", f"{broker.host}:{broker.port}", "--hours", "2",
+                 "--speed", str(SPEED), "--controller", "mpc+correctors", "--out", str(out)]) == 0
+    evs = events(out / "events.jsonl")
+    steps = kinds(evs, "step")
+    assert len(steps) == 8 and all(e["solver_ok"] and e["state"] == "active" for e in steps)
+    plain = tmp_path / "plain.toml"
+    plain.write_text(path.read_text().split("[truth]")[0])
+    assert main(["live", "--emulate", str(plain), "--mqtt", f"{broker.host}:{broker.port}",
+                 "--controller", "mpc+correctors", "--out", str(out)]) == 2
+    assert "mpc+correctors" in capsys.readouterr().err
+
+
 def test_pems_live_bad_input_is_one_line(tmp_path, capsys):
     from pems.cli import main
 

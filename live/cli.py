@@ -198,13 +198,18 @@ def cmd_live(args: argparse.Namespace) -> int:
     from pems.scenarios.runner import prepare
 
     creds = credentials_from()
+    influx = None
+    if args.influx is not None:
+        from pems.live.influx_log import InfluxLog
+
+        influx = InfluxLog(args.influx, "loxone-growatt", spool_dir=out / "spool", house=sc.house)
     events = out / "events.jsonl"
     if events.exists():  # a new run: the old log is kept beside, never overwritten
         events.rename(out / f"events-{int(time.time())}.jsonl")
     loop_log = out / ".loop-events.jsonl"  # becomes events.jsonl once the emulator's files are written
     run = EmulatedRun(prepare(sc), host, port, speed=args.speed, hours=args.hours, controller=args.controller,
                       events_path=loop_log, state_dir=out / "state", dry_run=args.dry_run,
-                      mqtt_username=creds.username, mqtt_password=creds.password)
+                      mqtt_username=creds.username, mqtt_password=creds.password, influx=influx)
     t0 = time.perf_counter()
     print(f"live {args.controller} on the emulated {sc.name} ({len(sc.house.rooms)} rooms) at {args.speed:g}×, "
           f"MQTT {host}:{port}{' — dry run: nothing is written' if args.dry_run else ''}", flush=True)
@@ -217,6 +222,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("pems: interrupted; handing the home back and writing what ran", file=sys.stderr)
     result = run.finish()
+    _close_log(influx)
     write_result(result, out)
     # events.jsonl is the loop's log (every command sent or refused, every fallback and its reason);
     # what the emulated home received is kept beside it as home_events.jsonl.
@@ -230,6 +236,22 @@ def cmd_live(args: argparse.Namespace) -> int:
     print(f"wrote {out}/trajectory.parquet, kpis.json (the emulated home's truth), events.jsonl (the loop's log) "
           "and home_events.jsonl (what the home received)")
     return 0
+
+
+def _close_log(influx) -> None:
+    """Close the InfluxDB log; say what stays spooled (it is sent when a log on that spool runs again)."""
+    if influx is None:
+        return
+    # while InfluxDB is down there is nothing to wait for: the spool keeps it all
+    if influx.close(5.0 if influx.status().connected else 0.5):
+        return
+    try:
+        st = influx.status()
+        left, why = st.pending_lines, st.last_error
+    except Exception:  # noqa: BLE001 - only for the message
+        left, why = "some", "not sent in time"
+    print(f"pems: InfluxDB log: {left} lines kept in {influx.spool_dir} ({why}); they are sent when a log "
+          "on that spool next runs", file=sys.stderr)
 
 
 def cmd_live_config(args: argparse.Namespace) -> int:
@@ -282,6 +304,7 @@ def cmd_live_config(args: argparse.Namespace) -> int:
         for sig, h in previous.items():
             signal.signal(sig, h)
         loop.close(handback=True)
+        _close_log(loop.influx)
     print(f"ran {steps} control steps ({loop.overruns} late); the home runs itself again; "
           f"log: {loop.events.path}")
     return 0
@@ -299,6 +322,8 @@ def add_live_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                 "--config: default until Ctrl-C/SIGTERM)")
     lv.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall second (default 60)")
     lv.add_argument("--controller", default="mpc", help="controller (default mpc)")
+    lv.add_argument("--influx", metavar="URL", help="--emulate: also log to InfluxDB (influx://HOST:PORT/DB or "
+                                                    "influx2://HOST:PORT/BUCKET?org=ORG), spooled in DIR/spool")
     lv.add_argument("--dry-run", action="store_true", help="compute and log everything, write nothing")
     lv.add_argument("--out", default="out/live", help="output directory (default out/live)")
     lv.set_defaults(func=cmd_live)

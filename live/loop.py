@@ -390,7 +390,8 @@ class LiveLoop:
                 self.inverter.close()
             if self.influx is not None:
                 try:
-                    self.influx.flush(5.0)
+                    if self.influx.status().connected:  # when down, the spool keeps it all
+                        self.influx.flush(5.0)
                 except Exception:  # noqa: BLE001 - the log must not stop the shutdown
                     log.exception("influx flush failed")
             if self.store is not None:

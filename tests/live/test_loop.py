@@ -370,16 +370,24 @@ def test_pems_live_emulate_writes_truth_and_log(prep, broker, tmp_path, capsys):
     """`pems live --emulate`: the command a user runs; three hours of the two-room battery house."""
     from pems.cli import main
 
+    from services import free_port
+
     out = tmp_path / "live"
+    nobody = f"influx://127.0.0.1:{free_port()}/pems"  # an InfluxDB that is down all along
     assert main(["live", "--emulate", str(prep.scenario.path), "--mqtt", f"{broker.host}:{broker.port}",
-                 "--hours", "3", "--speed", str(SPEED), "--out", str(out)]) == 0
+                 "--hours", "3", "--speed", str(SPEED), "--out", str(out), "--influx", nobody]) == 0
     traj = pd.read_parquet(out / "trajectory.parquet")
     assert len(traj) == 12  # 3 h of 15-min steps
     k = json.loads((out / "kpis.json").read_text())
     assert k["heating_kWh"] > 0 and "cost" in k
     evs = events(out / "events.jsonl")
     assert len(kinds(evs, "step")) == 12 and not kinds(evs, "fallback")
-    assert "wrote" in capsys.readouterr().out
+    assert kinds(evs, "log_store")[0]["state"] == "down"  # logged, and control went on
+    cap = capsys.readouterr()
+    assert "wrote" in cap.out and "lines kept in" in cap.err
+    from pems.live.influx_log import read_spool
+
+    assert len(list(read_spool(out / "spool"))) > 12 * 4  # measured, commanded, estimated, planned: all kept
 
 
 @pytest.mark.service

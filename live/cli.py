@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -166,8 +167,11 @@ def add_emulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
 def cmd_live(args: argparse.Namespace) -> int:
     """``pems live --emulate SCENARIO``: the emulated home and the live loop over real sockets."""
     if args.config is not None:
-        if args.emulate is not None:
-            raise InputError("command line", "--config", "give --config FILE or --emulate SCENARIO, not both")
+        for key, value in (("--emulate", args.emulate), ("--mqtt", args.mqtt), ("--speed", args.speed),
+                           ("--controller", args.controller), ("--influx", args.influx), ("--out", args.out)):
+            if value is not None:  # the file says all of this for a home; a flag beside it would be ignored
+                raise InputError("command line", key, f"not with --config: {key} belongs to --emulate runs; "
+                                                      "set it in the configuration file")
         return cmd_live_config(args)
     if args.emulate is None:
         raise InputError("command line", "--emulate", "give --emulate SCENARIO (or --config FILE)")
@@ -177,7 +181,9 @@ def cmd_live(args: argparse.Namespace) -> int:
     from pems.scenarios.spec import load_scenario
 
     host, port = parse_hostport(args.mqtt)
-    _positive(args.speed, "--speed", upper=1e5)
+    controller = args.controller or "mpc"
+    speed = 60.0 if args.speed is None else args.speed
+    _positive(speed, "--speed", upper=1e5)
     _positive(args.hours, "--hours")
     sc = load_scenario(args.emulate)
     total_h = sc.n_steps * sc.step.total_seconds() / 3600.0
@@ -185,10 +191,10 @@ def cmd_live(args: argparse.Namespace) -> int:
         raise InputError("command line", "--hours", f"{args.hours:g} h is longer than the scenario "
                                                     f"{sc.name!r} ({total_h:g} h)")
     names = available(learning=sc.spec.truth is not None)  # learning controllers need the home's history
-    if args.controller not in names:
-        raise InputError("command line", "--controller", f"unknown controller {args.controller!r} for {sc.name!r}; "
+    if controller not in names:
+        raise InputError("command line", "--controller", f"unknown controller {controller!r} for {sc.name!r}; "
                                                          f"expected one of {', '.join(names)}")
-    out = Path(args.out)
+    out = Path(args.out or "out/live")
     if out.exists() and not out.is_dir():
         raise InputError(str(out), "--out", "exists and is not a directory")
     out.mkdir(parents=True, exist_ok=True)
@@ -207,22 +213,33 @@ def cmd_live(args: argparse.Namespace) -> int:
     if events.exists():  # a new run: the old log is kept beside, never overwritten
         events.rename(out / f"events-{int(time.time())}.jsonl")
     loop_log = out / ".loop-events.jsonl"  # becomes events.jsonl once the emulator's files are written
-    run = EmulatedRun(prepare(sc), host, port, speed=args.speed, hours=args.hours, controller=args.controller,
-                      events_path=loop_log, state_dir=out / "state", dry_run=args.dry_run,
-                      mqtt_username=creds.username, mqtt_password=creds.password, influx=influx)
     t0 = time.perf_counter()
-    print(f"live {args.controller} on the emulated {sc.name} ({len(sc.house.rooms)} rooms) at {args.speed:g}×, "
-          f"MQTT {host}:{port}{' — dry run: nothing is written' if args.dry_run else ''}", flush=True)
     try:
-        run.start()
-    except MqttConnectError as exc:
-        raise InputError("command line", "--mqtt", str(exc)) from None
+        run = EmulatedRun(prepare(sc), host, port, speed=speed, hours=args.hours, controller=controller,
+                          events_path=loop_log, state_dir=out / "state", dry_run=args.dry_run,
+                          mqtt_username=creds.username, mqtt_password=creds.password, influx=influx)
+        learned = getattr(run.controller, "learn_s", None)
+        if learned is not None:
+            days = sc.spec.truth.train_days if sc.spec.truth is not None else "?"
+            print(f"{controller}: learned the residual corrector from the home's {days} days of history "
+                  f"({learned:.1f} s)", flush=True)
+        print(f"live {controller} on the emulated {sc.name} ({len(sc.house.rooms)} rooms) at {speed:g}×, "
+              f"MQTT {host}:{port}{' — dry run: nothing is written' if args.dry_run else ''}", flush=True)
+        try:
+            run.start()
+        except MqttConnectError as exc:
+            raise InputError("command line", "--mqtt", str(exc)) from None
+    except BaseException:
+        _close_log(influx)
+        raise
     try:
         _follow(run.emu)
     except KeyboardInterrupt:
         print("pems: interrupted; handing the home back and writing what ran", file=sys.stderr)
-    result = run.finish()
-    _close_log(influx)
+    try:
+        result = run.finish()
+    finally:
+        _close_log(influx)
     write_result(result, out)
     # events.jsonl is the loop's log (every command sent or refused, every fallback and its reason);
     # what the emulated home received is kept beside it as home_events.jsonl.
@@ -230,7 +247,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         events.replace(out / "home_events.jsonl")
     loop_log.replace(events)
     k = result.kpis
-    print(f"{sc.name} · live {args.controller}: cost {k['cost']:.2f} {result.currency}, discomfort "
+    print(f"{sc.name} · live {controller}: cost {k['cost']:.2f} {result.currency}, discomfort "
           f"{k['discomfort_Kh']:.2f} K·h, heating {k['heating_kWh']:.1f} kWh, import {k['energy_import_kWh']:.1f} kWh "
           f"({time.perf_counter() - t0:.0f} s)")
     print(f"wrote {out}/trajectory.parquet, kpis.json (the emulated home's truth), events.jsonl (the loop's log) "
@@ -288,7 +305,8 @@ def cmd_live_config(args: argparse.Namespace) -> int:
     previous = {sig: signal.getsignal(sig) for sig in stop_signals}
 
     def _stop(signum: int, frame: object) -> None:  # ends after the current tick, then hands back
-        print(f"pems: {signal.Signals(signum).name}: handing the home back", file=sys.stderr, flush=True)
+        # os.write: print() inside a signal handler can collide with a print it interrupted
+        os.write(2, f"pems: {signal.Signals(signum).name}: handing the home back\n".encode())
         loop.stop()
 
     for sig in stop_signals:
@@ -301,10 +319,13 @@ def cmd_live_config(args: argparse.Namespace) -> int:
         print(f"pems: error: {exc}", file=sys.stderr)
         return 3
     finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
-        loop.close(handback=True)
-        _close_log(loop.influx)
+        # the handlers stay until the home is handed back: a second Ctrl-C must not cut that short
+        try:
+            loop.close(handback=True)
+            _close_log(loop.influx)
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
     print(f"ran {steps} control steps ({loop.overruns} late); the home runs itself again; "
           f"log: {loop.events.path}")
     return 0
@@ -320,11 +341,11 @@ def add_live_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     lv.add_argument("--mqtt", metavar="HOST:PORT", help="the MQTT broker")
     lv.add_argument("--hours", type=float, help="hours to run (--emulate: simulated, default the whole scenario; "
                                                 "--config: default until Ctrl-C/SIGTERM)")
-    lv.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall second (default 60)")
-    lv.add_argument("--controller", default="mpc", help="controller (default mpc)")
+    lv.add_argument("--speed", type=float, help="--emulate: simulated seconds per wall second (default 60)")
+    lv.add_argument("--controller", help="--emulate: controller (default mpc)")
     lv.add_argument("--influx", metavar="URL", help="--emulate: also log to InfluxDB (influx://HOST:PORT/DB or "
                                                     "influx2://HOST:PORT/BUCKET?org=ORG), spooled in DIR/spool")
     lv.add_argument("--dry-run", action="store_true", help="compute and log everything, write nothing")
-    lv.add_argument("--out", default="out/live", help="output directory (default out/live)")
+    lv.add_argument("--out", help="--emulate: output directory (default out/live)")
     lv.set_defaults(func=cmd_live)
     return lv

@@ -93,6 +93,8 @@ class SimClock:
     """
 
     def __init__(self, start: pd.Timestamp | str, speed: float = 1.0, epoch: float | None = None) -> None:
+        self._real_lock = threading.Lock()
+        self._released = threading.Condition(self._real_lock)  # notified when a real-time hold ends
         speed = float(speed)
         if not (math.isfinite(speed) and speed > 0):
             raise ValueError(f"speed must be a positive number, got {speed}")
@@ -102,16 +104,16 @@ class SimClock:
         self.epoch = wall if epoch is None else float(epoch)
         # From here on only the monotonic clock counts: a wall-clock step (NTP) cannot move us.
         # (mono0, real_since): simulated time is (monotonic − mono0) × speed, except while
-        # ``real_time()`` holds it to speed 1 from ``real_since``. One tuple, swapped whole, so a
-        # reader in another thread never sees half an update.
+        # ``real_time()`` holds it to speed 1 from ``real_since``; read and swapped under a lock.
         self._state: tuple[float, float | None] = (mono - (wall - self.epoch), None)
-        self._real_lock = threading.Lock()
         self._real_depth = 0
 
     def monotonic(self) -> float:
         """Simulated seconds since ``start`` [s] (negative before the epoch)."""
-        mono0, since = self._state
-        m = time.monotonic()
+        # state and wall time read together: a hold starting in between would make time jump
+        with self._real_lock:
+            mono0, since = self._state
+            m = time.monotonic()
         if since is None:
             return (m - mono0) * self.speed
         return (since - mono0) * self.speed + (m - since)
@@ -140,8 +142,9 @@ class SimClock:
                     m = time.monotonic()
                     sim = (since - mono0) * self.speed + (m - since)
                     new0 = m - sim / self.speed
-                    self.epoch += new0 - mono0
                     self._state = (new0, None)
+                    self.epoch += new0 - mono0
+                    self._released.notify_all()
 
     def now(self) -> pd.Timestamp:
         """Simulated time now (UTC)."""
@@ -168,9 +171,17 @@ class SimClock:
         while True:
             if interrupt is not None and interrupt.is_set():
                 return False
-            left = (target - self.monotonic()) / self.speed
+            left = target - self.monotonic()
             if left <= 0:
                 return True
+            with self._released:
+                if self._state[1] is not None:
+                    # Held to real time: the target comes at 1 s per second, or much sooner once the
+                    # hold ends; sleep until either (a sleep at ``speed`` would wake far too early,
+                    # one at speed 1 far too late).
+                    self._released.wait(min(left, 0.5))
+                    continue
+            left /= self.speed
             if interrupt is not None:
                 if interrupt.wait(min(left, 0.5)):
                     return False

@@ -516,13 +516,20 @@ class LiveLoop:
         n_ev = len(getattr(self.controller, "events", []) or [])
         t0 = time.perf_counter()
         reason = ""
+        fc = None
         with self._real_time():
-            fc = self.forecast(t)
             try:
-                action = self.controller.act(obs, fc)
-            except Exception as exc:  # noqa: BLE001 - any controller failure is a solver fault
-                log.exception("controller failed")
-                action, reason = Action(heat_w=None, bat_w=None), f"controller raised {type(exc).__name__}: {exc}"
+                fc = self.forecast(t)
+            except Exception as exc:  # noqa: BLE001 - a forecast source that fails is a solver fault
+                log.exception("forecast failed")
+                action, reason = Action(heat_w=None, bat_w=None), f"forecast failed: {exc}"
+            if fc is not None:
+                try:
+                    action = self.controller.act(obs, fc)
+                except Exception as exc:  # noqa: BLE001 - any controller failure is a solver fault
+                    log.exception("controller failed")
+                    action = Action(heat_w=None, bat_w=None)
+                    reason = f"controller raised {type(exc).__name__}: {exc}"
         solve_s = time.perf_counter() - t0
         new_ev = (getattr(self.controller, "events", []) or [])[n_ev:]
         fell_back = [e for e in new_ev if e.get("kind") == "fallback"]
@@ -744,6 +751,8 @@ class LiveLoop:
         except Exception:  # noqa: BLE001 - the log's health never stops the loop
             return
         up = bool(st.connected)
+        if not up and st.last_error is None and st.down_since is None:
+            return  # no contact yet: neither up nor down
         if up == self._log_up or (self._log_up is None and up):
             self._log_up = up
             return

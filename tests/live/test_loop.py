@@ -307,7 +307,8 @@ def test_influxdb_down_for_an_hour_spools_keeps_control_and_loses_nothing(prep, 
             stopped["up"] = r.clock.now()  # before: start() returns after its own poll of /ping
             db.start()
 
-        _, evs = _fault_run(prep, broker, tmp_path, inject, hours=3.0, influx=influx)
+        # four hours: InfluxDB needs a few wall seconds to start again, and the run must outlast that
+        _, evs = _fault_run(prep, broker, tmp_path, inject, hours=4.0, influx=influx)
         assert not kinds(evs, "fallback")  # control never depended on the log
         assert all(e["state"] == "active" and e["solver_ok"] for e in kinds(evs, "step"))
         store = kinds(evs, "log_store")
@@ -408,6 +409,7 @@ def test_pems_live_emulate_with_correctors_learns_from_the_homes_history(broker,
     evs = events(out / "events.jsonl")
     steps = kinds(evs, "step")
     assert len(steps) == 8 and all(e["solver_ok"] and e["state"] == "active" for e in steps)
+    assert "learned the residual corrector from the home's 14 days of history" in capsys.readouterr().out
     plain = tmp_path / "plain.toml"
     plain.write_text(path.read_text().split("[truth]")[0])
     assert main(["live", "--emulate", str(plain), "--mqtt", f"{broker.host}:{broker.port}",

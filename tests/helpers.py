@@ -104,3 +104,13 @@ def write_scenario(folder: Path, house: dict, **keys) -> Path:
     path = folder / "scenario.toml"
     path.write_text(tomli_w.dumps(sc), encoding="utf-8")
     return path
+
+
+# MQTT options for tests: quick reconnects, short keepalive
+FAST = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "connect_timeout_s": 5.0, "keepalive_s": 5}
+# The live tests' house: two rooms, PV, a battery and a grid connection with limits.
+BATTERY_HOUSE = {**TWO_ROOMS, "pv": [{"kwp": 5.0, "tilt_deg": 35, "azimuth_deg": 180}],
+                 "inverter": {"ac_limit_w": 5000, "standby_w": 10},
+                 "battery": {"capacity_kwh": 5.0, "max_charge_w": 2500, "max_discharge_w": 3000,
+                             "soc_min": 0.1, "soc_max": 0.9, "eta_charge": 0.95, "eta_discharge": 0.93},
+                 "grid": {"import_limit_w": 8000, "export_limit_w": 2000}}

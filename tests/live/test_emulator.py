@@ -23,7 +23,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from helpers import TWO_ROOMS, shared_check, write_constant_inputs, write_scenario
+from helpers import BATTERY_HOUSE, FAST, TWO_ROOMS, shared_check, write_constant_inputs, write_scenario
 from pems.cli import main
 from pems.live.clock import TIME_TOPIC, ClockAnchor, ManualClock, SimClock
 from pems.live.devices import BatteryCommand
@@ -32,14 +32,8 @@ from pems.live.growatt import GrowattModbus
 from pems.live.loxone import LoxoneMqtt
 from pems.scenarios.runner import prepare, run
 from pems.scenarios.spec import load_scenario
-from services import free_port, mosquitto
+from services import free_port
 
-FAST = {"reconnect_min_s": 0.1, "reconnect_max_s": 0.5, "connect_timeout_s": 5.0, "keepalive_s": 5}
-BATTERY_HOUSE = {**TWO_ROOMS, "pv": [{"kwp": 5.0, "tilt_deg": 35, "azimuth_deg": 180}],
-                 "inverter": {"ac_limit_w": 5000, "standby_w": 10},
-                 "battery": {"capacity_kwh": 5.0, "max_charge_w": 2500, "max_discharge_w": 3000,
-                             "soc_min": 0.1, "soc_max": 0.9, "eta_charge": 0.95, "eta_discharge": 0.93},
-                 "grid": {"import_limit_w": 8000, "export_limit_w": 2000}}
 
 
 def wait_until(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
@@ -73,12 +67,6 @@ def plain_prep(tmp_path_factory):
     folder = tmp_path_factory.mktemp("plain")
     write_constant_inputs(folder, "2024-01-10T00:00:00Z", 1, T_out=-5.0, ghi=0.0, P_load=400.0)
     return prepare(load_scenario(write_scenario(folder, TWO_ROOMS)))
-
-
-@pytest.fixture
-def broker(tmp_path):
-    with mosquitto(tmp_path) as b:
-        yield b
 
 
 def emulator(prep, broker, clock, **kw) -> Emulator:

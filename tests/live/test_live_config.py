@@ -18,9 +18,7 @@ import pytest
 import tomli_w
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import write_scenario  # noqa: E402
-from services import mosquitto  # noqa: E402
-from test_emulator import BATTERY_HOUSE, FAST  # noqa: E402
+from helpers import BATTERY_HOUSE, FAST  # noqa: E402
 
 from pems.cli import main  # noqa: E402
 from pems.errors import InputError  # noqa: E402
@@ -131,22 +129,6 @@ def test_live_forecast_is_the_scenario_table_from_now_and_rereads_a_changed_csv(
 # ---------------------------------------------------------------------------------------------
 # end to end, against the emulator in this process
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture
-def broker(tmp_path):
-    with mosquitto(tmp_path) as b:
-        yield b
-
-
-@pytest.fixture(scope="module")
-def battery_prep(tmp_path_factory):
-    from pems.scenarios.runner import prepare
-    from pems.scenarios.spec import load_scenario
-
-    folder = tmp_path_factory.mktemp("battery")
-    return prepare(load_scenario(write_scenario(folder, BATTERY_HOUSE, weather="greensboro-tmy3", load="h25",
-                                                prices="two-rate")))
-
-
 def run_against_emulator(prep, broker, tmp_path: Path, *extra: str, hours: float = 1.5) -> tuple[int, object, Path]:
     from pems.live.emulator import Emulator
 
@@ -168,8 +150,8 @@ def read_events(path: Path) -> list[dict]:
 
 @pytest.mark.service
 @pytest.mark.slow
-def test_live_config_runs_the_home_over_mqtt_and_modbus_and_hands_it_back(battery_prep, broker, tmp_path):
-    rc, emu, ev_path = run_against_emulator(battery_prep, broker, tmp_path)
+def test_live_config_runs_the_home_over_mqtt_and_modbus_and_hands_it_back(prep, broker, tmp_path):
+    rc, emu, ev_path = run_against_emulator(prep, broker, tmp_path)
     assert rc == 0
     evs = read_events(ev_path)
     steps = [e for e in evs if e["kind"] == "step"]
@@ -186,14 +168,14 @@ def test_live_config_runs_the_home_over_mqtt_and_modbus_and_hands_it_back(batter
 
 @pytest.mark.service
 @pytest.mark.slow
-def test_live_config_dry_run_sends_nothing_and_never_prints_credentials(battery_prep, broker, tmp_path, capfd,
+def test_live_config_dry_run_sends_nothing_and_never_prints_credentials(prep, broker, tmp_path, capfd,
                                                                         caplog, monkeypatch):
     import logging
 
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("PEMS_MQTT_USERNAME", "pems")
     monkeypatch.setenv("PEMS_MQTT_PASSWORD", "s3cret-not-for-logs")
-    rc, emu, ev_path = run_against_emulator(battery_prep, broker, tmp_path, "--dry-run", hours=1.0)
+    rc, emu, ev_path = run_against_emulator(prep, broker, tmp_path, "--dry-run", hours=1.0)
     assert rc == 0
     out = capfd.readouterr()
     assert "s3cret-not-for-logs" not in out.out + out.err + caplog.text and "dry run" in out.out

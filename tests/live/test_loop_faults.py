@@ -1,0 +1,179 @@
+"""Faults injected while the live loop runs the emulated home (real mosquitto, pymodbus, influxd).
+
+Each run is three or four simulated hours of the two-room battery house at 1000× (see
+``test_loop.py``); a fault starts after an hour. Every fault but InfluxDB's must make the loop fall
+back within one control step, log why, and recover when it clears, with no gap in the step log;
+InfluxDB down is not a control fault (the log spools on disk and is replayed).
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_influx_log import influxql  # noqa: E402
+from helpers import FAST  # noqa: E402
+from test_loop import SPEED, at, check_no_gap, events, kinds  # noqa: E402
+
+from pems.live.loop import EmulatedRun  # noqa: E402
+
+# ---------------------------------------------------------------------------------------------
+# (3) faults
+# ---------------------------------------------------------------------------------------------
+def _fault_run(prep, broker, tmp_path, inject, hours=3.0, labels=True, **kw):
+    ev = tmp_path / "events.jsonl"
+    r = EmulatedRun(prep, broker.host, broker.port, speed=SPEED, hours=hours, events_path=ev,
+                    mqtt_options=FAST, **kw)
+    r.start()
+    th = threading.Thread(target=inject, args=(r,))
+    th.start()
+    res = r.finish()
+    th.join(30)
+    evs = events(ev)
+    check_no_gap(evs, int(hours * 4), labels)
+    return res, evs
+
+
+def _assert_fallback_and_recovery(evs, reason: str, t_fault: pd.Timestamp, t_clear: pd.Timestamp):
+    fb = [e for e in kinds(evs, "fallback") if pd.Timestamp(e["time"]) >= t_fault]
+    assert fb, "no fallback"
+    first = fb[0]
+    assert any(reason in x for x in first["reasons"]), first
+    assert pd.Timestamp(first["time"]) - t_fault <= pd.Timedelta(minutes=15)  # within one control step
+    rec = [e for e in kinds(evs, "recover") if pd.Timestamp(e["time"]) >= pd.Timestamp(first["time"])]
+    assert rec and pd.Timestamp(rec[0]["time"]) >= t_clear - pd.Timedelta(minutes=1)
+    # while faulted no step commanded the home
+    t_fb, t_rec = pd.Timestamp(first["time"]), pd.Timestamp(rec[0]["time"])
+    during = [e for e in kinds(evs, "step") if t_fb < pd.Timestamp(e["time"]) < t_rec - pd.Timedelta(minutes=15)]
+    assert all(e["state"] == "fallback" and e["commands"].startswith("none") for e in during)
+    after = [e for e in kinds(evs, "step") if pd.Timestamp(e["time"]) > t_rec]
+    assert after and after[-1]["state"] == "active"
+    return first, rec[0]
+
+
+@pytest.mark.service
+def test_sensor_nan_falls_back_and_recovers(prep, broker, tmp_path):
+    def inject(r):
+        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+        r.emu.nan("a")
+        assert r.emu.wait_until(at(prep, 1.5), timeout=60)
+        r.emu.clear_faults()
+
+    res, evs = _fault_run(prep, broker, tmp_path, inject)
+    first, _ = _assert_fallback_and_recovery(evs, "nan: T_room__a", at(prep, 1.0), at(prep, 1.5))
+    home_cmds = [e for e in kinds(evs, "command") if e["fallback"] and e["value"] == "home"
+                 and pd.Timestamp(e["time"]) >= pd.Timestamp(first["time"])]
+    assert home_cmds and all(e["sent"] for e in home_cmds)
+    tr = res.trajectory
+    # the rooms were the home's while faulted, the loop's again afterwards
+    assert (tr.loc[at(prep, 1.25):at(prep, 1.5), "mode_pems__a"] == 0).all()
+    assert tr["mode_pems__a"].iloc[-1] == 1
+
+
+@pytest.mark.service
+def test_sensor_stuck_jump_falls_back(prep, broker, tmp_path):
+    def inject(r):
+        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+        r.emu.stuck("b", 30.0)
+        assert r.emu.wait_until(at(prep, 1.5), timeout=60)
+        r.emu.clear_faults()
+
+    _, evs = _fault_run(prep, broker, tmp_path, inject)
+    _assert_fallback_and_recovery(evs, "jump: T_room__b", at(prep, 1.0), at(prep, 1.5))
+
+
+@pytest.mark.service
+def test_broker_restart_falls_back_and_recovers(prep, broker, tmp_path):
+    def inject(r):
+        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+        broker.stop()
+        time.sleep(0.3 * 3600 / SPEED / 3)  # ~6 simulated minutes... plus restart time
+        broker.start()
+
+    _, evs = _fault_run(prep, broker, tmp_path, inject)
+    _assert_fallback_and_recovery(evs, "broker", at(prep, 1.0), at(prep, 1.0))
+
+
+@pytest.mark.service
+def test_modbus_restart_falls_back_and_recovers(prep, broker, tmp_path):
+    def inject(r):
+        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+        r.emu.growatt.stop()
+        assert r.emu.wait_until(at(prep, 1.5), timeout=60)
+        r.emu.growatt.start()
+
+    _, evs = _fault_run(prep, broker, tmp_path, inject)
+    _assert_fallback_and_recovery(evs, "inverter", at(prep, 1.0), at(prep, 1.5))
+
+
+@pytest.mark.service
+def test_clock_jump_falls_back_and_recovers(prep, broker, tmp_path):
+    def inject(r):
+        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+        r.loop.clock.jump(7200.0)
+
+    _, evs = _fault_run(prep, broker, tmp_path, inject, labels=False, jump_clock=True)
+    fb = kinds(evs, "fallback")
+    by_clock = [e for e in fb if any("clock" in reason for reason in e["reasons"])]
+    assert by_clock, fb
+    # within one step of the jump (the labels moved 2 h with the calendar)
+    assert pd.Timestamp(by_clock[0]["time"]) - at(prep, 3.0) <= pd.Timedelta(minutes=15), by_clock[0]
+    rec = [e for e in kinds(evs, "recover") if e["time"] > by_clock[0]["time"]]
+    assert rec, (fb, kinds(evs, "recover"))
+
+
+@pytest.mark.service
+def test_influxdb_down_for_an_hour_spools_keeps_control_and_loses_nothing(prep, broker, tmp_path):
+    """InfluxDB is the log, not the control: while it is down the home stays under control, the
+    loop logs the outage and the recovery, and every step's points reach InfluxDB afterwards."""
+    from services import influxdb1_restartable
+
+    from pems.live.influx_log import InfluxLog
+
+    with influxdb1_restartable(tmp_path) as db:
+        url = db.url.replace("http://", "influx://") + "/pems_live"
+        # the log's timers are wall time: short, as the run is accelerated 1000×
+        influx = InfluxLog(url, None, tmp_path / "spool", batch_s=0.05, ping_s=0.2, retry_min_s=0.05,
+                           retry_max_s=0.3, timeout_s=1.0)
+        stopped: dict[str, pd.Timestamp] = {}
+
+        def inject(r):
+            assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+            db.stop()
+            stopped["down"] = r.clock.now()
+            assert r.emu.wait_until(at(prep, 2.0), timeout=60)
+            stopped["up"] = r.clock.now()  # before: start() returns after its own poll of /ping
+            db.start()
+
+        # four hours: InfluxDB needs a few wall seconds to start again, and the run must outlast that
+        _, evs = _fault_run(prep, broker, tmp_path, inject, hours=4.0, influx=influx)
+        assert not kinds(evs, "fallback")  # control never depended on the log
+        assert all(e["state"] == "active" and e["solver_ok"] for e in kinds(evs, "step"))
+        store = kinds(evs, "log_store")
+        assert [e["state"] for e in store] == ["down", "up"], store
+        assert pd.Timestamp(store[0]["time"]) - stopped["down"] <= pd.Timedelta(minutes=15)  # within a step
+        assert "not reachable" in store[0]["reason"]
+        assert pd.Timestamp(store[1]["time"]) >= stopped["up"]
+        assert influx.flush(10) and influx.status().pending_lines == 0
+        influx.close(1)
+        steps = [pd.Timestamp(e["time"]) for e in kinds(evs, "step")]
+        where = f"time >= '{steps[0]:%Y-%m-%dT%H:%M:%SZ}' AND time <= '{steps[-1]:%Y-%m-%dT%H:%M:%SZ}'"
+        got = {}
+        for kind, field, extra in (("measured", "T_room", ""), ("commanded", "P_heat_cmd", ""),
+                                   ("estimated", "T_mass", ""), ("planned", "P_heat", " AND horizon = '0'")):
+            rows = influxql(db.url, "pems_live", f"SELECT \"{field}\" FROM pems WHERE kind = '{kind}' AND "
+                                                 f"room = 'a'{extra} AND {where}")
+            assert [pd.Timestamp(r[0], tz="UTC") for r in rows] == steps, kind  # one point per step, no gap
+            got[kind] = np.array([r[1] for r in rows], dtype=float)
+        np.testing.assert_allclose(got["planned"], got["commanded"], atol=1.0)  # the plan's first step is sent
+        assert np.isfinite(got["estimated"]).all()
+        later = influxql(db.url, "pems_live", "SELECT count(\"P_heat\") FROM pems WHERE kind = 'planned' AND "
+                                              "room = 'a' AND horizon = '95'")
+        assert later and later[0][1] == len(steps)  # the whole 24 h plan of every step

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
+import os
 
-import helpers
-from pems.twin.house import House
+# One OpenMP/BLAS thread per test process (as `make test` sets it): two xdist workers with two
+# spinning OpenMP threads each on two cores slow scikit-learn's boosting down tenfold.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+import helpers  # noqa: E402
+from pems.twin.house import House  # noqa: E402
 
 
 @pytest.fixture

@@ -88,8 +88,11 @@ def read_table(path: Path) -> pd.DataFrame:
 
 
 def load_history(source: str | Path, house: House | None = None, step: pd.Timedelta = pd.Timedelta(minutes=15),
-                 max_gap: pd.Timedelta = pd.Timedelta(hours=1)) -> History:
+                 max_gap: pd.Timedelta = pd.Timedelta(hours=1), require_rooms: bool = True) -> History:
     """Load, clean and resample a history file onto ``step``.
+
+    ``require_rooms=False`` accepts a history without room temperatures (what the PV and load
+    forecasters learn from).
 
     Raises
     ------
@@ -98,15 +101,15 @@ def load_history(source: str | Path, house: House | None = None, step: pd.Timede
     """
     path = Path(source)
     raw = read_table(path)
-    return prepare_history(raw, str(path), house, step, max_gap)
+    return prepare_history(raw, str(path), house, step, max_gap, require_rooms)
 
 
 def prepare_history(raw: pd.DataFrame, source: str, house: House | None = None,
                     step: pd.Timedelta = pd.Timedelta(minutes=15),
-                    max_gap: pd.Timedelta = pd.Timedelta(hours=1)) -> History:
+                    max_gap: pd.Timedelta = pd.Timedelta(hours=1), require_rooms: bool = True) -> History:
     """Clean and resample an already-read table (UTC index); see :func:`load_history`."""
     rooms = tuple(c.split("__", 1)[1] for c in raw.columns if c.startswith("T_room__"))
-    if not rooms:
+    if not rooms and require_rooms:
         raise InputError(source, "T_room__<room>", "no room temperature column; expected e.g. T_room__living")
     if house is not None:
         unknown = [r for r in rooms if r not in house.room_ids]

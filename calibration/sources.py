@@ -19,7 +19,7 @@ def is_url(source: str) -> bool:
 def open_history(source: str | Path, house: House | None = None, step: pd.Timedelta = pd.Timedelta(minutes=15),
                  mapping: str | Path | None = None, start: pd.Timestamp | None = None,
                  end: pd.Timestamp | None = None, use_cache: bool = True,
-                 progress: Callable[[int, int], None] | None = None) -> History:
+                 progress: Callable[[int, int], None] | None = None, require_rooms: bool = True) -> History:
     """Load a history from a file or extract it from InfluxDB.
 
     For an InfluxDB source ``start`` and ``end`` are required and the mapping (a preset name or a
@@ -27,7 +27,7 @@ def open_history(source: str | Path, house: House | None = None, step: pd.Timede
     column, the source series it came from (the quality report names them).
     """
     if not is_url(str(source)):
-        h = load_history(Path(source), house, step)
+        h = load_history(Path(source), house, step, require_rooms=require_rooms)
         if start is not None or end is not None:
             h = h.between(start, end)
         return h
@@ -43,9 +43,11 @@ def open_history(source: str | Path, house: House | None = None, step: pd.Timede
         if unknown and m.rooms:
             raise InputError(m.name, "rooms", f"the mapping has no source name for rooms {unknown}")
     raw = extract(str(source), m, start, end, step, rooms=rooms, use_cache=use_cache, progress=progress)
-    if raw.empty or not [c for c in raw if c.startswith("T_room__")]:
+    if require_rooms and (raw.empty or not [c for c in raw if c.startswith("T_room__")]):
         raise InputError(str(source), "T_room__<room>", "no room temperatures in that period")
-    h = prepare_history(raw, str(source), house, step)
+    if raw.empty:
+        raise InputError(str(source), "time", "no data in that period")
+    h = prepare_history(raw, str(source), house, step, require_rooms=require_rooms)
     names = {}
     for s in m.expanded(rooms):
         tags = "".join(f",{k}={v}" for k, v in s.tags.items())

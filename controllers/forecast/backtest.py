@@ -53,6 +53,13 @@ class BacktestResult:
     model: Any = None  # the forecaster as fitted at the last refit (what would be deployed now)
     trained_on: dict = field(default_factory=dict)  # its training data: start, end, rows, sha256
 
+    def card_metrics(self) -> dict:
+        """What a model registry card keeps of this backtest: the model's scores, its skill, the
+        baselines' scores and the backtest settings."""
+        return {**self.metrics["model"], "skill": self.metrics.get("skill", {}),
+                "baselines": {k: v for k, v in self.metrics.items() if k not in ("model", "skill")},
+                "backtest": self.settings}
+
     @property
     def skill_mae(self) -> dict[str, float]:
         return {k[len("mae_vs_"):]: v for k, v in self.metrics["skill"].items() if k.startswith("mae_vs_")}

@@ -326,7 +326,6 @@ def backtest_konstanz(root=None, household: int = 1, variant: str = "default", d
     progress
         Called with (done, total) after each origin.
     """
-    from pems.controllers.forecast.backtest import rolling_origin, same_time_last_week, same_time_yesterday
     from pems.controllers.forecast.datasets import konstanz_household
     from pems.errors import InputError
 
@@ -342,16 +341,48 @@ def backtest_konstanz(root=None, household: int = 1, variant: str = "default", d
                              "pv-oracle needs a house whose load balance includes PV (3, 4 or 6)")
         data["P_pv"] = 1000.0 * raw["E_pv_kwh"]
         settings = replace(settings, exogenous=("P_pv",))
-    tz, country = "Europe/Berlin", "DE"
+    res = backtest_load(data, "Europe/Berlin", "DE", settings, days=days, refit_days=refit_days,
+                        min_train_days=min_train_days, train_days=train_days, progress=progress)
+    res.settings.update({"dataset": f"households-konstanz/power_of_residential_{household}.csv",
+                         "household": household, "variant": variant, "variant_description": VARIANTS[variant]})
+    return res
+
+
+def backtest_load(data: pd.DataFrame, tz: str, country: str | None, settings: LoadSettings = LoadSettings(), *,
+                  days: int | None = None, refit_days: float = 56.0, min_train_days: float = 56.0,
+                  train_days: float | None = 365.0,
+                  progress: Callable[[int, int], None] | None = None) -> BacktestResult:
+    """Day-ahead rolling-origin backtest of :class:`LoadForecaster` on any load history.
+
+    Every local midnight the next 24 h are forecast from everything before; the model is refitted
+    on the last ``train_days`` before the origin every ``refit_days``. Baselines: the same time
+    yesterday (``persistence``) and a week before (``last_week``).
+
+    Parameters
+    ----------
+    data
+        UTC index with a regular step; ``P_load`` [W] (household load without heating), optional
+        weather columns named in ``settings.exogenous``.
+    tz, country
+        The home's time zone and public-holiday country.
+    days
+        Only the last ``days`` days of origins (earlier data still train the model); all by default.
+    refit_days, min_train_days, train_days
+        Refit period, history before the first origin, training window (``None``: all) [days].
+    progress
+        Called with (done, total) after each origin.
+    """
+    from pems.controllers.forecast.backtest import rolling_origin, same_time_last_week, same_time_yesterday
+
+    step = pd.Timedelta(data.index[:50].to_series().diff().median())
     # The last `days` days of origins; everything before still trains the model.
-    start = None if days is None else data.index[-1] + pd.Timedelta(hours=1) - DAY * (days + 1)
+    start = None if days is None else data.index[-1] + step - DAY * (days + 1)
     res = rolling_origin(lambda: LoadForecaster(tz, country, settings=settings), data, horizon=DAY, start=start,
                          issue_hour=0, tz=tz, min_train=pd.Timedelta(days=min_train_days),
                          refit_every=pd.Timedelta(days=refit_days), lookback=LoadForecaster.lookback,
                          train_window=None if train_days is None else pd.Timedelta(days=train_days),
                          baselines={"persistence": same_time_yesterday, "last_week": same_time_last_week},
                          progress=progress)
-    res.settings.update({"dataset": f"households-konstanz/power_of_residential_{household}.csv",
-                         "household": household, "variant": variant, "variant_description": VARIANTS[variant],
-                         "forecaster": "LoadForecaster", "forecaster_settings": asdict(settings)})
+    res.settings.update({"forecaster": "LoadForecaster", "forecaster_settings": asdict(settings), "tz": tz,
+                         "country": country})
     return res

@@ -114,3 +114,29 @@ BATTERY_HOUSE = {**TWO_ROOMS, "pv": [{"kwp": 5.0, "tilt_deg": 35, "azimuth_deg":
                  "battery": {"capacity_kwh": 5.0, "max_charge_w": 2500, "max_discharge_w": 3000,
                              "soc_min": 0.1, "soc_max": 0.9, "eta_charge": 0.95, "eta_discharge": 0.93},
                  "grid": {"import_limit_w": 8000, "export_limit_w": 2000}}
+
+
+def home_history(house: House, start: str, days: float, seed: int = 0,
+                 step: pd.Timedelta = pd.Timedelta(minutes=15)) -> pd.DataFrame:
+    """A home's measured history at its own site: clear-sky weather dimmed by a random daily
+    clearness, PV through the twin's pvlib chain (the house's arrays and inverter), and the BDEW H25
+    household load with ±30 % log-normal noise. Columns ``T_out``, ``ghi``, ``P_pv``, ``P_load``."""
+    from pems.controllers.forecast.pv import clear_sky
+    from pems.twin.load import h25
+    from pems.twin.pv import pv_ac_power
+    from pems.twin.solar import complete_irradiance, solar_position
+
+    idx = pd.date_range(start, periods=int(round(pd.Timedelta(days=days) / step)), freq=step, tz="UTC", name="time")
+    rng = np.random.default_rng(seed)
+    day = np.asarray((idx - idx[0]).days)
+    kt = (0.2 + 0.8 * rng.beta(2.0, 1.2, day.max() + 1))[day]
+    ghi = clear_sky(idx, house.site, step)["ghi_clear"].to_numpy() * kt * np.clip(
+        1 + 0.1 * rng.standard_normal(len(idx)), 0.5, 1.3)
+    hours = np.asarray(idx.hour + idx.minute / 60)
+    df = pd.DataFrame({"T_out": 5 + 5 * np.sin(2 * np.pi * (hours - 9) / 24), "ghi": ghi}, index=idx)
+    sun = solar_position(idx + step / 2, house.site)
+    sun.index = idx
+    w = complete_irradiance(df.assign(wind_speed=1.0), sun)
+    df["P_pv"] = np.asarray(pv_ac_power(w, sun, house.pv, house.inverter), dtype=float)
+    df["P_load"] = h25(idx, step, house.site, 4000.0).to_numpy() * np.exp(rng.normal(0.0, 0.3, len(idx)))
+    return df

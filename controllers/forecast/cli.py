@@ -39,6 +39,23 @@ def add_forecast_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, help="output directory")
     b.set_defaults(func=cmd_forecast_backtest)
 
+    fit = fsub.add_parser("fit", help="learn a home's PV or load forecaster from its own history → model registry")
+    fit.add_argument("what", choices=("pv", "load"), help="which forecaster")
+    fit.add_argument("--history", required=True,
+                     help="the home's history: CSV/Parquet (DESIGN.md columns) or influx://… / influx2://…")
+    fit.add_argument("--house", required=True, help="house file or built-in name (site, time zone, holidays)")
+    fit.add_argument("--registry", help="model registry (default $PEMS_MODELS or ./models)")
+    fit.add_argument("--name", help="model name in the registry (default: the house's name)")
+    fit.add_argument("--promote", action="store_true", help="make it the champion of its role (the first one is)")
+    fit.add_argument("--days", type=int, default=90,
+                     help="score the last DAYS day-ahead origins (default 90; earlier data still train)")
+    fit.add_argument("--mapping", help="InfluxDB sources: mapping preset or file (default loxone-growatt)")
+    fit.add_argument("--start", help="first time (InfluxDB default: two years before --end; files: all)")
+    fit.add_argument("--end", help="end time (InfluxDB default: today 00:00 UTC; files: all)")
+    fit.add_argument("--step-minutes", type=float, default=15.0, help="resampling step (default 15)")
+    fit.add_argument("--out", required=True, help="output directory of the backtest report")
+    fit.set_defaults(func=cmd_forecast_fit)
+
 
 def _root(text: str | None) -> Path:
     if text is None:
@@ -165,11 +182,8 @@ def _register(args: argparse.Namespace, res, name: str, source: str) -> None:
     from pems.controllers.forecast.registry import ModelRegistry
 
     desc = res.model.describe() if hasattr(res.model, "describe") else {}
-    metrics = {**res.metrics["model"], "skill": res.metrics.get("skill", {}),
-               "baselines": {k: v for k, v in res.metrics.items() if k not in ("model", "skill")},
-               "backtest": res.settings}
     card = ModelRegistry(args.registry).register(
-        res.model, res.role, name, data={**res.trained_on, "source": source}, metrics=metrics,
+        res.model, res.role, name, data={**res.trained_on, "source": source}, metrics=res.card_metrics(),
         features=list(desc.get("features", [])), settings=desc.get("settings") or {})
     print(f"registered {card.ref} in {args.registry}")
 
@@ -200,5 +214,50 @@ def _backtest_correctors(args: argparse.Namespace, out: Path, t0: float) -> int:
             metrics={"mae": bt.mae_corrected, "mae_24h_physics_K": bt.mae_physics, "rmse_24h_physics_K": bt.rmse_physics, "rmse_24h_corrected_K": bt.rmse_corrected,
                      "reduction": bt.reduction})
         print(f"registered {card.ref} in {args.registry}")
+    print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def cmd_forecast_fit(args: argparse.Namespace) -> int:
+    """Backtest a forecaster on the home's history, fit it for deployment, register it."""
+    import pandas as pd
+
+    from pems.calibration.sources import is_url, open_history
+    from pems.cli import _progress, _step, _time
+    from pems.controllers.forecast.home import fit_home, register_fit
+    from pems.controllers.forecast.registry import ModelRegistry, default_root
+    from pems.controllers.forecast.report import write_backtest
+    from pems.twin.house import load_house
+
+    if args.days is not None and args.days < 1:
+        raise InputError("command line", "--days", f"{args.days} must be at least 1")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise InputError(str(out), "--out", "exists and is not a directory")
+    house = load_house(args.house)
+    start, end = _time(args.start, "--start"), _time(args.end, "--end")
+    step = _step(args.step_minutes)
+    t0 = time.perf_counter()
+    if is_url(args.history):  # a database holds years: default to the last two
+        end = end or pd.Timestamp.now(tz="UTC").floor("D")
+        start = start or end - pd.Timedelta(days=730)
+        prog, update = _progress("extracting")
+        with prog:
+            history = open_history(args.history, house, step, mapping=args.mapping, start=start, end=end,
+                                   progress=update, require_rooms=False)
+    else:
+        history = open_history(args.history, house, step, start=start, end=end, require_rooms=False)
+    prog, update = _progress(f"{args.what} · backtest")
+    with prog:
+        fit = fit_home(args.what, history.data, house.site, str(args.history), days=args.days, progress=update)
+    path = write_backtest(fit.backtest, out, f"{args.what.upper() if args.what == 'pv' else 'Load'} forecast "
+                                             f"backtest · {house.name} · {args.history}")
+    _print_result(args.what, fit.backtest)
+    if fit.deployed != "model":
+        print(f"deployed {fit.backtest.settings['deployed']}")
+    registry = ModelRegistry(args.registry if args.registry else default_root())
+    card = register_fit(fit, registry, args.name or house.name, promote=args.promote)
+    champion = " (champion)" if registry.is_champion(card) else ""
+    print(f"registered {card.ref}{champion} in {registry.root}")
     print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
     return 0

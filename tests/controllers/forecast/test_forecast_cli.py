@@ -115,3 +115,87 @@ def test_cli_load_and_price_on_real_data(tmp_path, capsys):
     price = json.loads((tmp_path / "price" / "metrics.json").read_text(encoding="utf-8"))
     assert price["settings"]["passed_through_max_abs_error"] == 0.0
     assert price["metrics"]["model"]["n"] == 7 * 13  # issued 13:00, 48 h: the last 13 h are predicted
+
+
+# ---------------------------------------------------------------------------------------------
+# pems forecast fit: a home's own forecasters from its history
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def home_file(tmp_path_factory):
+    """The two-room battery house and 50 days of its measured history (PV at its own site)."""
+    import tomli_w
+
+    from helpers import BATTERY_HOUSE, home_history, house_from
+
+    folder = tmp_path_factory.mktemp("home")
+    (folder / "house.toml").write_text(tomli_w.dumps(BATTERY_HOUSE), encoding="utf-8")
+    hist = home_history(house_from(BATTERY_HOUSE), "2024-03-01", 50, seed=5)
+    hist.to_parquet(folder / "history.parquet")
+    return folder
+
+
+def test_fit_learns_the_homes_load_forecaster_and_registers_it_as_champion(home_file, tmp_path, capsys):
+    from pems.controllers.forecast.registry import ModelRegistry
+
+    reg, out = tmp_path / "models", tmp_path / "load"
+    assert main(["forecast", "fit", "load", "--history", str(home_file / "history.parquet"), "--house",
+                 str(home_file / "house.toml"), "--registry", str(reg), "--days", "14", "--out", str(out)]) == 0
+    card = ModelRegistry(reg).champion("load")
+    assert card is not None and card.kind == "LoadForecaster"
+    # the weekday/weekend shape of H25 under 30 % noise: the learned median beats same-time-yesterday
+    assert card.metrics["skill"]["mae_vs_persistence"] > 0.15
+    assert 0.6 < card.metrics["coverage"] < 0.95
+    assert card.data["rows"] == 50 * 96 and card.data["sha256"]
+    assert (out / "report.html").is_file() and (out / "metrics.json").is_file()
+    model = ModelRegistry(reg).load(card.ref)
+    hist = pd.read_parquet(home_file / "history.parquet")
+    issue = hist.index[-1] + pd.Timedelta(minutes=15)
+    fc = model.predict(hist, issue, pd.date_range(issue, periods=96, freq="15min"))
+    assert np.isfinite(fc.values).all() and (fc.values >= 0).all()
+    assert "registered load/" in capsys.readouterr().out
+
+
+def test_fit_pv_deploys_physics_where_the_learned_correction_does_not_beat_it(home_file, tmp_path, capsys):
+    """The history's PV *is* the pvlib chain on its measured weather: nothing is left to learn, so
+    the backtest picks physics alone and the card carries physics' scores."""
+    from pems.controllers.forecast.registry import ModelRegistry
+
+    reg = tmp_path / "models"
+    assert main(["forecast", "fit", "pv", "--history", str(home_file / "history.parquet"), "--house",
+                 str(home_file / "house.toml"), "--registry", str(reg), "--days", "10", "--out",
+                 str(tmp_path / "pv")]) == 0
+    card = ModelRegistry(reg).champion("pv")
+    metrics = json.loads((tmp_path / "pv" / "metrics.json").read_text())
+    physics, learned = metrics["metrics"]["physics"]["mae"], metrics["metrics"]["model"]["mae"]
+    if physics < learned:
+        assert card.kind == "PVPhysicsForecaster" and card.metrics["mae"] == pytest.approx(physics)
+        assert card.metrics["baselines"]["learned"]["mae"] == pytest.approx(learned)
+        assert "physics alone" in metrics["settings"]["deployed"]
+    else:
+        assert card.kind == "PVForecaster" and card.metrics["mae"] == pytest.approx(learned)
+    # the deployed array: what the history's pvlib chain produced (5 kWp, AC-limited at 5 kW)
+    model = ModelRegistry(reg).load(card.ref)
+    assert 0.8 * 5000 < model.physics.ac_limit_w <= 5001
+    assert card.metrics["mae"] < 0.2 * metrics["metrics"]["persistence"]["mae"]
+
+
+@pytest.mark.parametrize("drop, key", [("P_load", "P_load"), ("ghi", "ghi")])
+def test_fit_without_the_column_it_learns_from_names_the_file_and_column(home_file, tmp_path, capsys, drop, key):
+    hist = pd.read_parquet(home_file / "history.parquet").drop(columns=drop)
+    path = tmp_path / "h.csv"
+    hist.reset_index().to_csv(path, index=False)
+    what = "load" if drop == "P_load" else "pv"
+    assert main(["forecast", "fit", what, "--history", str(path), "--house", str(home_file / "house.toml"),
+                 "--registry", str(tmp_path / "models"), "--out", str(tmp_path / "o")]) == 2
+    line = _one_error_line(capsys, key)
+    assert "h.csv" in line
+    assert not (tmp_path / "models").exists()
+
+
+def test_fit_refuses_a_history_too_short_to_learn_from(home_file, tmp_path, capsys):
+    hist = pd.read_parquet(home_file / "history.parquet").iloc[: 10 * 96]
+    path = tmp_path / "short.parquet"
+    hist.to_parquet(path)
+    assert main(["forecast", "fit", "load", "--history", str(path), "--house", str(home_file / "house.toml"),
+                 "--registry", str(tmp_path / "models"), "--out", str(tmp_path / "o")]) == 2
+    assert "at least 21" in _one_error_line(capsys, "P_load")

@@ -106,6 +106,9 @@ class LiveForecastSpec(_Strict):
     load_kwh_per_year: Annotated[float, Field(ge=0)] = 4000.0
     horizon_hours: Annotated[float, Field(gt=0, le=168)] = 48.0
     tariff: Tariff = Field(default_factory=Tariff)
+    # the registry's champions (`pems forecast fit pv|load`) replace the PV and load of the sources above
+    learned: list[Literal["pv", "load"]] = Field(default_factory=list)
+    history: str | None = None  # a history table (CSV/Parquet) the learned forecasters start from
 
 
 class LiveConfig(_Strict):
@@ -113,7 +116,7 @@ class LiveConfig(_Strict):
 
     house: str
     controller: Literal["mpc", "mpc+correctors", "rule-based"] = "mpc"
-    registry: str | None = None  # mpc+correctors: the model registry holding the champion corrector
+    registry: str | None = None  # the model registry of the champion corrector and learned forecasters
     step_minutes: Annotated[int, Field(ge=1, le=240)] = 15
     inner_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
     clock: Literal["wall", "emulator"] = "wall"  # emulator: follow `pems emulate`'s clock over MQTT
@@ -163,6 +166,12 @@ class LoadedLiveConfig:
     def step(self) -> pd.Timedelta:
         return pd.Timedelta(minutes=self.spec.step_minutes)
 
+    def registry_root(self) -> Path:
+        """``registry`` relative to the file's folder; default ``$PEMS_MODELS`` or ``./models``."""
+        from pems.controllers.forecast.registry import default_root
+
+        return self.resolve(self.spec.registry) if self.spec.registry is not None else default_root()
+
     def champion_corrector(self) -> Any:
         """``mpc+correctors``: the registry's champion residual corrector, checked against the house.
 
@@ -170,9 +179,9 @@ class LoadedLiveConfig:
         and made champion with ``pems models promote``; ``registry`` defaults to ``$PEMS_MODELS`` or
         ``./models``.
         """
-        from pems.controllers.forecast.registry import ModelRegistry, default_root
+        from pems.controllers.forecast.registry import ModelRegistry
 
-        root = self.resolve(self.spec.registry) if self.spec.registry is not None else default_root()
+        root = self.registry_root()
         card = ModelRegistry(root).champion("corrector")
         if card is None:
             raise InputError(self.path, "registry", f"no champion corrector in {root}; learn one with `pems forecast "
@@ -214,7 +223,17 @@ def load_live_config(path: str | Path) -> LoadedLiveConfig:
         raise InputError(p, "modbus", f"house {house.name!r} has no battery to control; remove [modbus]")
     if spec.controller == "mpc+correctors":
         cfg.champion_corrector()  # there is one, and it was learned for this house
+    if spec.forecast.history is not None and not cfg.resolve(spec.forecast.history).is_file():
+        raise InputError(p, "forecast.history", f"{cfg.resolve(spec.forecast.history)} not found")
+    if spec.forecast.learned:  # there are champions, and they forecast what they are asked for
+        from pems.live.learned import LearnedForecasts, MeasuredHistory
+
+        LearnedForecasts(spec.forecast.learned, cfg.registry_root(), p, MeasuredHistory(None, step=cfg.step))
     return cfg
+
+
+#: The learned forecasters' measured history in the state folder (see :mod:`pems.live.learned`).
+HISTORY_FILE = "history.parquet"
 
 
 class LiveForecast:
@@ -227,7 +246,8 @@ class LiveForecast:
     :class:`~pems.errors.InputError`, which the loop treats as a solver fault (the home runs itself).
     """
 
-    def __init__(self, cfg: LoadedLiveConfig, d_names: tuple[str, ...]) -> None:
+    def __init__(self, cfg: LoadedLiveConfig, d_names: tuple[str, ...], history_path: Path | None = None,
+                 seeds: tuple[Path, ...] = ()) -> None:
         from pems.twin.inputs import InputSpec
 
         f = cfg.spec.forecast
@@ -236,24 +256,51 @@ class LiveForecast:
                                     load_kwh_per_year=f.load_kwh_per_year, tariff=f.tariff, base_dir=cfg.base_dir)
         self.step = cfg.step
         self.h = int(round(pd.Timedelta(hours=f.horizon_hours) / self.step))
+        self.history = self.learned = None
+        if f.learned:
+            from pems.live.learned import LearnedForecasts, MeasuredHistory
 
-    def table(self, t: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-        """The input table and the comfort bands (low, high) from the step of ``t`` over the horizon."""
+            first = (cfg.resolve(f.history),) if f.history is not None else ()
+            for p in first:
+                if not p.is_file():
+                    raise InputError(cfg.path, "forecast.history", f"{p} not found")
+            self.history = MeasuredHistory(history_path, (*first, *(p for p in seeds if p.is_file())), self.step)
+            self.learned = LearnedForecasts(f.learned, cfg.registry_root(), cfg.path, self.history)
+
+    def table(self, t: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, str]]:
+        """The input table, the comfort bands (low, high) from the step of ``t`` over the horizon,
+        and where learned columns came from (role → champion, or why the configured source stood)."""
         from pems.scenarios.comfort import comfort_bands
-        from pems.twin.inputs import build_inputs
+        from pems.twin.inputs import build_inputs, internal_gains
 
-        tab = build_inputs(self.cfg.house, self.input_spec, t.floor(self.step), self.h, self.step, required_steps=1)
+        t0 = t.floor(self.step)
+        tab = build_inputs(self.cfg.house, self.input_spec, t0, self.h, self.step, required_steps=1)
+        sources: dict[str, str] = {}
+        if self.learned is not None:
+            # the weather as forecast for this step: what the PV correction later compares the yield with
+            self.history.record(t0, ghi=float(tab["ghi"].iloc[0]), T_out=float(tab["T_out"].iloc[0]))
+            sources = self.learned.apply(tab, t0)
+            if sources.get("load", "").startswith("load/"):  # appliances' heat follows the learned load
+                mid = pd.DatetimeIndex(tab.index) + self.step / 2
+                for rid, q in internal_gains(self.cfg.house, mid, tab["P_load"].to_numpy()).items():
+                    tab[f"Q_int__{rid}"] = q
         low, high = comfort_bands(self.cfg.spec.comfort, self.cfg.house, tab.index)
-        return tab, low, high
+        return tab, low, high, sources
+
+    def observe(self, t: pd.Timestamp, P_pv: float, P_load: float) -> None:
+        """The measured means of the step starting at ``t``: PV and household load without heating [W]."""
+        if self.history is not None:
+            self.history.record(t, P_pv=P_pv, P_load=P_load)
 
     def __call__(self, t: pd.Timestamp) -> Any:
         from pems.twin.signals import Forecast
 
-        tab, low, high = self.table(t)
+        tab, low, high, sources = self.table(t)
         return Forecast(index=tab.index, d=tab[list(self.d_names)].to_numpy(dtype=float), d_names=self.d_names,
                         price_import=tab["price_import"].to_numpy(dtype=float),
                         price_export=tab["price_export"].to_numpy(dtype=float), low=low.to_numpy(dtype=float),
-                        high=high.to_numpy(dtype=float), rooms=tuple(low.columns))
+                        high=high.to_numpy(dtype=float), rooms=tuple(low.columns),
+                        extras={"sources": sources} if sources else {})
 
 
 def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | Path | None = None) -> Any:
@@ -306,18 +353,21 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
         inverter = GrowattModbus(m.host, m.port, m.device_id, map=cfg.resolve_named(m.map, builtin_maps()),
                                  timezone=house.site.timezone, dry_run=dry_run, timeout=m.timeout_s,
                                  clock=clock.monotonic, now=clock.now, sleep=clock_sleep)
-    forecast = LiveForecast(cfg, model.sym.d.names)
+    events = cfg.resolve(s.events)
+    state = cfg.resolve(s.state_dir)
+    seeds: tuple[Path, ...] = ()
+    if dry_run:
+        # A dry run keeps its own log and state (it never held the home: a later real run must
+        # not resume from it) and writes nothing to the home's InfluxDB; it starts from what the
+        # real loop measured.
+        events = events.with_name(f"{events.stem}.dry-run{events.suffix}")
+        seeds = (state / HISTORY_FILE,)
+        state = state / "dry-run"
+    forecast = LiveForecast(cfg, model.sym.d.names, state / HISTORY_FILE, seeds)
     forecast(clock.now())  # a missing or bad forecast source is an input error now, not at the first step
     # The loop's clock is its own (wall, or a copy of the emulator's): holding it at real time
     # during solves would only make it lag behind the home's.
     settings = LoopSettings(step_s=step_s, inner_s=float(s.inner_seconds), dry_run=dry_run, real_time_solve=False)
-    events = cfg.resolve(s.events)
-    state = cfg.resolve(s.state_dir)
-    if dry_run:
-        # A dry run keeps its own log and state (it never held the home: a later real run must
-        # not resume from it) and writes nothing to the home's InfluxDB.
-        events = events.with_name(f"{events.stem}.dry-run{events.suffix}")
-        state = state / "dry-run"
     influx = None
     if s.influx is not None and not dry_run:  # last: its sender thread and spool lock need closing
         from pems.live.influx_log import InfluxLog

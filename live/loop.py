@@ -73,6 +73,7 @@ import pandas as pd
 
 from pems.live.clock import SimClock
 from pems.live.devices import BatteryCommand, Inverter, InverterReadings, RoomBus, RoomReadings, WriteRecord
+from pems.live.learned import FALLBACK
 from pems.live.safety import BatteryLimits, SafetyLimits, Watchdog, bound_battery, bound_heat
 from pems.live.state import LoopState, StateStore
 from pems.twin.model import HouseModel
@@ -320,6 +321,7 @@ class LiveLoop:
         self._soc = math.nan
         self._bus_connections = -1
         self._log_up: bool | None = None  # the InfluxDB log's last known state
+        self._sources: dict[str, str] = {}  # where the learned forecast columns came from last step
         self._stop = threading.Event()
         self._steps = 0
         self.overruns = 0
@@ -512,6 +514,10 @@ class LiveLoop:
         now, mono, rr, inv = self._read()
         t = now.floor(step)
         obs = self._observation(t, rr)
+        observe = getattr(self.forecast, "observe", None)
+        if observe is not None and self._steps > 0 and any(i.ok for i in self._acc.inv):
+            # the inverter metered the step that just ended: the learned forecasters' history
+            observe(t - step, P_pv=obs.P_pv, P_load=obs.P_load)
         self._acc = _StepAccum()
         n_ev = len(getattr(self.controller, "events", []) or [])
         t0 = time.perf_counter()
@@ -550,6 +556,15 @@ class LiveLoop:
         if not ok:
             record["solver_reason"] = reason
             self.events.write("solver_fallback", now, reason=reason)
+        sources = fc.extras.get("sources") if fc is not None else None
+        if sources:
+            record["forecast"] = dict(sources)
+            for role, src in sources.items():
+                if self._sources.get(role) != src:  # a learned forecast taken up, or given up and why
+                    self.events.write("forecast_source", now, role=role, source=src)
+                    log.log(logging.WARNING if src.startswith(FALLBACK) else logging.INFO,
+                            "%s forecast: %s", role, src)
+            self._sources = dict(sources)
         sent_mono = self.clock.monotonic()
         if self.watchdog.state == "active":
             if action.heat_w is None:

@@ -1,0 +1,182 @@
+"""Learned PV and load forecasts in the live loop (``[forecast] learned = ["pv", "load"]``).
+
+The forecast of a control step starts from the configured sources (a weather file through the
+twin's pvlib chain for ``P_pv``, a standard profile or a file for ``P_load``); for each role named
+in ``learned`` the model registry's champion (``pems forecast fit … --registry``) replaces that
+column with its median, and the internal gains that follow the household load with it. A learned
+forecaster works from what the home did lately: the load's lags need a week of measured load, the
+PV correction yesterday's yield. The loop keeps those step means in :class:`MeasuredHistory`
+(in its state folder, so that a restart keeps them; a history file can seed it). Where a champion
+cannot forecast (too little history, a failure, a non-finite value) the configured source stands
+and the forecast says why (:attr:`~pems.twin.signals.Forecast.extras` ``["sources"]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pems.errors import InputError
+
+log = logging.getLogger(__name__)
+
+#: Roles the live forecast can learn, and the model column each replaces.
+ROLES: dict[str, str] = {"pv": "P_pv", "load": "P_load"}
+#: Columns kept: measured PV and household load [W]; the weather forecast of each step as issued
+#: (``ghi`` [W m⁻²], ``T_out`` [°C]: the PV correction compares yesterday's yield with it).
+COLUMNS: tuple[str, ...] = ("P_pv", "P_load", "ghi", "T_out")
+#: The load forecaster's level is the mean of the last week: it needs most of one.
+MIN_LOAD_HISTORY = pd.Timedelta(days=7)
+MIN_LOAD_SHARE = 0.5
+#: How a role whose champion could not forecast is reported: ``f"{FALLBACK}: <why>"``.
+FALLBACK = "configured source"
+
+
+class MeasuredHistory:
+    """Step means of the home's PV, load and forecast weather over the last ``keep``.
+
+    Parameters
+    ----------
+    path
+        Parquet file it is kept in (written atomically at each :meth:`record`), or None.
+    seeds
+        Canonical history tables (CSV/Parquet, DESIGN.md columns) read first; what the loop measures
+        later wins where both have a value.
+    step
+        The control step (seed tables are averaged onto it).
+    keep
+        How much history is kept [time].
+    """
+
+    def __init__(self, path: Path | None, seeds: Iterable[Path] = (), step: pd.Timedelta = pd.Timedelta(minutes=15),
+                 keep: pd.Timedelta = pd.Timedelta(days=40)) -> None:
+        self.path, self.step, self.keep = path, step, keep
+        frames = [self._read_seed(p) for p in seeds]
+        if path is not None and path.is_file():
+            try:
+                frames.append(pd.read_parquet(path))
+            except Exception as exc:  # noqa: BLE001 - a damaged file costs history, never the loop
+                log.warning("ignoring the unreadable measured history %s (%s)", path, exc)
+        self.data = pd.DataFrame(columns=list(COLUMNS), dtype=float, index=pd.DatetimeIndex([], tz="UTC", name="time"))
+        for f in frames:
+            self._merge(f)
+        self._trim()
+
+    def _read_seed(self, path: Path) -> pd.DataFrame:
+        from pems.calibration.history import read_table
+
+        raw = read_table(path)
+        cols = [c for c in COLUMNS if c in raw]
+        if not cols:
+            raise InputError(path, "forecast.history", f"no column of {', '.join(COLUMNS)}")
+        return raw[cols].resample(self.step, label="left", closed="left").mean()
+
+    def _merge(self, frame: pd.DataFrame) -> None:
+        f = frame.reindex(columns=list(COLUMNS)).astype(float)
+        self.data = f.combine_first(self.data) if len(self.data) else f
+        self.data.index.name = "time"
+
+    def _trim(self) -> None:
+        if len(self.data):
+            self.data = self.data.loc[self.data.index >= self.data.index[-1] - self.keep].sort_index()
+
+    def record(self, t: pd.Timestamp, **values: float) -> None:
+        """Set the finite ``values`` of the step starting at ``t`` (UTC) and save."""
+        vals = {k: float(v) for k, v in values.items() if k in COLUMNS and v is not None and np.isfinite(v)}
+        if not vals:
+            return
+        t = pd.Timestamp(t)
+        if t not in self.data.index:
+            self.data.loc[t] = np.nan
+            self.data = self.data.sort_index()
+        for k, v in vals.items():
+            self.data.loc[t, k] = v
+        self._trim()
+        self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_suffix(".parquet.tmp")
+            self.data.to_parquet(tmp)
+            os.replace(tmp, self.path)
+        except OSError as exc:  # a full disk must not stop the control of the home
+            log.error("cannot save the measured history: %s", exc)
+
+    def frame(self) -> pd.DataFrame:
+        return self.data
+
+    def covered(self, column: str, until: pd.Timestamp, span: pd.Timedelta) -> float:
+        """Share of the steps in ``[until − span, until)`` with a value of ``column``."""
+        d = self.data
+        sel = d.loc[(d.index >= until - span) & (d.index < until), column] if column in d else pd.Series(dtype=float)
+        return float(np.isfinite(sel.to_numpy(dtype=float)).sum() / max(1, int(round(span / self.step))))
+
+
+class LearnedForecasts:
+    """The registry's champion forecasters for ``roles``, applied to a live forecast table.
+
+    Raises
+    ------
+    InputError
+        A role without a champion in the registry, or a champion of the wrong kind.
+    """
+
+    def __init__(self, roles: Iterable[str], registry_root: Path, where: Path, history: MeasuredHistory) -> None:
+        from pems.controllers.forecast.registry import ModelRegistry
+
+        reg = ModelRegistry(registry_root)
+        self.history = history
+        self.models: dict[str, tuple[str, Any]] = {}
+        for role in roles:
+            card = reg.champion(role)
+            if card is None:
+                raise InputError(where, "forecast.learned", f"no champion {role} forecaster in {registry_root}; learn "
+                                                            f"one with `pems forecast fit {role} --registry DIR`")
+            model = reg.load(card.ref)
+            if getattr(model, "target", None) != ROLES[role] or not hasattr(model, "predict"):
+                raise InputError(where, "forecast.learned", f"the champion {card.ref} does not forecast {ROLES[role]}")
+            self.models[role] = (card.ref, model)
+
+    def _data(self, tab: pd.DataFrame, t: pd.Timestamp) -> pd.DataFrame:
+        """The past (measured, before ``t``) and the weather forecast over the table's steps."""
+        past = self.history.frame()
+        past = past.loc[past.index < t]
+        future = pd.DataFrame({c: tab[c] for c in ("ghi", "T_out") if c in tab}, index=tab.index)
+        return pd.concat([past, future.reindex(columns=past.columns)]) if len(past) else future
+
+    def apply(self, tab: pd.DataFrame, t: pd.Timestamp) -> dict[str, str]:
+        """Replace the learned columns of ``tab`` (in place) by the champions' medians.
+
+        Returns
+        -------
+        dict
+            Role → the champion's reference, or ``"<configured source>: <why>"`` where it stood.
+        """
+        data = self._data(tab, t)
+        used: dict[str, str] = {}
+        for role, (ref, model) in self.models.items():
+            col = ROLES[role]
+            try:
+                if role == "load":
+                    share = self.history.covered("P_load", t, MIN_LOAD_HISTORY)
+                    if share < MIN_LOAD_SHARE:
+                        raise ValueError(f"{100 * share:.0f} % of the last {MIN_LOAD_HISTORY.days} days of household "
+                                         f"load measured; {100 * MIN_LOAD_SHARE:.0f} % needed")
+                p50 = np.asarray(model.predict(data, t, pd.DatetimeIndex(tab.index)).median, dtype=float)
+                if p50.shape != (len(tab),) or not np.isfinite(p50).all():
+                    raise ValueError("a non-finite forecast")
+            except Exception as exc:  # noqa: BLE001 - a learned forecast that fails leaves the configured one
+                used[role] = f"{FALLBACK}: {exc}"
+                continue
+            tab[col] = np.maximum(p50, 0.0)
+            used[role] = ref
+        return used

@@ -247,7 +247,7 @@ class LiveForecast:
     """
 
     def __init__(self, cfg: LoadedLiveConfig, d_names: tuple[str, ...], history_path: Path | None = None,
-                 seeds: tuple[Path, ...] = ()) -> None:
+                 seeds: tuple[Path, ...] = (), record_drift: bool = True) -> None:
         from pems.twin.inputs import InputSpec
 
         f = cfg.spec.forecast
@@ -265,7 +265,8 @@ class LiveForecast:
                 if not p.is_file():
                     raise InputError(cfg.path, "forecast.history", f"{p} not found")
             self.history = MeasuredHistory(history_path, (*first, *(p for p in seeds if p.is_file())), self.step)
-            self.learned = LearnedForecasts(f.learned, cfg.registry_root(), cfg.path, self.history)
+            self.learned = LearnedForecasts(f.learned, cfg.registry_root(), cfg.path, self.history,
+                                            cfg.house.site.timezone, record_drift)
 
     def table(self, t: pd.Timestamp) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, str]]:
         """The input table, the comfort bands (low, high) from the step of ``t`` over the horizon,
@@ -295,12 +296,16 @@ class LiveForecast:
     def __call__(self, t: pd.Timestamp) -> Any:
         from pems.twin.signals import Forecast
 
+        from dataclasses import asdict
+
         tab, low, high, sources = self.table(t)
+        extras: dict[str, Any] = {"sources": sources} if sources else {}
+        if self.learned is not None and self.learned.drift:
+            extras["drift"] = {role: asdict(r) for role, r in self.learned.drift.items()}
         return Forecast(index=tab.index, d=tab[list(self.d_names)].to_numpy(dtype=float), d_names=self.d_names,
                         price_import=tab["price_import"].to_numpy(dtype=float),
                         price_export=tab["price_export"].to_numpy(dtype=float), low=low.to_numpy(dtype=float),
-                        high=high.to_numpy(dtype=float), rooms=tuple(low.columns),
-                        extras={"sources": sources} if sources else {})
+                        high=high.to_numpy(dtype=float), rooms=tuple(low.columns), extras=extras)
 
 
 def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | Path | None = None) -> Any:
@@ -363,7 +368,7 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
         events = events.with_name(f"{events.stem}.dry-run{events.suffix}")
         seeds = (state / HISTORY_FILE,)
         state = state / "dry-run"
-    forecast = LiveForecast(cfg, model.sym.d.names, state / HISTORY_FILE, seeds)
+    forecast = LiveForecast(cfg, model.sym.d.names, state / HISTORY_FILE, seeds, record_drift=not dry_run)
     forecast(clock.now())  # a missing or bad forecast source is an input error now, not at the first step
     # The loop's clock is its own (wall, or a copy of the emulator's): holding it at real time
     # during solves would only make it lag behind the home's.

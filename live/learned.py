@@ -28,9 +28,12 @@ log = logging.getLogger(__name__)
 
 #: Roles the live forecast can learn, and the model column each replaces.
 ROLES: dict[str, str] = {"pv": "P_pv", "load": "P_load"}
+#: Suffix of the day-ahead forecasts kept beside what was measured (live residuals, drift).
+DAY_AHEAD = "_day_ahead"
 #: Columns kept: measured PV and household load [W]; the weather forecast of each step as issued
-#: (``ghi`` [W m⁻²], ``T_out`` [°C]: the PV correction compares yesterday's yield with it).
-COLUMNS: tuple[str, ...] = ("P_pv", "P_load", "ghi", "T_out")
+#: (``ghi`` [W m⁻²], ``T_out`` [°C]: the PV correction compares yesterday's yield with it); the
+#: champions' day-ahead medians of PV and load [W].
+COLUMNS: tuple[str, ...] = ("P_pv", "P_load", "ghi", "T_out", *(c + DAY_AHEAD for c in ROLES.values()))
 #: The load forecaster's level is the mean of the last week: it needs most of one.
 MIN_LOAD_HISTORY = pd.Timedelta(days=7)
 MIN_LOAD_SHARE = 0.5
@@ -100,6 +103,16 @@ class MeasuredHistory:
         self._trim()
         self.save()
 
+    def keep_missing(self, column: str, values: pd.Series) -> None:
+        """Set ``column`` where it has no value yet (a forecast first made is the one kept) and save."""
+        idx = self.data.index.union(pd.DatetimeIndex(values.index))
+        d = self.data.reindex(idx)
+        d[column] = d[column].fillna(values.reindex(idx).astype(float))
+        d.index.name = "time"
+        self.data = d
+        self._trim()
+        self.save()
+
     def save(self) -> None:
         if self.path is None:
             return
@@ -130,12 +143,16 @@ class LearnedForecasts:
         A role without a champion in the registry, or a champion of the wrong kind.
     """
 
-    def __init__(self, roles: Iterable[str], registry_root: Path, where: Path, history: MeasuredHistory) -> None:
+    def __init__(self, roles: Iterable[str], registry_root: Path, where: Path, history: MeasuredHistory,
+                 tz: str = "UTC", record_drift: bool = True) -> None:
         from pems.controllers.forecast.registry import ModelRegistry
 
         reg = ModelRegistry(registry_root)
+        self.registry, self.tz, self.record_drift = reg, tz, record_drift
         self.history = history
         self.models: dict[str, tuple[str, Any]] = {}
+        self.drift: dict[str, Any] = {}  # role → the DriftReport of the latest check (this step only)
+        self._checked_day: pd.Timestamp | None = None
         for role in roles:
             card = reg.champion(role)
             if card is None:
@@ -163,6 +180,7 @@ class LearnedForecasts:
         """
         data = self._data(tab, t)
         used: dict[str, str] = {}
+        self.drift = self.check_drift(t)
         for role, (ref, model) in self.models.items():
             col = ROLES[role]
             try:
@@ -179,4 +197,54 @@ class LearnedForecasts:
                 continue
             tab[col] = np.maximum(p50, 0.0)
             used[role] = ref
+            self._keep_day_ahead(col, tab[col], t)
         return used
+
+    # ------------------------------------------------------------------ live residuals and drift
+    def _next_midnight(self, t: pd.Timestamp) -> pd.Timestamp:
+        local = pd.Timestamp(t).tz_convert(self.tz)
+        nxt = (local.tz_localize(None).normalize() + pd.Timedelta(days=1))
+        return nxt.tz_localize(self.tz, ambiguous=True, nonexistent="shift_forward").tz_convert("UTC")
+
+    def _keep_day_ahead(self, col: str, forecast: pd.Series, t: pd.Timestamp) -> None:
+        """Keep the median first forecast for each step up to the next local midnight: issued at
+        midnight, that is the whole coming day, with the leads (0–24 h) the fit was scored on."""
+        self.history.keep_missing(col + DAY_AHEAD, forecast.loc[forecast.index < self._next_midnight(t)])
+
+    def residuals(self, role: str) -> np.ndarray:
+        """|measured − day-ahead median| [W] over the kept history (PV: where there was light, as
+        the backtest scored it)."""
+        col = ROLES[role]
+        d = self.history.frame()
+        y, f = d[col].to_numpy(dtype=float), d[col + DAY_AHEAD].to_numpy(dtype=float)
+        ok = np.isfinite(y) & np.isfinite(f)
+        if role == "pv":
+            ok &= (y > 0) | (f > 0)
+        return np.abs(y - f)[ok]
+
+    def check_drift(self, t: pd.Timestamp) -> dict[str, Any]:
+        """Once a local day (the first step of it): a Page–Hinkley test of each champion's live
+        residuals against the MAE it was accepted with, recorded on its registry card (``pems models
+        list`` shows "retrain due"). Returns role → :class:`~pems.controllers.forecast.registry.DriftReport`
+        for the roles checked now (with at least a day of residuals)."""
+        from pems.controllers.forecast.registry import page_hinkley
+
+        day = pd.Timestamp(t).tz_convert(self.tz).normalize()
+        if self._checked_day is not None and day <= self._checked_day:
+            return {}
+        self._checked_day = day
+        out: dict[str, Any] = {}
+        for role, (ref, _) in self.models.items():
+            e = self.residuals(role)
+            if len(e) < int(round(pd.Timedelta(days=1) / self.history.step)) * (0.5 if role == "pv" else 1.0):
+                continue
+            try:
+                if self.record_drift:
+                    out[role] = self.registry.check_drift(ref, e)
+                else:
+                    mae = self.registry.card(ref).reference_mae
+                    if mae is not None:
+                        out[role] = page_hinkley(e, mae)
+            except Exception as exc:  # noqa: BLE001 - a drift check never costs the forecast
+                log.warning("drift check of %s failed: %s", ref, exc)
+        return out

@@ -565,6 +565,12 @@ class LiveLoop:
                     log.log(logging.WARNING if src.startswith(FALLBACK) else logging.INFO,
                             "%s forecast: %s", role, src)
             self._sources = dict(sources)
+        for role, rep in ((fc.extras.get("drift") or {}) if fc is not None else {}).items():
+            # once a day: the learned forecaster's live error against the one it was accepted with
+            self.events.write("forecast_drift", now, role=role, **rep)
+            if rep.get("retrain_due"):
+                log.warning("%s forecast: retrain due (live MAE %.4g against %.4g accepted)", role,
+                            rep.get("recent_mae", math.nan), rep.get("reference_mae", math.nan))
         sent_mono = self.clock.monotonic()
         if self.watchdog.state == "active":
             if action.heat_w is None:

@@ -156,3 +156,49 @@ def test_a_learned_forecast_that_cannot_be_had_is_named_at_start(home, tmp_path,
     assert main(["live", "--config", str(config(tmp_path, **keys))]) == 2
     err = capsys.readouterr().err
     assert "forecast." in err and what in err and "Traceback" not in err
+
+
+def test_day_ahead_forecasts_are_kept_and_a_load_that_drifts_away_flags_a_retrain(home, tmp_path):
+    """Live residuals: the median forecast issued at local midnight is kept for the coming day beside
+    what the loop measures; once a day a Page–Hinkley test compares them with the MAE the champion
+    was accepted with. A household that starts using 2.5 times its usual power is flagged."""
+    import shutil
+
+    from pems.controllers.forecast.registry import ModelRegistry
+    from pems.live.learned import DAY_AHEAD
+    from pems.twin.model import build_model
+
+    folder, hist, refs = home
+    for name in ("weather.csv", "history.parquet"):
+        shutil.copy(folder / name, tmp_path / name)
+    reg = ModelRegistry(tmp_path / "models")
+    # the champion, accepted with a day-ahead MAE of 30 W
+    ref = reg.promote(reg.register(ModelRegistry(folder / "models").load(refs["load"]), "load", "home",
+                                   metrics={"mae": 30.0}).ref).ref
+    cfg = load_live_config(config(tmp_path, learned=["load"], history="history.parquet"))
+    state = tmp_path / "state" / "history.parquet"
+    fc = LiveForecast(cfg, build_model(cfg.house).sym.d.names, state)
+    midnight = pd.Timestamp("2024-04-14T22:00Z")  # 00:00 in Prague (CEST)
+    f = fc(midnight)
+    assert f.extras["sources"] == {"load": ref} and "drift" not in f.extras  # no residuals yet
+    kept = pd.read_parquet(state)["P_load" + DAY_AHEAD].dropna()
+    assert kept.index[0] == midnight and len(kept) == 96  # the whole coming local day, from midnight
+    np.testing.assert_allclose(kept, f.column("P_load")[:96])
+    fc(midnight + pd.Timedelta(hours=3))  # a later issue does not replace the day-ahead forecast
+    np.testing.assert_allclose(pd.read_parquet(state)["P_load" + DAY_AHEAD].dropna().loc[kept.index], kept)
+
+    def live_day(start: pd.Timestamp, factor: float, noise_w: float, seed: int) -> None:
+        day_ahead = pd.read_parquet(state)["P_load" + DAY_AHEAD]
+        rng = np.random.default_rng(seed)
+        for k in range(96):
+            t = start + pd.Timedelta(minutes=15 * k)
+            fc.observe(t, P_pv=0.0, P_load=factor * float(day_ahead[t]) + noise_w * rng.standard_normal())
+
+    live_day(midnight, 1.0, 35.0, 0)  # a day as forecast, errors near the accepted MAE
+    rep = fc(midnight + pd.Timedelta(days=1)).extras["drift"]["load"]
+    assert rep["retrain_due"] is False and rep["n"] == 96 and rep["reference_mae"] == 30.0
+    assert reg.card(ref).drift["retrain_due"] is False  # recorded on the card
+    live_day(midnight + pd.Timedelta(days=1), 2.5, 35.0, 1)  # then 2.5 × what was forecast
+    rep = fc(midnight + pd.Timedelta(days=2)).extras["drift"]["load"]
+    assert rep["retrain_due"] is True and rep["recent_mae"] > 3 * rep["reference_mae"]
+    assert reg.card(ref).drift["retrain_due"] is True

@@ -175,8 +175,8 @@ class LoadedLiveConfig:
     def champion_corrector(self) -> Any:
         """``mpc+correctors``: the registry's champion residual corrector, checked against the house.
 
-        Learned by ``pems forecast backtest correctors --registry DIR`` (or from the home's history)
-        and made champion with ``pems models promote``; ``registry`` defaults to ``$PEMS_MODELS`` or
+        Learned from the home's history by ``pems forecast fit correctors --registry DIR`` (or on a
+        scenario by ``pems forecast backtest correctors``) and made champion with ``pems models promote``; ``registry`` defaults to ``$PEMS_MODELS`` or
         ``./models``.
         """
         from pems.controllers.forecast.registry import ModelRegistry
@@ -184,8 +184,8 @@ class LoadedLiveConfig:
         root = self.registry_root()
         card = ModelRegistry(root).champion("corrector")
         if card is None:
-            raise InputError(self.path, "registry", f"no champion corrector in {root}; learn one with `pems forecast "
-                                                    "backtest correctors --registry DIR` and `pems models promote`")
+            raise InputError(self.path, "registry", f"no champion corrector in {root}; learn one from the home's "
+                                                    "history with `pems forecast fit correctors --registry DIR`")
         corrector = ModelRegistry(root).load(card.ref)
         rooms = tuple(getattr(getattr(corrector, "model", None), "rooms", ()))
         if rooms != tuple(self.house.room_ids):

@@ -213,21 +213,34 @@ def corrector_backtest(sc: LoadedScenario, settings=None, every: pd.Timedelta = 
     corr = ResidualCorrector(model, sc.step, settings or CorrectorSettings()).fit(train)
     end = sc.start + pd.Timedelta(days=days)
     test = history.loc[history.index < end]
-    learned = corr.gains_for_history(test)
-    phys = ahead_errors(model, test, sc.step, start=sc.start, every=every)
-    both = ahead_errors(model, test, sc.step, start=sc.start, every=every, gains=learned)
+    bt = score_corrector(sc.name, model, corr, test, sc.step, sc.start, every)
+    held = test.loc[test.index >= sc.start]
+    bt.gains_true = unmodelled_gains(sc.spec.truth, sc.house, held.index, held["ghi"], sc.step)
+    return bt
+
+
+def score_corrector(name: str, model: HouseModel, corr, history: pd.DataFrame, step: pd.Timedelta,
+                    start: pd.Timestamp, every: pd.Timedelta = pd.Timedelta(hours=6)) -> CorrectorBacktest:
+    """24 h-ahead room predictions from origins ``every`` apart from ``start`` (the held-out part of
+    ``history``), by the twin alone and with ``corr``'s learned gains; errors per room and pooled."""
+    from pems.calibration.predict import ahead_errors
+
+    learned = corr.gains_for_history(history)
+    phys = ahead_errors(model, history, step, start=start, every=every)
+    both = ahead_errors(model, history, step, start=start, every=every, gains=learned)
     rooms = list(model.rooms)
     rm = lambda e: np.sqrt(np.nanmean(e ** 2, axis=0))  # noqa: E731
     a, b = rm(phys[rooms].to_numpy()), rm(both[rooms].to_numpy())
     table = pd.DataFrame({"rmse_physics": a, "rmse_corrected": b, "reduction": 1 - b / a,
                           "enabled": [corr.rooms[r].enabled for r in rooms]}, index=pd.Index(rooms, name="room"))
     pooled = lambda e: float(np.sqrt(np.nanmean(e[rooms].to_numpy() ** 2)))  # noqa: E731
-    held = test.loc[test.index >= sc.start]
-    true = unmodelled_gains(sc.spec.truth, sc.house, held.index, held["ghi"], sc.step)
-    return CorrectorBacktest(sc.name, table, pooled(phys), pooled(both), corr,
-                             (str(train.index[0]), str(train.index[-1])), (str(sc.start), str(end)),
-                             true, learned.loc[held.index],
-                             float(np.nanmean(np.abs(phys[rooms].to_numpy()))), float(np.nanmean(np.abs(both[rooms].to_numpy()))))
+    train = corr.trained_on
+    held = history.loc[history.index >= start]
+    return CorrectorBacktest(name, table, pooled(phys), pooled(both), corr,
+                             (str(train.get("start", "")), str(train.get("end", ""))),
+                             (str(start), str(history.index[-1] + step)), None, learned.loc[held.index],
+                             float(np.nanmean(np.abs(phys[rooms].to_numpy()))),
+                             float(np.nanmean(np.abs(both[rooms].to_numpy()))))
 
 
 def write_corrector_report(bt: CorrectorBacktest, out: Path) -> Path:

@@ -39,16 +39,19 @@ def add_forecast_parser(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", required=True, help="output directory")
     b.set_defaults(func=cmd_forecast_backtest)
 
-    fit = fsub.add_parser("fit", help="learn a home's PV or load forecaster from its own history → model registry")
-    fit.add_argument("what", choices=("pv", "load"), help="which forecaster")
+    fit = fsub.add_parser("fit", help="learn a home's PV or load forecaster, or its twin's residual correctors, "
+                                      "from its own history → model registry")
+    fit.add_argument("what", choices=("pv", "load", "correctors"),
+                     help="which forecaster (correctors: per-room heat the twin of --house misses)")
     fit.add_argument("--history", required=True,
                      help="the home's history: CSV/Parquet (DESIGN.md columns) or influx://… / influx2://…")
     fit.add_argument("--house", required=True, help="house file or built-in name (site, time zone, holidays)")
     fit.add_argument("--registry", help="model registry (default $PEMS_MODELS or ./models)")
     fit.add_argument("--name", help="model name in the registry (default: the house's name)")
     fit.add_argument("--promote", action="store_true", help="make it the champion of its role (the first one is)")
-    fit.add_argument("--days", type=int, default=90,
-                     help="score the last DAYS day-ahead origins (default 90; earlier data still train)")
+    fit.add_argument("--days", type=int,
+                     help="pv, load: score the last DAYS day-ahead origins (default 90; earlier data still "
+                          "train); correctors: hold out and score the last DAYS days (default 14)")
     fit.add_argument("--mapping", help="InfluxDB sources: mapping preset or file (default loxone-growatt)")
     fit.add_argument("--start", help="first time (InfluxDB default: two years before --end; files: all)")
     fit.add_argument("--end", help="end time (InfluxDB default: today 00:00 UTC; files: all)")
@@ -209,10 +212,10 @@ def _backtest_correctors(args: argparse.Namespace, out: Path, t0: float) -> int:
     if args.registry:
         from pems.controllers.forecast.registry import ModelRegistry
 
-        card = ModelRegistry(args.registry).register(
-            bt.corrector, "corrector", sc.name,
-            metrics={"mae": bt.mae_corrected, "mae_24h_physics_K": bt.mae_physics, "rmse_24h_physics_K": bt.rmse_physics, "rmse_24h_corrected_K": bt.rmse_corrected,
-                     "reduction": bt.reduction})
+        from pems.controllers.forecast.home import corrector_card_metrics
+
+        card = ModelRegistry(args.registry).register(bt.corrector, "corrector", sc.name,
+                                                     metrics=corrector_card_metrics(bt))
         print(f"registered {card.ref} in {args.registry}")
     print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
     return 0
@@ -238,25 +241,55 @@ def cmd_forecast_fit(args: argparse.Namespace) -> int:
     start, end = _time(args.start, "--start"), _time(args.end, "--end")
     step = _step(args.step_minutes)
     t0 = time.perf_counter()
-    if is_url(args.history):  # a database holds years: default to the last two
+    rooms = args.what == "correctors"
+    if is_url(args.history):  # a database holds years: default to the last two (the correctors: one)
         end = end or pd.Timestamp.now(tz="UTC").floor("D")
-        start = start or end - pd.Timedelta(days=730)
+        start = start or end - pd.Timedelta(days=365 if rooms else 730)
         prog, update = _progress("extracting")
         with prog:
             history = open_history(args.history, house, step, mapping=args.mapping, start=start, end=end,
-                                   progress=update, require_rooms=False)
+                                   progress=update, require_rooms=rooms)
     else:
-        history = open_history(args.history, house, step, start=start, end=end, require_rooms=False)
+        history = open_history(args.history, house, step, start=start, end=end, require_rooms=rooms)
+    registry = ModelRegistry(args.registry if args.registry else default_root())
+    if args.what == "correctors":
+        return _fit_correctors(args, house, history, registry, out, t0)
     prog, update = _progress(f"{args.what} · backtest")
     with prog:
-        fit = fit_home(args.what, history.data, house.site, str(args.history), days=args.days, progress=update)
+        fit = fit_home(args.what, history.data, house.site, str(args.history),
+                       days=90 if args.days is None else args.days, progress=update)
     path = write_backtest(fit.backtest, out, f"{args.what.upper() if args.what == 'pv' else 'Load'} forecast "
                                              f"backtest · {house.name} · {args.history}")
     _print_result(args.what, fit.backtest)
     if fit.deployed != "model":
         print(f"deployed {fit.backtest.settings['deployed']}")
-    registry = ModelRegistry(args.registry if args.registry else default_root())
     card = register_fit(fit, registry, args.name or house.name, promote=args.promote)
+    champion = " (champion)" if registry.is_champion(card) else ""
+    print(f"registered {card.ref}{champion} in {registry.root}")
+    print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _fit_correctors(args: argparse.Namespace, house, history, registry, out: Path, t0: float) -> int:
+    """``pems forecast fit correctors``: learn, score on held-out days, register the deployed ones."""
+    import pandas as pd
+    from rich.console import Console
+
+    from pems.controllers.forecast.home import corrector_card_metrics, fit_home_correctors
+    from pems.scenarios.unmodelled import write_corrector_report
+
+    holdout = pd.Timedelta(days=14 if args.days is None else args.days)
+    with Console(stderr=True).status(f"correctors · {house.name}: learning, predicting the held-out days"):
+        bt = fit_home_correctors(house, history.data, history.step, str(args.history), holdout=holdout)
+    path = write_corrector_report(bt, out)
+    print(f"{house.name}: 24 h-ahead room RMSE on the held-out days {bt.rmse_physics:.3f} K (twin alone) → "
+          f"{bt.rmse_corrected:.3f} K (twin + correctors), {-100 * bt.reduction:+.0f} %; rooms corrected: "
+          f"{int(bt.rooms['enabled'].sum())}/{len(bt.rooms)}")
+    card = registry.register(bt.corrector, "corrector", args.name or house.name,
+                             data={**bt.corrector.trained_on, "source": str(args.history)},
+                             metrics=corrector_card_metrics(bt))
+    if args.promote:
+        card = registry.promote(card.ref)
     champion = " (champion)" if registry.is_champion(card) else ""
     print(f"registered {card.ref}{champion} in {registry.root}")
     print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")

@@ -125,3 +125,42 @@ def test_corrector_round_trips_through_pickle(fitted):
     D = measured_disturbances(model.house, data.iloc[:200], STEP)
     again = pickle.loads(pickle.dumps(corr))
     assert np.allclose(again.gains(D).to_numpy(), corr.gains(D).to_numpy())
+
+
+def test_pems_forecast_fit_correctors_learns_the_homes_missing_heat_and_registers_it(tmp_path, capsys):
+    """From a home's history (a file in the DESIGN.md layout) to a registry champion that
+    ``pems live --config`` with ``mpc+correctors`` accepts for this house."""
+    import tomli_w
+
+    from helpers import TWO_ROOMS
+    from pems.cli import main
+    from pems.controllers.forecast.registry import ModelRegistry
+
+    _, data, _ = _history(35, GAINS, seed=2)
+    data.index.name = "time"
+    data.to_parquet(tmp_path / "history.parquet")
+    (tmp_path / "house.toml").write_text(tomli_w.dumps(TWO_ROOMS), encoding="utf-8")
+    argv = ["forecast", "fit", "correctors", "--history", str(tmp_path / "history.parquet"), "--house",
+            str(tmp_path / "house.toml"), "--registry", str(tmp_path / "models"), "--days", "7",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    card = ModelRegistry(tmp_path / "models").champion("corrector")
+    assert card is not None and card.kind == "ResidualCorrector"
+    assert card.metrics["reduction"] >= 0.3 and card.metrics["rooms_corrected"] == 2
+    assert card.metrics["mae"] < card.metrics["mae_24h_physics_K"]
+    assert card.data["rows"] == str(35 * 96)  # the deployed correctors learned from all of it
+    assert (tmp_path / "out" / "report.html").is_file()
+    assert "twin + correctors" in capsys.readouterr().out
+    # the live configuration takes it as this house's champion
+    from pems.live.config import load_live_config
+
+    cfg = tmp_path / "live.toml"
+    cfg.write_text(tomli_w.dumps({"house": "house.toml", "controller": "mpc+correctors", "registry": "models",
+                                  "mqtt": {"host": "127.0.0.1"}}), encoding="utf-8")
+    assert tuple(load_live_config(cfg).champion_corrector().model.rooms) == ("a", "b")
+    # too short a history for learning and scoring: one line, exit 2
+    data.iloc[: 20 * 96].to_parquet(tmp_path / "short.parquet")
+    argv[4] = str(tmp_path / "short.parquet")
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "short.parquet" in err and "14 to learn from" in err

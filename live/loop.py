@@ -843,7 +843,7 @@ class EmulatedRun:
                  emulator_options: dict[str, Any] | None = None, mqtt_username: str | None = None,
                  mqtt_password: str | None = None, influx: Any = None) -> None:
         from pems.controllers import make_controller
-        from pems.scenarios.forecast import ForecastProvider
+        from pems.scenarios.forecast import forecast_provider
 
         sc, model = prep.scenario, prep.model
         self.prep, self.speed = prep, float(speed)
@@ -857,8 +857,7 @@ class EmulatedRun:
             if prep.history is None:
                 raise ValueError(f"controller {controller!r} learns from a history; the scenario has no [truth] section")
             self.controller.learn(prep.history)
-        fcp = ForecastProvider(sc.spec.forecast, prep.inputs, model.sym.d.names, prep.comfort_low,
-                               prep.comfort_high, sc.horizon_steps, sc.step)
+        fcp = forecast_provider(sc, prep)
         n_max = len(prep.inputs.index) - 1
 
         def forecast(t: pd.Timestamp) -> Forecast:

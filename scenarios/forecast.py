@@ -17,11 +17,18 @@ from pems.twin.signals import Forecast
 
 
 class ForecastProvider:
-    """Slices the run's input table into forecasts, optionally with errors."""
+    """Slices the run's input table into forecasts, optionally with errors.
+
+    ``learned`` (required by ``model = "learned"``): the :class:`LearnedInputs` that replace PV and
+    load; :func:`forecast_provider` builds it from the scenario.
+    """
 
     def __init__(self, spec: ForecastSpec, inputs: pd.DataFrame, d_names: tuple[str, ...],
                  comfort_low: pd.DataFrame, comfort_high: pd.DataFrame, horizon_steps: int,
-                 step: pd.Timedelta) -> None:
+                 step: pd.Timedelta, learned: LearnedInputs | None = None) -> None:
+        if spec.model == "learned" and learned is None:
+            raise ValueError("learned forecasts need the forecasters learned before the start (forecast_provider)")
+        self.learned = learned if spec.model == "learned" else None
         self.spec = spec
         self.d_names = tuple(d_names)
         self.index = inputs.index
@@ -50,6 +57,8 @@ class ForecastProvider:
             d = self._perturb(d.copy())
         elif self.spec.model == "persistence":
             d = self._yesterday(k, d)
+        elif self.learned is not None:
+            d = self.learned.replace(self.index[sl], d.copy(), self.d_names)
         return Forecast(index=self.index[sl], d=d, d_names=self.d_names,
                         price_import=self.price_import[sl], price_export=self.price_export[sl],
                         low=self.low[sl], high=self.high[sl], rooms=self.rooms)
@@ -99,3 +108,82 @@ class ForecastProvider:
         # Internal gains follow the household's electricity, so they share the load's error.
         d[:, self._gains] *= np.clip(1.0 + self._ar1(n, s.sigma_load), 0.0, None)[:, None]
         return d
+
+
+class LearnedInputs:
+    """PV and household load forecasts from forecasters learned before a scenario's start.
+
+    Parameters
+    ----------
+    house
+        The scenario's house (site: time zone and holidays; PV arrays; occupancy for the gains).
+    history
+        The inputs table of the ``learn_days`` before the start (``P_pv``, ``P_load``, ``ghi``,
+        ``T_out``): what the forecasters learn from.
+    inputs
+        The run's inputs table (run plus horizon): what happens, revealed to the forecasters only
+        before each issue time.
+    step
+        Control step.
+    """
+
+    def __init__(self, house, history: pd.DataFrame, inputs: pd.DataFrame, step: pd.Timedelta) -> None:
+        from pems.controllers.forecast.home import country_of
+        from pems.controllers.forecast.load import LoadForecaster
+        from pems.controllers.forecast.pv import PVForecaster
+        from pems.twin.house import Site
+
+        cols = ["P_pv", "P_load", "ghi", "T_out"]
+        self.house, self.step = house, step
+        self.table = pd.concat([history[cols], inputs[cols]])
+        self.table = self.table[~self.table.index.duplicated(keep="last")]
+        self.load = LoadForecaster(house.site.timezone, country_of(house.site)).fit(history[["P_load", "T_out", "ghi"]])
+        self.pv = None
+        if house.pv and float(history["P_pv"].max()) > 0:
+            # the sun where the weather was measured: a built-in weather set replayed elsewhere
+            # carries its own site, and the twin's PV was computed under that sun
+            site = Site(**inputs.attrs["sun_site"]) if "sun_site" in inputs.attrs else house.site
+            self.pv = PVForecaster(site, house.pv, house.inverter).fit(history[["P_pv", "ghi", "T_out"]])
+        self._lookback = max(LoadForecaster.lookback, pd.Timedelta(days=2))
+
+    def forecast(self, index: pd.DatetimeIndex) -> dict[str, np.ndarray]:
+        """Median ``P_pv`` and ``P_load`` [W] over ``index``, issued at ``index[0]``."""
+        t = index[0]
+        window = self.table.loc[(self.table.index >= t - self._lookback) & (self.table.index <= index[-1])].copy()
+        window.loc[window.index >= t, ["P_pv", "P_load"]] = np.nan  # nothing from the issue on is known
+        out = {"P_load": np.maximum(self.load.predict(window, t, index).median, 0.0)}
+        if self.pv is not None:
+            out["P_pv"] = self.pv.predict(window, t, index).median
+        return out
+
+    def replace(self, index: pd.DatetimeIndex, d: np.ndarray, d_names: tuple[str, ...]) -> np.ndarray:
+        """``d`` with learned PV and load, and the internal gains that follow the load."""
+        from pems.twin.inputs import internal_gains
+
+        cols = self.forecast(pd.DatetimeIndex(index))
+        for name, v in cols.items():
+            if name in d_names:
+                d[:, d_names.index(name)] = v
+        gains = internal_gains(self.house, pd.DatetimeIndex(index) + self.step / 2, cols["P_load"])
+        for rid, q in gains.items():
+            if f"Q_int__{rid}" in d_names:
+                d[:, d_names.index(f"Q_int__{rid}")] = q
+        return d
+
+
+def forecast_provider(sc, prep) -> ForecastProvider:
+    """The controllers' forecasts of a prepared scenario (its ``[forecast]``); for ``learned``, the
+    forecasters are first fitted on the inputs of the ``learn_days`` before the start."""
+    spec = sc.spec.forecast
+    learned = None
+    if spec.model == "learned":
+        from dataclasses import replace
+
+        from pems.twin.inputs import build_inputs
+
+        n = int(round(pd.Timedelta(days=spec.learn_days) / sc.step))
+        # weather and load before the start; the forecasters do not learn prices (any tariff will do)
+        history = build_inputs(sc.house, replace(sc.input_spec(), prices="flat"), sc.start - n * sc.step, n, sc.step)
+        learned = LearnedInputs(sc.house, history, prep.inputs, sc.step)
+    return ForecastProvider(spec, prep.inputs, prep.model.sym.d.names, prep.comfort_low, prep.comfort_high,
+                            sc.horizon_steps, sc.step, learned)

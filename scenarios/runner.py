@@ -17,7 +17,7 @@ import pandas as pd
 from pems.controllers import make_controller
 from pems.controllers.base import Controller
 from pems.scenarios.comfort import comfort_bands
-from pems.scenarios.forecast import ForecastProvider
+from pems.scenarios.forecast import ForecastProvider, forecast_provider
 from pems.scenarios.kpis import compute_kpis
 from pems.scenarios.spec import LoadedScenario
 from pems.twin.inputs import build_inputs
@@ -126,12 +126,11 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
     plant_inputs = prep.plant_inputs if prep.plant_inputs is not None else prep.inputs
     plant = SimulatedHome(model, plant_inputs, prep.x0, step_s=sc.step.total_seconds(),
                           substep_s=sc.spec.plant_step_seconds)
-    forecasts = ForecastProvider(sc.spec.forecast, prep.inputs, model.sym.d.names,
-                                 prep.comfort_low, prep.comfort_high, sc.horizon_steps, sc.step)
+    forecasts = forecast_provider(sc, prep)
     # The perfect-foresight bound sees the true home, unmodelled heat included.
     truth_fc = forecasts if prep.plant_inputs is None else ForecastProvider(
-        sc.spec.forecast, plant_inputs, model.sym.d.names, prep.comfort_low, prep.comfort_high,
-        sc.horizon_steps, sc.step)
+        sc.spec.forecast.model_copy(update={"model": "perfect"}), plant_inputs, model.sym.d.names,
+        prep.comfort_low, prep.comfort_high, sc.horizon_steps, sc.step)
     ctrl.reset()
     obs = plant.reset()
     n = prep.n_steps

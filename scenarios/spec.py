@@ -76,15 +76,20 @@ class ForecastSpec(_Strict):
     before (prices and comfort bands are known ahead). ``noisy``: the truth plus AR(1) errors drawn
     per forecast issue, zero at lead 0 and growing with lead to the given standard deviations
     (temperature additive [K]; irradiance, PV and load multiplicative [-]); reproducible with ``seed``.
+    ``learned``: PV and household load from the learned forecasters of
+    :mod:`pems.controllers.forecast`, fitted on the ``learn_days`` before the start and issued at
+    every step from what happened before it, on a perfect weather forecast (weather, window gains and
+    prices are the truth, as in the backtests' upper bound).
     """
 
-    model: Literal["perfect", "persistence", "noisy"] = "perfect"
+    model: Literal["perfect", "persistence", "noisy", "learned"] = "perfect"
     horizon_hours: Annotated[float, Field(gt=0, le=168)] = 48.0
     seed: int = 0
     sigma_T_out: Annotated[float, Field(ge=0)] = 1.5
     sigma_irradiance: Annotated[float, Field(ge=0)] = 0.35
     sigma_load: Annotated[float, Field(ge=0)] = 0.25
     correlation_hours: Annotated[float, Field(gt=0)] = 12.0
+    learn_days: Annotated[float, Field(ge=14, le=730)] = 42.0
 
 
 class MpcSpec(_Strict):

@@ -322,6 +322,7 @@ class LiveLoop:
         self._bus_connections = -1
         self._log_up: bool | None = None  # the InfluxDB log's last known state
         self._sources: dict[str, str] = {}  # where the learned forecast columns came from last step
+        self._step_logged = False  # the current control step's "step" event is written
         self._stop = threading.Event()
         self._steps = 0
         self.overruns = 0
@@ -431,7 +432,10 @@ class LiveLoop:
             if late > s.inner_s:
                 self.overruns += 1
                 self.events.write("overrun", self.clock.now(), late_s=late, step=k)
-            sent_mono = self.control_step()
+            try:
+                sent_mono = self.control_step()
+            except Exception as exc:  # noqa: BLE001 - see _step_failed
+                sent_mono = self._step_failed("control step", exc)
             # inner ticks timed from the moment the step's commands went out (see the module notes)
             j = 1
             while True:
@@ -440,10 +444,41 @@ class LiveLoop:
                     break
                 if not self.clock.sleep_until(self._at(tick), self._stop):
                     break
-                self.inner_tick()
+                try:
+                    self.inner_tick()
+                except Exception as exc:  # noqa: BLE001 - see _step_failed
+                    self._step_failed("inner tick", exc)
                 j += 1
             k += 1
         return k
+
+    def _step_failed(self, where: str, exc: Exception) -> float:
+        """An unforeseen error in a step (a defect, a failing disk, a library surprise) must neither
+        leave the home under commands nobody follows up nor end the loop: the home gets its own
+        logic back at once, the error is logged with its reason, the watchdog counts it as a solver
+        fault, and the next step tries again. Returns the monotonic time [s] of the hand-back."""
+        log.exception("%s failed; the home runs itself", where)
+        now = self.clock.now()
+        reason = f"{where} raised {type(exc).__name__}: {exc}"
+        self.events.write("step_error", now, reason=reason)
+        self.watchdog.solver_result(False, reason)
+        if where == "control step" and not self._step_logged:  # the step log has no gap
+            t = now.floor(pd.Timedelta(seconds=self.settings.step_s))
+            self.events.write("step", t, step=self._steps, mono_s=self.clock.monotonic(), state=self.watchdog.state,
+                              solver_ok=False,
+                              solver_reason=reason, commands="home (step error)")
+            self._steps += 1
+            self._step_logged = True
+        if self.mode == "pems" or self._pending_home:
+            self._pending_home = True
+            self._pending_release = self.inverter is not None
+            self._off_at.clear()
+            try:
+                self._handback(now)
+            except Exception:  # noqa: BLE001 - retried at the next tick (pending flags stay set)
+                log.exception("hand-back after the error failed; retrying")
+            self.mode = "home"
+        return self.clock.monotonic()
 
     def _await_first_data(self, until_mono: float) -> None:
         """Before the first step, wait (at most until ``until_mono``) for every room's first value:
@@ -511,6 +546,7 @@ class LiveLoop:
         """One control step; returns the monotonic time its commands went out [s]."""
         s = self.settings
         step = pd.Timedelta(seconds=s.step_s)
+        self._step_logged = False
         now, mono, rr, inv = self._read()
         t = now.floor(step)
         obs = self._observation(t, rr)
@@ -588,6 +624,7 @@ class LiveLoop:
             record["commands"] = "none (fallback)"
         self._steps += 1
         self.events.write("step", t, **record)
+        self._step_logged = True
         if log.isEnabledFor(logging.INFO):
             heat = record.get("heat_w")
             bat = record.get("battery")

@@ -177,3 +177,44 @@ def test_influxdb_down_for_an_hour_spools_keeps_control_and_loses_nothing(prep, 
         later = influxql(db.url, "pems_live", "SELECT count(\"P_heat\") FROM pems WHERE kind = 'planned' AND "
                                               "room = 'a' AND horizon = '95'")
         assert later and later[0][1] == len(steps)  # the whole 24 h plan of every step
+
+
+@pytest.mark.service
+def test_an_unforeseen_error_in_a_step_hands_the_home_back_and_the_loop_carries_on(prep, broker, tmp_path):
+    """A defect or a failing disk inside a step (here: the forecast's bookkeeping raises for half an
+    hour) must not end the loop nor leave the rooms on commands nobody follows up."""
+
+    class Failing:
+        def __init__(self, forecast):
+            self.forecast, self.fail = forecast, False
+
+        def __call__(self, t):
+            return self.forecast(t)
+
+        def observe(self, t, **values):
+            if self.fail:
+                raise RuntimeError("disk on fire")
+
+    def inject(r):
+        failing = Failing(r.loop.forecast)
+        r.loop.forecast = failing
+        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+        failing.fail = True
+        assert r.emu.wait_until(at(prep, 1.5), timeout=60)
+        failing.fail = False
+
+    res, evs = _fault_run(prep, broker, tmp_path, inject)
+    errs = kinds(evs, "step_error")
+    assert errs and all("disk on fire" in e["reason"] for e in errs)
+    t_err = pd.Timestamp(errs[0]["time"])
+    assert at(prep, 1.0) <= t_err <= at(prep, 1.0) + pd.Timedelta(minutes=15)  # at the next step
+    home = [e for e in kinds(evs, "command") if e["fallback"] and e["value"] == "home"
+            and pd.Timestamp(e["time"]) >= t_err]
+    assert home and all(e["sent"] for e in home)
+    failed = [e for e in kinds(evs, "step") if e.get("commands") == "home (step error)"]
+    assert len(failed) == len(errs) and all(not e["solver_ok"] for e in failed)
+    later = [e for e in kinds(evs, "step") if pd.Timestamp(e["time"]) >= at(prep, 1.75)]
+    assert later and all(e["state"] == "active" and "heat_w" in e for e in later)  # control resumed
+    tr = res.trajectory
+    assert (tr.loc[t_err + pd.Timedelta(minutes=15):at(prep, 1.25), "mode_pems__a"] == 0).all()
+    assert tr["mode_pems__a"].iloc[-1] == 1

@@ -223,8 +223,14 @@ def load_live_config(path: str | Path) -> LoadedLiveConfig:
         raise InputError(p, "modbus", f"house {house.name!r} has no battery to control; remove [modbus]")
     if spec.controller == "mpc+correctors":
         cfg.champion_corrector()  # there is one, and it was learned for this house
-    if spec.forecast.history is not None and not cfg.resolve(spec.forecast.history).is_file():
-        raise InputError(p, "forecast.history", f"{cfg.resolve(spec.forecast.history)} not found")
+    if spec.forecast.history is not None:
+        if not spec.forecast.learned:
+            raise InputError(p, "forecast.history", "seeds the learned forecasters: name them in forecast.learned")
+        if not cfg.resolve(spec.forecast.history).is_file():
+            raise InputError(p, "forecast.history", f"{cfg.resolve(spec.forecast.history)} not found")
+    if "load" in spec.forecast.learned and spec.modbus is None:
+        raise InputError(p, "forecast.learned", "the learned load forecasts from the household load the inverter "
+                                                "meters: it needs [modbus]")
     if spec.forecast.learned:  # there are champions, and they forecast what they are asked for
         from pems.live.learned import LearnedForecasts, MeasuredHistory
 
@@ -247,7 +253,7 @@ class LiveForecast:
     """
 
     def __init__(self, cfg: LoadedLiveConfig, d_names: tuple[str, ...], history_path: Path | None = None,
-                 seeds: tuple[Path, ...] = (), record_drift: bool = True) -> None:
+                 seeds: tuple[Path, ...] = (), record_drift: bool = True, hold_saves: bool = False) -> None:
         from pems.twin.inputs import InputSpec
 
         f = cfg.spec.forecast
@@ -265,6 +271,7 @@ class LiveForecast:
                 if not p.is_file():
                     raise InputError(cfg.path, "forecast.history", f"{p} not found")
             self.history = MeasuredHistory(history_path, (*first, *(p for p in seeds if p.is_file())), self.step)
+            self.history.saving = not hold_saves  # until the loop holds the state folder's lock
             self.learned = LearnedForecasts(f.learned, cfg.registry_root(), cfg.path, self.history,
                                             cfg.house.site.timezone, record_drift)
 
@@ -288,6 +295,20 @@ class LiveForecast:
         low, high = comfort_bands(self.cfg.spec.comfort, self.cfg.house, tab.index)
         return tab, low, high, sources
 
+    def on_start(self) -> None:
+        """The loop holds its state folder: the history may be written from now on."""
+        if self.history is not None and not self.history.saving:
+            self.history.saving = True
+            self.history.save()
+
+    def check_drift(self, t: pd.Timestamp) -> dict[str, dict]:
+        """Once a local day: the learned forecasters' live drift reports (role → report fields)."""
+        from dataclasses import asdict
+
+        if self.learned is None:
+            return {}
+        return {role: asdict(r) for role, r in self.learned.check_drift(t).items()}
+
     def observe(self, t: pd.Timestamp, P_pv: float, P_load: float) -> None:
         """The measured means of the step starting at ``t``: PV and household load without heating [W]."""
         if self.history is not None:
@@ -296,12 +317,8 @@ class LiveForecast:
     def __call__(self, t: pd.Timestamp) -> Any:
         from pems.twin.signals import Forecast
 
-        from dataclasses import asdict
-
         tab, low, high, sources = self.table(t)
         extras: dict[str, Any] = {"sources": sources} if sources else {}
-        if self.learned is not None and self.learned.drift:
-            extras["drift"] = {role: asdict(r) for role, r in self.learned.drift.items()}
         return Forecast(index=tab.index, d=tab[list(self.d_names)].to_numpy(dtype=float), d_names=self.d_names,
                         price_import=tab["price_import"].to_numpy(dtype=float),
                         price_export=tab["price_export"].to_numpy(dtype=float), low=low.to_numpy(dtype=float),
@@ -368,7 +385,8 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
         events = events.with_name(f"{events.stem}.dry-run{events.suffix}")
         seeds = (state / HISTORY_FILE,)
         state = state / "dry-run"
-    forecast = LiveForecast(cfg, model.sym.d.names, state / HISTORY_FILE, seeds, record_drift=not dry_run)
+    forecast = LiveForecast(cfg, model.sym.d.names, state / HISTORY_FILE, seeds, record_drift=not dry_run,
+                            hold_saves=True)
     forecast(clock.now())  # a missing or bad forecast source is an input error now, not at the first step
     # The loop's clock is its own (wall, or a copy of the emulator's): holding it at real time
     # during solves would only make it lag behind the home's.

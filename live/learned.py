@@ -60,25 +60,57 @@ class MeasuredHistory:
     def __init__(self, path: Path | None, seeds: Iterable[Path] = (), step: pd.Timedelta = pd.Timedelta(minutes=15),
                  keep: pd.Timedelta = pd.Timedelta(days=40)) -> None:
         self.path, self.step, self.keep = path, step, keep
+        self.saving = True  # False: record in memory only (a loop that does not hold the state lock yet)
+        self.meta: dict[str, str] = {}  # column → what wrote it (the day-ahead forecasts: the model's ref)
         frames = [self._read_seed(p) for p in seeds]
         if path is not None and path.is_file():
-            try:
-                frames.append(pd.read_parquet(path))
-            except Exception as exc:  # noqa: BLE001 - a damaged file costs history, never the loop
-                log.warning("ignoring the unreadable measured history %s (%s)", path, exc)
+            frames.append(self._read_own(path))
         self.data = pd.DataFrame(columns=list(COLUMNS), dtype=float, index=pd.DatetimeIndex([], tz="UTC", name="time"))
         for f in frames:
-            self._merge(f)
+            if f is not None and len(f):
+                self._merge(f)
         self._trim()
 
+    @property
+    def meta_path(self) -> Path | None:
+        return None if self.path is None else self.path.with_suffix(".json")
+
+    def _read_own(self, path: Path) -> pd.DataFrame | None:
+        """The loop's own file: on the control step's grid, UTC, numbers. One that cannot be read
+        (damaged, another version) is moved aside, never overwritten: it costs history, not the loop."""
+        try:
+            f = pd.read_parquet(path)
+            if not isinstance(f.index, pd.DatetimeIndex):
+                raise ValueError("no time index")
+            f.index = f.index.tz_localize("UTC") if f.index.tz is None else f.index.tz_convert("UTC")
+            f = f.reindex(columns=list(COLUMNS)).apply(pd.to_numeric, errors="coerce").astype(float)
+            f = f.resample(self.step, label="left", closed="left").mean()
+            if self.meta_path is not None and self.meta_path.is_file():
+                import json
+
+                self.meta = {str(k): str(v) for k, v in json.loads(self.meta_path.read_text()).items()}
+            return f
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            aside = path.with_name(f"{path.name}.unreadable-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}")
+            log.warning("the measured history %s cannot be read (%s); kept as %s, starting anew", path, exc, aside.name)
+            try:
+                os.replace(path, aside)
+            except OSError:
+                pass
+            return None
+
     def _read_seed(self, path: Path) -> pd.DataFrame:
-        from pems.calibration.history import read_table
+        """A history table, cleaned and averaged onto the step as ``pems calibrate`` reads it
+        (time-weighted, gaps up to an hour bridged): an hourly or on-change log fills every step."""
+        from pems.calibration.history import prepare_history, read_table
 
         raw = read_table(path)
-        cols = [c for c in COLUMNS if c in raw]
+        # a whole-house meter (P_load_total) is the household load once the heating is subtracted
+        cols = [c for c in raw if c in COLUMNS or c == "P_load_total" or c.startswith("P_heat__")]
         if not cols:
-            raise InputError(path, "forecast.history", f"no column of {', '.join(COLUMNS)}")
-        return raw[cols].resample(self.step, label="left", closed="left").mean()
+            raise InputError(path, "forecast.history", f"no column of {', '.join(COLUMNS[:4])}")
+        data = prepare_history(raw[cols], str(path), None, self.step, require_rooms=False).data
+        return data.reindex(columns=[c for c in COLUMNS if c in data])
 
     def _merge(self, frame: pd.DataFrame) -> None:
         f = frame.reindex(columns=list(COLUMNS)).astype(float)
@@ -114,15 +146,34 @@ class MeasuredHistory:
         self.save()
 
     def save(self) -> None:
-        if self.path is None:
+        """Write the file atomically (a temporary file of its own, fsync, rename)."""
+        if self.path is None or not self.saving:
             return
+        import json
+        import tempfile
+
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".parquet.tmp")
-            self.data.to_parquet(tmp)
-            os.replace(tmp, self.path)
-        except OSError as exc:  # a full disk must not stop the control of the home
+            for target, write in ((self.path, lambda f: self.data.to_parquet(f)),
+                                  (self.meta_path, lambda f: f.write(json.dumps(self.meta).encode()))):
+                fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+                try:
+                    with os.fdopen(fd, "wb") as f:
+                        write(f)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, target)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+        except (OSError, ValueError) as exc:  # a full disk must not stop the control of the home
             log.error("cannot save the measured history: %s", exc)
+
+    def forget(self, column: str, writer: str) -> None:
+        """Drop ``column`` unless ``writer`` wrote it (a new champion starts its own record)."""
+        if self.meta.get(column) != writer:
+            self.data[column] = np.nan
+            self.meta[column] = writer
 
     def frame(self) -> pd.DataFrame:
         return self.data
@@ -151,17 +202,26 @@ class LearnedForecasts:
         self.registry, self.tz, self.record_drift = reg, tz, record_drift
         self.history = history
         self.models: dict[str, tuple[str, Any]] = {}
-        self.drift: dict[str, Any] = {}  # role → the DriftReport of the latest check (this step only)
-        self._checked_day: pd.Timestamp | None = None
+        self._checked_day: Any = None  # the local date of the last drift check
         for role in roles:
             card = reg.champion(role)
             if card is None:
                 raise InputError(where, "forecast.learned", f"no champion {role} forecaster in {registry_root}; learn "
                                                             f"one with `pems forecast fit {role} --registry DIR`")
-            model = reg.load(card.ref)
+            try:
+                model = reg.load(card.ref)
+            except Exception as exc:  # noqa: BLE001 - a truncated file, another library version
+                raise InputError(where, "forecast.learned", f"cannot load the champion {card.ref}: "
+                                                            f"{type(exc).__name__}: {exc}") from None
             if getattr(model, "target", None) != ROLES[role] or not hasattr(model, "predict"):
                 raise InputError(where, "forecast.learned", f"the champion {card.ref} does not forecast {ROLES[role]}")
+            step = getattr(model, "step", None)
+            if step is not None and pd.Timedelta(step) != history.step:
+                raise InputError(where, "forecast.learned", f"the champion {card.ref} was fitted on "
+                                                            f"{pd.Timedelta(step).total_seconds() / 60:g}-minute steps, "
+                                                            f"the loop's are {history.step.total_seconds() / 60:g} minutes")
             self.models[role] = (card.ref, model)
+            history.forget(ROLES[role] + DAY_AHEAD, card.ref)
 
     def _data(self, tab: pd.DataFrame, t: pd.Timestamp) -> pd.DataFrame:
         """The past (measured, before ``t``) and the weather forecast over the table's steps."""
@@ -180,7 +240,6 @@ class LearnedForecasts:
         """
         data = self._data(tab, t)
         used: dict[str, str] = {}
-        self.drift = self.check_drift(t)
         for role, (ref, model) in self.models.items():
             col = ROLES[role]
             try:
@@ -223,20 +282,28 @@ class LearnedForecasts:
         return np.abs(y - f)[ok]
 
     def check_drift(self, t: pd.Timestamp) -> dict[str, Any]:
-        """Once a local day (the first step of it): a Page–Hinkley test of each champion's live
-        residuals against the MAE it was accepted with, recorded on its registry card (``pems models
-        list`` shows "retrain due"). Returns role → :class:`~pems.controllers.forecast.registry.DriftReport`
-        for the roles checked now (with at least a day of residuals)."""
+        """Once a local day (the first call on it): a Page–Hinkley test of the load champion's live
+        day-ahead residuals against the MAE it was accepted with, recorded on its registry card
+        (``pems models list`` shows "retrain due"). Returns role →
+        :class:`~pems.controllers.forecast.registry.DriftReport` for the roles checked now (with at
+        least a day of residuals).
+
+        PV is not checked: its accepted MAE comes from a backtest on the *measured* weather (an
+        upper bound of the skill, see :mod:`pems.controllers.forecast.home`), against which live
+        residuals on forecast weather would raise false alarms.
+        """
         from pems.controllers.forecast.registry import page_hinkley
 
-        day = pd.Timestamp(t).tz_convert(self.tz).normalize()
+        day = pd.Timestamp(t).tz_convert(self.tz).date()  # (a local midnight may not exist: no normalize)
         if self._checked_day is not None and day <= self._checked_day:
             return {}
         self._checked_day = day
         out: dict[str, Any] = {}
         for role, (ref, _) in self.models.items():
+            if role != "load":
+                continue
             e = self.residuals(role)
-            if len(e) < int(round(pd.Timedelta(days=1) / self.history.step)) * (0.5 if role == "pv" else 1.0):
+            if len(e) < int(round(pd.Timedelta(days=1) / self.history.step)):
                 continue
             try:
                 if self.record_drift:

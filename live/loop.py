@@ -61,6 +61,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -335,6 +336,9 @@ class LiveLoop:
             return
         if self.store is not None:
             self.store.lock()
+        on_start = getattr(self.forecast, "on_start", None)
+        if on_start is not None:  # the forecast's own files in the state folder: ours now
+            on_start()
         self.controller.reset()
         now = self.clock.now()
         resumed = False
@@ -451,6 +455,23 @@ class LiveLoop:
                 j += 1
             k += 1
         return k
+
+    def _check_drift(self, now: pd.Timestamp, t: pd.Timestamp) -> None:
+        """Once a local day: the learned forecasters' live error against the one they were accepted
+        with (see :meth:`pems.live.learned.LearnedForecasts.check_drift`)."""
+        check = getattr(self.forecast, "check_drift", None)
+        if check is None:
+            return
+        try:
+            reports = check(t)
+        except Exception:  # noqa: BLE001 - a drift check never costs the control of the home
+            log.exception("drift check failed")
+            return
+        for role, rep in reports.items():
+            self.events.write("forecast_drift", now, role=role, **rep)
+            if rep.get("retrain_due"):
+                log.warning("%s forecast: retrain due (live MAE %.4g against %.4g accepted)", role,
+                            rep.get("recent_mae", math.nan), rep.get("reference_mae", math.nan))
 
     def _step_failed(self, where: str, exc: Exception) -> float:
         """An unforeseen error in a step (a defect, a failing disk, a library surprise) must neither
@@ -596,17 +617,13 @@ class LiveLoop:
         if sources:
             record["forecast"] = dict(sources)
             for role, src in sources.items():
-                if self._sources.get(role) != src:  # a learned forecast taken up, or given up and why
+                # a learned forecast taken up, or given up and why (not again for a new count of days)
+                if re.sub(r"[\d.]+", "#", self._sources.get(role, "")) != re.sub(r"[\d.]+", "#", src):
                     self.events.write("forecast_source", now, role=role, source=src)
                     log.log(logging.WARNING if src.startswith(FALLBACK) else logging.INFO,
                             "%s forecast: %s", role, src)
             self._sources = dict(sources)
-        for role, rep in ((fc.extras.get("drift") or {}) if fc is not None else {}).items():
-            # once a day: the learned forecaster's live error against the one it was accepted with
-            self.events.write("forecast_drift", now, role=role, **rep)
-            if rep.get("retrain_due"):
-                log.warning("%s forecast: retrain due (live MAE %.4g against %.4g accepted)", role,
-                            rep.get("recent_mae", math.nan), rep.get("reference_mae", math.nan))
+        self._check_drift(now, t)
         sent_mono = self.clock.monotonic()
         if self.watchdog.state == "active":
             if action.heat_w is None:

@@ -228,7 +228,7 @@ def cmd_forecast_fit(args: argparse.Namespace) -> int:
     from pems.calibration.sources import is_url, open_history
     from pems.cli import _progress, _step, _time
     from pems.controllers.forecast.home import fit_home, register_fit
-    from pems.controllers.forecast.registry import ModelRegistry, default_root
+    from pems.controllers.forecast.registry import ModelRegistry, check_name, default_root
     from pems.controllers.forecast.report import write_backtest
     from pems.twin.house import load_house
 
@@ -238,6 +238,7 @@ def cmd_forecast_fit(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise InputError(str(out), "--out", "exists and is not a directory")
     house = load_house(args.house)
+    check_name(args.name or house.name, "--name")  # now, not after a long backtest
     start, end = _time(args.start, "--start"), _time(args.end, "--end")
     step = _step(args.step_minutes)
     t0 = time.perf_counter()

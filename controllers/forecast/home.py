@@ -90,7 +90,10 @@ def forecaster_table(role: str, data: pd.DataFrame, source: str) -> pd.DataFrame
     extra = ("T_out", "ghi") if role == "load" else ()
     cols = list(NEEDS[role]) + [c for c in extra if c in data and c not in NEEDS[role]]
     table = data[cols].astype(float)
-    first, last = table[list(NEEDS[role])].dropna().index[[0, -1]]
+    both = table[list(NEEDS[role])].dropna()
+    if both.empty:
+        raise InputError(source, ", ".join(NEEDS[role]), "no time step has all of them")
+    first, last = both.index[[0, -1]]
     table = table.loc[first:last]
     if last - first < MIN_SPAN:
         raise InputError(source, NEEDS[role][0], f"holds {(last - first) / pd.Timedelta(days=1):.1f} days of data; "

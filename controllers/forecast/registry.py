@@ -133,9 +133,9 @@ class ModelRegistry:
         its champion."""
         import joblib
 
-        _check_name(role, "role")
+        check_name(role, "role")
         name = name or type(model).__name__.lower()
-        _check_name(name, "name")
+        check_name(name, "name")
         folder = self.root / role / name
         folder.mkdir(parents=True, exist_ok=True)
         versions = [int(p.name[1:]) for p in folder.glob("v[0-9][0-9][0-9]") if p.is_dir()]
@@ -253,7 +253,8 @@ def _read_card(path: Path) -> ModelCard:
         raise InputError(str(path), "", f"not a valid model card ({exc})") from None
 
 
-def _check_name(v: str, what: str) -> None:
+def check_name(v: str, what: str) -> None:
+    """A role or model name the registry can hold (one folder name), else InputError."""
     if not v or "/" in v or v.startswith(".") or not all(c.isalnum() or c in "-_+." for c in v):
         raise InputError("model registry", what, f"{v!r}: use letters, digits, '-', '_', '+', '.'")
 

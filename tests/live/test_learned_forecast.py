@@ -45,9 +45,12 @@ def home(tmp_path_factory):
 
 def config(folder: Path, **forecast) -> Path:
     (folder / "house.toml").write_text(tomli_w.dumps(BATTERY_HOUSE), encoding="utf-8")
+    top = {k[1:]: forecast.pop(k) for k in list(forecast) if k.startswith("_")}  # top-level keys
     cfg = {"house": "house.toml", "registry": "models", "mqtt": {"host": "127.0.0.1", "port": 1883},
+           "modbus": {"host": "127.0.0.1", "port": 5020},
            "forecast": {"weather": "weather.csv", "load": "h25", "prices": "two-rate", "horizon_hours": 24,
-                        "learned": ["pv", "load"], **forecast}}
+                        "learned": ["pv", "load"], **forecast}, **top}
+    cfg = {k: v for k, v in cfg.items() if v is not None}
     path = folder / "live.toml"
     path.write_text(tomli_w.dumps(cfg), encoding="utf-8")
     return path
@@ -135,15 +138,35 @@ def test_measured_history_keeps_its_window_and_lets_measurements_win_over_the_se
     assert h.frame().index[0] >= idx[-1] - pd.Timedelta(days=35)
     assert h.covered("P_load", idx[-1] + pd.Timedelta(minutes=15), pd.Timedelta(days=1)) == pytest.approx(1.0)
     assert h.covered("P_load", idx[-1] + pd.Timedelta(days=5, minutes=15), pd.Timedelta(days=1)) == pytest.approx(1 / 96)
-    # a damaged file costs history, not the loop
+    # a damaged file costs history, not the loop, and is kept aside for whoever wants to look
     (tmp_path / "h.parquet").write_bytes(b"not parquet")
     assert len(MeasuredHistory(tmp_path / "h.parquet").frame()) == 0
+    aside = list(tmp_path.glob("h.parquet.unreadable-*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == b"not parquet"
+    # an older file: no time zone on its index, another step
+    old = pd.DataFrame({"P_load": 100.0}, index=pd.date_range("2024-01-01", periods=48, freq="5min", name="time"))
+    old.to_parquet(tmp_path / "old.parquet")
+    h = MeasuredHistory(tmp_path / "old.parquet")
+    assert str(h.frame().index.tz) == "UTC" and len(h.frame()) == 16 and (h.frame()["P_load"] == 100.0).all()
+
+
+def test_an_hourly_seed_fills_every_step_and_a_whole_house_meter_leaves_out_the_heating(tmp_path):
+    idx = pd.date_range("2024-01-01", periods=24 * 10, freq="h", tz="UTC")
+    seed = tmp_path / "hourly.csv"
+    pd.DataFrame({"time": idx, "P_load_total": 1500.0, "P_heat__a": 1000.0}).to_csv(seed, index=False)
+    h = MeasuredHistory(None, [seed])
+    until = idx[-1]
+    assert h.covered("P_load", until, pd.Timedelta(days=7)) == pytest.approx(1.0)
+    np.testing.assert_allclose(h.frame()["P_load"].dropna(), 500.0)
 
 
 @pytest.mark.parametrize("keys, what", [
     ({"learned": ["pv"], "_registry": "empty"}, "no champion pv"),
     ({"learned": ["load"], "history": "missing.parquet"}, "missing.parquet"),
     ({"learned": ["wind"]}, "forecast.learned"),
+    ({"learned": [], "history": "history.parquet"}, "forecast.history"),
+    ({"learned": ["load"], "_modbus": None}, "[modbus]"),
+    ({"learned": ["load"], "_step_minutes": 60, "_inner_seconds": 60}, "fitted on 15-minute steps"),
 ])
 def test_a_learned_forecast_that_cannot_be_had_is_named_at_start(home, tmp_path, capsys, keys, what):
     import shutil
@@ -180,7 +203,7 @@ def test_day_ahead_forecasts_are_kept_and_a_load_that_drifts_away_flags_a_retrai
     fc = LiveForecast(cfg, build_model(cfg.house).sym.d.names, state)
     midnight = pd.Timestamp("2024-04-14T22:00Z")  # 00:00 in Prague (CEST)
     f = fc(midnight)
-    assert f.extras["sources"] == {"load": ref} and "drift" not in f.extras  # no residuals yet
+    assert f.extras["sources"] == {"load": ref} and fc.check_drift(midnight) == {}  # no residuals yet
     kept = pd.read_parquet(state)["P_load" + DAY_AHEAD].dropna()
     assert kept.index[0] == midnight and len(kept) == 96  # the whole coming local day, from midnight
     np.testing.assert_allclose(kept, f.column("P_load")[:96])
@@ -195,10 +218,17 @@ def test_day_ahead_forecasts_are_kept_and_a_load_that_drifts_away_flags_a_retrai
             fc.observe(t, P_pv=0.0, P_load=factor * float(day_ahead[t]) + noise_w * rng.standard_normal())
 
     live_day(midnight, 1.0, 35.0, 0)  # a day as forecast, errors near the accepted MAE
-    rep = fc(midnight + pd.Timedelta(days=1)).extras["drift"]["load"]
+    fc(midnight + pd.Timedelta(days=1))
+    rep = fc.check_drift(midnight + pd.Timedelta(days=1))["load"]
+    assert fc.check_drift(midnight + pd.Timedelta(days=1, hours=1)) == {}  # once a day
     assert rep["retrain_due"] is False and rep["n"] == 96 and rep["reference_mae"] == 30.0
     assert reg.card(ref).drift["retrain_due"] is False  # recorded on the card
     live_day(midnight + pd.Timedelta(days=1), 2.5, 35.0, 1)  # then 2.5 × what was forecast
-    rep = fc(midnight + pd.Timedelta(days=2)).extras["drift"]["load"]
+    fc(midnight + pd.Timedelta(days=2))
+    rep = fc.check_drift(midnight + pd.Timedelta(days=2))["load"]
     assert rep["retrain_due"] is True and rep["recent_mae"] > 3 * rep["reference_mae"]
     assert reg.card(ref).drift["retrain_due"] is True
+    # a new champion starts its own record: it is not judged on its predecessor's errors
+    new = reg.promote(reg.register(reg.load(ref), "load", "home", metrics={"mae": 30.0}).ref).ref
+    again = LiveForecast(cfg, build_model(cfg.house).sym.d.names, state)
+    assert again.learned.residuals("load").size == 0 and again.history.meta["P_load" + DAY_AHEAD] == new

@@ -266,10 +266,7 @@ class LiveForecast:
         if f.learned:
             from pems.live.learned import LearnedForecasts, MeasuredHistory
 
-            first = (cfg.resolve(f.history),) if f.history is not None else ()
-            for p in first:
-                if not p.is_file():
-                    raise InputError(cfg.path, "forecast.history", f"{p} not found")
+            first = (cfg.resolve(f.history),) if f.history is not None else ()  # checked by load_live_config
             self.history = MeasuredHistory(history_path, (*first, *(p for p in seeds if p.is_file())), self.step)
             self.history.saving = not hold_saves  # until the loop holds the state folder's lock
             self.learned = LearnedForecasts(f.learned, cfg.registry_root(), cfg.path, self.history,
@@ -279,7 +276,7 @@ class LiveForecast:
         """The input table, the comfort bands (low, high) from the step of ``t`` over the horizon,
         and where learned columns came from (role → champion, or why the configured source stood)."""
         from pems.scenarios.comfort import comfort_bands
-        from pems.twin.inputs import build_inputs, internal_gains
+        from pems.twin.inputs import build_inputs, internal_gain_columns
 
         t0 = t.floor(self.step)
         tab = build_inputs(self.cfg.house, self.input_spec, t0, self.h, self.step, required_steps=1)
@@ -289,9 +286,10 @@ class LiveForecast:
             self.history.record(t0, ghi=float(tab["ghi"].iloc[0]), T_out=float(tab["T_out"].iloc[0]))
             sources = self.learned.apply(tab, t0)
             if sources.get("load", "").startswith("load/"):  # appliances' heat follows the learned load
-                mid = pd.DatetimeIndex(tab.index) + self.step / 2
-                for rid, q in internal_gains(self.cfg.house, mid, tab["P_load"].to_numpy()).items():
-                    tab[f"Q_int__{rid}"] = q
+                for col, q in internal_gain_columns(self.cfg.house, tab.index, self.step,
+                                                    tab["P_load"].to_numpy()).items():
+                    tab[col] = q
+            self.history.save()  # once a step, with what this forecast added
         low, high = comfort_bands(self.cfg.spec.comfort, self.cfg.house, tab.index)
         return tab, low, high, sources
 
@@ -313,6 +311,7 @@ class LiveForecast:
         """The measured means of the step starting at ``t``: PV and household load without heating [W]."""
         if self.history is not None:
             self.history.record(t, P_pv=P_pv, P_load=P_load)
+            self.history.save()
 
     def __call__(self, t: pd.Timestamp) -> Any:
         from pems.twin.signals import Forecast

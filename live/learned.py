@@ -47,7 +47,7 @@ class MeasuredHistory:
     Parameters
     ----------
     path
-        Parquet file it is kept in (written atomically at each :meth:`record`), or None.
+        Parquet file it is kept in (written atomically by :meth:`save`), or None.
     seeds
         Canonical history tables (CSV/Parquet, DESIGN.md columns) read first; what the loop measures
         later wins where both have a value.
@@ -122,7 +122,7 @@ class MeasuredHistory:
             self.data = self.data.loc[self.data.index >= self.data.index[-1] - self.keep].sort_index()
 
     def record(self, t: pd.Timestamp, **values: float) -> None:
-        """Set the finite ``values`` of the step starting at ``t`` (UTC) and save."""
+        """Set the finite ``values`` of the step starting at ``t`` (UTC); :meth:`save` writes them."""
         vals = {k: float(v) for k, v in values.items() if k in COLUMNS and v is not None and np.isfinite(v)}
         if not vals:
             return
@@ -133,17 +133,15 @@ class MeasuredHistory:
         for k, v in vals.items():
             self.data.loc[t, k] = v
         self._trim()
-        self.save()
 
     def keep_missing(self, column: str, values: pd.Series) -> None:
-        """Set ``column`` where it has no value yet (a forecast first made is the one kept) and save."""
+        """Set ``column`` where it has no value yet (a forecast first made is the one kept)."""
         idx = self.data.index.union(pd.DatetimeIndex(values.index))
         d = self.data.reindex(idx)
         d[column] = d[column].fillna(values.reindex(idx).astype(float))
         d.index.name = "time"
         self.data = d
         self._trim()
-        self.save()
 
     def save(self) -> None:
         """Write the file atomically (a temporary file of its own, fsync, rename)."""
@@ -245,9 +243,9 @@ class LearnedForecasts:
             try:
                 if role == "load":
                     share = self.history.covered("P_load", t, MIN_LOAD_HISTORY)
-                    if share < MIN_LOAD_SHARE:
-                        raise ValueError(f"{100 * share:.0f} % of the last {MIN_LOAD_HISTORY.days} days of household "
-                                         f"load measured; {100 * MIN_LOAD_SHARE:.0f} % needed")
+                    if share < MIN_LOAD_SHARE:  # (the reason stays the same while the week fills)
+                        raise ValueError(f"less than {100 * MIN_LOAD_SHARE:.0f} % of the last "
+                                         f"{MIN_LOAD_HISTORY.days} days of household load measured")
                 p50 = np.asarray(model.predict(data, t, pd.DatetimeIndex(tab.index)).median, dtype=float)
                 if p50.shape != (len(tab),) or not np.isfinite(p50).all():
                     raise ValueError("a non-finite forecast")
@@ -271,15 +269,11 @@ class LearnedForecasts:
         self.history.keep_missing(col + DAY_AHEAD, forecast.loc[forecast.index < self._next_midnight(t)])
 
     def residuals(self, role: str) -> np.ndarray:
-        """|measured − day-ahead median| [W] over the kept history (PV: where there was light, as
-        the backtest scored it)."""
+        """|measured − day-ahead median| [W] over the kept history."""
         col = ROLES[role]
         d = self.history.frame()
-        y, f = d[col].to_numpy(dtype=float), d[col + DAY_AHEAD].to_numpy(dtype=float)
-        ok = np.isfinite(y) & np.isfinite(f)
-        if role == "pv":
-            ok &= (y > 0) | (f > 0)
-        return np.abs(y - f)[ok]
+        e = np.abs(d[col].to_numpy(dtype=float) - d[col + DAY_AHEAD].to_numpy(dtype=float))
+        return e[np.isfinite(e)]
 
     def check_drift(self, t: pd.Timestamp) -> dict[str, Any]:
         """Once a local day (the first call on it): a Page–Hinkley test of the load champion's live

@@ -61,7 +61,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -355,8 +354,7 @@ class LiveLoop:
         if not resumed:
             # A fresh start: whatever an earlier loop left behind, the home runs itself until the
             # first healthy step takes over (idempotent when it already does).
-            self._pending_home = True
-            self._pending_release = self.inverter is not None
+            self._hand_back_due()
             self._handback(now)
         self._started = True
 
@@ -384,8 +382,7 @@ class LiveLoop:
         """Hand the home back (unless ``handback`` is False: a simulated crash), disconnect, unlock."""
         now = self.clock.now()
         if handback and self._started:
-            self._pending_home = True
-            self._pending_release = self.inverter is not None
+            self._hand_back_due()
             self._handback(now)
             self.mode = "home"
             self._save(now, now)
@@ -491,9 +488,7 @@ class LiveLoop:
             self._steps += 1
             self._step_logged = True
         if self.mode == "pems" or self._pending_home:
-            self._pending_home = True
-            self._pending_release = self.inverter is not None
-            self._off_at.clear()
+            self._hand_back_due()
             try:
                 self._handback(now)
             except Exception:  # noqa: BLE001 - retried at the next tick (pending flags stay set)
@@ -536,9 +531,7 @@ class LiveLoop:
             if tr.state == "fallback":
                 self.events.write("fallback", now, reasons=list(tr.reasons))
                 log.warning("live loop falls back at %s: %s", now, "; ".join(tr.reasons))
-                self._pending_home = True
-                self._pending_release = self.inverter is not None
-                self._off_at.clear()
+                self._hand_back_due()
                 self.mode = "home"
             else:
                 self.events.write("recover", now, reasons=list(tr.reasons))
@@ -617,8 +610,7 @@ class LiveLoop:
         if sources:
             record["forecast"] = dict(sources)
             for role, src in sources.items():
-                # a learned forecast taken up, or given up and why (not again for a new count of days)
-                if re.sub(r"[\d.]+", "#", self._sources.get(role, "")) != re.sub(r"[\d.]+", "#", src):
+                if self._sources.get(role) != src:  # a learned forecast taken up, or given up and why
                     self.events.write("forecast_source", now, role=role, source=src)
                     log.log(logging.WARNING if src.startswith(FALLBACK) else logging.INFO,
                             "%s forecast: %s", role, src)
@@ -629,11 +621,9 @@ class LiveLoop:
             if action.heat_w is None:
                 # the controller's own fallback (rule-based set-points): the home's thermostats do
                 # exactly that, and the inverter runs itself
-                self._pending_home = True
-                self._pending_release = self.inverter is not None
+                self._hand_back_due()
                 self._handback(now)
                 self.mode = "home"
-                self._off_at.clear()
                 record["commands"] = "home (controller fallback)"
             else:
                 sent_mono = self._command(now, t, action, fc, record)
@@ -743,6 +733,13 @@ class LiveLoop:
         return sent_mono
 
     # ------------------------------------------------------------------ fallback and logging
+    def _hand_back_due(self) -> None:
+        """The home is to run itself: its rooms and (with one) the inverter go back to their own
+        logic, sent by :meth:`_handback` and retried until they are; no relay pulse stays pending."""
+        self._pending_home = True
+        self._pending_release = self.inverter is not None
+        self._off_at.clear()
+
     def _handback(self, now: pd.Timestamp) -> None:
         """Keep handing control back until the home has it (retried every tick while unsent)."""
         if self._pending_home:

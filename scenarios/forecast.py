@@ -158,16 +158,13 @@ class LearnedInputs:
 
     def replace(self, index: pd.DatetimeIndex, d: np.ndarray, d_names: tuple[str, ...]) -> np.ndarray:
         """``d`` with learned PV and load, and the internal gains that follow the load."""
-        from pems.twin.inputs import internal_gains
+        from pems.twin.inputs import internal_gain_columns
 
         cols = self.forecast(pd.DatetimeIndex(index))
+        cols |= internal_gain_columns(self.house, pd.DatetimeIndex(index), self.step, cols["P_load"])
         for name, v in cols.items():
             if name in d_names:
                 d[:, d_names.index(name)] = v
-        gains = internal_gains(self.house, pd.DatetimeIndex(index) + self.step / 2, cols["P_load"])
-        for rid, q in gains.items():
-            if f"Q_int__{rid}" in d_names:
-                d[:, d_names.index(f"Q_int__{rid}")] = q
         return d
 
 

@@ -45,6 +45,14 @@ def internal_gains(house: House, times: pd.DatetimeIndex, p_load: np.ndarray) ->
     return {rid: share * gains for rid, share in priors.gain_weights(house).items()}
 
 
+def internal_gain_columns(house: House, index: pd.DatetimeIndex, step: pd.Timedelta,
+                          p_load: np.ndarray) -> dict[str, np.ndarray]:
+    """``Q_int__<room>`` [W] over the steps starting at ``index``, from the household load ``p_load``
+    [W] of each step (:func:`internal_gains` at the steps' midpoints)."""
+    mid = pd.DatetimeIndex(index) + step / 2
+    return {f"Q_int__{rid}": q for rid, q in internal_gains(house, mid, p_load).items()}
+
+
 def measured_disturbances(house: House, measured: pd.DataFrame, step: pd.Timedelta) -> pd.DataFrame:
     """The model's disturbances from measurements (a history): weather (``T_out``, ``ghi`` [, ``dni``,
     ``dhi``]), ``P_pv`` and ``P_load`` where logged (else 0 and the occupancy prior alone), and
@@ -67,8 +75,8 @@ def measured_disturbances(house: House, measured: pd.DataFrame, step: pd.Timedel
     for rid, irr in room_irradiance(house, w, sun).items():
         out[f"I_sol__{rid}"] = irr
     load = measured["P_load"].fillna(0.0).to_numpy() if "P_load" in measured else np.zeros(len(index))
-    for rid, q in internal_gains(house, mid, load).items():
-        out[f"Q_int__{rid}"] = q
+    for col, q in internal_gain_columns(house, index, step, load).items():
+        out[col] = q
     out["P_pv"] = measured["P_pv"].fillna(0.0) if "P_pv" in measured else 0.0
     out["P_load"] = load
     for name, v in time_of_day(mid, house.site.timezone).items():
@@ -164,8 +172,8 @@ def _build(house: House, spec: InputSpec, start: pd.Timestamp, n_steps: int, ste
         out[f"I_sol__{rid}"] = irr
 
     load = _load(spec, house, index, step)
-    for rid, q in internal_gains(house, mid, load.to_numpy()).items():
-        out[f"Q_int__{rid}"] = q
+    for col, q in internal_gain_columns(house, index, step, load.to_numpy()).items():
+        out[col] = q
     out["P_pv"] = pv_ac_power(w, sun, house.pv, house.inverter).to_numpy()
     out["P_load"] = load.to_numpy()
     for name, v in time_of_day(mid, house.site.timezone).items():

@@ -65,6 +65,12 @@ class BacktestResult:
         return {k[len("mae_vs_"):]: v for k, v in self.metrics["skill"].items() if k.startswith("mae_vs_")}
 
 
+def typical_step(index: pd.DatetimeIndex) -> pd.Timedelta:
+    """The step of a regular index: the median spacing of its first rows (``pd.infer_freq`` returns
+    an alias such as "h", which ``pd.Timedelta`` cannot read)."""
+    return pd.Timedelta(pd.DatetimeIndex(index)[:50].to_series().diff().median())
+
+
 def origins_between(start: pd.Timestamp, end: pd.Timestamp, horizon: pd.Timedelta, every: pd.Timedelta,
                     issue_hour: int, tz: str) -> list[pd.Timestamp]:
     """Issue times at ``issue_hour`` local time, every ``every`` (whole days), from ``start`` while
@@ -108,8 +114,7 @@ def rolling_origin(make: Callable[[], Forecaster], data: pd.DataFrame, *, horizo
     data = data.sort_index()
     first = data.index[0] + min_train if start is None else max(pd.Timestamp(start), data.index[0] + min_train)
     last = data.index[-1] if end is None else min(pd.Timestamp(end), data.index[-1])
-    # The typical step (pd.infer_freq returns an alias such as "h", which pd.Timedelta cannot read).
-    step = pd.Timedelta(data.index[:50].to_series().diff().median())
+    step = typical_step(data.index)
     origins = origins_between(first, last + step, horizon, every, issue_hour, tz)
     if not origins:
         raise ValueError("the data are too short for one origin after the minimum training period")

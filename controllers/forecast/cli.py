@@ -265,6 +265,11 @@ def cmd_forecast_fit(args: argparse.Namespace) -> int:
     if fit.deployed != "model":
         print(f"deployed {fit.backtest.settings['deployed']}")
     card = register_fit(fit, registry, args.name or house.name, promote=args.promote)
+    return _registered(registry, card, path, t0)
+
+
+def _registered(registry, card, path: Path, t0: float) -> int:
+    """Say what ``pems forecast fit`` registered and wrote."""
     champion = " (champion)" if registry.is_champion(card) else ""
     print(f"registered {card.ref}{champion} in {registry.root}")
     print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
@@ -291,7 +296,4 @@ def _fit_correctors(args: argparse.Namespace, house, history, registry, out: Pat
                              metrics=corrector_card_metrics(bt))
     if args.promote:
         card = registry.promote(card.ref)
-    champion = " (champion)" if registry.is_champion(card) else ""
-    print(f"registered {card.ref}{champion} in {registry.root}")
-    print(f"wrote {path} ({time.perf_counter() - t0:.0f} s)")
-    return 0
+    return _registered(registry, card, path, t0)

@@ -127,18 +127,19 @@ def fit_home(role: str, data: pd.DataFrame, site: Any, source: str = "history", 
     deployed = "model"
     span = table.index[-1] - table.index[0]
     tz, country = site.timezone, country_of(site)
+    # Two months before the first origin where the history allows (a week left to score), at least a fortnight.
+    spare_days = (span - pd.Timedelta(days=7)) / pd.Timedelta(days=1)
     if role == "load":
         from pems.controllers.forecast.load import LoadForecaster, LoadSettings, backtest_load
 
-        # Two months before the first origin where the history allows, at least a fortnight.
-        min_train = float(np.clip((span - pd.Timedelta(days=7)) / pd.Timedelta(days=1), 14.0, 56.0))
+        min_train = float(np.clip(spare_days, 14.0, 56.0))
         res = backtest_load(table, tz, country, LoadSettings(), days=days, refit_days=28.0,
                             min_train_days=min_train, train_days=TRAIN_WINDOW.days, progress=progress)
         make: Callable[[], Any] = lambda: LoadForecaster(tz, country)  # noqa: E731
     else:
         from pems.controllers.forecast.pv import PVForecaster, PVPhysicsForecaster, backtest_pv
 
-        min_train = pd.Timedelta(days=float(np.clip((span - pd.Timedelta(days=7)) / pd.Timedelta(days=1), 14.0, 60.0)))
+        min_train = pd.Timedelta(days=float(np.clip(spare_days, 14.0, 60.0)))
         res = backtest_pv(table, site, days=days, min_train=min_train, train_window=TRAIN_WINDOW,
                           progress=progress)
         res.settings["weather"] = ("the history's measured weather stands in for the weather forecasts: "

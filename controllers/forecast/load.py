@@ -319,12 +319,8 @@ def backtest_konstanz(root=None, household: int = 1, variant: str = "default", d
         1–6.
     variant
         A key of :data:`VARIANTS`.
-    days
-        Only the last ``days`` days of origins (earlier data still train the model); all by default.
-    refit_days, min_train_days, train_days
-        Refit period, history before the first origin, training window (``None``: all) [days].
-    progress
-        Called with (done, total) after each origin.
+    days, refit_days, min_train_days, train_days, progress
+        As for :func:`backtest_load`.
     """
     from pems.controllers.forecast.datasets import konstanz_household
     from pems.errors import InputError
@@ -372,9 +368,10 @@ def backtest_load(data: pd.DataFrame, tz: str, country: str | None, settings: Lo
     progress
         Called with (done, total) after each origin.
     """
-    from pems.controllers.forecast.backtest import rolling_origin, same_time_last_week, same_time_yesterday
+    from pems.controllers.forecast.backtest import (rolling_origin, same_time_last_week, same_time_yesterday,
+                                                    typical_step)
 
-    step = pd.Timedelta(data.index[:50].to_series().diff().median())
+    step = typical_step(data.index)
     # The last `days` days of origins; everything before still trains the model.
     start = None if days is None else data.index[-1] + step - DAY * (days + 1)
     res = rolling_origin(lambda: LoadForecaster(tz, country, settings=settings), data, horizon=DAY, start=start,

@@ -112,7 +112,7 @@ class EmhassPeer:
 
     def _replan(self, obs: Observation, fc: Forecast) -> None:
         m = self.model
-        b = m.house.battery
+        b, lim = m.house.battery, m.limits
         # to the end of the next local day (EMHASS plans whole days), at most the forecast
         now = obs.time.tz_convert(m.house.site.timezone)
         end = (now + pd.Timedelta(days=1)).normalize() + pd.Timedelta(days=1) if now.hour >= 12 else \
@@ -129,12 +129,13 @@ class EmhassPeer:
             "load_w": (fc.column("P_load")[:n] + np.asarray(heat)).tolist(),
             "price_import": fc.price_import[:n].tolist(), "price_export": fc.price_export[:n].tolist(),
             "battery": None if b is None else {
-                "capacity_kwh": b.capacity_kwh, "max_charge_w": b.max_charge_w, "max_discharge_w": b.max_discharge_w,
-                "soc_min": b.soc_min, "soc_max": b.soc_max, "eta_charge": b.eta_charge,
+                "capacity_kwh": b.capacity_kwh, "max_charge_w": lim.max_charge_w,
+                "max_discharge_w": lim.max_discharge_w, "soc_min": lim.soc_min, "soc_max": lim.soc_max,
+                "eta_charge": b.eta_charge,
                 "eta_discharge": b.eta_discharge},
             "soc_init": obs.soc, "soc_final": obs.soc,
-            "grid": {"import_limit_w": m.house.grid.import_limit_w, "export_limit_w": m.house.grid.export_limit_w},
-            "inverter_ac_w": m.house.inverter.ac_limit_w if m.house.inverter else None,
+            "grid": {"import_limit_w": lim.import_limit_w, "export_limit_w": lim.export_limit_w},
+            "inverter_ac_w": lim.inverter_ac_w,
         }
         t0 = time.perf_counter()
         try:

@@ -102,16 +102,13 @@ class _EmulatedHome(LoxoneHomeMqtt):
 
 def battery_ratings(model: HouseModel) -> BatteryRatings | None:
     """The inverter's view of the house's battery (None without one)."""
-    house = model.house
-    b = house.battery
+    b, lim = model.house.battery, model.limits
     if b is None:
         return None
-    inv = house.inverter
-    # The same AC limit as the plant's: the inverter's, else the PV DC rating.
-    ac = (inv.ac_limit_w if inv and inv.ac_limit_w else sum(a.kwp for a in house.pv) * 1000.0) or math.inf
-    return BatteryRatings(capacity_wh=b.capacity_kwh * 1000.0, max_charge_w=b.max_charge_w,
-                          max_discharge_w=b.max_discharge_w, soc_min=b.soc_min, soc_max=b.soc_max,
-                          eta_charge=b.eta_charge, eta_discharge=b.eta_discharge, inverter_ac_w=ac)
+    return BatteryRatings(capacity_wh=b.capacity_kwh * 1000.0, max_charge_w=lim.max_charge_w,
+                          max_discharge_w=lim.max_discharge_w, soc_min=lim.soc_min, soc_max=lim.soc_max,
+                          eta_charge=b.eta_charge, eta_discharge=b.eta_discharge,
+                          inverter_ac_w=lim.inverter_ac_w or math.inf)
 
 
 def _fine(frame: pd.DataFrame, n_rows: int, n_sub: int, tick_s: float) -> pd.DataFrame:
@@ -715,8 +712,8 @@ class Emulator:
         traj["soc_end"] = fine["soc_end"].groupby(group).last().to_numpy()
         traj.index = pd.DatetimeIndex(self.prep.inputs.index[:n_ctrl], name="time")
         traj.attrs["timezone"] = model.house.site.timezone
-        bat = model.house.battery
-        usable = bat.capacity_kwh * (bat.soc_max - bat.soc_min) if bat else None
+        bat, lim = model.house.battery, model.limits
+        usable = bat.capacity_kwh * (lim.soc_max - lim.soc_min) if bat else None
         kpis = compute_kpis(traj, self.rooms, usable)
         end = traj.index[-1] + sc.step
         events = [e for e in self.events() if e["time"] < end]

@@ -300,9 +300,9 @@ class LiveLoop:
         self.settings = settings or LoopSettings()
         self.rooms: tuple[str, ...] = tuple(model.rooms)
         self.rating = np.asarray(model.u_max[model.heat], dtype=float)
-        b = model.house.battery
-        self.bat_limits = (BatteryLimits(b.max_charge_w, b.max_discharge_w, b.soc_min, b.soc_max)
-                           if b is not None and inverter is not None else None)
+        lim = model.limits
+        self.bat_limits = (BatteryLimits(lim.max_charge_w, lim.max_discharge_w, lim.soc_min, lim.soc_max)
+                           if model.has_battery and inverter is not None else None)
         self.watchdog = Watchdog(self.rooms, limits or SafetyLimits(), has_inverter=inverter is not None)
         self.events = EventLog(events_path)
         self.store = StateStore(state_dir) if state_dir is not None else None

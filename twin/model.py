@@ -236,6 +236,56 @@ def parameter_values(house: House) -> dict[str, float]:
 
 
 @dataclass(frozen=True)
+class Limits:
+    """The home's physical limits, declared once beside the equations [W, 0–1].
+
+    Every user reads them here and nowhere else: the simulated plant enforces them, the OCP and
+    the oracle obey them, the emulated inverter and the live loop's safety layer clip to them.
+    ``None`` means no limit (no battery, no fuse given, ...).
+
+    Attributes
+    ----------
+    heater_w
+        Electric rating of each room's heater circuit, room order [W]; 0 with the heating off.
+    max_charge_w, max_discharge_w
+        Battery power on its AC side [W].
+    soc_min, soc_max
+        Battery state-of-charge window [0–1].
+    import_limit_w
+        Main fuse: the most the home may draw from the grid [W].
+    export_limit_w
+        Feed-in limit [W]: beyond it the inverter curtails PV.
+    inverter_ac_w
+        AC rating of the hybrid inverter shared by PV and battery [W]: ``|P_pv − P_bat| ≤`` it.
+        The inverter's own rating, else the PV arrays' DC rating; ``None`` without PV or inverter.
+    """
+
+    heater_w: tuple[float, ...]
+    max_charge_w: float | None = None
+    max_discharge_w: float | None = None
+    soc_min: float | None = None
+    soc_max: float | None = None
+    import_limit_w: float | None = None
+    export_limit_w: float | None = None
+    inverter_ac_w: float | None = None
+
+    @classmethod
+    def of(cls, house: House) -> Limits:
+        """The limits a house file declares (ratings, battery, grid connection, inverter)."""
+        b, inv = house.battery, house.inverter
+        ac = inv.ac_limit_w if inv is not None and inv.ac_limit_w else None
+        if ac is None and house.pv:
+            ac = sum(a.kwp for a in house.pv) * 1000.0
+        return cls(
+            heater_w=tuple(float(r.heater_w) for r in house.rooms),
+            max_charge_w=b.max_charge_w if b else None, max_discharge_w=b.max_discharge_w if b else None,
+            soc_min=b.soc_min if b else None, soc_max=b.soc_max if b else None,
+            import_limit_w=house.grid.import_limit_w, export_limit_w=house.grid.export_limit_w,
+            inverter_ac_w=ac,
+        )
+
+
+@dataclass(frozen=True)
 class HouseModel:
     """The symbolic model of one house with numeric parameter values and input bounds.
 
@@ -246,10 +296,21 @@ class HouseModel:
     house: House
     sym: SymbolicModel
     p: np.ndarray
-    u_min: np.ndarray  # [W]
-    u_max: np.ndarray  # [W]
+    limits: Limits
     heating_enabled: bool = True
     _cache: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def u_min(self) -> np.ndarray:
+        """Lower bounds of the inputs (``sym.u`` order) [W]: every input is a non-negative power."""
+        return np.zeros(len(self.sym.u))
+
+    @property
+    def u_max(self) -> np.ndarray:
+        """Upper bounds of the inputs (``sym.u`` order) [W]: heater ratings, battery powers."""
+        lim = self.limits
+        bat = [lim.max_charge_w, lim.max_discharge_w] if self.has_battery else []
+        return np.array([*lim.heater_w, *bat], dtype=float)
 
     @property
     def rooms(self) -> tuple[str, ...]:
@@ -297,11 +358,14 @@ class HouseModel:
             p[self.sym.p.index(k)] = float(v)
         return replace(self, p=p, _cache={})
 
+    def with_limits(self, **changes: float | None) -> HouseModel:
+        """A copy with some limits replaced (names of :class:`Limits`), e.g. ``soc_max=0.8``."""
+        return replace(self, limits=replace(self.limits, **changes), _cache={})
+
     def without_heating(self) -> HouseModel:
         """A copy whose heaters cannot be switched on (heating season over)."""
-        u_max = self.u_max.copy()
-        u_max[self.heat] = 0.0
-        return replace(self, u_max=u_max, heating_enabled=False, _cache={})
+        off = replace(self.limits, heater_w=(0.0,) * self.n_rooms)
+        return replace(self, limits=off, heating_enabled=False, _cache={})
 
 
 def build_model(house: House) -> HouseModel:
@@ -309,8 +373,4 @@ def build_model(house: House) -> HouseModel:
     sym = declare(house)
     values = parameter_values(house)
     p = np.array([values[n] for n in sym.p.names], dtype=float)
-    u_min = np.zeros(len(sym.u))
-    u_max = np.array([r.heater_w for r in house.rooms]
-                     + ([house.battery.max_charge_w, house.battery.max_discharge_w] if house.battery else []),
-                     dtype=float)
-    return HouseModel(house=house, sym=sym, p=p, u_min=u_min, u_max=u_max)
+    return HouseModel(house=house, sym=sym, p=p, limits=Limits.of(house))

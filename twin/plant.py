@@ -127,11 +127,9 @@ class SimulatedHome:
             g = self._step_maps(0)[1]
             if abs(g[self._i_ch] - 1.0) > 1e-12 or abs(g[self._i_dis] + 1.0) > 1e-12:
                 raise ModelStructureError("battery powers must enter P_grid one to one (AC side)")
-        inv = m.house.inverter
-        self._inv_ac = (inv.ac_limit_w if inv and inv.ac_limit_w else
-                        sum(a.kwp for a in m.house.pv) * 1000.0 or None)
-        self._imp_lim = m.house.grid.import_limit_w
-        self._exp_lim = m.house.grid.export_limit_w
+        lim = m.limits
+        self._limits = lim
+        self._inv_ac, self._imp_lim, self._exp_lim = lim.inverter_ac_w, lim.import_limit_w, lim.export_limit_w
 
     def _step_maps(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(M_k = [Mx | Mw B_k], grid row of G_k) for step ``k``: ``[x_next; x_mean] = M_k [x; u] + Mc_k``."""
@@ -227,8 +225,9 @@ class SimulatedHome:
             i_soc, i_ch, i_dis = self._i_soc, nx + self._i_ch, nx + self._i_dis
             soc_row = M[i_soc]
             s_ch, s_dis = M[i_soc, i_ch], -M[i_soc, i_dis]
-            soc_min, soc_max = bat.soc_min, bat.soc_max
-            max_ch, max_dis = bat.max_charge_w, bat.max_discharge_w
+            lim = self._limits
+            soc_min, soc_max = lim.soc_min, lim.soc_max
+            max_ch, max_dis = lim.max_charge_w, lim.max_discharge_w
             mc_soc = mc[i_soc]
 
         pv_avail = self.D[k, self._i_pv]
@@ -261,6 +260,10 @@ class SimulatedHome:
                 np.multiply(relay, rating, out=zh)
             else:
                 zh[:] = H[j]
+                np.greater(zh, 0.0, out=new)  # a relay closed for any part of the fine step
+                np.not_equal(new, relay, out=flipped)
+                switches += int(np.count_nonzero(flipped))
+                relay, new = new, relay
             g_nb = grid0 + float(g_heat @ zh)  # grid without battery, PV available
             pv = pv_avail
             if bat is not None:
@@ -314,7 +317,7 @@ class SimulatedHome:
             grid_sum += g_nb + p  # the battery's AC power enters the grid one to one
 
         self.x = z[:nx].copy()
-        self.relay = relay if thermostat else zh > 0
+        self.relay = relay
         inv_n = 1.0 / n
         lg.x_mean[k] = x_sum * inv_n
         lg.x_end[k] = self.x

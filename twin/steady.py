@@ -61,6 +61,6 @@ def steady_state(model: HouseModel, d: np.ndarray, T_target: np.ndarray,
     x = np.zeros(len(model.sym.x))
     x[model.air], x[model.mass] = T_air, T_mass
     if model.has_battery:
-        b = model.house.battery
-        x[model.i_soc] = soc if soc is not None else 0.5 * (b.soc_min + b.soc_max)
+        lim = model.limits
+        x[model.i_soc] = soc if soc is not None else 0.5 * (lim.soc_min + lim.soc_max)
     return x, np.clip(u, 0.0, rating)

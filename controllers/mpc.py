@@ -1,144 +1,155 @@
-"""Economic nonlinear MPC with do-mpc, built from the twin's one symbolic model.
+"""Economic MPC built from the twin's one symbolic model: a hot-started LP, or do-mpc where it is not one.
 
 Every control step the controller estimates the full state (Kalman filter: the slabs are not
-measured), hands the forecasts to do-mpc as time-varying parameters and solves the economic OCP of
-:mod:`pems.controllers.ocp` over its horizon with IPOPT: energy cost with import and export split
-exactly, an exact L1 penalty on leaving each room's comfort band, battery wear, an optional peak
-penalty, and the value of energy left in the battery and the building at the horizon's end. Heater
-powers are continuous; the plant realises them as relay duty cycles. do-mpc warm-starts each solve
-from the previous solution.
+measured) and solves the economic OCP of :mod:`pems.controllers.ocp` over its horizon: energy cost
+with import and export split exactly, an exact L1 penalty on leaving each room's comfort band,
+battery wear, an optional peak penalty, and the value of energy left in the battery and the
+building at the horizon's end. Heater powers are continuous; the plant realises them as relay duty
+cycles.
 
-When the solve fails (IPOPT does not converge, a forecast holds NaN, the state estimate is not
-finite) the controller falls back to the rule-based action for that step and logs the reason in
-:attr:`EconomicMPC.events`.
+**Two paths, one problem.** When the OCP is a linear program (electric heating; a heat pump whose
+COP follows the forecast outdoor temperature) — checked when the controller is built — it is solved
+by HiGHS' dual simplex on one persistent LP (:mod:`pems.controllers.lp`): each step changes only
+costs, bounds and the forecast-dependent coefficients and restarts from the previous basis. The
+first ``fine_hours`` are planned per control step, the rest of the horizon in stages of
+``coarse_minutes`` (prices are hourly and the slabs' time constants many hours). Anything else (a
+quadratic comfort term, a state-dependent COP) takes the NLP path: do-mpc with IPOPT
+(:mod:`pems.controllers.mpc_nlp`).
+
+**Fallback chain.** A hot start that does not end optimal is solved again from scratch, then by
+IPOPT (built on first need), then the step is handed to the rule-based action. Each link is
+logged in :attr:`EconomicMPC.events` with its reason (``solver_retry``, and ``fallback`` for the
+hand-over to rule-based), and each has a time limit: the LP links share ``deadline_s / 2``, IPOPT
+has ``deadline_s / 2`` of its own, so no step takes longer than the deadline (half a control step by
+default) plus the one-off build of the IPOPT fallback.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from pems.controllers.estimator import KalmanEstimator, NoiseModel
-from pems.controllers.ocp import (StageParameters, Weights, decision_variables, discretise, stage,
-                                  terminal_prices, terminal_value)
+from pems.controllers.lp import Blocking, HorizonLP, NotLinear, linear_stage
+from pems.controllers.mpc_nlp import IPOPT_OPTIONS, NLP_OPTIONS, NlpPlanner
+from pems.controllers.ocp import OcpSolution, Weights, decision_variables, discretise
 from pems.controllers.rule_based import RuleBasedController
 from pems.twin.model import HouseModel
 from pems.twin.signals import Action, Forecast, Observation
 
 log = logging.getLogger(__name__)
 
-#: IPOPT settings measured on this project's problems (see bench/test_mpc.py): the OCP is an LP
-#: for electric heating, where Mehrotra's predictor-corrector converges in ~20 iterations.
-IPOPT_OPTIONS = {
-    "ipopt.mehrotra_algorithm": "yes",
-    "ipopt.mumps_pivot_order": 2,  # AMF: fastest of MUMPS' orderings here (1.5 s against 2.0 s)
-    "ipopt.max_iter": 500,
-    "ipopt.tol": 1e-6,
-    "ipopt.print_level": 0,
-    "ipopt.sb": "yes",
-    "print_time": 0,
-}
-ACCEPTED = {"Solve_Succeeded", "Solved_To_Acceptable_Level"}
-
 
 @dataclass(frozen=True)
 class MpcConfig:
-    """Settings of the economic MPC (documented defaults)."""
+    """Settings of the economic MPC (documented defaults).
+
+    Attributes
+    ----------
+    horizon_hours
+        Look-ahead [h].
+    solver
+        ``"auto"``: the LP path where the OCP is linear, IPOPT otherwise; ``"lp"``: the LP path or an
+        error; ``"ipopt"``: always do-mpc with IPOPT (one stage per control step).
+    fine_hours, coarse_minutes
+        LP path: the first ``fine_hours`` in stages of one control step, the rest of the horizon in
+        stages of ``coarse_minutes`` with the inputs held and the forecast averaged. Set
+        ``fine_hours`` to the horizon for no move blocking.
+    deadline_s
+        Wall time a step may take [s] (None: half a control step). The LP links share half of it,
+        IPOPT's ``max_wall_time`` is the other half.
+    use_true_state
+        Skip the estimator where the plant offers its true state (the bench's privileged runs).
+    scheme
+        NLP path's dynamics: ``"trapezoidal"`` (sparse, implicit: the LP's) or ``"zoh"`` (exact, dense).
+    """
 
     horizon_hours: float = 24.0
     weights: Weights = field(default_factory=Weights)
     noise: NoiseModel = field(default_factory=NoiseModel)
+    solver: Literal["auto", "lp", "ipopt"] = "auto"
+    fine_hours: float = 6.0
+    coarse_minutes: float = 60.0
+    deadline_s: float | None = None
     ipopt: dict = field(default_factory=lambda: dict(IPOPT_OPTIONS))
-    use_true_state: bool = False  # skip the estimator where the plant offers its true state
-    scheme: str = "trapezoidal"  # OCP dynamics: "trapezoidal" (sparse, implicit) or "zoh" (exact, dense)
+    use_true_state: bool = False
+    scheme: str = "trapezoidal"
 
 
 class EconomicMPC:
-    """The ``mpc`` controller."""
+    """The ``mpc`` controller.
+
+    Attributes
+    ----------
+    path
+        ``"lp"`` or ``"nlp"``: how the OCP is solved (decided when the controller is built).
+    why_nlp
+        Why the NLP path was taken (empty on the LP path).
+    build_s
+        Wall time of building the controller [s].
+    events
+        Solver retries (``solver_retry``) and hand-overs to the rule-based action (``fallback``).
+    solve_s
+        Wall time of each step's solve chain [s].
+    """
 
     name = "mpc"
 
     def __init__(self, model: HouseModel, step_s: float = 900.0, config: MpcConfig | None = None) -> None:
+        t0 = time.perf_counter()
         self.model = model
         self.step_s = float(step_s)
-        self.config = config or MpcConfig()
-        self.privileged = self.config.use_true_state
-        self.N = int(round(self.config.horizon_hours * 3600 / self.step_s))
+        self.config = cfg = config or MpcConfig()
+        self.privileged = cfg.use_true_state
+        self.N = int(round(cfg.horizon_hours * 3600 / self.step_s))
+        self.deadline_s = float(cfg.deadline_s) if cfg.deadline_s is not None else self.step_s / 2
         self.dm = discretise(model, self.step_s)
-        self.vars = decision_variables(model, self.config.weights)
+        self.vars = decision_variables(model, cfg.weights)
         self.fallback = RuleBasedController(model)
-        self.estimator = KalmanEstimator(model, self.step_s, self.config.noise)
+        self.estimator = KalmanEstimator(model, self.step_s, cfg.noise)
+        self.lp: HorizonLP | None = None
+        self._nlp: NlpPlanner | None = None
+        try:
+            linear_stage(self.dm, cfg.weights, self.vars)
+            self.linear, not_linear = True, ""
+        except NotLinear as exc:
+            if cfg.solver == "lp":
+                raise
+            self.linear, not_linear = False, str(exc)
+        if cfg.solver == "ipopt" or cfg.scheme != "trapezoidal":
+            self.why_nlp = f"solver = {cfg.solver!r}" if cfg.solver == "ipopt" else f"scheme = {cfg.scheme!r}"
+        else:
+            self.why_nlp = not_linear
+        self.path = "nlp" if self.why_nlp else "lp"
+        if self.path == "lp":
+            self._fine = int(round(cfg.fine_hours * 3600 / self.step_s))
+            self._coarse = max(1, int(round(cfg.coarse_minutes * 60 / self.step_s)))
+            self.blocking = Blocking.aligned(self.N, self._fine, self._coarse, 0)
+            self.lp = HorizonLP(model, self.step_s, cfg.weights, self.vars, self.blocking,
+                                max_stage_steps=self._coarse)
+        else:
+            log.info("mpc: the NLP path (%s)", self.why_nlp)
+            self.blocking = Blocking.uniform(self.N)
+            self._nlp = self._build_nlp()
+        self.build_s = time.perf_counter() - t0
         self.events: list[dict] = []
         self.solve_s: list[float] = []
         self._fc: Forecast | None = None
-        self._build()
+        self._sol: OcpSolution | None = None
+        self.reset()
 
-    # ------------------------------------------------------------------ do-mpc set-up
-    def _build(self) -> None:
-        with warnings.catch_warnings():
-            # do-mpc announces its optional extras (ONNX, OPC UA, PyTorch) and that no input-rate
-            # penalty is set (on purpose: relays, not valves), and calls numpy on casadi values,
-            # which casadi 3.8 flags; none of it concerns this controller.
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            self._build_do_mpc()
-
-    def _build_do_mpc(self) -> None:
-        import do_mpc
-
-        m, dm, w, v = self.model, self.dm, self.config.weights, self.vars
-        nx, nr, nd = len(m.sym.x), m.n_rooms, len(m.sym.d)
-        mod = do_mpc.model.Model("discrete", "SX")
-        x = mod.set_variable("_x", "x", shape=(nx, 1))
-        z = mod.set_variable("_u", "z", shape=(len(v.names), 1))
-        implicit = self.config.scheme == "trapezoidal"
-        xn = mod.set_variable("_z", "x_next", shape=(nx, 1)) if implicit else None
-        d = mod.set_variable("_tvp", "d", shape=(nd, 1))
-        pi = mod.set_variable("_tvp", "price_import")
-        pe = mod.set_variable("_tvp", "price_export")
-        lo = mod.set_variable("_tvp", "low", shape=(nr, 1))
-        hi = mod.set_variable("_tvp", "high", shape=(nr, 1))
-        v_el = mod.set_variable("_tvp", "value_electricity")
-        v_heat = mod.set_variable("_tvp", "value_heat")
-        cost, g, dyn = stage(dm, w, v, x, z, StageParameters(d, pi, pe, lo, hi), x_next=xn)
-        mod.set_expression("cost", cost)
-        mod.set_expression("g", g)
-        mod.set_expression("terminal", -terminal_value(dm, x, v_el, v_heat, w))
-        if implicit:
-            mod.set_alg("dynamics", dyn)
-            mod.set_rhs("x", xn)
-        else:
-            mod.set_rhs("x", dyn)
-        mod.setup()
-
-        mpc = do_mpc.controller.MPC(mod)
-        s = mpc.settings
-        s.n_horizon = self.N
-        s.t_step = self.step_s
-        s.store_full_solution = False
-        s.store_lagr_multiplier = False
-        s.use_terminal_bounds = True
-        s.nlpsol_opts = dict(self.config.ipopt)
-        # Symbols are re-read after setup (do-mpc rebuilds its structures there).
-        mpc.set_objective(lterm=mod.aux["cost"], mterm=mod.aux["terminal"])
-        mpc.bounds["lower", "_u", "z"] = v.lb
-        mpc.bounds["upper", "_u", "z"] = np.where(np.isfinite(v.ub), v.ub, 1e6)
-        if m.has_battery:
-            xl, xu = np.full(nx, -1e3), np.full(nx, 1e3)
-            b = m.house.battery
-            xl[m.i_soc], xu[m.i_soc] = b.soc_min, b.soc_max
-            mpc.bounds["lower", "_x", "x"] = xl
-            mpc.bounds["upper", "_x", "x"] = xu
-        mpc.set_nl_cons("g", mod.aux["g"], ub=0.0)
-        self._tvp = mpc.get_tvp_template()
-        mpc.set_tvp_fun(lambda t_now: self._tvp)
-        mpc.setup()
-        self.mpc = mpc
+    def _build_nlp(self) -> NlpPlanner:
+        """do-mpc with IPOPT; Mehrotra's predictor-corrector only where the OCP is an LP."""
+        ipopt = dict(self.config.ipopt)
+        if not self.linear:
+            ipopt = dict(NLP_OPTIONS, **{k: v for k, v in ipopt.items() if k != "ipopt.mehrotra_algorithm"})
+        ipopt.setdefault("ipopt.max_wall_time", self.deadline_s / 2)
+        return NlpPlanner(self.dm, self.config.weights, self.vars, self.N, ipopt, self.config.scheme)
 
     # ------------------------------------------------------------------ protocol
     def reset(self) -> None:
@@ -147,7 +158,11 @@ class EconomicMPC:
         self.events = []
         self.solve_s = []
         self._last_d: np.ndarray | None = None
-        self._first = True
+        self._sol = None
+        if self._nlp is not None:
+            self._nlp.reset()
+        if self.lp is not None:
+            self.lp.highs.clearSolver()  # a new run starts cold
 
     def _estimate(self, obs: Observation, fc: Forecast) -> np.ndarray:
         if self.config.use_true_state and "x_true" in fc.extras:
@@ -169,21 +184,6 @@ class EconomicMPC:
             est.predict(u, d)
         return est.correct(est.measurement(obs.T_room, obs.soc))
 
-    def _fill_tvp(self, fc: Forecast) -> None:
-        n = self.N + 1
-        idx = np.minimum(np.arange(n), len(fc) - 1)  # past the data's end: hold the last row
-        t = self._tvp
-        for k in range(n):
-            j = idx[k]
-            t["_tvp", k, "d"] = fc.d[j]
-            t["_tvp", k, "price_import"] = fc.price_import[j]
-            t["_tvp", k, "price_export"] = fc.price_export[j]
-            t["_tvp", k, "low"] = fc.low[j]
-            t["_tvp", k, "high"] = fc.high[j]
-        p_el, p_heat = terminal_prices(self.dm, fc.price_import[idx], fc.d[idx])
-        t["_tvp", n - 1, "value_electricity"] = p_el
-        t["_tvp", n - 1, "value_heat"] = p_heat
-
     def act(self, observation: Observation, forecast: Forecast) -> Action:
         bad = [n for n, ok in zip(forecast.d_names, np.isfinite(forecast.d).all(axis=0)) if not ok]
         if not np.isfinite(forecast.price_import).all() or not np.isfinite(forecast.price_export).all():
@@ -198,58 +198,101 @@ class EconomicMPC:
         if not np.isfinite(x0).all():
             self.estimator.x = None
             return self._fall_back(observation, forecast, "state estimate is not finite")
-        self._fill_tvp(forecast)
-        mpc = self.mpc
-        if self._first:
-            mpc.x0 = x0
-            mpc.set_initial_guess()
-            self._first = False
-        t0 = time.perf_counter()
-        try:
-            z = np.asarray(mpc.make_step(x0.reshape(-1, 1))).ravel()
-        except Exception as exc:  # noqa: BLE001 - do-mpc/CasADi raise plain RuntimeErrors
-            return self._fall_back(observation, forecast, f"solver error: {exc}")
-        self.solve_s.append(time.perf_counter() - t0)
-        status = mpc.solver_stats.get("return_status", "?")
-        if status not in ACCEPTED or not np.isfinite(z).all():
-            return self._fall_back(observation, forecast, f"IPOPT: {status}")
         m = self.model
-        u_w = z[: self.vars.n_model_u] * 1000.0
+        if m.has_battery:  # an estimate a hair outside the SOC window would make the OCP infeasible
+            x0 = x0.copy()
+            x0[m.i_soc] = np.clip(x0[m.i_soc], m.limits.soc_min, m.limits.soc_max)
+        t0 = time.perf_counter()
+        sol, failures = self._solve(observation.time, x0, forecast)
+        self.solve_s.append(time.perf_counter() - t0)
+        if sol is None:
+            return self._fall_back(observation, forecast, "; ".join(failures))
+        self._sol, self._fc = sol, forecast
+        u_w = sol.z[0, : self.vars.n_model_u] * 1000.0
         heat = np.clip(u_w[m.heat], 0.0, m.heater_w)
         bat = None
         if m.has_battery:
             bat = float(u_w[m.sym.u.index("P_ch")] - u_w[m.sym.u.index("P_dis")])
-        self._fc = forecast  # for plan()
         return Action(heat_w=heat, bat_w=bat)
 
-    def plan(self) -> pd.DataFrame | None:
-        """The last solve's plan over the horizon (None before the first solve or after a fallback).
+    # ------------------------------------------------------------------ the solver chain
+    def _solve(self, t: pd.Timestamp, x0: np.ndarray, fc: Forecast) -> tuple[OcpSolution | None, list[str]]:
+        """Hot LP → cold LP → IPOPT; the first optimal solution, and what failed before it."""
+        failures: list[str] = []
+        start = time.perf_counter()
+        lp_budget = self.deadline_s / 2
+        if self.lp is not None:
+            # coarse stages on the clock's hours: the stage before them ends at the next full hour
+            offset = int(fc.index[0].value // int(round(self.step_s * 1e9)))
+            self.blocking = Blocking.aligned(self.N, self._fine, self._coarse, offset)
+            self.lp.update(x0, fc, blocking=self.blocking)
+            for link, hot in (("lp-hot", True), ("lp-cold", False)):
+                left = lp_budget - (time.perf_counter() - start)
+                if left > 0:
+                    sol = self.lp.solve(time_limit=left, hot=hot)
+                    if sol.optimal:
+                        return sol, failures
+                    failures.append(f"{link}: HiGHS {sol.status}")
+                else:
+                    failures.append(f"{link}: no time left")
+                self._retry(t, link, "lp-cold" if hot else "ipopt", failures[-1])
+            if self._nlp is None:
+                try:
+                    self._nlp = self._build_nlp()
+                except Exception as exc:  # noqa: BLE001 - a fallback that cannot be built is a failed link
+                    failures.append(f"ipopt: could not be built ({exc})")
+                    return None, failures
+        sol = self._nlp.solve(x0, fc)
+        if sol.optimal:
+            return sol, failures
+        failures.append(f"ipopt: {sol.status}")
+        return None, failures
 
-        One row per step from the solve's time: the planned inputs (``P_heat__<room>``, and
-        ``P_bat`` [W, AC, charge +] with a battery) and the predicted states at the step's start
-        (``T_room__<room>``, ``T_mass__<room>`` [°C], ``soc`` [-]) — what the live loop logs as
-        "planned".
-        """
-        fc = self._fc
-        if fc is None or self._first:
-            return None
-        m, ox = self.model, self.mpc.opt_x_num
-        n = min(self.N, len(fc.index))
-        u = np.hstack([np.asarray(ox["_u", k, 0]) for k in range(n)]).T * 1000.0  # (n, nu) [W]
-        x = np.hstack([np.asarray(ox["_x", k, 0, -1]) for k in range(n)]).T  # (n, nx)
-        heat, air, mass = (np.arange(k)[sl] for k, sl in ((u.shape[1], m.heat), (x.shape[1], m.air),
-                                                            (x.shape[1], m.mass)))
-        out = {f"P_heat__{r}": u[:, j] for r, j in zip(m.rooms, heat)}
-        if m.has_battery:
-            names = self.vars.names
-            out["P_bat"] = u[:, names.index("P_ch")] - u[:, names.index("P_dis")]
-            out["soc"] = x[:, m.i_soc]
-        out |= {f"T_room__{r}": x[:, j] for r, j in zip(m.rooms, air)}
-        out |= {f"T_mass__{r}": x[:, j] for r, j in zip(m.rooms, mass)}
-        return pd.DataFrame(out, index=fc.index[:n])
+    def _retry(self, t: pd.Timestamp, link: str, to: str, reason: str) -> None:
+        log.warning("mpc at %s: %s, trying %s", t, reason, to)
+        self.events.append({"time": t, "kind": "solver_retry", "controller": self.name, "failed": link,
+                            "next": to, "reason": reason})
 
     def _fall_back(self, obs: Observation, fc: Forecast, reason: str) -> Action:
         log.warning("mpc falls back to rule-based at %s: %s", obs.time, reason)
         self.events.append({"time": obs.time, "kind": "fallback", "controller": self.name, "reason": reason})
-        self._first = True  # the next solve starts from a fresh initial guess
+        self._sol = None
+        if self._nlp is not None:
+            self._nlp.reset()  # the next solve starts from a fresh initial guess
         return self.fallback.act(obs, fc)
+
+    # ------------------------------------------------------------------ the plan
+    @property
+    def last_solution(self) -> OcpSolution | None:
+        """The last step's solution (None before the first solve or after a fallback)."""
+        return self._sol
+
+    def plan(self) -> pd.DataFrame | None:
+        """The last solve's plan over the horizon (None before the first solve or after a fallback).
+
+        One row per control step from the solve's time: the planned inputs (``P_heat__<room>``, and
+        ``P_bat`` [W, AC, charge +] with a battery) and the predicted states at the step's start
+        (``T_room__<room>``, ``T_mass__<room>`` [°C], ``soc`` [-]) — what the live loop logs as
+        "planned". On the LP path's blocked far horizon the inputs are held over each stage and the
+        states interpolated linearly between the stage boundaries the LP computes.
+        """
+        sol, fc = self._sol, self._fc
+        if sol is None or fc is None:
+            return None
+        m = self.model
+        starts = np.asarray(sol.starts)
+        n = int(starts[-1] + (self.blocking.steps[-1] if self.path == "lp" else 1))
+        k = np.arange(n)
+        stage = np.searchsorted(starts, k, side="right") - 1  # the stage each step belongs to
+        u = sol.z[stage, : self.vars.n_model_u] * 1000.0  # [W], held over the stage
+        bounds = np.r_[starts, n]  # the step at which each state of sol.x holds
+        x = np.column_stack([np.interp(k, bounds, sol.x[:, j]) for j in range(sol.x.shape[1])])
+        out = {f"P_heat__{r}": u[:, j] for j, r in enumerate(m.rooms)}
+        if m.has_battery:
+            names = self.vars.names
+            out["P_bat"] = u[:, names.index("P_ch")] - u[:, names.index("P_dis")]
+            out["soc"] = x[:, m.i_soc]
+        out |= {f"T_room__{r}": x[:, j] for j, r in enumerate(m.rooms)}
+        out |= {f"T_mass__{r}": x[:, m.n_rooms + j] for j, r in enumerate(m.rooms)}
+        index = fc.index[0] + pd.to_timedelta(k * self.step_s, unit="s")
+        return pd.DataFrame(out, index=pd.DatetimeIndex(index))

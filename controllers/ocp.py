@@ -27,6 +27,7 @@ import numpy as np
 
 from pems.twin.linear import affine_form, zoh
 from pems.twin.model import HouseModel
+from pems.twin.signals import Forecast
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,10 @@ class Weights:
     comfort
         Cost of discomfort [currency per K·h per room]; an exact (L1) penalty: above the marginal
         cost of heat, the optimiser keeps every room in its band whenever it can.
+    comfort_quadratic
+        Cost of the square of the distance outside the band [currency per K²·h per room]: small
+        excursions cost little, large ones much. 0 by default; any other value makes the OCP a
+        nonlinear program (the MPC's NLP path, do-mpc with IPOPT).
     comfort_margin_k
         Back-off from the band's bounds [K], against the plant's relay timing and forecast errors.
     battery_wear
@@ -52,6 +57,7 @@ class Weights:
     """
 
     comfort: float = 2.0
+    comfort_quadratic: float = 0.0
     comfort_margin_k: float = 0.1
     battery_wear: float = 0.005
     peak: float = 0.0
@@ -154,7 +160,7 @@ def decision_variables(model: HouseModel, weights: Weights) -> OcpVariables:
     nr = model.n_rooms
     names = list(model.sym.u.names) + ["P_imp"]
     inf = np.inf
-    imp = model.house.grid.import_limit_w
+    imp = model.limits.import_limit_w
     lb = list(model.u_min / 1000) + [0.0]
     ub = list(model.u_max / 1000) + [imp / 1000 if imp else inf]
     if export_limit_binds(model):
@@ -173,12 +179,47 @@ def decision_variables(model: HouseModel, weights: Weights) -> OcpVariables:
 
 def export_limit_binds(model: HouseModel) -> bool:
     """Whether PV could ever exceed the export limit (then curtailment must be in the OCP)."""
-    lim = model.house.grid.export_limit_w
-    if lim is None or not model.house.pv:
+    lim = model.limits
+    if lim.export_limit_w is None or not model.house.pv:
         return False
-    from pems.twin.pv import inverter_ac_limit
+    return lim.inverter_ac_w is None or lim.export_limit_w < lim.inverter_ac_w
 
-    return lim < inverter_ac_limit(model.house.pv, model.house.inverter)
+
+@dataclass
+class OcpSolution:
+    """One solve of the OCP, by whichever solver (the LP path or the NLP path).
+
+    Attributes
+    ----------
+    solver
+        ``"highs"`` (the LP) or ``"ipopt"`` (the NLP).
+    status
+        The solver's own status string.
+    optimal
+        Whether the solution may be applied.
+    objective
+        Optimal objective [currency] (stage costs − terminal value).
+    z
+        Decision variables per stage (n_stages, n_z) [kW, K] (:func:`decision_variables` order).
+    x
+        States at the stage boundaries (n_stages + 1, n_x), the initial state first.
+    starts
+        First control step of every stage (move blocking: stages may hold several steps).
+    iterations
+        Simplex or interior-point iterations.
+    wall_s
+        Wall time of the solve [s].
+    """
+
+    solver: str
+    status: str
+    optimal: bool
+    objective: float = float("nan")
+    z: np.ndarray | None = None
+    x: np.ndarray | None = None
+    starts: np.ndarray | None = None
+    iterations: int = 0
+    wall_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -241,9 +282,11 @@ def stage(dm: DiscreteModel, weights: Weights, v: OcpVariables, x, z, par: Stage
          par.low + m - t_air - s_comf,  # comfort, lower side
          t_air - (par.high - m) - s_comf]  # comfort, upper side
     if "P_curt" in names:
-        g += [p_curt - d[i_pv] / 1000.0, p_exp - model.house.grid.export_limit_w / 1000.0]
+        g += [p_curt - d[i_pv] / 1000.0, p_exp - model.limits.export_limit_w / 1000.0]
     cost = dt_h * (par.price_import * p_imp - par.price_export * p_exp)
     cost += weights.comfort * dt_h * ca.sum1(s_comf)
+    if weights.comfort_quadratic > 0:
+        cost += weights.comfort_quadratic * dt_h * ca.sumsqr(s_comf)
     if "s_peak" in names:
         s_peak = z[names.index("s_peak")]
         g.append(p_imp - weights.peak_threshold_kw - s_peak)
@@ -251,12 +294,27 @@ def stage(dm: DiscreteModel, weights: Weights, v: OcpVariables, x, z, par: Stage
     if model.has_battery:
         i_ch, i_dis = model.sym.u.index("P_ch"), model.sym.u.index("P_dis")
         cost += weights.battery_wear * dt_h * (z[i_ch] + z[i_dis])
-        inv = model.house.inverter
-        if inv is not None and inv.ac_limit_w:
+        ac = model.limits.inverter_ac_w
+        if ac is not None:
             p_inv = (d_eff[i_pv]) / 1000.0 - (z[i_ch] - z[i_dis])  # inverter AC output [kW]
-            g += [p_inv - inv.ac_limit_w / 1000.0, -p_inv - inv.ac_limit_w / 1000.0]
+            g += [p_inv - ac / 1000.0, -p_inv - ac / 1000.0]
     dynamics = dm.F(x, u_w, d_eff) if x_next is None else dm.R(x, x_next, u_w, d_eff)
     return cost, ca.vertcat(*g), dynamics
+
+
+def stage_costs(dm: DiscreteModel, weights: Weights, v: OcpVariables, x: np.ndarray, z: np.ndarray,
+                fc: Forecast) -> np.ndarray:
+    """Each step's cost [currency] of a plan: states ``x`` (n + 1, n_x), decisions ``z`` (n, n_z)
+    [kW, K], on the first n rows of forecast ``fc`` (energy, comfort, wear; no terminal value)."""
+    m = dm.model
+    n, nx, nz, nd, nr = len(z), len(m.sym.x), len(v.names), len(m.sym.d), m.n_rooms
+    xs, xn, zs, ds = ca.SX.sym("x", nx), ca.SX.sym("xn", nx), ca.SX.sym("z", nz), ca.SX.sym("d", nd)
+    pi, pe, lo, hi = ca.SX.sym("pi"), ca.SX.sym("pe"), ca.SX.sym("lo", nr), ca.SX.sym("hi", nr)
+    cost = stage(dm, weights, v, xs, zs, StageParameters(ds, pi, pe, lo, hi), x_next=xn)[0]
+    F = ca.Function("stage_cost", [xs, xn, zs, ds, pi, pe, lo, hi], [cost]).map(n)
+    out = F(x[:-1].T, x[1:].T, z.T, fc.d[:n].T, fc.price_import[:n][None, :], fc.price_export[:n][None, :],
+            fc.low[:n].T, fc.high[:n].T)
+    return np.asarray(out).ravel()
 
 
 def terminal_prices(dm: DiscreteModel, price_import: np.ndarray, d: np.ndarray) -> tuple[float, float]:
@@ -294,7 +352,7 @@ def terminal_value(dm: DiscreteModel, x, price_electricity, price_heat, weights:
     th = np.flatnonzero(caps > 0)
     value = weights.terminal_heat_value * price_heat * ca.dot(ca.DM(caps[th] / 3.6e6), x[th])
     if model.has_battery:
-        b = model.house.battery
-        value += (weights.terminal_battery_value * price_electricity * b.eta_discharge
-                  * b.capacity_kwh * x[model.i_soc])
+        stored_kwh = model.param("bat_capacity_wh") / 1000.0
+        value += (weights.terminal_battery_value * price_electricity * model.param("bat_eta_dis")
+                  * stored_kwh * x[model.i_soc])
     return value

@@ -2,12 +2,16 @@
 
 The oracle knows the true initial state (slab temperatures included) and the true future of the
 whole run, and solves the economic OCP of :mod:`pems.controllers.ocp` once over all of it — the same
-discrete model, stage cost, constraints and terminal value as the MPC, with the horizon stretched to
-the run and the day after it. A run's end is not the world's end: an oracle free to empty the slabs
-and the battery in the last hours would "win" short runs by what it leaves undone (on the 4-day
-cold snap that alone is worth 4 %), so it plans on, as every controller that plans does. The problem is linear for electric heating and for a heat pump whose COP follows the
-(known) outdoor temperature, so it is solved as one large sparse LP with HiGHS' interior-point
-method. The plan is then played back through the plant.
+LP builder (:mod:`pems.controllers.lp`), stage cost, constraints and terminal value as the MPC, with
+the horizon stretched to the run and the day after it. A run's end is not the world's end: an
+oracle free to empty the slabs and the battery in the last hours would "win" short runs by what it
+leaves undone (on the 4-day cold snap that alone is worth 4 %), so it plans on, as every controller
+that plans does. The problem is linear for electric heating and for a heat pump whose COP follows
+the (known) outdoor temperature, so it is solved as one large sparse LP by an interior-point method
+on a sparse direct factorisation (IPOPT with MUMPS, :meth:`pems.controllers.lp.HorizonLP.solve_interior`);
+anything else (a quadratic comfort term) as an NLP by do-mpc and IPOPT. Runs longer than three
+weeks are solved in overlapping windows (:data:`WINDOW_DAYS`). The plan is then played back
+through the plant.
 
 Its cost is the lower bound every benchmark reports distances to: a controller within a few percent
 of it leaves little on the table, whatever its forecasts.
@@ -17,39 +21,52 @@ from __future__ import annotations
 
 import time
 
-import casadi as ca
 import numpy as np
 
-from pems.controllers.ocp import (StageParameters, Weights, decision_variables, discretise, stage,
-                                  terminal_prices, terminal_value)
+from pems.controllers.lp import Blocking, HorizonLP, NotLinear, linear_stage
+from pems.controllers.mpc_nlp import NLP_OPTIONS, NlpPlanner
+from pems.controllers.ocp import Weights, decision_variables, discretise, stage_costs
 from pems.twin.model import HouseModel
 from pems.twin.signals import Action, Forecast, Observation
-
-HIGHS_OPTIONS = {"highs": {"solver": "ipm", "run_crossover": "off", "output_flag": False},
-                 "error_on_fail": False}
 
 
 class OracleFailed(RuntimeError):
     """The LP of the whole run could not be solved."""
 
 
-def solve_plan(model: HouseModel, step_s: float, weights: Weights, x0: np.ndarray,
-               fc: Forecast) -> tuple[np.ndarray, float, dict]:
-    """Solve the OCP over the whole of ``fc`` from ``x0``.
+#: Runs longer than ``WINDOW_DAYS`` are planned in windows of that length, each committing its first
+#: ``COMMIT_DAYS`` and starting from where the previous one committed to. One LP for a whole year
+#: (2.5 million columns) overflows MUMPS' indices, and a week of perfect foresight beyond what a
+#: window commits leaves the slabs and the battery nothing to gain (measured on 13 weeks of the
+#: reference house: see docs/mpc.md).
+WINDOW_DAYS = 21.0
+COMMIT_DAYS = 14.0
+
+
+def _rows(fc: Forecast, a: int, b: int) -> Forecast:
+    return Forecast(index=fc.index[a:b], d=fc.d[a:b], d_names=fc.d_names, price_import=fc.price_import[a:b],
+                    price_export=fc.price_export[a:b], low=fc.low[a:b], high=fc.high[a:b], rooms=fc.rooms)
+
+
+def solve_plan(model: HouseModel, step_s: float, weights: Weights, x0: np.ndarray, fc: Forecast,
+               window_days: float = WINDOW_DAYS, commit_days: float = COMMIT_DAYS) -> tuple[np.ndarray, float, dict]:
+    """Solve the OCP over the whole of ``fc`` (and the day after it, ``fc.extras["after"]``) from ``x0``.
+
+    An LP (electric heating, a heat pump on forecast COP) is built by :class:`~pems.controllers.lp.HorizonLP`
+    and solved by its interior point; any other OCP (a quadratic comfort term) by do-mpc and IPOPT.
 
     Returns
     -------
     Z
-        Decision variables per step (N, n_z) (kW and K, :func:`decision_variables` order).
+        Decision variables per step of ``fc`` (N, n_z) (kW and K, :func:`decision_variables` order).
     objective
         Optimal objective [currency] over the run and the day after it (cost + comfort penalty − value
         of the energy left at the end).
     stats
-        Solver statistics (status, wall time).
+        Solver statistics: status, wall times of building, updating and solving [s], iterations,
+        LP size, and the number of windows.
     """
-    dm = discretise(model, step_s)
     v = decision_variables(model, weights)
-    nx, nz, nd, nr = len(model.sym.x), len(v.names), len(model.sym.d), model.n_rooms
     n_run = len(fc)
     after = fc.extras.get("after")
     if after is not None:  # plan on through the day after the run, as a controller would
@@ -58,46 +75,63 @@ def solve_plan(model: HouseModel, step_s: float, weights: Weights, x0: np.ndarra
                       price_export=np.r_[fc.price_export, after.price_export],
                       low=np.vstack([fc.low, after.low]), high=np.vstack([fc.high, after.high]), rooms=fc.rooms)
     N = len(fc)
-    # One stage, written once, mapped over the run.
-    xs, xn, zs, ds = ca.SX.sym("x", nx), ca.SX.sym("xn", nx), ca.SX.sym("z", nz), ca.SX.sym("d", nd)
-    pi, pe = ca.SX.sym("pi"), ca.SX.sym("pe")
-    lo, hi = ca.SX.sym("lo", nr), ca.SX.sym("hi", nr)
-    cost, g, resid = stage(dm, weights, v, xs, zs, StageParameters(ds, pi, pe, lo, hi), x_next=xn)
-    S = ca.Function("stage", [xs, xn, zs, ds, pi, pe, lo, hi], [cost, g, resid]).map(N)
-
-    opti = ca.Opti("conic")
-    X = opti.variable(nx, N + 1)
-    Z = opti.variable(nz, N)
-    c_all, g_all, r_all = S(X[:, :N], X[:, 1:], Z, ca.DM(fc.d.T), ca.DM(fc.price_import).T,
-                            ca.DM(fc.price_export).T, ca.DM(fc.low.T), ca.DM(fc.high.T))
-    opti.subject_to(X[:, 0] == ca.DM(x0))
-    opti.subject_to(ca.vec(r_all) == 0)
-    opti.subject_to(ca.vec(g_all) <= 0)
-    lb, ub = np.tile(v.lb[:, None], (1, N)), np.tile(np.where(np.isfinite(v.ub), v.ub, 1e6)[:, None], (1, N))
-    opti.subject_to(opti.bounded(ca.DM(lb), Z, ca.DM(ub)))
-    if model.has_battery:
-        b = model.house.battery
-        opti.subject_to(opti.bounded(b.soc_min, X[model.i_soc, 1:], b.soc_max))
-    # The MPC's objective, terminal value included, over the run and the day after it: the run's end
-    # is not the world's end, so the oracle leaves the house as ready for tomorrow as a controller
-    # that plans on would, instead of emptying slabs and battery in the run's last hours.
-    day = min(N, int(round(86400 / step_s)))
-    p_el, p_heat = terminal_prices(dm, fc.price_import[-day:], fc.d[-day:])
-    J = ca.sum2(c_all) - terminal_value(dm, X[:, N], p_el, p_heat, weights)
-    opti.minimize(J)
-    opti.solver("highs", HIGHS_OPTIONS)
-    t0 = time.perf_counter()
+    dm = discretise(model, step_s)
     try:
-        sol = opti.solve()
-    except RuntimeError as exc:
-        raise OracleFailed(str(exc)) from None
-    stats = dict(opti.stats())
-    stats["wall_s"] = time.perf_counter() - t0
-    if not stats.get("success", False):
-        raise OracleFailed(f"HiGHS: {stats.get('return_status')}")
-    plan = np.asarray(sol.value(Z)).reshape(nz, N).T[:n_run]
-    stats["run_cost"] = float(np.sum(np.asarray(sol.value(c_all)).ravel()[:n_run]))
-    return plan, float(sol.value(J)), stats
+        linear_stage(dm, weights, v)
+        linear = True
+    except NotLinear:
+        linear = False
+    # The MPC's stage and terminal value over the run and the day after it: the run's end is not the
+    # world's end, so the oracle leaves the house as ready for tomorrow as a controller that plans on
+    # would, instead of emptying slabs and battery in the run's last hours. The terminal value is
+    # priced over the last day (the solvers price it over the whole table otherwise).
+    day = min(N, int(round(86400 / step_s)))
+    win = max(int(round(window_days * 86400 / step_s)), 1)
+    commit = min(max(int(round(commit_days * 86400 / step_s)), 1), win)
+    stats = {"solver": "ipopt (LP)" if linear else "ipopt (NLP, do-mpc)", "build_s": 0.0, "update_s": 0.0,
+             "solve_s": 0.0, "iterations": 0, "windows": 0}
+    t_all = time.perf_counter()
+    solvers: dict[int, HorizonLP | NlpPlanner] = {}
+    Z, committed_cost, x, k = [], 0.0, np.asarray(x0, dtype=float), 0
+    while True:
+        last = k + win >= N
+        n = N - k if last else win
+        rows = _rows(fc, k, k + n)
+        t0 = time.perf_counter()
+        if n not in solvers:
+            solvers[n] = (HorizonLP(model, step_s, weights, v, Blocking.uniform(n)) if linear
+                          else NlpPlanner(dm, weights, v, n, dict(NLP_OPTIONS)))
+        solver = solvers[n]
+        t1 = time.perf_counter()
+        if linear:
+            solver.update(x, rows, terminal_window=day)
+            t2 = time.perf_counter()
+            sol = solver.solve_interior()
+            stats.update(columns=max(stats.get("columns", 0), solver.n_col), nonzeros=max(stats.get("nonzeros", 0),
+                                                                                          solver.nnz))
+        else:
+            t2 = t1
+            sol = solver.solve(x, rows, terminal_window=day)
+        stats["build_s"] += t1 - t0
+        stats["update_s"] += t2 - t1
+        stats["solve_s"] += sol.wall_s
+        stats["iterations"] += sol.iterations
+        stats["windows"] += 1
+        stats.update(status=sol.status, success=sol.optimal)
+        if not sol.optimal:
+            raise OracleFailed(f"IPOPT: {sol.status} (window from step {k})")
+        if last:
+            Z.append(sol.z)
+            objective = committed_cost + sol.objective
+            run_cost = committed_cost + float(stage_costs(dm, weights, v, sol.x[:n_run - k + 1],
+                                                          sol.z[:n_run - k], rows).sum())
+            break
+        Z.append(sol.z[:commit])
+        committed_cost += float(stage_costs(dm, weights, v, sol.x[:commit + 1], sol.z[:commit], rows).sum())
+        x, k = sol.x[commit], k + commit
+    stats["run_cost"] = run_cost
+    stats["wall_s"] = time.perf_counter() - t_all
+    return np.vstack(Z)[:n_run], objective, stats
 
 
 class PerfectForesightOracle:

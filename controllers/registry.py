@@ -16,19 +16,24 @@ def _weights(options: dict):
     return Weights(**{k: v for k, v in options.items() if k in keys})
 
 
-def _mpc(model: HouseModel, step_s: float, options: dict) -> Controller:
-    from pems.controllers.mpc import EconomicMPC, MpcConfig  # do-mpc is imported only when needed
+def mpc_config(options: dict):
+    """The MPC's settings from a scenario's or live config's ``[mpc]`` table (weights included)."""
+    from pems.controllers.mpc import MpcConfig  # do-mpc and HiGHS are imported only when needed
 
-    cfg = MpcConfig(horizon_hours=options.get("horizon_hours", 24.0), weights=_weights(options))
-    return EconomicMPC(model, step_s, cfg)
+    keys = set(MpcConfig.__dataclass_fields__) - {"weights", "noise", "ipopt", "use_true_state", "scheme"}
+    return MpcConfig(weights=_weights(options), **{k: v for k, v in options.items() if k in keys})
+
+
+def _mpc(model: HouseModel, step_s: float, options: dict) -> Controller:
+    from pems.controllers.mpc import EconomicMPC
+
+    return EconomicMPC(model, step_s, mpc_config(options))
 
 
 def _mpc_corrected(model: HouseModel, step_s: float, options: dict) -> Controller:
-    from pems.controllers.mpc import MpcConfig
     from pems.controllers.mpc_corrected import CorrectedMPC
 
-    cfg = MpcConfig(horizon_hours=options.get("horizon_hours", 24.0), weights=_weights(options))
-    return CorrectedMPC(model, step_s, cfg)
+    return CorrectedMPC(model, step_s, mpc_config(options))
 
 
 def _oracle(model: HouseModel, step_s: float, options: dict) -> Controller:

@@ -170,7 +170,7 @@ def events_table(results: Sequence[RunResult]) -> str:
         desc = ", ".join(f"{k}: {v} steps" for k, v in sorted(kinds.items())) or "none"
         rows.append(f"<tr><th>{html.escape(r.controller)}</th><td>{html.escape(desc)}</td></tr>")
     return ("<table><tr><th>controller</th><th>what the plant did to the commands (clipping, "
-            "load shedding at the main fuse, PV curtailment) and controller fallbacks</th></tr>"
+            "load shedding at the main fuse, PV curtailment), solver retries and controller fallbacks</th></tr>"
             f"{''.join(rows)}</table>")
 
 

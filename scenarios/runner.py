@@ -58,6 +58,7 @@ class RunResult:
     wall_s: float
     rooms: tuple[str, ...]
     currency: str = "EUR"
+    x_end: np.ndarray | None = None  # the plant's state after the last step (model order)
 
 
 def prepare(sc: LoadedScenario) -> Prepared:
@@ -97,8 +98,8 @@ def initial_state(sc: LoadedScenario, model: HouseModel, inputs: pd.DataFrame,
     x[model.air] = t_room
     x[model.mass] = t_room if ini.T_mass is None else _per_room(ini.T_mass, rooms, t_room)
     if model.has_battery:
-        b = model.house.battery
-        x[model.i_soc] = ini.soc if ini.soc is not None else 0.5 * (b.soc_min + b.soc_max)
+        lim = model.limits
+        x[model.i_soc] = ini.soc if ini.soc is not None else 0.5 * (lim.soc_min + lim.soc_max)
     return x
 
 
@@ -151,11 +152,12 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
             progress(k + 1, n)
     wall = time.perf_counter() - t_start
     traj = trajectory(prep, plant, compute)
-    bat = model.house.battery
-    usable = bat.capacity_kwh * (bat.soc_max - bat.soc_min) if bat else None
+    bat, lim = model.house.battery, model.limits
+    usable = bat.capacity_kwh * (lim.soc_max - lim.soc_min) if bat else None
     kpis = compute_kpis(traj, model.rooms, usable)
     events = sorted(plant.log.events + list(getattr(ctrl, "events", [])), key=lambda e: e["time"])
-    return RunResult(sc.name, ctrl.name, traj, kpis, events, wall, model.rooms, sc.spec.tariff.currency)
+    return RunResult(sc.name, ctrl.name, traj, kpis, events, wall, model.rooms, sc.spec.tariff.currency,
+                     x_end=plant.x.copy())
 
 
 def trajectory(prep: Prepared, plant: SimulatedHome, compute_s: np.ndarray) -> pd.DataFrame:

@@ -93,10 +93,16 @@ class ForecastSpec(_Strict):
 
 
 class MpcSpec(_Strict):
-    """Settings of the ``mpc`` and ``oracle`` controllers (see :class:`pems.controllers.ocp.Weights`)."""
+    """Settings of the ``mpc`` and ``oracle`` controllers (see :class:`pems.controllers.ocp.Weights`
+    and :class:`pems.controllers.mpc.MpcConfig`)."""
 
     horizon_hours: Annotated[float, Field(gt=0, le=168)] = 24.0
+    solver: Literal["auto", "lp", "ipopt"] = "auto"  # auto: the LP path where the OCP is linear
+    fine_hours: Annotated[float, Field(ge=0, le=168)] = 6.0  # planned per control step, then ...
+    coarse_minutes: Annotated[float, Field(gt=0, le=240)] = 60.0  # ... in stages of this length
+    deadline_s: Annotated[float, Field(gt=0)] | None = None  # a step's solve chain; default half a step
     comfort: Annotated[float, Field(ge=0)] = 2.0  # currency per K·h per room
+    comfort_quadratic: Annotated[float, Field(ge=0)] = 0.0  # currency per K²·h per room (> 0: an NLP)
     comfort_margin_k: Annotated[float, Field(ge=0, le=2)] = 0.1
     battery_wear: Annotated[float, Field(ge=0)] = 0.005  # currency per kWh throughput
     peak: Annotated[float, Field(ge=0)] = 0.0  # currency per kW·h above the threshold

@@ -12,6 +12,8 @@ from helpers import TWO_ROOMS, house_from, write_constant_inputs, write_prices, 
 from pems.controllers.estimator import KalmanEstimator
 from pems.controllers.mpc import EconomicMPC, MpcConfig
 from pems.controllers.ocp import Weights
+from pems.controllers.oracle import solve_plan
+from pems.scenarios.forecast import forecast_provider
 from pems.scenarios.runner import prepare, run
 from pems.scenarios.spec import load_scenario
 from pems.twin.model import build_model
@@ -99,19 +101,28 @@ def test_oracle_is_a_lower_bound(tmp_path):
                                                "use_house_setpoints": False}))
     prep = prepare(sc)
     runs = {c: run(prep, c) for c in ("rule-based", "rule-based-preheat", "mpc", "oracle")}
-    o = runs["oracle"].kpis
-    w = Weights().comfort
-    for name, r in runs.items():
+    # The oracle minimises the run *and* the day after it. A controller may end the run with emptier
+    # stores (an LP's ties put charging late as readily as early), so each is charged what the best
+    # possible day after costs from the state it left: the oracle's total is the lowest.
+    fp = forecast_provider(sc, prep)
+    n = prep.n_steps
+    after = dataclasses.replace(fp.perfect(n, n + 96), extras={})
+    w = Weights()
+
+    def total(r) -> float:
         k = r.kpis
-        # at equal comfort: the oracle's cost plus its (tiny) discomfort penalty is the lowest
-        assert o["cost"] + w * o["discomfort_Kh"] <= k["cost"] + w * k["discomfort_Kh"] + 1e-2, name
+        return k["cost"] + w.comfort * k["discomfort_Kh"] + solve_plan(prep.model, 900.0, w, r.x_end, after)[1]
+
+    totals = {name: total(r) for name, r in runs.items()}
+    for name, t in totals.items():
+        assert totals["oracle"] <= t + 1e-2, (name, totals)
 
 
 @pytest.mark.slow
 def test_solver_failure_and_nan_forecasts_fall_back_to_rule_based(tmp_path):
     sc = scenario(tmp_path, TWO_ROOMS, days=0.25, comfort=CONSTANT_BAND)
     prep = prepare(sc)
-    cfg = MpcConfig(horizon_hours=6)
+    cfg = MpcConfig(horizon_hours=6, solver="ipopt")
     cfg.ipopt["ipopt.max_iter"] = 1  # IPOPT cannot converge in one iteration
     r = run(prep, EconomicMPC(prep.model, 900.0, cfg))
     falls = [e for e in r.events if e["kind"] == "fallback"]

@@ -260,7 +260,7 @@ def check_house(house: House, source: str | Path) -> None:
         raise InputError.many(problems)
 
 
-BUILTIN_HOUSES = ("reference",)
+BUILTIN_HOUSES = ("reference", "heat-pump")
 
 
 def builtin_house_path(name: str) -> Path:

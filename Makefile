@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
-export OMP_NUM_THREADS ?= 1
 export MPLBACKEND ?= Agg
 
 PEERS  ?= .venv-peers

@@ -16,17 +16,22 @@ from pems.errors import InputError
 
 
 def _progress(description: str):
-    """A rich progress bar on stderr, returned as (context manager, callback)."""
+    """A rich progress bar on stderr (steps done, steps per second, time left), returned as
+    (context manager, callback)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     prog = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("steps"), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
-    task = prog.add_task(description, total=None)
+                    TextColumn("steps"), TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True)
+    task = prog.add_task(description, total=None, rate="")
+    t0 = time.perf_counter()
+    every = 10
 
     def update(done: int, total: int) -> None:
-        if done == 1 or done == total or done % 50 == 0:
-            prog.update(task, completed=done, total=total)
+        if done == 1 or done == total or done % every == 0:
+            rate = done / max(time.perf_counter() - t0, 1e-9)
+            prog.update(task, completed=done, total=total, rate=f"{rate:,.1f} steps/s")
 
     return prog, update
 
@@ -336,6 +341,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pems.threads import limit_threads
+
+    limit_threads()  # before the solvers load: their runtimes read the limit then
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

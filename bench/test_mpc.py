@@ -1,21 +1,33 @@
-"""MPC solve time on the reference house (17 rooms, 35 states), 15-minute steps.
+"""MPC and oracle on the reference house (17 rooms, 35 states), 15-minute steps, this machine.
 
-The issue's target: median step ≤ 2 s at a 24 h horizon on this 2-core machine; the 48 h horizon
-shows what doubling the look-ahead costs. Each benchmark times ``act`` (estimation + do-mpc/IPOPT
-solve) over consecutive steps of the winter week, warm-started as in a closed loop.
+The targets of "Plans in a fraction of a second" (the LP path, HiGHS dual simplex hot-started):
+
+- MPC step (the whole ``act``: estimator, forecast, LP update and solve): 24 h median ≤ 0.1 s,
+  95th percentile ≤ 0.3 s; 48 h median ≤ 0.2 s, 95th percentile ≤ 0.5 s;
+- a closed-loop winter week with MPC ≤ 60 s; the oracle over one week ≤ 10 s.
+
+IPOPT (the NLP path, do-mpc) runs on the same steps in the same session, as the baseline the ratios
+are taken against. Each step benchmark times ``act`` over consecutive closed-loop steps of the
+winter week (the plant advancing between them, outside the timing), after a cold first solve.
+``extra_info`` carries the step percentiles over every timed step.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import pytest
 
 from pems.controllers.mpc import EconomicMPC, MpcConfig
-from pems.controllers.oracle import PerfectForesightOracle
+from pems.controllers.ocp import Weights
+from pems.controllers.oracle import solve_plan
 from pems.scenarios.forecast import ForecastProvider
-from pems.scenarios.runner import prepare
+from pems.scenarios.runner import prepare, run
 from pems.scenarios.spec import load_scenario
 from pems.twin.plant import SimulatedHome
+
+STEPS = {"lp": 96, "ipopt": 8}  # timed steps per benchmark (IPOPT: a second or more each)
 
 
 @pytest.fixture(scope="module")
@@ -27,35 +39,54 @@ def winter():
     return prep, fc
 
 
+@pytest.mark.parametrize("solver", ["lp", "ipopt"])
 @pytest.mark.parametrize("hours", [24, 48])
-def test_mpc_step(benchmark, winter, hours):
+def test_mpc_step(benchmark, winter, hours, solver):
     prep, fc = winter
-    ctrl = EconomicMPC(prep.model, 900.0, MpcConfig(horizon_hours=hours))
+    t0 = time.perf_counter()
+    ctrl = EconomicMPC(prep.model, 900.0, MpcConfig(horizon_hours=hours, solver=solver))
+    build_s = time.perf_counter() - t0
     plant = SimulatedHome(prep.model, prep.inputs, prep.x0)
     state = {"obs": plant.reset(), "k": 0}
     ctrl.reset()
+    times: list[float] = []
 
     def step():
-        a = ctrl.act(state["obs"], fc(state["k"]))
+        f = fc(state["k"])
+        t = time.perf_counter()
+        a = ctrl.act(state["obs"], f)
+        times.append(time.perf_counter() - t)
         state["obs"] = plant.step(a)
         state["k"] += 1
 
     step()  # the first solve starts cold
-    benchmark.pedantic(step, rounds=8, iterations=1)
-    benchmark.extra_info["median_solve_s"] = float(np.median(ctrl.solve_s[1:]))
-    benchmark.extra_info["fallbacks"] = len(ctrl.events)
+    cold_s = times.pop()
+    benchmark.pedantic(step, rounds=STEPS[solver], iterations=1)
+    t = np.asarray(times)
+    benchmark.extra_info.update(build_s=build_s, cold_s=cold_s, median_s=float(np.median(t)),
+                                p95_s=float(np.percentile(t, 95)), max_s=float(t.max()), fallbacks=len(ctrl.events),
+                                stages=ctrl.blocking.n_stages)
     assert not ctrl.events
-    if hours == 24:
-        assert benchmark.stats.stats.median < 2.0  # the target
+    if solver == "lp":
+        median, p95 = {24: (0.1, 0.3), 48: (0.2, 0.5)}[hours]
+        assert np.median(t) < median and np.percentile(t, 95) < p95  # the targets
+
+
+def test_mpc_winter_week(benchmark, winter):
+    """The whole closed-loop winter week with the MPC (672 steps): the demo's long run."""
+    prep, _ = winter
+    res = benchmark.pedantic(lambda: run(prep, "mpc"), rounds=1, iterations=1)
+    benchmark.extra_info.update(cost=res.kpis["cost"], steps=len(res.trajectory),
+                                compute_s_per_step=res.kpis["compute_s_per_step"])
+    assert res.wall_s < 60.0  # the target
 
 
 def test_oracle_week(benchmark, winter):
-    """The perfect-foresight LP over the whole winter week (672 steps), solved once."""
+    """The perfect-foresight LP over the whole winter week (672 steps and the day after), solved once."""
     prep, fc = winter
-    from pems.controllers.oracle import solve_plan
-    from pems.controllers.ocp import Weights
-
     full = fc.perfect(0, prep.n_steps)
     res = benchmark.pedantic(lambda: solve_plan(prep.model, 900.0, Weights(), prep.x0, full), rounds=1, iterations=1)
-    benchmark.extra_info["objective"] = res[1]
-    assert PerfectForesightOracle.full_horizon
+    stats = res[2]
+    benchmark.extra_info.update(objective=res[1], **{k: stats[k] for k in ("build_s", "update_s", "solve_s",
+                                                                          "iterations", "columns", "nonzeros")})
+    assert stats["wall_s"] < 10.0  # the target

@@ -234,6 +234,26 @@ INTERIOR_OPTIONS = {
 }
 
 
+def new_highs(options: dict) -> highspy.Highs:
+    """A HiGHS instance with ``options``, without the licence banner HiGHS prints on the process's
+    stdout the first time one is made (it would land in the middle of a command's table)."""
+    import os
+    import sys
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    for k, val in options.items():
+        h.setOptionValue(k, val)
+    return h
+
+
 class HorizonLP:
     """The OCP over a blocked horizon as one persistent HiGHS model.
 
@@ -281,10 +301,8 @@ class HorizonLP:
         self.values = np.zeros(self._a_rows.size)  # matrix values as HiGHS has them, column-major
         self._all_cols = np.arange(self.n_col, dtype=np.int32)
         self._all_rows = np.arange(self.n_row, dtype=np.int32)
-        self.highs = highspy.Highs()
         self.options = dict(SIMPLEX_OPTIONS if options is None else options)
-        for k, val in self.options.items():
-            self.highs.setOptionValue(k, val)
+        self.highs = new_highs(self.options)
         self._passed = False
         # matrix coefficients that follow the forecast (a heat pump's COP)
         self.varying = bool(any(f.varying[f.rows > 0].any() for f in self.forms.values()))

@@ -72,6 +72,28 @@ def test_mpc_step(benchmark, winter, hours, solver):
         assert np.median(t) < median and np.percentile(t, 95) < p95  # the targets
 
 
+def test_mpc_step_heat_pump(benchmark):
+    """The heat-pump house (6 rooms): every step also rewrites the heater coefficients of the LP,
+    whose COP follows the forecast outdoor temperature."""
+    sc = load_scenario("heat-pump-week")
+    prep = prepare(sc)
+    fc = ForecastProvider(sc.spec.forecast, prep.inputs, prep.model.sym.d.names, prep.comfort_low,
+                          prep.comfort_high, sc.horizon_steps, sc.step)
+    ctrl = EconomicMPC(prep.model, 900.0, MpcConfig())
+    assert ctrl.path == "lp" and ctrl.lp.varying
+    plant = SimulatedHome(prep.model, prep.inputs, prep.x0)
+    state = {"obs": plant.reset(), "k": 0}
+    ctrl.reset()
+
+    def step():
+        state["obs"] = plant.step(ctrl.act(state["obs"], fc(state["k"])))
+        state["k"] += 1
+
+    step()
+    benchmark.pedantic(step, rounds=96, iterations=1)
+    assert not ctrl.events
+
+
 def test_mpc_winter_week(benchmark, winter):
     """The whole closed-loop winter week with the MPC (672 steps): the demo's long run."""
     prep, _ = winter

@@ -45,17 +45,26 @@ NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 class Series(BaseModel):
     """One source series and the canonical column it becomes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     column: str
+    """The canonical column it becomes (``T_out``, ``T_room__{room}``, …), or a ``_helper`` for ``[derived]``."""
     bucket: str
+    """InfluxDB 2.x bucket, or the database of the 1.x API."""
     measurement: str
+    """The measurement; ``{room}`` stands for the source's room name."""
     field: str
+    """The field; ``{room}`` stands for the source's room name."""
     tags: dict[str, str] = Field(default_factory=dict)
+    """Tag filters, e.g. ``{ type = "heating" }``."""
     aggregate: Literal["mean", "last", "max", "min", "sum"] = "mean"
+    """How the server aggregates each model step."""
     scale: float = 1.0
+    """``value = raw × scale + offset``, e.g. 0.01 for a SOC in %."""
     offset: float = 0.0
+    """Added after scaling, in the column's unit."""
     counter: bool = False
+    """The field is a cumulative energy counter [kWh], turned into power [W]."""
 
     @field_validator("column")
     @classmethod
@@ -68,14 +77,20 @@ class Series(BaseModel):
 class Mapping(BaseModel):
     """A whole mapping file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     name: str
+    """The mapping's name."""
     description: str | None = None
+    """One line about the mapping."""
     currency: str = "EUR"
+    """Currency of the price columns."""
     rooms: dict[str, str] = Field(default_factory=dict)
+    """Canonical room id → the name the source uses for it (in ``{room}`` templates)."""
     series: list[Series] = Field(min_length=1)
+    """The source series, one ``[[series]]`` table each."""
     derived: dict[str, str] = Field(default_factory=dict)
+    """Columns computed from extracted ones: column name → arithmetic on column names, e.g. ``P_pv = "_pv1 + _pv2"``."""
 
     def expanded(self, rooms: list[str] | None = None) -> list[Series]:
         """Every series with ``{room}`` templates expanded (optionally for some rooms only)."""

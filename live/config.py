@@ -5,7 +5,8 @@ MQTT, Growatt over Modbus TCP, InfluxDB for the log), where forecasts come from 
 thresholds. Relative paths resolve against the file's folder. Passwords never go in it: broker
 credentials come from ``PEMS_MQTT_USERNAME``/``PEMS_MQTT_PASSWORD`` or a ``credentials_file``
 (``chmod 600``); InfluxDB credentials from ``PEMS_INFLUX_*``. A full example with every key is
-``docs/live-example.toml``.
+``docs/live-example.toml``; every key, with its unit, default and allowed range, is listed in
+``docs/reference/live-config.md``, rendered from the attribute docstrings below (``python -m pems.docs``).
 
 Forecasts
 ---------
@@ -37,7 +38,7 @@ _SECRET_KEYS = ("password", "username", "token", "user", "pass")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def _refuse_secrets(data: Any, hint: str) -> Any:
@@ -53,20 +54,30 @@ class TlsSpec(_Strict):
     """TLS towards the broker (see :class:`pems.live.loxone.TLSConfig`)."""
 
     ca_file: str | None = None
+    """CA certificate file that signed the broker's certificate (default: the system's CAs)."""
     cert_file: str | None = None
+    """Client certificate file, where the broker wants one."""
     key_file: str | None = None
+    """The client certificate's key file."""
     insecure: bool = False
+    """Do not check that the broker's certificate names its host (the chain is still verified)."""
 
 
 class MqttSpec(_Strict):
     """The Loxone side: the MQTT broker the Miniserver (or LoxBerry) talks to."""
 
     host: str = Field(min_length=1)
+    """Host name or address of the broker."""
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    layout: str = "loxberry"  # topic layout: built-in name or TOML file
-    credentials_file: str | None = None  # KEY=VALUE lines; the environment wins
+    """TCP port of the broker."""
+    layout: str = "loxberry"
+    """Topic layout: a built-in name or a layout file (see the MQTT layout reference)."""
+    credentials_file: str | None = None
+    """A file of ``PEMS_MQTT_USERNAME=…``/``PEMS_MQTT_PASSWORD=…`` lines (``chmod 600``); the environment wins."""
     client_id: str | None = None
+    """MQTT client id (default: ``pems-loop-`` and a random suffix); a dry run appends ``-dry-run``."""
     tls: TlsSpec | None = None
+    """TLS towards the broker (none: plain TCP)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -78,18 +89,26 @@ class ModbusSpec(_Strict):
     """The Growatt hybrid inverter over Modbus TCP (a TCP gateway or the inverter's own port)."""
 
     host: str = Field(min_length=1)
+    """Host name or address of the inverter or its Modbus TCP gateway."""
     port: Annotated[int, Field(ge=1, le=65535)] = 502
+    """TCP port."""
     device_id: Annotated[int, Field(ge=1, le=247)] = 1
-    map: str = "growatt-sph"  # register map: built-in name or TOML file
+    """Modbus unit id of the inverter."""
+    map: str = "growatt-sph"
+    """Register map: a built-in name (``growatt-sph``, ``growatt-mod-xh``) or a map file."""
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
+    """Time limit of one request [s]."""
 
 
 class InfluxSpec(_Strict):
     """Where everything measured, commanded and every fallback is logged (spooled on disk while down)."""
 
-    url: str = Field(min_length=1)  # influx://HOST:PORT/DB (v1) or influx2://HOST:PORT/BUCKET?org=ORG
+    url: str = Field(min_length=1)
+    """``influx://HOST:PORT/DB`` (the 1.x API) or ``influx2://HOST:PORT/BUCKET?org=ORG``."""
     mapping: str = "loxone-growatt"
+    """Mapping preset or file: which measurement and field each value is written to."""
     spool_dir: str = "spool"
+    """Folder of the disk spool that keeps points while the server is down."""
 
     @model_validator(mode="before")
     @classmethod
@@ -101,34 +120,56 @@ class LiveForecastSpec(_Strict):
     """Forecast sources (names as in a scenario file; CSVs are re-read when they change)."""
 
     weather: str = "sand-point-tmy3"
+    """A built-in weather set or a CSV file (re-read every step): ``time, T_out, ghi [, dni, dhi, wind_speed]``."""
     prices: str = "two-rate"
+    """A built-in price model or a CSV file: ``time, price_import, price_export``."""
     load: str = "h25"
+    """A built-in household-load profile or a CSV file: ``time, P_load``."""
     load_kwh_per_year: Annotated[float, Field(ge=0)] = 4000.0
+    """Annual household consumption a built-in profile is scaled to [kWh]."""
     horizon_hours: Annotated[float, Field(gt=0, le=168)] = 48.0
+    """Length of each forecast; at least ``mpc.horizon_hours`` [h]."""
     tariff: Tariff = Field(default_factory=Tariff)
-    # the registry's champions (`pems forecast fit pv|load`) replace the PV and load of the sources above
+    """Figures of the built-in price models."""
     learned: list[Literal["pv", "load"]] = Field(default_factory=list)
-    history: str | None = None  # a history table (CSV/Parquet) the learned forecasters start from
+    """The model registry's champions (``pems forecast fit pv|load``) replace the PV and load of the sources above; ``load`` needs ``[modbus]``."""
+    history: str | None = None
+    """A history table (CSV/Parquet) the learned forecasters start from, e.g. from ``pems history``."""
 
 
 class LiveConfig(_Strict):
     """A ``pems live --config`` file."""
 
     house: str
+    """The house model: a house file (e.g. the ``house.toml`` of ``pems calibrate``) or a built-in name."""
     controller: Literal["mpc", "mpc+correctors", "rule-based"] = "mpc"
-    registry: str | None = None  # the model registry of the champion corrector and learned forecasters
+    """The controller; ``mpc+correctors`` takes the registry's champion corrector, learned for this house's rooms."""
+    registry: str | None = None
+    """The model registry of the champion corrector and learned forecasters (default: ``$PEMS_MODELS`` or ``./models``)."""
     step_minutes: Annotated[int, Field(ge=1, le=240)] = 15
+    """Control step [min]."""
     inner_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
-    clock: Literal["wall", "emulator"] = "wall"  # emulator: follow `pems emulate`'s clock over MQTT
+    """Relay tick inside a control step (duty cycles); divides the control step [s]."""
+    clock: Literal["wall", "emulator"] = "wall"
+    """``emulator``: follow the clock ``pems emulate`` announces on the broker (accelerated trials)."""
     state_dir: str = "state"
+    """Folder of the loop's saved state and lock."""
     events: str = "events.jsonl"
+    """The loop's log of steps, commands and fallbacks."""
     mqtt: MqttSpec
+    """The Loxone side: the MQTT broker."""
     modbus: ModbusSpec | None = None
+    """The Growatt inverter (none: the battery is not controlled)."""
     influx: InfluxSpec | None = None
+    """The InfluxDB log (none: no log to InfluxDB)."""
     forecast: LiveForecastSpec = Field(default_factory=LiveForecastSpec)
+    """Where forecasts come from."""
     comfort: Comfort = Field(default_factory=Comfort)
+    """Comfort bands and their schedule, as in a scenario file."""
     mpc: MpcSpec = Field(default_factory=MpcSpec)
+    """MPC settings, as in a scenario file."""
     safety: dict[str, float | int | None] = Field(default_factory=dict)
+    """The watchdog's thresholds (keys below)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> LiveConfig:

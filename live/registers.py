@@ -133,21 +133,34 @@ def _encoding_problem(encoding: Encoding, raw: int) -> str | None:
 class Register(BaseModel):
     """One register (or 32-bit pair) of a map, with its scaling and, if writable, its limits."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
-    name: str = ""  # filled in from the table key
+    name: str = ""
+    """Filled in from the table's key; leave it out."""
     address: int = Field(ge=0, le=65535)
+    """Register address (of the high word for 32-bit values)."""
     table: Table
+    """``input`` (function 04, read-only) or ``holding`` (03 read, 06/16 write)."""
     words: Literal[1, 2] = 1
+    """1, or 2 for a 32-bit value (high word first, as Growatt sends them)."""
     scale: float = 1.0
+    """Engineering value = raw × scale, e.g. 0.1 for a power in 0.1 W; positive."""
     unit: str = ""
+    """Unit of the engineering value, e.g. ``W`` or ``%``."""
     signed: bool = False
+    """Two's complement over all the words."""
     writable: bool = False
-    range: tuple[float, float] | None = None  # allowed engineering values, inclusive
-    values: tuple[float, ...] | None = None  # or: the allowed engineering values
+    """On the allow-list of writes (holding registers only); needs ``range`` or ``values``."""
+    range: tuple[float, float] | None = None
+    """Allowed written values ``[low, high]``, inclusive, in engineering units."""
+    values: tuple[float, ...] | None = None
+    """Or: the allowed written values, in engineering units."""
     encoding: Encoding = "uint"
-    default: float | None = None  # the factory value an emulated inverter starts with
+    """``uint``, ``time_hm`` (hour × 256 + minute) or ``tlxh_slot_start`` (see the module notes); not ``uint`` needs ``words = 1``, ``scale = 1``, unsigned."""
+    default: float | None = None
+    """The factory value an emulated inverter starts with, in engineering units."""
     description: str = ""
+    """What the register holds."""
 
     @field_validator("scale")
     @classmethod
@@ -250,23 +263,32 @@ class Register(BaseModel):
 class DeviceInfo(BaseModel):
     """The ``[device]`` table: what the map is for and where its registers were found."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     name: str
+    """The map's name."""
     title: str = ""
+    """The inverters it is for."""
     scheme: Scheme
+    """How battery control is laid out: ``sph`` (a priority register and slot registers) or ``tlxh`` (the priority in each slot's start word)."""
     sources: list[str] = Field(default_factory=list)
+    """Where the registers were found (protocol documents, integrations)."""
     notes: str = ""
-    #: Longest read request [registers]: Growatt answers at most 125 registers per request and only
-    #: within one of its 125-register ranges, so reads are grouped into blocks no longer than this.
+    """Anything a user of the map should know."""
     max_read: int = Field(default=100, ge=1, le=125)
+    """Longest read request [registers]: Growatt answers at most 125 registers per request and only
+    within one of its 125-register ranges, so reads are grouped into blocks no longer than this."""
 
 
 class _MapFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A whole register-map file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     device: DeviceInfo
+    """What the map is for."""
     registers: dict[str, Register]
+    """The registers by name: the measurements and, per scheme, the control registers."""
 
 
 # ----------------------------------------------------------------------------- the whole map

@@ -68,16 +68,24 @@ _BAD_TOPIC_CHARS = ("+", "#", "\x00")
 class Topics(BaseModel):
     """Topic templates; ``{room}`` stands for the room's name in the topics."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     temperature: str
+    """Per room, home → loop: the room's air temperature [°C]."""
     relay_state: str
+    """Per room, home → loop: the heating relay's state, on/off."""
     relay_set: str
+    """Per room, loop → home: switch the heating relay on/off."""
     mode_set: str
+    """Per room, loop → home: who runs the room, ``pems`` or ``home`` (its own thermostat)."""
     mode_state: str = ""
+    """Per room, home → loop: the mode in force (empty: not published)."""
     outdoor: str = ""
+    """House-wide, home → loop: the outdoor temperature [°C] (empty: not published)."""
     gateway_status: str = ""
+    """House-wide, home → loop: the gateway's status, ``payload.gateway_online`` when it is up (empty: none)."""
     loop_status: str = ""
+    """House-wide, loop → home: the retained online/offline flag of the loop, with a last will (empty: none)."""
 
     @field_validator("*")
     @classmethod
@@ -110,18 +118,28 @@ class Topics(BaseModel):
 class Payload(BaseModel):
     """How values are written in payloads."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     format: PayloadFormat = "plain"
+    """``plain`` numbers and words, or ``json`` objects with the value under ``json_key``."""
     json_key: str = Field("value", min_length=1)
+    """The value's key in ``json`` payloads."""
     formats: dict[TopicKey, PayloadFormat] = Field(default_factory=dict)
+    """A different format for some topics, by topic key, e.g. ``{ temperature = "json" }``."""
     on: str = Field("1", min_length=1)
+    """A relay on (common on/off words are understood on input too)."""
     off: str = Field("0", min_length=1)
+    """A relay off."""
     pems: str = Field("1", min_length=1)
+    """Mode: the loop runs the room."""
     home: str = Field("0", min_length=1)
+    """Mode: the room's own thermostat runs it."""
     online: str = Field("1", min_length=1)
+    """The loop's status: running."""
     offline: str = Field("0", min_length=1)
+    """The loop's status: stopped (also its last will)."""
     gateway_online: str = "Connected"
+    """The gateway's status when it is up."""
 
     @model_validator(mode="after")
     def _distinct(self) -> Payload:
@@ -137,24 +155,33 @@ class Payload(BaseModel):
 class Delivery(BaseModel):
     """QoS and retain flag of one direction."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     qos: int = Field(1, ge=0, le=2)
+    """MQTT quality of service."""
     retain: bool = False
+    """Whether the broker keeps the last message for new subscribers."""
 
 
 class Layout(BaseModel):
     """A whole layout file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     name: str
+    """The layout's name."""
     description: str = ""
+    """One line about the layout."""
     topics: Topics
+    """Topic templates; ``{room}`` stands for the room's name in the topics."""
     payload: Payload = Field(default_factory=Payload)
+    """How values are written."""
     state: Delivery = Field(default_factory=lambda: Delivery(qos=0, retain=True))
+    """QoS and retain of what the home publishes (default: QoS 0, retained)."""
     command: Delivery = Field(default_factory=lambda: Delivery(qos=1, retain=False))
-    rooms: dict[str, str] = Field(default_factory=dict)  # room id → its name in the topics
+    """QoS and retain of what the loop publishes (default: QoS 1, not retained)."""
+    rooms: dict[str, str] = Field(default_factory=dict)
+    """Room id → its name in the topics (default: the id)."""
 
     @field_validator("rooms")
     @classmethod

@@ -3,7 +3,8 @@
 A scenario names a house, a period, weather, prices and household load, the comfort bands the
 controllers must respect, how the run starts and what forecasts controllers receive. Built-in
 scenarios live in ``scenarios/library/*.toml``; any TOML file with the same keys works, with paths
-relative to the file.
+relative to the file. Every key, with its unit, default and allowed range, is listed in
+``docs/reference/scenario.md``, rendered from the attribute docstrings below (``python -m pems.docs``).
 """
 
 from __future__ import annotations
@@ -27,16 +28,20 @@ if TYPE_CHECKING:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class RoomComfort(_Strict):
     """A room's comfort band [°C]; night values default to the day values."""
 
     low: float
+    """Lower bound by day [°C]."""
     high: float
+    """Upper bound by day [°C]."""
     night_low: float | None = None
+    """Lower bound by night (default: ``low``) [°C]."""
     night_high: float | None = None
+    """Upper bound by night (default: ``high``) [°C]."""
 
 
 class Comfort(_Strict):
@@ -48,14 +53,23 @@ class Comfort(_Strict):
     """
 
     low: float = 20.0
+    """Lower bound of every room's band by day; below ``high`` [°C]."""
     high: float = 24.0
+    """Upper bound by day [°C]."""
     night_low: float | None = None
+    """Lower bound by night (default: ``low``) [°C]."""
     night_high: float | None = None
+    """Upper bound by night (default: ``high``) [°C]."""
     day_start: time = time(6, 0)
+    """Local time the day band starts, ``"HH:MM"``."""
     night_start: time = time(22, 0)
+    """Local time the night band starts, ``"HH:MM"``."""
     use_house_setpoints: bool = True
+    """Rooms with ``comfort_c``/``eco_c`` in the house file take their band from those set-points."""
     band_below_setpoint_k: Annotated[float, Field(ge=0, le=5)] = 0.5
+    """How far below a house set-point the lower bound lies [K]."""
     rooms: dict[str, RoomComfort] = Field(default_factory=dict)
+    """A band of its own for some rooms, by room id."""
 
 
 class Initial(_Strict):
@@ -64,9 +78,13 @@ class Initial(_Strict):
     per room)."""
 
     mode: Literal["settled", "given"] = "settled"
+    """``settled``: the steady state of the first day; ``given``: the temperatures below."""
     T_room: float | dict[str, float] = 21.0
-    T_mass: float | dict[str, float] | None = None  # default: equal to T_room
-    soc: Annotated[float, Field(ge=0, le=1)] | None = None  # default: middle of the SOC band
+    """Air temperature of every room, or by room id (``given`` only) [°C]."""
+    T_mass: float | dict[str, float] | None = None
+    """Slab temperature of every room, or by room id (default: ``T_room``) [°C]."""
+    soc: Annotated[float, Field(ge=0, le=1)] | None = None
+    """Battery state of charge at the start (default: the middle of the SOC band) [-]."""
 
 
 class ForecastSpec(_Strict):
@@ -83,13 +101,21 @@ class ForecastSpec(_Strict):
     """
 
     model: Literal["perfect", "persistence", "noisy", "learned"] = "perfect"
+    """What controllers are told about the future (see above)."""
     horizon_hours: Annotated[float, Field(gt=0, le=168)] = 48.0
+    """Length of each forecast; at least the MPC's horizon [h]."""
     seed: int = 0
+    """``noisy``: seed of the forecast errors."""
     sigma_T_out: Annotated[float, Field(ge=0)] = 1.5
+    """``noisy``: standard deviation of the outdoor-temperature error at long lead times [K]."""
     sigma_irradiance: Annotated[float, Field(ge=0)] = 0.35
+    """``noisy``: relative standard deviation of the irradiance and PV error [-]."""
     sigma_load: Annotated[float, Field(ge=0)] = 0.25
+    """``noisy``: relative standard deviation of the household-load error [-]."""
     correlation_hours: Annotated[float, Field(gt=0)] = 12.0
+    """``noisy``: correlation time of the AR(1) errors [h]."""
     learn_days: Annotated[float, Field(ge=14, le=730)] = 42.0
+    """``learned``: days before the start the forecasters are fitted on [d]."""
 
 
 class MpcSpec(_Strict):
@@ -97,42 +123,74 @@ class MpcSpec(_Strict):
     and :class:`pems.controllers.mpc.MpcConfig`)."""
 
     horizon_hours: Annotated[float, Field(gt=0, le=168)] = 24.0
-    solver: Literal["auto", "lp", "ipopt"] = "auto"  # auto: the LP path where the OCP is linear
-    fine_hours: Annotated[float, Field(ge=0, le=168)] = 6.0  # planned per control step, then ...
-    coarse_minutes: Annotated[float, Field(gt=0, le=240)] = 60.0  # ... in stages of this length
-    deadline_s: Annotated[float, Field(gt=0)] | None = None  # a step's solve chain; default half a step
-    comfort: Annotated[float, Field(ge=0)] = 2.0  # currency per K·h per room
-    comfort_quadratic: Annotated[float, Field(ge=0)] = 0.0  # currency per K²·h per room (> 0: an NLP)
+    """Planning horizon [h]."""
+    solver: Literal["auto", "lp", "ipopt"] = "auto"
+    """``auto``: the LP path (HiGHS) where the problem is linear, else do-mpc with IPOPT; ``lp`` or ``ipopt`` force one."""
+    fine_hours: Annotated[float, Field(ge=0, le=168)] = 6.0
+    """The first hours planned per control step [h] …"""
+    coarse_minutes: Annotated[float, Field(gt=0, le=240)] = 60.0
+    """… the rest of the horizon in stages of this length [min]."""
+    deadline_s: Annotated[float, Field(gt=0)] | None = None
+    """Time limit of a step's whole solve chain (default: half a control step) [s]."""
+    comfort: Annotated[float, Field(ge=0)] = 2.0
+    """Penalty on leaving a room's band, per room [currency K⁻¹ h⁻¹]."""
+    comfort_quadratic: Annotated[float, Field(ge=0)] = 0.0
+    """Quadratic penalty on leaving the band, per room; above 0 the problem is an NLP [currency K⁻² h⁻¹]."""
     comfort_margin_k: Annotated[float, Field(ge=0, le=2)] = 0.1
-    battery_wear: Annotated[float, Field(ge=0)] = 0.005  # currency per kWh throughput
-    peak: Annotated[float, Field(ge=0)] = 0.0  # currency per kW·h above the threshold
+    """Back-off inside the band the plan aims for [K]."""
+    battery_wear: Annotated[float, Field(ge=0)] = 0.005
+    """Cost of battery throughput [currency kWh⁻¹]."""
+    peak: Annotated[float, Field(ge=0)] = 0.0
+    """Penalty on import above ``peak_threshold_kw`` [currency kW⁻¹ h⁻¹]."""
     peak_threshold_kw: Annotated[float, Field(ge=0)] = 15.0
+    """Import above which ``peak`` applies [kW]."""
     terminal_battery_value: Annotated[float, Field(ge=0, le=1.5)] = 1.0
+    """Value of energy left in the battery at the horizon's end, as a share of the horizon's mean import price [-]."""
     terminal_heat_value: Annotated[float, Field(ge=0, le=1.5)] = 0.9
+    """Value of heat left in the building at the horizon's end, as a share of the horizon's mean import price [-]."""
 
 
 class Scenario(_Strict):
-    """A scenario file (see DESIGN.md); every key but ``name``, ``house`` and ``start`` has a default."""
+    """A scenario file; every key but ``name``, ``house`` and ``start`` has a default."""
 
     name: str
+    """The scenario's name, shown in reports and output folders."""
     description: str | None = None
+    """One line about the scenario."""
     house: str
+    """A built-in house name or a house file, relative to this file."""
     start: datetime
+    """First instant, with a time zone, e.g. ``2024-01-22T00:00:00+01:00``."""
     days: Annotated[float, Field(gt=0, le=3660)] = 7.0
+    """Length of the run [d]."""
     step_minutes: Annotated[int, Field(ge=1, le=240)] = 15
+    """Control step: controllers act, and the trajectory has a row, once a step [min]."""
     plant_step_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
+    """Step of the simulated home inside a control step (relays, thermostats, limits); divides the control step [s]."""
     weather: str = "sand-point-tmy3"
+    """A built-in weather set or a CSV file: ``time, T_out, ghi [, dni, dhi, wind_speed]``."""
     prices: str = "cz-spot-2024"
+    """A built-in price model or a CSV file: ``time, price_import, price_export``."""
     load: str = "h25"
+    """A built-in household-load profile or a CSV file: ``time, P_load``."""
     load_kwh_per_year: Annotated[float, Field(ge=0)] = 4000.0
+    """Annual household consumption a built-in profile is scaled to [kWh]."""
     heating: bool = True
+    """False: a run without heating (the heaters are off whatever the controller asks)."""
     controller: str = "rule-based"
+    """Controller of ``pems simulate`` when ``--controller`` is not given."""
     comfort: Comfort = Field(default_factory=Comfort)
+    """Comfort bands and their schedule."""
     tariff: Tariff = Field(default_factory=Tariff)
+    """Figures of the built-in price models."""
     initial: Initial = Field(default_factory=Initial)
+    """The state the run starts from."""
     forecast: ForecastSpec = Field(default_factory=ForecastSpec)
+    """The forecasts controllers receive."""
     mpc: MpcSpec = Field(default_factory=MpcSpec)
-    truth: Truth | None = None  # heat the controllers' model does not know (see scenarios/unmodelled.py)
+    """Settings of the ``mpc`` and ``oracle`` controllers."""
+    truth: Truth | None = None
+    """Heat the true home has and the controllers' model does not know; learning controllers learn it from a history logged before the start."""
 
     @field_validator("start")
     @classmethod

@@ -1,4 +1,4 @@
-"""House description: the TOML schema of DESIGN.md, validated once at load.
+"""House description: the house file's TOML schema, validated once at load.
 
 A house file names a site, its rooms (floor area, heater rating, neighbours, windows), optional PV
 arrays, a battery, the hybrid inverter, the grid connection and the heating system. Physical
@@ -6,7 +6,9 @@ parameters a user does not give get documented priors (:mod:`pems.twin.priors`);
 writes fitted values into each room's ``[rooms.params]`` table.
 
 Loading goes through :func:`load_house`, which accepts a built-in name (``reference``) or a path
-and raises :class:`pems.errors.InputError` naming the file and key of every bad value.
+and raises :class:`pems.errors.InputError` naming the file and key of every bad value. Every key,
+with its unit, default and allowed range, is listed in ``docs/reference/house.md``, rendered from
+the attribute docstrings below (``python -m pems.docs``).
 """
 
 from __future__ import annotations
@@ -35,18 +37,24 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Site(_Strict):
     """Where the house stands; solar geometry and the local calendar come from here."""
 
     latitude: Annotated[float, Field(ge=-90, le=90)]
+    """Latitude, north positive [°]."""
     longitude: Annotated[float, Field(ge=-180, le=180)]
+    """Longitude, east positive [°]."""
     altitude_m: float = 0.0
+    """Height above sea level [m]."""
     timezone: str = "UTC"
-    country: str | None = None  # ISO 3166 code for public holidays of the load profile
-    ground_temperature_c: float = 10.0  # undisturbed ground below the slab [°C]
+    """IANA time zone, e.g. ``Europe/Prague``: the local calendar of schedules, comfort bands and holidays."""
+    country: str | None = None
+    """ISO 3166 country code whose public holidays shape the household load profile (none: no holidays)."""
+    ground_temperature_c: float = 10.0
+    """Undisturbed ground temperature below the slab [°C]."""
 
     @field_validator("timezone")
     @classmethod
@@ -61,10 +69,14 @@ class Site(_Strict):
 class Window(_Strict):
     """A glazed opening; its orientation sets which facade irradiance drives the room's gains."""
 
-    azimuth_deg: Annotated[float, Field(ge=0, le=360)]  # 0 north, 90 east, 180 south
+    azimuth_deg: Annotated[float, Field(ge=0, le=360)]
+    """Direction the window faces: 0 north, 90 east, 180 south, 270 west [°]."""
     area_m2: Pos
+    """Glazed area [m²]."""
     tilt_deg: Annotated[float, Field(ge=0, le=90)] = 90.0
-    g_value: Fraction = 0.5  # total solar energy transmittance of the glazing [-]
+    """Tilt from horizontal: 90 is a wall, 0 a flat skylight [°]."""
+    g_value: Fraction = 0.5
+    """Total solar energy transmittance of the glazing [-]."""
 
 
 class RoomParams(_Strict):
@@ -73,40 +85,67 @@ class RoomParams(_Strict):
     Units: capacities [J K⁻¹], conductances [W K⁻¹], aperture [m²], fractions [-].
     """
 
-    C_air: Pos | None = None  # air, furniture and light surfaces
-    C_mass: Pos | None = None  # floor slab (screed) and heavy inner structure
-    H_am: Pos | None = None  # air ↔ mass (floor surface transfer)
-    H_out: NonNeg | None = None  # air ↔ outdoors (envelope and ventilation)
-    H_ground: NonNeg | None = None  # mass ↔ ground (slab on ground)
-    A_sol: NonNeg | None = None  # effective solar aperture (area × g × frame × shading)
-    f_sol_mass: Fraction | None = None  # share of solar gain absorbed by the mass node
-    eta_heat: Annotated[float, Field(gt=0, le=1.5)] | None = None  # heat delivered / electricity
-    f_heat_mass: Fraction | None = None  # share of heater output entering the mass node
-    H_neighbour: dict[str, NonNeg] = Field(default_factory=dict)  # air ↔ air per neighbour id
-    # Daily profile of internal gains beyond the known ones [W]: mean and two harmonics (local time).
+    C_air: Pos | None = None
+    """Heat capacity of the air, furniture and light surfaces [J K⁻¹]."""
+    C_mass: Pos | None = None
+    """Heat capacity of the floor slab (screed) and heavy inner structure [J K⁻¹]."""
+    H_am: Pos | None = None
+    """Conductance air ↔ mass: the floor surface transfer [W K⁻¹]."""
+    H_out: NonNeg | None = None
+    """Conductance air ↔ outdoors: envelope and ventilation [W K⁻¹]."""
+    H_ground: NonNeg | None = None
+    """Conductance mass ↔ ground, for a slab on ground [W K⁻¹]."""
+    A_sol: NonNeg | None = None
+    """Effective solar aperture: window area × g × frame × shading [m²]."""
+    f_sol_mass: Fraction | None = None
+    """Share of the solar gain absorbed by the mass node [-]."""
+    eta_heat: Annotated[float, Field(gt=0, le=1.5)] | None = None
+    """Heat delivered per unit of electricity (before a heat pump's COP) [-]."""
+    f_heat_mass: Fraction | None = None
+    """Share of the heater output entering the mass node (underfloor: 1) [-]."""
+    H_neighbour: dict[str, NonNeg] = Field(default_factory=dict)
+    """Conductance air ↔ air to each neighbour, by room id [W K⁻¹]; a coupling given from both sides must agree."""
     g0: float | None = None
+    """Daily profile of internal gains beyond the known ones (fitted by calibration): its mean [W]."""
     g1c: float | None = None
+    """The same profile's daily harmonic, cosine term, local time [W]."""
     g1s: float | None = None
+    """Its daily harmonic, sine term [W]."""
     g2c: float | None = None
+    """Its half-day harmonic, cosine term [W]."""
     g2s: float | None = None
+    """Its half-day harmonic, sine term [W]."""
 
 
 class Room(_Strict):
     """One heated room: an air node and a floor/mass node in the thermal network."""
 
     id: str
+    """The room's id: letters, digits, ``_`` and ``-`` (no ``__``); the ``<room>`` of column names."""
     name: str | None = None
+    """A readable name for reports."""
     floor_area_m2: Pos
+    """Heated floor area [m²]; the priors of the room's parameters scale with it."""
     heater_w: NonNeg
+    """Nominal electric power of the room's heater circuit [W]."""
     neighbours: list[str] = Field(default_factory=list)
+    """Ids of the rooms it exchanges heat with (listing a pair once is enough)."""
     storey: int = 0
-    ground_contact: bool | None = None  # default: on the lowest storey
+    """Storey, 0 the ground floor; the top storey loses heat through the roof."""
+    ground_contact: bool | None = None
+    """Whether the slab lies on the ground (default: rooms on the lowest storey)."""
     room_type: RoomType = "room"
+    """What the room is used for: sets its share of the internal gains."""
     external_walls: bool = True
+    """Whether the room has walls to the outside (false: an interior room)."""
     windows: list[Window] = Field(default_factory=list)
-    comfort_c: float | None = None  # the home's own thermostat: comfort (day) set-point [°C]
-    eco_c: float | None = None  # eco (night) set-point [°C]
+    """Its windows, e.g. ``[{ azimuth_deg = 180, area_m2 = 5.0 }]``."""
+    comfort_c: float | None = None
+    """The home's own thermostat: comfort (day) set-point [°C]."""
+    eco_c: float | None = None
+    """The home's own thermostat: eco (night) set-point [°C]."""
     params: RoomParams = Field(default_factory=RoomParams)
+    """Physical parameters; absent values get priors from area and room type."""
 
     @field_validator("id")
     @classmethod
@@ -122,73 +161,109 @@ class PVArray(_Strict):
     """A PV string/array on one plane, modelled with pvlib's PVWatts chain."""
 
     name: str | None = None
-    kwp: Pos  # DC rating at STC [kWp]
+    """A readable name for reports."""
+    kwp: Pos
+    """DC rating at standard test conditions [kWp]."""
     tilt_deg: Annotated[float, Field(ge=0, le=90)] = 35.0
+    """Tilt of the modules from horizontal [°]."""
     azimuth_deg: Annotated[float, Field(ge=0, le=360)] = 180.0
-    losses_pct: Annotated[float, Field(ge=0, lt=100)] = 14.0  # PVWatts system losses [%]
-    gamma_pdc: Annotated[float, Field(ge=-0.01, le=0)] = -0.0037  # power temperature coeff. [1/K]
+    """Direction the modules face: 0 north, 90 east, 180 south [°]."""
+    losses_pct: Annotated[float, Field(ge=0, lt=100)] = 14.0
+    """PVWatts system losses: soiling, wiring, mismatch, … [%]."""
+    gamma_pdc: Annotated[float, Field(ge=-0.01, le=0)] = -0.0037
+    """Temperature coefficient of the DC power [K⁻¹]."""
 
 
 class Inverter(_Strict):
     """The (hybrid) inverter shared by PV and battery."""
 
-    ac_limit_w: Pos | None = None  # default: the PV DC rating
+    ac_limit_w: Pos | None = None
+    """AC power rating shared by PV and battery (default: the PV DC rating) [W]."""
     efficiency_nom: Annotated[float, Field(gt=0.5, le=1)] = 0.96
-    standby_w: NonNeg = 10.0  # own consumption drawn from the grid [W] (P_loss)
+    """Nominal DC → AC efficiency of the PV path [-]."""
+    standby_w: NonNeg = 10.0
+    """Own consumption drawn from the grid, part of ``P_loss`` [W]."""
 
 
 class Battery(_Strict):
     """A stationary battery behind the inverter; powers are on its AC side."""
 
     capacity_kwh: Pos
+    """Energy content from empty to full [kWh]."""
     max_charge_w: Pos
+    """Largest charging power, AC side [W]."""
     max_discharge_w: Pos
+    """Largest discharging power, AC side [W]."""
     soc_min: Fraction = 0.1
+    """Lowest state of charge a controller may use; below ``soc_max`` [-]."""
     soc_max: Fraction = 0.95
+    """Highest state of charge a controller may use [-]."""
     eta_charge: Annotated[float, Field(gt=0.5, le=1)] = 0.95
+    """Charging efficiency, AC → stored [-]."""
     eta_discharge: Annotated[float, Field(gt=0.5, le=1)] = 0.95
-    self_discharge_w: NonNeg = 0.0  # drawn from the stored energy [W]
+    """Discharging efficiency, stored → AC [-]."""
+    self_discharge_w: NonNeg = 0.0
+    """Standing loss drawn from the stored energy [W]."""
 
 
 class Grid(_Strict):
     """The grid connection; ``None`` means no limit."""
 
-    import_limit_w: Pos | None = None  # main fuse
-    export_limit_w: NonNeg | None = None  # feed-in limit (the inverter curtails PV)
+    import_limit_w: Pos | None = None
+    """Main fuse: the largest import; the plant sheds heating above it [W]."""
+    export_limit_w: NonNeg | None = None
+    """Feed-in limit; the inverter curtails PV above it [W]."""
 
 
 class Heating(_Strict):
     """The heating system serving every room's heater circuit."""
 
     kind: Literal["electric_underfloor", "electric_convector", "heat_pump"] = "electric_underfloor"
-    thermostat_hysteresis_k: Annotated[float, Field(gt=0, le=2)] = 0.25  # home's own thermostats
-    # Heat pump only: COP = eta_carnot · T_supply / (T_supply − T_out), clipped to [1, cop_max].
+    """Where the heat goes: underfloor (into the slab), convectors (into the air) or a heat pump's floor circuits."""
+    thermostat_hysteresis_k: Annotated[float, Field(gt=0, le=2)] = 0.25
+    """Half-width of the switching band of the home's own thermostats [K]."""
     eta_carnot: Annotated[float, Field(gt=0, le=1)] = 0.45
+    """Heat pump only: share of the Carnot COP, ``COP = eta_carnot · T_supply / (T_supply − T_out)`` [-]."""
     supply_temp_c: float = 35.0
+    """Heat pump only: supply temperature of the heating circuits [°C]."""
     cop_max: Annotated[float, Field(ge=1)] = 6.0
+    """Heat pump only: the COP is clipped to ``[1, cop_max]`` [-]."""
 
 
 class Occupancy(_Strict):
     """Internal gains: occupants and the share of household electricity that ends as heat."""
 
     persons: NonNeg = 3.0
+    """Occupants: all at home from 17:00 to 08:00 and at weekends, 30 % on workdays between."""
     sensible_w_per_person: NonNeg = 70.0
+    """Sensible heat of one person present [W]."""
     electricity_to_heat: Fraction = 0.8
+    """Share of the household electricity (not heating) that ends as heat in the rooms [-]."""
 
 
 class House(_Strict):
     """A whole house: the input of :func:`pems.twin.model.build_model`."""
 
     name: str
+    """The house's name, shown in reports."""
     description: str | None = None
+    """One line about the house."""
     site: Site
+    """Where it stands."""
     rooms: list[Room] = Field(min_length=1)
+    """Its heated rooms, one ``[[rooms]]`` table each."""
     pv: list[PVArray] = Field(default_factory=list)
+    """PV arrays, one ``[[pv]]`` table each (none: no PV)."""
     inverter: Inverter | None = None
+    """The hybrid inverter (default: every key at its default)."""
     battery: Battery | None = None
+    """The battery (none: no battery)."""
     grid: Grid = Field(default_factory=Grid)
+    """The grid connection's limits."""
     heating: Heating = Field(default_factory=Heating)
+    """The heating system."""
     occupancy: Occupancy = Field(default_factory=Occupancy)
+    """Occupants and appliances as internal gains."""
 
     @property
     def room_ids(self) -> tuple[str, ...]:

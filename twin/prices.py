@@ -33,18 +33,28 @@ BUILTIN_PRICES = ("flat", "two-rate", "cz-spot-2024")
 class Tariff(BaseModel):
     """Tariff figures of the built-in price models [currency kWh⁻¹]."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     currency: str = "EUR"
+    """Currency of every price, shown in reports and KPIs."""
     flat_import: float = 0.30
-    export: float = 0.05  # feed-in price of flat and two-rate
+    """``flat``: import price [currency kWh⁻¹]."""
+    export: float = 0.05
+    """``flat`` and ``two-rate``: feed-in price [currency kWh⁻¹]."""
     day_import: float = 0.32
+    """``two-rate``: import price by day [currency kWh⁻¹]."""
     night_import: float = 0.20
+    """``two-rate``: import price by night [currency kWh⁻¹]."""
     day_start_hour: int = 6
+    """``two-rate``: local hour the day rate starts [h]."""
     night_start_hour: int = 22
-    spot_import_adder: float = 0.080  # fees added to the spot price before VAT
+    """``two-rate``: local hour the night rate starts [h]."""
+    spot_import_adder: float = 0.080
+    """``cz-spot-2024``: fees added to the spot price before VAT [currency kWh⁻¹]."""
     vat: float = 0.21
+    """``cz-spot-2024``: VAT on the import price [-]."""
     spot_export_fee: float = 0.012
+    """``cz-spot-2024``: the supplier's fee taken off the spot price for export [currency kWh⁻¹]."""
 
 
 def spot_prices_2024() -> pd.Series:

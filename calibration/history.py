@@ -1,9 +1,11 @@
-"""The canonical history table (DESIGN.md) from CSV or Parquet, on the model's step.
+"""The canonical history table from CSV or Parquet, on the model's step.
 
-A history has a UTC time index and the DESIGN.md columns (``T_out``, ``ghi``, ``T_room__<room>``,
-``P_heat__<room>``, ``P_pv``, ``P_load``, ``P_grid``, ``P_bat``, ``soc``, prices). Where only relay
-states are logged, ``relay__<room>`` (0/1, or a duty fraction) is turned into heating power with the
-room's nominal rating from the house file.
+A history has a UTC time index and the columns of :data:`COLUMNS` (``T_out``, ``ghi``,
+``T_room__<room>``, ``P_heat__<room>``, ``P_pv``, ``P_load``, ``P_grid``, ``P_bat``, ``soc``, prices;
+``docs/reference/history.md`` is rendered from it). Where only relay states are logged,
+``relay__<room>`` (0/1, or a duty fraction) is turned into heating power with the room's nominal
+rating from the house file; a whole-house meter ``P_load_total`` becomes ``P_load`` once the
+heating is subtracted.
 
 Loading never silently invents data: values outside physical ranges and isolated spikes become NaN
 (and are counted for the quality report), gaps up to ``max_gap`` are bridged, longer gaps stay NaN,
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pems.errors import InputError
+from pems.errors import InputError, Problem
 from pems.twin.house import House
 
 #: Physical ranges per column kind (inclusive); outside is an outlier.
@@ -30,6 +32,30 @@ RANGES = {
     "price_import": (-5.0, 20.0), "price_export": (-5.0, 20.0), "P_load_total": (0.0, 1e5),
 }
 HELD = ("P_heat", "P_pv", "P_load", "P_grid", "P_bat", "relay", "price_import", "price_export", "P_load_total")
+#: Column kinds that are one column per room: ``<kind>__<room>``.
+PER_ROOM = ("T_room", "P_heat", "relay")
+
+#: Every column kind a history may have: its unit and meaning (the ranges are :data:`RANGES`).
+COLUMNS: dict[str, tuple[str, str]] = {
+    "T_out": ("°C", "outdoor air temperature"),
+    "ghi": ("W/m²", "global horizontal irradiance, measured or from a weather service"),
+    "dni": ("W/m²", "direct normal irradiance (optional)"),
+    "dhi": ("W/m²", "diffuse horizontal irradiance (optional)"),
+    "T_room": ("°C", "room air temperature, one column per room id"),
+    "P_heat": ("W", "electric heating power of the room"),
+    "relay": ("0–1", "heating relay state (or duty fraction) of the room: becomes `P_heat` with the room's "
+                     "`heater_w` from the house file (needs `--house`); a `P_heat` column of the room wins"),
+    "T_ground": ("°C", "temperature below the slabs (e.g. a cellar), where logged; else the site's `ground_temperature_c`"),
+    "P_pv": ("W", "PV AC power"),
+    "P_load": ("W", "household load that is not heating or battery"),
+    "P_load_total": ("W", "a whole-house meter: becomes `P_load` = `P_load_total` − Σ `P_heat` (clipped at 0) "
+                          "where `P_load` is missing"),
+    "P_grid": ("W", "grid power, import positive, export negative"),
+    "P_bat": ("W", "battery power, charge positive"),
+    "soc": ("0–1", "battery state of charge"),
+    "price_import": ("currency/kWh", "import price"),
+    "price_export": ("currency/kWh", "export price"),
+}
 
 
 def kind(column: str) -> str:
@@ -149,6 +175,28 @@ def prepare_history(raw: pd.DataFrame, source: str, house: House | None = None,
         data["P_load"] = data["P_load"].fillna(load) if "P_load" in data else load
         data = data.drop(columns="P_load_total")
     return History(data, step, source, rooms, outliers, raw_step)
+
+
+def check_rooms(history: History, house: House) -> None:
+    """Refuse a history that lacks a room of the house: no ``T_room__<room>`` column, or one without
+    a single value (what calibration and prediction need of every room).
+
+    Raises
+    ------
+    InputError
+        One problem per such room, naming the history and the column.
+    """
+    problems = []
+    for r in house.room_ids:
+        col = f"T_room__{r}"
+        if col not in history.data:
+            problems.append(Problem(history.source, col, f"the house {house.name!r} has room {r!r}, but the "
+                                                         f"history has no column {col}"))
+        elif not history.data[col].notna().any():
+            problems.append(Problem(history.source, col, f"room {r!r} has no values in the history (all empty "
+                                                         "or removed as out of range)"))
+    if problems:
+        raise InputError.many(problems)
 
 
 def _resample(df: pd.DataFrame, step: pd.Timedelta, max_gap: pd.Timedelta) -> pd.DataFrame:

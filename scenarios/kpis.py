@@ -1,35 +1,56 @@
-"""KPIs of a run, computed by the harness from the trajectory alone (DESIGN.md, BOPTEST-aligned).
+"""KPIs of a run, computed by the harness from the trajectory alone (BOPTEST-aligned).
 
 Grid import and export are netted per control step (as a quarter-hour settlement meter does):
 ``import = max(P_grid, 0)`` and ``export = max(−P_grid, 0)`` of each step's mean grid power.
+:data:`KPIS` defines each KPI with its unit; ``docs/reference/kpis.md`` is rendered from it
+(``python -m pems.docs``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-KPI_UNITS = {
-    "cost": "currency",
-    "discomfort_Kh": "K·h",
-    "discomfort_Kh_per_room": "K·h",
-    "energy_import_kWh": "kWh",
-    "energy_export_kWh": "kWh",
-    "heating_kWh": "kWh",
-    "self_consumption": "–",
-    "self_sufficiency": "–",
-    "peak_import_kW": "kW",
-    "battery_cycles": "–",
-    "compute_s_per_step": "s",
-    "compute_s_per_step_max": "s",
-    "pv_kWh": "kWh",
-    "load_kWh": "kWh",
-    "curtailed_kWh": "kWh",
-    "relay_switches": "–",
-    "import_price_avg": "currency/kWh",
+
+@dataclass(frozen=True)
+class Kpi:
+    """What a KPI means: its unit and its definition over the control steps ``k`` of length ``Δt``."""
+
+    unit: str
+    definition: str
+
+
+#: Every KPI of a run, in the order of ``kpis.csv``. Notation: ``P_imp = max(P_grid, 0)``,
+#: ``P_exp = max(−P_grid, 0)`` of each step's mean power; sums run over the control steps ``k`` of
+#: length ``Δt`` and over the rooms ``r``; ``T_low``/``T_high`` is the comfort band in force.
+KPIS: dict[str, Kpi] = {
+    "cost": Kpi("currency", "Energy bill: Σ_k (P_imp · price_import − P_exp · price_export) · Δt."),
+    "discomfort_Kh": Kpi("K·h", "Σ_r Σ_k (max(0, T_low − T_room) + max(0, T_room − T_high)) · Δt, with each "
+                                "step's mean air temperature: BOPTEST's tdis_tot summed over the rooms."),
+    "discomfort_Kh_per_room": Kpi("K·h", "discomfort_Kh / number of rooms (BOPTEST's tdis_tot)."),
+    "energy_import_kWh": Kpi("kWh", "Σ_k P_imp · Δt."),
+    "energy_export_kWh": Kpi("kWh", "Σ_k P_exp · Δt."),
+    "heating_kWh": Kpi("kWh", "Electricity of every heater: Σ_r Σ_k P_heat · Δt."),
+    "self_consumption": Kpi("–", "PV used on site / PV produced: Σ_k max(0, P_pv − P_exp) / Σ_k P_pv (empty without PV)."),
+    "self_sufficiency": Kpi("–", "Consumption covered on site / consumption: 1 − import / Σ_k (P_load + Σ_r P_heat + "
+                                 "P_loss) · Δt, clipped to [0, 1]."),
+    "peak_import_kW": Kpi("kW", "max_k P_imp: the largest import averaged over a control step."),
+    "battery_cycles": Kpi("–", "Discharged energy / usable capacity: Σ_k max(0, −P_bat) · Δt / (capacity_kwh · "
+                               "(soc_max − soc_min)); 0 without a battery."),
+    "compute_s_per_step": Kpi("s", "Median wall time of the controller's act per control step."),
+    "compute_s_per_step_max": Kpi("s", "Maximum wall time of the controller's act per control step."),
+    "pv_kWh": Kpi("kWh", "PV delivered (after curtailment): Σ_k P_pv · Δt."),
+    "load_kWh": Kpi("kWh", "Household load without heating: Σ_k P_load · Δt."),
+    "curtailed_kWh": Kpi("kWh", "PV curtailed to respect the export limit or the inverter's AC rating."),
+    "relay_switches": Kpi("–", "Heating relay switchings of every room."),
+    "import_price_avg": Kpi("currency/kWh", "Mean price of an imported kWh: Σ_k P_imp · price_import / Σ_k P_imp "
+                                            "(how well imports moved into cheap hours)."),
 }
+
+KPI_UNITS = {k: v.unit for k, v in KPIS.items()}
 
 
 def step_hours(index: pd.DatetimeIndex) -> float:
@@ -40,7 +61,7 @@ def step_hours(index: pd.DatetimeIndex) -> float:
 
 
 def compute_kpis(traj: pd.DataFrame, rooms: Sequence[str], usable_battery_kwh: float | None) -> dict[str, float]:
-    """All KPIs of DESIGN.md from a trajectory (one row per control step).
+    """Every KPI of :data:`KPIS` from a trajectory (one row per control step).
 
     Parameters
     ----------

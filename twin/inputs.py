@@ -21,14 +21,14 @@ from pems.twin.load import BUILTIN_LOADS, h25, load_csv
 from pems.twin.prices import Tariff, prices_at
 from pems.twin.pv import pv_ac_power
 from pems.twin.solar import complete_irradiance, plane_irradiance, solar_position
-from pems.twin.weather import Weather, load_weather, resolve_csv, samples_for, step_means, weather_at_steps
+from pems.twin.weather import Weather, aligned_to, load_weather, resolve_csv, samples_for, step_means, weather_at_steps
 
 
 @dataclass(frozen=True)
 class InputSpec:
     """Which weather, prices and load a run uses (names as in a scenario file)."""
 
-    weather: str = "sand-point-tmy3"
+    weather: str = "amsterdam-iwec"
     prices: str = "cz-spot-2024"
     load: str = "h25"
     load_kwh_per_year: float = 4000.0
@@ -157,7 +157,7 @@ def _repeat_last_day(df: pd.DataFrame, n: int, step: pd.Timedelta) -> pd.DataFra
 def _build(house: House, spec: InputSpec, start: pd.Timestamp, n_steps: int, step: pd.Timedelta,
            required: int) -> pd.DataFrame:
     index = pd.date_range(start, periods=n_steps, freq=step, name="time")
-    weather = load_weather(spec.weather, spec.base_dir)
+    weather = aligned_to(load_weather(spec.weather, spec.base_dir), house.site)
     w = weather_at_steps(weather, index, step)
     sun_site: Site = weather.site or house.site
     mid = index + step / 2
@@ -184,6 +184,7 @@ def _build(house: House, spec: InputSpec, start: pd.Timestamp, n_steps: int, ste
     out = out.join(prices_at(spec.prices, index, house.site, spec.tariff, spec.base_dir, required_until=req))
     out.attrs["sun_site"] = sun_site.model_dump()
     out.attrs["weather_source"] = weather.source
+    out.attrs["weather_alignment"] = weather.alignment
     return out
 
 

@@ -119,7 +119,7 @@ class InfluxSpec(_Strict):
 class LiveForecastSpec(_Strict):
     """Forecast sources (names as in a scenario file; CSVs are re-read when they change)."""
 
-    weather: str = "sand-point-tmy3"
+    weather: str = "amsterdam-iwec"
     """A built-in weather set or a CSV file (re-read every step): ``time, T_out, ghi [, dni, dhi, wind_speed]``."""
     prices: str = "two-rate"
     """A built-in price model or a CSV file: ``time, price_import, price_export``."""

@@ -167,7 +167,7 @@ class Scenario(_Strict):
     """Control step: controllers act, and the trajectory has a row, once a step [min]."""
     plant_step_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
     """Step of the simulated home inside a control step (relays, thermostats, limits); divides the control step [s]."""
-    weather: str = "sand-point-tmy3"
+    weather: str = "amsterdam-iwec"
     """A built-in weather set or a CSV file: ``time, T_out, ghi [, dni, dhi, wind_speed]``."""
     prices: str = "cz-spot-2024"
     """A built-in price model or a CSV file: ``time, price_import, price_export``."""

@@ -14,11 +14,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from pems import __version__  # noqa: E402
 
+# Tables are blocks no wider than the page that scroll inside themselves when a table is wider still
+# (width: max-content keeps a narrow one narrow): a wide table can never cut off columns or push
+# the page sideways. The reports' own tables are laid out to fit a 1366 px window without that
+# scroll; tests/scenarios/test_report_browser.py checks it in a real browser. Numbers never wrap.
 CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1250px;color:#222}
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;padding:0 1em;max-width:1250px;color:#222}
 h1{margin-bottom:0} .sub{color:#666;margin-top:.3em}
-table{border-collapse:collapse;margin:1em 0;font-size:13px} th,td{border:1px solid #ddd;padding:4px 8px;text-align:right}
-th{background:#f6f6f6} tr th:first-child{text-align:left} img{max-width:100%}
+table{border-collapse:collapse;margin:1em 0;font-size:13px;display:block;max-width:100%;width:max-content;overflow-x:auto}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:right} .kpi td{white-space:nowrap}
+th{background:#f6f6f6} tr th:first-child{text-align:left} th small{font-weight:normal;color:#666}
+img{max-width:100%} .note{color:#555;font-size:13px;max-width:60em} ul.why li{margin:.3em 0;max-width:60em}
 .bad{color:#c0392b;font-weight:600} .good{color:#27ae60}
 footer{color:#888;font-size:12px;margin-top:3em}
 """

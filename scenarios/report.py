@@ -9,6 +9,7 @@ import html
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
+from pathlib import Path
 
 import matplotlib
 
@@ -20,21 +21,10 @@ import pandas as pd  # noqa: E402
 
 from pems import __version__  # noqa: E402
 from pems.reporting import CSS, png_base64  # noqa: E402
-from pems.scenarios.kpis import KPI_UNITS  # noqa: E402
+from pems.scenarios.report_tables import KPI_NOTE, frame_runs, kpi_table, period_text, why_text  # noqa: E402
 from pems.scenarios.runner import RunResult  # noqa: E402
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
-
-KPI_LABELS = {
-    "cost": "Cost", "discomfort_Kh": "Discomfort", "discomfort_Kh_per_room": "Discomfort / room",
-    "energy_import_kWh": "Import", "energy_export_kWh": "Export", "heating_kWh": "Heating",
-    "self_consumption": "Self-consumption", "self_sufficiency": "Self-sufficiency",
-    "peak_import_kW": "Peak import", "battery_cycles": "Battery cycles",
-    "compute_s_per_step": "Compute / step (median)", "compute_s_per_step_max": "Compute / step (max)",
-    "pv_kWh": "PV", "load_kWh": "Household load", "curtailed_kWh": "PV curtailed",
-    "relay_switches": "Relay switches", "import_price_avg": "Mean import price",
-}
-
 
 _png = png_base64
 
@@ -143,24 +133,6 @@ def rooms_figure(results: Sequence[RunResult], ncols: int = 3) -> plt.Figure:
     return fig
 
 
-def _fmt(v: float) -> str:
-    if v is None or (isinstance(v, float) and not np.isfinite(v)):
-        return "–"
-    a = abs(v)
-    return f"{v:,.0f}" if a >= 1000 else f"{v:,.1f}" if a >= 100 else f"{v:.2f}" if a >= 0.1 else f"{v:.3g}"
-
-
-def kpi_table(results: Sequence[RunResult]) -> str:
-    cur = results[0].currency
-    head = "".join(f"<th>{html.escape(KPI_LABELS.get(k, k))}<br><small>"
-                   f"{html.escape(cur if u == 'currency' else u)}</small></th>" for k, u in KPI_UNITS.items())
-    rows = []
-    for r in results:
-        cells = "".join(f"<td>{_fmt(r.kpis.get(k, float('nan')))}</td>" for k in KPI_UNITS)
-        rows.append(f"<tr><th>{html.escape(r.controller)}</th>{cells}</tr>")
-    return f"<table><tr><th>controller</th>{head}</tr>{''.join(rows)}</table>"
-
-
 def events_table(results: Sequence[RunResult]) -> str:
     rows = []
     for r in results:
@@ -172,9 +144,6 @@ def events_table(results: Sequence[RunResult]) -> str:
     return ("<table><tr><th>controller</th><th>what the plant did to the commands (clipping, "
             "load shedding at the main fuse, PV curtailment), solver retries and controller fallbacks</th></tr>"
             f"{''.join(rows)}</table>")
-
-
-
 
 
 MAX_PLOT_ROWS = 3000
@@ -198,59 +167,34 @@ def render_report(results: Sequence[RunResult], title: str, subtitle: str = "") 
     imgs = "".join(f"<h2>{html.escape(name)}</h2><img alt='{html.escape(name)}' "
                    f"src='data:image/png;base64,{_png(fig)}'>" for name, fig in figs)
     first = results[0].trajectory
-    tz = first.attrs.get("timezone", "UTC")
-    period = (f"{first.index[0]:%Y-%m-%d %H:%M} – {first.index[-1]:%Y-%m-%d %H:%M} UTC, {len(first)} steps; "
-              f"plots in local time ({tz})")
+    # The house's wall clock: a run from local midnight reads as such, as do the plots' axes.
+    period = period_text(first.index, first.attrs.get("timezone", "UTC"))
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
 <body><h1>{html.escape(title)}</h1><p class="sub">{html.escape(subtitle)}<br>{html.escape(period)}</p>
-<h2>Key performance indicators</h2>{kpi_table(results)}
-<p><small>Cost: import × import price − export × export price, netted per step. Discomfort: Σ rooms ∫ distance
-outside the comfort band dt (BOPTEST tdis_tot). Self-consumption: PV used on site / PV produced.
-Self-sufficiency: 1 − import / (load + heating + losses). Battery cycles: discharge / usable capacity.</small></p>
+<h2>Key performance indicators</h2>{kpi_table([(r.controller, r.kpis) for r in results], results[0].currency)}
+{KPI_NOTE}
 {imgs}
 <h2>Plant events</h2>{events_table(results)}
 <footer>PEMS {__version__} · generated {now}</footer></body></html>"""
 
 
-def write_report(path, results: Sequence[RunResult], title: str, subtitle: str = "") -> None:
+def write_report(path: Path, results: Sequence[RunResult], title: str, subtitle: str = "") -> None:
+    """Write :func:`render_report` of ``results`` to ``path``."""
     path.write_text(render_report(results, title, subtitle), encoding="utf-8")
 
 
 # ---------------------------------------------------------------------------- benchmarks
 BENCH_KPIS = [("cost", "Cost"), ("cost_gap_to_oracle", "Cost above oracle"),
               ("discomfort_Kh_per_room", "Discomfort / room [K·h]"), ("heating_kWh", "Heating [kWh]"),
-              ("energy_import_kWh", "Import [kWh]"), ("import_price_avg", "Mean import price [/kWh]"),
+              ("energy_import_kWh", "Import [kWh]"), ("import_price_avg", "Mean import price [{cur}/kWh]"),
               ("self_consumption", "Self-consumption"), ("peak_import_kW", "Peak import [kW]"),
               ("battery_cycles", "Battery cycles")]
 
 
-def why_text(frame: pd.DataFrame, currency: str) -> str:
-    """Where each controller's savings against the plain rule-based baseline come from, in words:
-    buying less (energy) and buying cheaper (mean import price), and what export earned."""
-    if "rule-based" not in set(frame.controller):
-        return ""
-    base = frame[frame.controller == "rule-based"].iloc[0]
-    items = []
-    for _, r in frame.iterrows():
-        if r.controller == "rule-based":
-            continue
-        d_cost = base.cost - r.cost
-        less = (base.energy_import_kWh - r.energy_import_kWh) * base.import_price_avg
-        cheaper = (base.import_price_avg - r.import_price_avg) * r.energy_import_kWh
-        items.append(
-            f"<li><b>{html.escape(r.controller)}</b>: {d_cost:+.2f} {currency} against rule-based — "
-            f"{less:+.2f} from importing {base.energy_import_kWh - r.energy_import_kWh:+.0f} kWh less "
-            f"(heating {base.heating_kWh - r.heating_kWh:+.0f} kWh less), {cheaper:+.2f} from paying "
-            f"{100 * (base.import_price_avg - r.import_price_avg) / base.import_price_avg:+.1f} % less per kWh "
-            f"bought, the rest from export; discomfort {r.discomfort_Kh_per_room:.2f} K·h per room "
-            f"(rule-based {base.discomfort_Kh_per_room:.2f}).</li>")
-    return f"<h3>Why</h3><ul>{''.join(items)}</ul>"
-
-
-def comparison_figure(frame: pd.DataFrame) -> plt.Figure:
-    """Grouped bars: each KPI per controller, one group per scenario."""
+def comparison_figure(frame: pd.DataFrame, currency: str = "EUR") -> plt.Figure:
+    """Grouped bars: each KPI per controller, one group per scenario (money in ``currency``)."""
     scen = list(dict.fromkeys(frame["scenario"]))
     ctrls = list(dict.fromkeys(frame["controller"]))
     keys = [k for k in BENCH_KPIS if k[0] in frame.columns and frame[k[0]].notna().any()]
@@ -266,6 +210,7 @@ def comparison_figure(frame: pd.DataFrame) -> plt.Figure:
             ax.bar(np.arange(len(scen)) + i * w, vals, w, color=COLORS[i % len(COLORS)], label=c)
         ax.set_xticks(np.arange(len(scen)) + w * (len(ctrls) - 1) / 2)
         ax.set_xticklabels(scen, fontsize=8, rotation=15)
+        label = label.replace("{cur}", currency) + (f" [{currency}]" if key == "cost" else "")
         ax.set_title(label + (" [%]" if key == "cost_gap_to_oracle" else ""), fontsize=10)
         ax.grid(True, axis="y", alpha=0.3)
     for a in range(len(keys), nrows * ncols):
@@ -304,41 +249,32 @@ def where_figure(results: Sequence[RunResult]) -> plt.Figure:
     return fig
 
 
-def frame_table(frame: pd.DataFrame, currency: str) -> str:
-    cols = [("controller", "controller")] + [(k, lab) for k, lab in BENCH_KPIS if k in frame.columns]
-    cols += [(k, k.replace("_", " ")) for k in ("energy_export_kWh", "self_sufficiency", "compute_s_per_step",
-                                                 "compute_s_per_step_max", "fallbacks") if k in frame.columns]
-    head = "".join(f"<th>{html.escape(lab if k != 'cost' else f'Cost [{currency}]')}</th>" for k, lab in cols)
-    rows = []
-    for _, row in frame.iterrows():
-        cells = []
-        for k, _ in cols:
-            v = row[k]
-            if k == "controller":
-                cells.append(f"<th>{html.escape(str(v))}</th>")
-            elif k == "cost_gap_to_oracle":
-                cells.append(f"<td>{'–' if pd.isna(v) else f'{100 * v:+.1f} %'}</td>")
-            else:
-                cells.append(f"<td>{_fmt(float(v)) if pd.notna(v) else '–'}</td>")
-        rows.append(f"<tr>{''.join(cells)}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+def write_bench_report(path: Path, results: Sequence[RunResult], frame: pd.DataFrame) -> None:
+    """One report for a whole benchmark: summary charts, then a section per scenario.
 
-
-def write_bench_report(path, results: Sequence[RunResult], frame: pd.DataFrame) -> None:
-    """One report for a whole benchmark: summary charts, then a section per scenario."""
+    Each scenario's section is a ``<section class='scenario'>`` whose headings and figures carry
+    the classes and ``alt`` texts ``where``, ``overview`` and ``rooms`` (tools/screenshots.py
+    crops the README's pictures by them).
+    """
     cur = results[0].currency if results else "EUR"
-    parts = [f"<h2>All scenarios</h2><img alt='comparison' src='data:image/png;base64,{_png(comparison_figure(frame))}'>"]
+    parts = [f"<h2>All scenarios</h2><img alt='comparison' "
+             f"src='data:image/png;base64,{_png(comparison_figure(frame, cur))}'>"]
     for sc in dict.fromkeys(r.scenario for r in results):
         runs = [_plottable(r) for r in results if r.scenario == sc]
         sub = frame[frame.scenario == sc]
-        tr = runs[0].trajectory
+        tr, sc_cur = runs[0].trajectory, runs[0].currency
+        period = period_text(tr.index, tr.attrs.get("timezone", "UTC"))
         parts.append(
-            f"<h2>{html.escape(sc)}</h2><p class='sub'>{tr.index[0]:%Y-%m-%d} – {tr.index[-1]:%Y-%m-%d}, "
-            f"{len(results[0].rooms)} rooms</p>{frame_table(sub, cur)}{why_text(sub, cur)}"
-            f"<h3>Where the money goes</h3><img alt='where' src='data:image/png;base64,{_png(where_figure(runs))}'>"
-            f"<h3>Energy system</h3><img alt='overview' src='data:image/png;base64,{_png(overview_figure(runs))}'>"
-            f"<h3>Rooms</h3><img alt='rooms' src='data:image/png;base64,{_png(rooms_figure(runs))}'>"
-            f"<h3>Plant and controller events</h3>{events_table([r for r in results if r.scenario == sc])}")
+            f"<section class='scenario'><h2>{html.escape(sc)}</h2>"
+            f"<p class='sub'>{html.escape(period)}; {len(runs[0].rooms)} rooms</p>"
+            f"{kpi_table(frame_runs(sub), sc_cur)}{KPI_NOTE}{why_text(sub, sc_cur)}"
+            f"<h3 class='where'>Where the money goes</h3>"
+            f"<img alt='where' src='data:image/png;base64,{_png(where_figure(runs))}'>"
+            f"<h3 class='overview'>Energy system</h3>"
+            f"<img alt='overview' src='data:image/png;base64,{_png(overview_figure(runs))}'>"
+            f"<h3 class='rooms'>Rooms</h3><img alt='rooms' src='data:image/png;base64,{_png(rooms_figure(runs))}'>"
+            f"<h3>Plant and controller events</h3>{events_table([r for r in results if r.scenario == sc])}"
+            "</section>")
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>PEMS benchmark</title><style>{CSS}</style></head>

@@ -47,21 +47,29 @@ WatchdogState = Literal["active", "fallback"]
 
 @dataclass(frozen=True)
 class SafetyLimits:
-    """Thresholds of the watchdog's rules (see the module table).
+    """Thresholds of the watchdog's rules.
+
+    At the first sample with a fault the loop hands the rooms back to their thermostats and the
+    inverter to "load first"; it takes control back after ``recover_after`` healthy samples.
 
     Attributes
     ----------
     republish_s
-        The room bus's periodic republish interval [s] (a Miniserver's "send every").
+        The room bus's periodic republish interval, a Miniserver's "send every" [s].
     stale_room_s
-        Age at which a room temperature is stale [s]; default ``1.5 × republish_s``.
-    room_min_c, room_max_c
-        Plausible range of a room's air temperature [°C].
-    max_jump_k, max_rate_k_per_h
-        Largest plausible change of a room temperature [K], plus [K/h] of elapsed time.
+        Age at which a room temperature is stale (default: 1.5 × ``republish_s``) [s].
+    room_min_c
+        Lowest plausible air temperature of a room [°C].
+    room_max_c
+        Highest plausible air temperature of a room [°C].
+    max_jump_k
+        Largest plausible change of a room temperature between two samples, plus
+        ``max_rate_k_per_h`` × the time between them [K].
+    max_rate_k_per_h
+        Plausible rate of change added to ``max_jump_k`` [K h⁻¹].
     stuck_s
-        A temperature bit-identical this long is a stuck sensor [s]; None disables the rule
-        (floor-heated rooms can sit within one 0.1 K step for hours).
+        A temperature bit-identical this long is a stuck sensor; not set disables the rule
+        (floor-heated rooms can sit within one 0.1 K step for hours) [s].
     inverter_failures
         Consecutive failed inverter reads that make a fault.
     solver_failures

@@ -52,7 +52,7 @@ class Site(_Strict):
     timezone: str = "UTC"
     """IANA time zone, e.g. ``Europe/Prague``: the local calendar of schedules, comfort bands and holidays."""
     country: str | None = None
-    """ISO 3166 country code whose public holidays shape the household load profile (none: no holidays)."""
+    """ISO 3166 country code whose public holidays shape the household load profile (not set: no holidays)."""
     ground_temperature_c: float = 10.0
     """Undisturbed ground temperature below the slab [°C]."""
 
@@ -125,7 +125,7 @@ class Room(_Strict):
     name: str | None = None
     """A readable name for reports."""
     floor_area_m2: Pos
-    """Heated floor area [m²]; the priors of the room's parameters scale with it."""
+    """Heated floor area; the priors of the room's parameters scale with it [m²]."""
     heater_w: NonNeg
     """Nominal electric power of the room's heater circuit [W]."""
     neighbours: list[str] = Field(default_factory=list)
@@ -253,11 +253,11 @@ class House(_Strict):
     rooms: list[Room] = Field(min_length=1)
     """Its heated rooms, one ``[[rooms]]`` table each."""
     pv: list[PVArray] = Field(default_factory=list)
-    """PV arrays, one ``[[pv]]`` table each (none: no PV)."""
+    """PV arrays, one ``[[pv]]`` table each."""
     inverter: Inverter | None = None
     """The hybrid inverter (default: every key at its default)."""
     battery: Battery | None = None
-    """The battery (none: no battery)."""
+    """The battery (not set: no battery)."""
     grid: Grid = Field(default_factory=Grid)
     """The grid connection's limits."""
     heating: Heating = Field(default_factory=Heating)

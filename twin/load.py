@@ -17,7 +17,10 @@ from pems.errors import InputError
 from pems.twin.house import Site
 from pems.twin.tables import read_time_csv
 
-BUILTIN_LOADS = ("h25",)
+#: Built-in household-load profiles and what they are (``pems list``).
+BUILTIN_LOADS = {
+    "h25": "BDEW 2025 household standard profile (demandlib), with the country's public holidays",
+}
 
 
 def h25(index: pd.DatetimeIndex, step: pd.Timedelta, site: Site, kwh_per_year: float) -> pd.Series:

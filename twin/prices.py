@@ -27,7 +27,12 @@ from pems.errors import InputError
 from pems.twin.house import Site
 from pems.twin.tables import read_time_csv
 
-BUILTIN_PRICES = ("flat", "two-rate", "cz-spot-2024")
+#: Built-in price models and what they are (``pems list``); ``[tariff]`` sets their figures.
+BUILTIN_PRICES = {
+    "flat": "one import and one export price",
+    "two-rate": "a day and a night import price, one export price",
+    "cz-spot-2024": "the real CZ day-ahead prices of 2024 (ENTSO-E) as a Czech household spot contract",
+}
 
 
 class Tariff(BaseModel):

@@ -7,7 +7,7 @@ import numpy as np
 from pems.calibration.history import History
 from pems.twin.house import House
 
-#: Without a house file: the DESIGN.md example site (South Moravia) and electric underfloor heating.
+#: Without a house file: the example site of docs/reference/house.md (South Moravia) and electric underfloor heating.
 DEFAULT_SITE = {"latitude": 49.19, "longitude": 16.61, "altitude_m": 230, "timezone": "Europe/Prague",
                 "country": "CZ"}
 W_PER_M2 = 100.0  # electric floor heating is sized at about this much per m² of floor

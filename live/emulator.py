@@ -38,7 +38,7 @@ broker is the test's). A real Miniserver configured as in ``live/maps/loxberry.t
 its own thermostats when the loop's status topic says it is offline; so does the emulator
 (``fallback_when_loop_offline``).
 
-At the end, :meth:`Emulator.result` gives the emulated home's truth as a DESIGN trajectory at the
+At the end, :meth:`Emulator.result` gives the emulated home's truth as a trajectory table at the
 scenario's control step (means of the per-step log), its KPIs, and the events: every command the
 home received (MQTT and Modbus), every injected fault, and what the twin did to a command (clips).
 """

@@ -49,7 +49,7 @@ class MeasuredHistory:
     path
         Parquet file it is kept in (written atomically by :meth:`save`), or None.
     seeds
-        Canonical history tables (CSV/Parquet, DESIGN.md columns) read first; what the loop measures
+        Canonical history tables (CSV/Parquet, docs/reference/history.md) read first; what the loop measures
         later wins where both have a value.
     step
         The control step (seed tables are averaged onto it).

@@ -1,6 +1,6 @@
 """PEMS: a physics-first digital twin of a home energy system and the controllers that run it.
 
-The packages follow DESIGN.md: :mod:`pems.twin` (physics, inputs, simulator),
+The packages: :mod:`pems.twin` (physics, inputs, simulator),
 :mod:`pems.controllers` (controllers and forecasters), :mod:`pems.scenarios`
 (scenario files, closed-loop runner, KPIs, reports) and :mod:`pems.cli` (the ``pems`` command).
 """

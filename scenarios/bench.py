@@ -1,6 +1,6 @@
 """Benchmarks: every scenario × controller on identical inputs, scored by the harness.
 
-``pems bench`` writes ``kpis.csv`` (one row per scenario × controller: every KPI of DESIGN.md plus
+``pems bench`` writes ``kpis.csv`` (one row per scenario × controller: every KPI of docs/reference/kpis.md plus
 the distance to the perfect-foresight oracle) and ``report.html`` (KPI tables, comparison charts,
 where the money goes by hour of day and by price, trajectories overlaid), and each run's own outputs
 under ``<scenario>/<controller>/``.

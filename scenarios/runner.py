@@ -2,7 +2,7 @@
 
 :func:`prepare` builds everything a scenario needs once (model, disturbance table, comfort bands,
 initial state) so that several controllers can run on identical inputs; :func:`run` runs one
-controller and returns a :class:`RunResult` with the trajectory (DESIGN.md columns) and its KPIs.
+controller and returns a :class:`RunResult` with the trajectory (the columns of docs/reference/history.md) and its KPIs.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
 
 
 def trajectory(prep: Prepared, plant: SimulatedHome, compute_s: np.ndarray) -> pd.DataFrame:
-    """The DESIGN.md trajectory table from the plant's log: one row per step, means over it."""
+    """The trajectory table (docs/reference/history.md) from the plant's log: one row per step, means over it."""
     model, lg, n = prep.model, plant.log, plant.k
     index = prep.inputs.index[:n]
     y = plant.outputs()

@@ -36,7 +36,7 @@ class SyntheticHistory:
 
 def make_history(house: House, start: str | pd.Timestamp, days: float, seed: int = 0,
                  spread: float = 0.3, sensor_noise_k: float = 0.05, quantum_k: float = 0.1,
-                 occupancy_w: float = 80.0, weather: str = "sand-point-tmy3",
+                 occupancy_w: float = 80.0, weather: str = "amsterdam-iwec",
                  step: pd.Timedelta = pd.Timedelta(minutes=15), setback_k: float = 2.0,
                  plant_step_s: float = 60.0) -> SyntheticHistory:
     """Simulate ``days`` of a home whose true parameters differ from ``house``'s priors.

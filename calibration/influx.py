@@ -30,10 +30,10 @@ import pandas as pd
 import requests
 
 from pems.calibration.mapping import Mapping, Series
-from pems.errors import InputError
+from pems.errors import InputError, ServiceError
 
 
-class SourceError(RuntimeError):
+class SourceError(ServiceError, RuntimeError):
     """The server is down, too slow, or answered with an error."""
 
 

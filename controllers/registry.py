@@ -65,15 +65,32 @@ PEERS: dict[str, Callable[[HouseModel, float, dict], Controller]] = {"emhass": _
 LEARNING = frozenset({"mpc+correctors"})
 
 
+#: Controllers that cannot run a home in real time, and why (``pems live`` refuses them).
+NOT_LIVE: dict[str, str] = {
+    "oracle": "it knows the whole future (perfect foresight): a benchmark's lower bound of cost, not a "
+              "controller for a home whose weather and prices are not known in advance",
+}
+
+
 def needs_history(name: str) -> bool:
+    """Whether the controller learns from a history before the run."""
     return name in LEARNING
 
 
-def available(peers: bool = False, learning: bool = True) -> tuple[str, ...]:
-    """Our controllers; with ``peers``, also the installed peer tools; without ``learning``, only
-    those that need no history."""
-    names = tuple(n for n in CONTROLLERS if learning or n not in LEARNING)
-    if peers:
+def available(peers: bool = False, learning: bool = True, live: bool = False) -> tuple[str, ...]:
+    """Our controllers' names.
+
+    Parameters
+    ----------
+    peers
+        Also the installed peer tools (they run in their own environment, never live).
+    learning
+        Also those that learn from a history before the run.
+    live
+        Only those that can run a home in real time (not :data:`NOT_LIVE`).
+    """
+    names = tuple(n for n in CONTROLLERS if (learning or n not in LEARNING) and not (live and n in NOT_LIVE))
+    if peers and not live:
         from pems.controllers.emhass_peer import peers_python
 
         if peers_python() is not None:

@@ -36,7 +36,7 @@ import pandas as pd
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from pems.errors import InputError
+from pems.errors import InputError, ServiceError
 from pems.live.devices import HeatingMode, RoomReadings, WriteRecord
 from pems.live.topics import Layout, ProblemCounter, load_layout, rooms_of
 
@@ -168,7 +168,7 @@ class TLSConfig:
             raise InputError(str(self.key_file), "tls.cert_file", "a client key needs its certificate")
 
 
-class MqttConnectError(ConnectionError):
+class MqttConnectError(ServiceError, ConnectionError):
     """The broker could not be reached or refused us (the message never holds the password)."""
 
 

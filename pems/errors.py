@@ -1,15 +1,30 @@
-"""One error type for bad user input.
+"""The errors a user meets, and the command line's exit codes.
 
 Every problem a user can fix (a broken TOML file, an unknown room, a value out of range, a missing
 CSV column) is raised as :class:`InputError`, naming the file, the key and what was expected. The
-command line prints it on one line per problem and exits with code 2, without a traceback.
+command line prints it on one line per problem and exits with code 2, without a traceback. A
+service that does not answer or refuses (InfluxDB, the MQTT broker, a Modbus device) raises a
+:class:`ServiceError`: one line, exit code 3. :class:`ExitCode` lists every code the command uses
+(docs/reference/exit-codes.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
+
+
+class ExitCode(IntEnum):
+    """What the ``pems`` command's exit code means (one meaning per code)."""
+
+    OK = 0  #: done
+    FAILED = 1  #: an internal error, with its traceback: a bug to report
+    BAD_INPUT = 2  #: bad input: one line per problem naming the file or flag and the key
+    SERVICE = 3  #: a service (InfluxDB, MQTT broker, Modbus device) did not answer or refused
+    DRIFT = 4  #: ``pems models drift``: the model has drifted, retrain due
+    INTERRUPTED = 130  #: Ctrl-C (SIGINT) before the work was done
 
 
 @dataclass(frozen=True)
@@ -43,3 +58,8 @@ class InputError(Exception):
 
     def __str__(self) -> str:
         return "\n".join(str(p) for p in self.problems)
+
+
+class ServiceError(Exception):
+    """A service PEMS talks to did not answer, was too slow or refused (the input was fine); the
+    CLI prints the message on one line and exits with code 3. The message never holds a password."""

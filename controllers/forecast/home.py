@@ -199,11 +199,11 @@ def fit_home_correctors(house: Any, data: pd.DataFrame, step: pd.Timedelta, sour
 
     Returns
     -------
-    pems.scenarios.unmodelled.CorrectorBacktest
+    pems.controllers.forecast.corrector_scores.CorrectorBacktest
         Scores of the held-out days; ``corrector`` is the deployed one.
     """
     from pems.controllers.forecast.correctors import CorrectorSettings, ResidualCorrector
-    from pems.scenarios.unmodelled import score_corrector
+    from pems.controllers.forecast.corrector_scores import score_corrector
     from pems.twin.model import build_model
 
     model = build_model(house)

@@ -81,7 +81,7 @@ def test_models_cli(tmp_path, capsys):
     assert shown["version"] == 2 and shown["champion"] is True
     res = tmp_path / "res.csv"
     res.write_text("residual\n" + "\n".join(str(v) for v in [3.0] * 200), encoding="utf-8")
-    assert main(["models", "--registry", str(tmp_path), "drift", "load", "--residuals", str(res)]) == 1
+    assert main(["models", "--registry", str(tmp_path), "drift", "load", "--residuals", str(res)]) == 4  # ExitCode.DRIFT
     assert "RETRAIN DUE" in capsys.readouterr().out
     assert main(["models", "--registry", str(tmp_path), "list"]) == 0
     assert "retrain due" in capsys.readouterr().out

@@ -1,7 +1,9 @@
-"""``pems emulate``: a virtual home behind real protocols, from the command line.
+"""``pems emulate`` (a virtual home behind real protocols) and ``pems live`` (the live loop on a real
+home, or on an emulated one over real sockets).
 
 Imports stay light here (the parser is built for every ``pems`` command); the emulator and its
-dependencies load only when the command runs.
+dependencies load only when the command runs. A broker that does not answer is a
+:class:`~pems.errors.ServiceError` (exit code 3) whichever way the run was started.
 """
 
 from __future__ import annotations
@@ -13,40 +15,12 @@ import sys
 import time
 from pathlib import Path
 
+from pems.commands.arguments import CLI, check_controller, output_dir, parse_hostport, positive
+from pems.commands.progress import stderr_console
 from pems.errors import InputError
 
-
-def parse_hostport(text: str, key: str = "--mqtt", default_port: int = 1883) -> tuple[str, int]:
-    """``HOST:PORT`` (or ``HOST``, or ``[IPv6]:PORT``) → (host, port); :class:`InputError` if malformed."""
-    s = text.strip()
-    host, port_text = s, None
-    if s.startswith("["):  # [::1]:1883
-        close = s.find("]")
-        if close < 0:
-            raise InputError("command line", key, f"cannot read {text!r} as HOST:PORT")
-        host, rest = s[1:close], s[close + 1:]
-        port_text = rest[1:] if rest.startswith(":") else (None if not rest else "")
-    elif s.count(":") == 1:
-        host, port_text = s.split(":")
-    if not host or port_text == "":
-        raise InputError("command line", key, f"cannot read {text!r} as HOST:PORT")
-    port = default_port
-    if port_text is not None:
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise InputError("command line", key, f"port {port_text!r} is not a number") from None
-    if not 0 < port < 65536:
-        raise InputError("command line", key, f"port {port} is outside 1…65535")
-    return host, port
-
-
-def _positive(value: float | None, key: str, upper: float | None = None) -> None:
-    if value is None:
-        return
-    if not (math.isfinite(value) and value > 0) or (upper is not None and value > upper):
-        limit = f" and at most {upper:g}" if upper is not None else ""
-        raise InputError("command line", key, f"expected a positive number{limit}, got {value:g}")
+#: What an emulated run writes into its folder.
+RUN_FILES = ("trajectory.parquet", "kpis.json", "events.jsonl", "home_events.jsonl", "report.html")
 
 
 def cmd_emulate(args: argparse.Namespace) -> int:
@@ -54,8 +28,8 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     from pems.scenarios.spec import load_scenario
 
     host, port = parse_hostport(args.mqtt)
-    _positive(args.speed, "--speed", upper=1e6)
-    _positive(args.hours, "--hours")
+    positive(args.speed, "--speed", upper=1e6)
+    positive(args.hours, "--hours")
     if not 0 <= args.modbus_port < 65536:
         raise InputError("command line", "--modbus-port", f"port {args.modbus_port} is outside 0…65535")
     if not 1 <= args.device_id <= 247:
@@ -67,6 +41,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     if args.hours is not None and args.hours > total_h + 1e-9:
         raise InputError("command line", "--hours", f"{args.hours:g} h is longer than the scenario "
                                                     f"{sc.name!r} ({total_h:g} h)")
+    out = output_dir(args.out or f"out/emulate-{sc.name}", writes=RUN_FILES, inputs={"scenario": sc.path})
     from pems.live.topics import load_layout
     from pems.live.registers import load_map
 
@@ -77,7 +52,6 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     from pems.scenarios.runner import prepare
 
     creds = credentials_from()
-    out = Path(args.out or f"out/emulate-{sc.name}")
     # Without --epoch the emulator anchors its clock when it starts, after the (seconds-long) set-up:
     # anchored earlier, an accelerated run would begin hours behind its clock.
     clock = SimClock(sc.start, args.speed, epoch=args.epoch) if args.epoch is not None else None
@@ -88,7 +62,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     try:
         emu.start()
     except MqttConnectError as exc:
-        raise InputError("command line", "--mqtt", str(exc)) from None
+        raise MqttConnectError(f"{CLI}: --mqtt: {exc}") from None
     except RuntimeError as exc:  # the Modbus port is taken
         raise InputError("command line", "--modbus-port", str(exc)) from None
     print(f"emulating {sc.name} ({len(sc.house.rooms)} rooms) at {args.speed:g}× from {sc.start:%Y-%m-%d %H:%M} UTC: "
@@ -121,14 +95,18 @@ def cmd_emulate(args: argparse.Namespace) -> int:
 
 
 def _follow(emu) -> None:
-    """A rich progress bar in simulated hours until the emulator ends."""
-    from rich.console import Console
+    """Wait for the emulator to end, with a progress bar in simulated hours on a terminal."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    console = stderr_console()
+    if console is None:
+        while not emu.wait(0.25):
+            pass
+        return
     total_h = emu.n_ticks * emu.tick_s / 3600.0
     prog = Progress(TextColumn("[bold]emulating[/] {task.fields[now]}"), BarColumn(),
                     TextColumn("{task.completed:.1f}/{task.total:.1f} h"), TextColumn("{task.fields[io]}"),
-                    TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+                    TimeRemainingColumn(), console=console, transient=True)
     task = prog.add_task("", total=total_h, now="", io="")
     with prog:
         while not emu.wait(0.25):
@@ -158,7 +136,7 @@ def add_emulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     e.add_argument("--layout", default="loxberry", help="MQTT topic layout: built-in name or TOML file")
     e.add_argument("--regmap", default="growatt-sph", help="Growatt register map: built-in name or TOML file")
     e.add_argument("--sensor-quantum", type=float, default=0.1, help="published temperature resolution [K] (default 0.1)")
-    e.add_argument("--out", help="output directory (default: out/emulate-SCENARIO)")
+    e.add_argument("--out", help="output folder (default: out/emulate-SCENARIO)")
     e.add_argument("--report", action="store_true", help="also write report.html")
     e.set_defaults(func=cmd_emulate)
     return e
@@ -167,36 +145,35 @@ def add_emulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
 def cmd_live(args: argparse.Namespace) -> int:
     """``pems live --emulate SCENARIO``: the emulated home and the live loop over real sockets."""
     if args.config is not None:
-        for key, value in (("--emulate", args.emulate), ("--mqtt", args.mqtt), ("--speed", args.speed),
-                           ("--controller", args.controller), ("--influx", args.influx), ("--out", args.out)):
+        if args.emulate is not None:
+            raise InputError(CLI, "--emulate", "give --config FILE (a real home) or --emulate SCENARIO "
+                                               "(an emulated one), not both")
+        for key, value, where in (("--mqtt", args.mqtt, "its [mqtt] table"), ("--speed", args.speed, None),
+                                  ("--controller", args.controller, "its controller key"),
+                                  ("--influx", args.influx, "its [influx] table"), ("--out", args.out, None)):
             if value is not None:  # the file says all of this for a home; a flag beside it would be ignored
-                raise InputError("command line", key, f"not with --config: {key} belongs to --emulate runs; "
-                                                      "set it in the configuration file")
+                what = f"the configuration file sets this in {where}" if where else "a real home has no such setting"
+                raise InputError(CLI, key, f"only for --emulate runs; with --config {what}")
         return cmd_live_config(args)
     if args.emulate is None:
         raise InputError("command line", "--emulate", "give --emulate SCENARIO (or --config FILE)")
     if args.mqtt is None:
         raise InputError("command line", "--mqtt", "the broker HOST:PORT is required with --emulate")
-    from pems.controllers import available
     from pems.scenarios.spec import load_scenario
 
     host, port = parse_hostport(args.mqtt)
     controller = args.controller or "mpc"
     speed = 60.0 if args.speed is None else args.speed
-    _positive(speed, "--speed", upper=1e5)
-    _positive(args.hours, "--hours")
+    positive(speed, "--speed", upper=1e5)
+    positive(args.hours, "--hours")
     sc = load_scenario(args.emulate)
     total_h = sc.n_steps * sc.step.total_seconds() / 3600.0
     if args.hours is not None and args.hours > total_h + 1e-9:
         raise InputError("command line", "--hours", f"{args.hours:g} h is longer than the scenario "
                                                     f"{sc.name!r} ({total_h:g} h)")
-    names = available(learning=sc.spec.truth is not None)  # learning controllers need the home's history
-    if controller not in names:
-        raise InputError("command line", "--controller", f"unknown controller {controller!r} for {sc.name!r}; "
-                                                         f"expected one of {', '.join(names)}")
-    out = Path(args.out or "out/live")
-    if out.exists() and not out.is_dir():
-        raise InputError(str(out), "--out", "exists and is not a directory")
+    # learning controllers need the home's history: only scenarios with a [truth] section have one
+    check_controller(controller, CLI, "--controller", live=True, learning=sc.spec.truth is not None)
+    out = output_dir(args.out or "out/live", writes=RUN_FILES, inputs={"--emulate": sc.path})
     out.mkdir(parents=True, exist_ok=True)
     from pems.live.emulator import write_result
     from pems.live.loop import EmulatedRun
@@ -228,7 +205,7 @@ def cmd_live(args: argparse.Namespace) -> int:
         try:
             run.start()
         except MqttConnectError as exc:
-            raise InputError("command line", "--mqtt", str(exc)) from None
+            raise MqttConnectError(f"{CLI}: --mqtt: {exc}") from None
     except BaseException:
         _close_log(influx)
         raise
@@ -278,7 +255,7 @@ def cmd_live_config(args: argparse.Namespace) -> int:
 
     from pems.live.config import load_live_config, open_live
 
-    _positive(args.hours, "--hours")
+    positive(args.hours, "--hours")
     cfg = load_live_config(args.config)
     s = cfg.spec
     from pems.live.loxone import MqttConnectError
@@ -290,8 +267,7 @@ def cmd_live_config(args: argparse.Namespace) -> int:
     try:
         loop = open_live(cfg, dry_run=args.dry_run)
     except MqttConnectError as exc:
-        print(f"pems: error: {exc}", file=sys.stderr)
-        return 3
+        raise MqttConnectError(f"{cfg.path}: mqtt: {exc}") from None
     where = [f"Loxone on MQTT {s.mqtt.host}:{s.mqtt.port}{' (TLS)' if s.mqtt.tls else ''}"
              f"{' with credentials' if loop.bus.username else ''}"]
     if s.modbus is not None:
@@ -316,8 +292,7 @@ def cmd_live_config(args: argparse.Namespace) -> int:
     except StateLocked as exc:
         raise InputError(cfg.path, "state_dir", str(exc)) from None
     except MqttConnectError as exc:
-        print(f"pems: error: {exc}", file=sys.stderr)
-        return 3
+        raise MqttConnectError(f"{cfg.path}: mqtt: {exc}") from None
     finally:
         # the handlers stay until the home is handed back: a second Ctrl-C must not cut that short
         try:
@@ -342,10 +317,16 @@ def add_live_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     lv.add_argument("--hours", type=float, help="hours to run (--emulate: simulated, default the whole scenario; "
                                                 "--config: default until Ctrl-C/SIGTERM)")
     lv.add_argument("--speed", type=float, help="--emulate: simulated seconds per wall second (default 60)")
-    lv.add_argument("--controller", help="--emulate: controller (default mpc)")
+    lv.add_argument("--controller", help="--emulate: controller (default mpc; the oracle cannot run live)")
     lv.add_argument("--influx", metavar="URL", help="--emulate: also log to InfluxDB (influx://HOST:PORT/DB or "
                                                     "influx2://HOST:PORT/BUCKET?org=ORG), spooled in DIR/spool")
     lv.add_argument("--dry-run", action="store_true", help="compute and log everything, write nothing")
-    lv.add_argument("--out", help="--emulate: output directory (default out/live)")
+    lv.add_argument("--out", help="--emulate: output folder (default out/live)")
     lv.set_defaults(func=cmd_live)
     return lv
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``emulate`` and ``live`` to the ``pems`` sub-commands."""
+    add_emulate_parser(sub)
+    add_live_parser(sub)

@@ -1,5 +1,6 @@
 """``pems forecast backtest {pv,load,price,correctors}``: rolling-origin backtests on the real public data
-(and, for residual correctors, on the unmodelled-gains scenarios).
+(and, for residual correctors, on the unmodelled-gains scenarios); ``pems forecast fit``: a home's
+own forecasters and correctors from its history, registered.
 
 Each run writes ``OUT/report.html``, ``OUT/metrics.json`` and ``OUT/predictions.parquet``
 (``--household all``: one folder per household and a summary page in ``OUT``) and prints a summary
@@ -13,14 +14,17 @@ import argparse
 import time
 from pathlib import Path
 
+from pems.commands.arguments import CLI, model_step, output_dir, parse_time
+from pems.commands.history import HISTORY_DOC, open_between
+from pems.commands.progress import progress_bar, status
 from pems.errors import InputError
 
 #: Variants of the PV backtest when ``pems.controllers.forecast.pv`` does not list its own ``VARIANTS``.
 PV_VARIANTS = ("nsrdb", "degraded", "persistence")
 
 
-def add_forecast_parser(sub: argparse._SubParsersAction) -> None:
-    """Add ``forecast backtest …`` to the ``pems`` sub-commands."""
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``forecast backtest …`` and ``forecast fit …`` to the ``pems`` sub-commands."""
     f = sub.add_parser("forecast", help="forecasters: rolling-origin backtests on real data → report.html")
     fsub = f.add_subparsers(dest="forecast_command", required=True, metavar="ACTION")
     b = fsub.add_parser("backtest", help="backtest a forecaster on public data (pv: NREL PVDAQ, load: Konstanz "
@@ -36,7 +40,7 @@ def add_forecast_parser(sub: argparse._SubParsersAction) -> None:
                                      "load: default or pv-oracle")
     b.add_argument("--days", type=int, help="only the last DAYS days of forecast origins (a quicker look)")
     b.add_argument("--issue-hour", type=int, help="price: local issue hour (default 13, after the auction)")
-    b.add_argument("--out", required=True, help="output directory")
+    b.add_argument("--out", required=True, help="output folder")
     b.set_defaults(func=cmd_forecast_backtest)
 
     fit = fsub.add_parser("fit", help="learn a home's PV or load forecaster, or its twin's residual correctors, "
@@ -44,7 +48,7 @@ def add_forecast_parser(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("what", choices=("pv", "load", "correctors"),
                      help="which forecaster (correctors: per-room heat the twin of --house misses)")
     fit.add_argument("--history", required=True,
-                     help="the home's history: CSV/Parquet (DESIGN.md columns) or influx://… / influx2://…")
+                     help=f"the home's history: CSV/Parquet (the columns of {HISTORY_DOC}) or influx://… / influx2://…")
     fit.add_argument("--house", required=True, help="house file or built-in name (site, time zone, holidays)")
     fit.add_argument("--registry", help="model registry (default $PEMS_MODELS or ./models)")
     fit.add_argument("--name", help="model name in the registry (default: the house's name)")
@@ -55,8 +59,8 @@ def add_forecast_parser(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--mapping", help="InfluxDB sources: mapping preset or file (default loxone-growatt)")
     fit.add_argument("--start", help="first time (InfluxDB default: two years before --end; files: all)")
     fit.add_argument("--end", help="end time (InfluxDB default: today 00:00 UTC; files: all)")
-    fit.add_argument("--step-minutes", type=float, default=15.0, help="resampling step (default 15)")
-    fit.add_argument("--out", required=True, help="output directory of the backtest report")
+    fit.add_argument("--step-minutes", type=float, default=15.0, help="resampling step, dividing the day (default 15)")
+    fit.add_argument("--out", required=True, help="output folder of the backtest report")
     fit.set_defaults(func=cmd_forecast_fit)
 
 
@@ -80,7 +84,7 @@ def _households(text: str, variant: str) -> list[int]:
     except ValueError:
         n = 0
     if not 1 <= n <= 6:
-        raise InputError("command line", "--household", f"{text!r} is not a household; expected 1–6 or 'all'")
+        raise InputError(CLI, "--household", f"{text!r} is not a household; expected 1–6 or 'all'")
     return [n]
 
 
@@ -96,18 +100,15 @@ def _print_result(name: str, r) -> None:
 
 
 def cmd_forecast_backtest(args: argparse.Namespace) -> int:
-    from pems.cli import _progress
-
+    """Backtest a forecaster on public data → report.html, metrics.json, predictions.parquet."""
     if args.days is not None and args.days < 1:
-        raise InputError("command line", "--days", f"{args.days} must be at least 1")
+        raise InputError(CLI, "--days", f"{args.days} must be at least 1")
     if args.issue_hour is not None and not 0 <= args.issue_hour <= 23:
-        raise InputError("command line", "--issue-hour", f"{args.issue_hour} is outside 0…23")
-    out = Path(args.out)
+        raise InputError(CLI, "--issue-hour", f"{args.issue_hour} is outside 0…23")
+    out = output_dir(args.out, writes=("report.html", "metrics.json", "predictions.parquet"))
     if args.what == "correctors":
         return _backtest_correctors(args, out, t0=time.perf_counter())
     root = _root(args.data)
-    if out.exists() and not out.is_dir():  # before the long run, not after it
-        raise InputError(str(out), "--out", "exists and is not a directory")
     t0 = time.perf_counter()
     from pems.controllers.forecast.report import write_backtest, write_summary
 
@@ -116,16 +117,16 @@ def cmd_forecast_backtest(args: argparse.Namespace) -> int:
         try:
             from pems.controllers.forecast.pv import backtest_nrel
         except ImportError as exc:
-            raise InputError("command line", "pv", f"the PV forecaster is not available ({exc})") from None
+            raise InputError(CLI, "pv", f"the PV forecaster is not available ({exc})") from None
         from pems.controllers.forecast import pv as pv_module
 
         known = tuple(getattr(pv_module, "VARIANTS", PV_VARIANTS))
         if variant not in known:
-            raise InputError("command line", "--variant",
+            raise InputError(CLI, "--variant",
                              f"unknown PV variant {variant!r}; expected one of {', '.join(known)}")
         if not (root / "pv-nrel").is_dir():
             raise InputError(str(root / "pv-nrel"), "--data", "PV data folder not found")
-        prog, update = _progress(f"pv · {variant}")
+        prog, update = progress_bar(f"pv · {variant}")
         with prog:
             res = backtest_nrel(root / "pv-nrel", variant=variant, progress=update, days=args.days)
         path = write_backtest(res, out, f"PV forecast backtest · NREL PVDAQ · {variant}")
@@ -135,11 +136,11 @@ def cmd_forecast_backtest(args: argparse.Namespace) -> int:
         from pems.controllers.forecast.prices import ZONES, backtest_entsoe
 
         if args.zone not in ZONES:
-            raise InputError("command line", "--zone",
+            raise InputError(CLI, "--zone",
                              f"unknown zone {args.zone!r}; expected one of {', '.join(ZONES)}")
         if args.variant not in (None, "default"):
-            raise InputError("command line", "--variant", f"the price backtest has no variant {args.variant!r}")
-        prog, update = _progress(f"price · {args.zone}")
+            raise InputError(CLI, "--variant", f"the price backtest has no variant {args.variant!r}")
+        prog, update = progress_bar(f"price · {args.zone}")
         with prog:
             res = backtest_entsoe(root, args.zone, days=args.days,
                                   issue_hour=13 if args.issue_hour is None else args.issue_hour, progress=update)
@@ -151,12 +152,12 @@ def cmd_forecast_backtest(args: argparse.Namespace) -> int:
 
         variant = args.variant or "default"
         if variant not in VARIANTS:
-            raise InputError("command line", "--variant", f"unknown load variant {variant!r}; expected one of "
+            raise InputError(CLI, "--variant", f"unknown load variant {variant!r}; expected one of "
                                                           f"{', '.join(VARIANTS)}")
         houses = _households(args.household, variant)
         results = {}
         for n in houses:
-            prog, update = _progress(f"load · household {n}")
+            prog, update = progress_bar(f"load · household {n}")
             with prog:
                 res = backtest_konstanz(root, n, variant=variant, days=args.days, progress=update)
             results[f"household {n}"] = res
@@ -193,17 +194,14 @@ def _register(args: argparse.Namespace, res, name: str, source: str) -> None:
 
 def _backtest_correctors(args: argparse.Namespace, out: Path, t0: float) -> int:
     """Learn residual correctors from a [truth] scenario's history; score 24 h-ahead predictions."""
+    from pems.controllers.forecast.corrector_scores import write_corrector_report
     from pems.scenarios.spec import load_scenario
-    from pems.scenarios.unmodelled import corrector_backtest, write_corrector_report
+    from pems.scenarios.unmodelled import corrector_backtest
 
     sc = load_scenario(args.scenario)
     if sc.spec.truth is None:
         raise InputError(str(sc.path), "truth", "the scenario has no [truth] section (unmodelled heat to learn)")
-    if out.exists() and not out.is_dir():
-        raise InputError(str(out), "--out", "exists and is not a directory")
-    from rich.console import Console
-
-    with Console(stderr=True).status(f"correctors · {sc.name}: simulating the history, learning, predicting"):
+    with status(f"correctors · {sc.name}: simulating the history, learning, predicting"):
         bt = corrector_backtest(sc)
     path = write_corrector_report(bt, out)
     print(f"{sc.name}: 24 h-ahead room RMSE {bt.rmse_physics:.3f} K (twin alone) → {bt.rmse_corrected:.3f} K "
@@ -225,37 +223,30 @@ def cmd_forecast_fit(args: argparse.Namespace) -> int:
     """Backtest a forecaster on the home's history, fit it for deployment, register it."""
     import pandas as pd
 
-    from pems.calibration.sources import is_url, open_history
-    from pems.cli import _progress, _step, _time
+    from pems.calibration.sources import is_url
     from pems.controllers.forecast.home import fit_home, register_fit
     from pems.controllers.forecast.registry import ModelRegistry, check_name, default_root
     from pems.controllers.forecast.report import write_backtest
     from pems.twin.house import load_house
 
     if args.days is not None and args.days < 1:
-        raise InputError("command line", "--days", f"{args.days} must be at least 1")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise InputError(str(out), "--out", "exists and is not a directory")
+        raise InputError(CLI, "--days", f"{args.days} must be at least 1")
     house = load_house(args.house)
     check_name(args.name or house.name, "--name")  # now, not after a long backtest
-    start, end = _time(args.start, "--start"), _time(args.end, "--end")
-    step = _step(args.step_minutes)
+    start, end = parse_time(args.start, "--start"), parse_time(args.end, "--end")
+    step = model_step(args.step_minutes)
+    out = output_dir(args.out, writes=("report.html", "metrics.json", "predictions.parquet"),
+                     inputs={"--history": args.history, "--house": args.house})
     t0 = time.perf_counter()
     rooms = args.what == "correctors"
     if is_url(args.history):  # a database holds years: default to the last two (the correctors: one)
         end = end or pd.Timestamp.now(tz="UTC").floor("D")
         start = start or end - pd.Timedelta(days=365 if rooms else 730)
-        prog, update = _progress("extracting")
-        with prog:
-            history = open_history(args.history, house, step, mapping=args.mapping, start=start, end=end,
-                                   progress=update, require_rooms=rooms)
-    else:
-        history = open_history(args.history, house, step, start=start, end=end, require_rooms=rooms)
+    history = open_between(args.history, house, step, start, end, args.mapping, require_rooms=rooms)
     registry = ModelRegistry(args.registry if args.registry else default_root())
     if args.what == "correctors":
         return _fit_correctors(args, house, history, registry, out, t0)
-    prog, update = _progress(f"{args.what} · backtest")
+    prog, update = progress_bar(f"{args.what} · backtest")
     with prog:
         fit = fit_home(args.what, history.data, house.site, str(args.history),
                        days=90 if args.days is None else args.days, progress=update)
@@ -279,13 +270,12 @@ def _registered(registry, card, path: Path, t0: float) -> int:
 def _fit_correctors(args: argparse.Namespace, house, history, registry, out: Path, t0: float) -> int:
     """``pems forecast fit correctors``: learn, score on held-out days, register the deployed ones."""
     import pandas as pd
-    from rich.console import Console
 
+    from pems.controllers.forecast.corrector_scores import write_corrector_report
     from pems.controllers.forecast.home import corrector_card_metrics, fit_home_correctors
-    from pems.scenarios.unmodelled import write_corrector_report
 
     holdout = pd.Timedelta(days=14 if args.days is None else args.days)
-    with Console(stderr=True).status(f"correctors · {house.name}: learning, predicting the held-out days"):
+    with status(f"correctors · {house.name}: learning, predicting the held-out days"):
         bt = fit_home_correctors(house, history.data, history.step, str(args.history), holdout=holdout)
     path = write_corrector_report(bt, out)
     print(f"{house.name}: 24 h-ahead room RMSE on the held-out days {bt.rmse_physics:.3f} K (twin alone) → "

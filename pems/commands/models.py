@@ -6,8 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
+from pems.errors import ExitCode, InputError
 
-def add_models_parser(sub) -> None:
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``models list|show|promote|drift`` to the ``pems`` sub-commands."""
     m = sub.add_parser("models", help="the model registry: list, show, promote, check drift")
     m.add_argument("--registry", type=Path, default=None,
                    help="registry folder (default: $PEMS_MODELS or ./models)")
@@ -21,7 +24,8 @@ def add_models_parser(sub) -> None:
     pr = ms.add_parser("promote", help="make REF the champion of its role")
     pr.add_argument("ref")
     pr.set_defaults(func=cmd_models_promote)
-    dr = ms.add_parser("drift", help="Page–Hinkley check of live residuals against the model's reference MAE")
+    dr = ms.add_parser("drift", help="Page–Hinkley check of live residuals against the model's reference MAE "
+                                     f"(exit code {int(ExitCode.DRIFT)}: retrain due)")
     dr.add_argument("ref")
     dr.add_argument("--residuals", type=Path, required=True,
                     help="CSV or Parquet with a column 'residual' (or 'y' and 'p50')")
@@ -73,8 +77,6 @@ def cmd_models_drift(args: argparse.Namespace) -> int:
 
     import pandas as pd
 
-    from pems.errors import InputError
-
     if not args.residuals.is_file():
         raise InputError(str(args.residuals), "", "file not found")
     try:
@@ -93,4 +95,4 @@ def cmd_models_drift(args: argparse.Namespace) -> int:
     verdict = "RETRAIN DUE" if rep.retrain_due else "no drift"
     print(f"{args.ref}: {verdict} (Page–Hinkley {rep.statistic:.3g} vs threshold {rep.threshold:.3g}; "
           f"reference MAE {rep.reference_mae:.3g}, recent MAE {rep.recent_mae:.3g}, n={rep.n})")
-    return 1 if rep.retrain_due else 0
+    return ExitCode.DRIFT if rep.retrain_due else ExitCode.OK

@@ -1,0 +1,162 @@
+"""``pems simulate``, ``pems bench``, ``pems demo`` and ``pems list``: scenarios in the simulated home."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from pems.commands.arguments import CLI, check_controller, output_dir
+from pems.commands.progress import progress_bar
+from pems.errors import InputError
+
+#: What a run writes into its folder.
+RUN_FILES = ("trajectory.parquet", "kpis.json", "events.jsonl", "report.html")
+
+
+def _inputs(sc) -> dict[str, Path]:
+    """A scenario's own files by key (none of them may be overwritten by an output)."""
+    files = {"scenario": sc.path}
+    for key in ("weather", "prices", "load"):
+        value = getattr(sc.spec, key)
+        path = sc.base_dir / value
+        if path.suffix:
+            files[key] = path
+    if Path(sc.spec.house).suffix:
+        files["house"] = sc.base_dir / sc.spec.house
+    return files
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """One scenario with one controller → trajectory.parquet, kpis.json, events.jsonl, report.html."""
+    from pems.scenarios.spec import load_scenario
+
+    sc = load_scenario(args.scenario)  # validate everything before the heavy imports
+    if args.controller:
+        name = check_controller(args.controller, CLI, "--controller")
+    else:
+        name = check_controller(sc.spec.controller, str(sc.path), "controller")
+    out = output_dir(args.out or f"out/{sc.name}-{name}", writes=RUN_FILES, inputs=_inputs(sc))
+    from pems.scenarios.outputs import write_run
+    from pems.scenarios.runner import prepare, run
+
+    t0 = time.perf_counter()
+    prep = prepare(sc)
+    prog, update = progress_bar(f"{sc.name} · {name}")
+    with prog:
+        result = run(prep, name, progress=update)
+    write_run(result, out, subtitle=f"house {sc.house.name}, {len(sc.house.rooms)} rooms")
+    k = result.kpis
+    print(f"{sc.name} · {name}: cost {k['cost']:.2f} {result.currency}, discomfort {k['discomfort_Kh']:.1f} K·h, "
+          f"heating {k['heating_kWh']:.0f} kWh, import {k['energy_import_kWh']:.0f} kWh, "
+          f"PV {k['pv_kWh']:.0f} kWh ({time.perf_counter() - t0:.1f} s)")
+    print(f"wrote {out}/trajectory.parquet, kpis.json, events.jsonl, report.html")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Every scenario × controller → kpis.csv and report.html."""
+    from pems.controllers import available
+    from pems.scenarios.spec import load_scenario
+
+    scenarios = args.scenarios or ["winter-week"]
+    loaded = [load_scenario(s) for s in scenarios]  # validate every input before the first (long) run
+    learning = any(sc.spec.truth is not None for sc in loaded)
+    names = [n.strip() for n in (args.controllers or ",".join(available(learning=learning))).split(",") if n.strip()]
+    for n in names:
+        check_controller(n, CLI, "--controllers")
+    inputs = {f"{sc.name}: {k}": p for sc in loaded for k, p in _inputs(sc).items()}
+    out = output_dir(args.out, writes=("kpis.csv", "report.html"), inputs=inputs)
+    from pems.scenarios.bench import run_bench
+
+    t0 = time.perf_counter()
+    frame = run_bench(scenarios, names, out, progress=progress_bar)
+    show = ["scenario", "controller", "cost", "cost_gap_to_oracle", "discomfort_Kh_per_room", "heating_kWh",
+            "energy_import_kWh", "self_consumption", "peak_import_kW", "compute_s_per_step"]
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3g}".format):
+        print(frame[[c for c in show if c in frame]].to_string(index=False))
+    print(f"wrote {out}/kpis.csv and {out}/report.html ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _demo_days(days: float | None) -> float | None:
+    """``--days``: more than 0, at most the week, a whole number of the week's 15-minute steps."""
+    if days is None:
+        return None
+    if not (0 < days <= 7) or abs(days * 96 - round(days * 96)) > 1e-9:
+        raise InputError(CLI, "--days", f"{days:g}: expected a number of days above 0 and at most 7, "
+                                        "in steps of 15 minutes (e.g. 1, 2 or 0.5)")
+    return days
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The winter week with every available controller, one report comparing them."""
+    from pems.controllers import available
+    from pems.scenarios.spec import load_scenario
+
+    days = _demo_days(args.days)
+    out = output_dir(args.out, writes=("kpis.csv", "report.html"))
+    from pems.scenarios.bench import run_bench
+
+    scenario = "winter-week"
+    if days is not None:  # a shorter look at the same week
+        sc = load_scenario(scenario)
+        text = sc.path.read_text(encoding="utf-8").replace("days = 7", f"days = {days:g}")
+        out.mkdir(parents=True, exist_ok=True)
+        short = out / "winter-week-short.toml"
+        short.write_text(text.replace('name = "winter-week"', 'name = "winter-week-short"'), encoding="utf-8")
+        scenario = str(short)
+    t0 = time.perf_counter()
+    frame = run_bench([scenario], list(available(learning=False)), out, progress=progress_bar)
+    print(f"{'controller':<19} {'cost':>8} {'vs oracle':>9} {'discomfort':>12} {'heating':>9} {'import':>9} {'compute/step':>12}")
+    for _, k in frame.iterrows():
+        gap = "" if k["cost_gap_to_oracle"] != k["cost_gap_to_oracle"] else f"{100 * k['cost_gap_to_oracle']:+.1f} %"
+        print(f"{k['controller']:<19} {k['cost']:>8.2f} {gap:>9} {k['discomfort_Kh']:>8.1f} K·h {k['heating_kWh']:>5.0f} kWh"
+              f" {k['energy_import_kWh']:>5.0f} kWh {k['compute_s_per_step']:>10.3f} s")
+    print(f"wrote {out}/report.html, {out}/kpis.csv and one folder per run ({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    """The built-in houses, scenarios, controllers, prices, loads and weather sets."""
+    from pems.controllers import available
+    from pems.scenarios.spec import builtin_scenarios
+    from pems.twin.house import BUILTIN_HOUSES
+    from pems.twin.load import BUILTIN_LOADS
+    from pems.twin.prices import BUILTIN_PRICES
+    from pems.twin.weather import BUILTIN_WEATHER
+
+    print("houses:     ", ", ".join(BUILTIN_HOUSES))
+    print("scenarios:  ", ", ".join(builtin_scenarios()))
+    print("controllers:", ", ".join(available(peers=True)))
+    print("prices:     ", ", ".join(BUILTIN_PRICES))
+    print("loads:      ", ", ".join(BUILTIN_LOADS))
+    print("weather:")
+    for name, what in BUILTIN_WEATHER.items():
+        print(f"  {name:<24} {what}")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Add ``simulate``, ``demo``, ``bench`` and ``list`` to the ``pems`` sub-commands."""
+    s = sub.add_parser("simulate", help="run one scenario with one controller")
+    s.add_argument("scenario", help="built-in scenario name or path to a scenario TOML file")
+    s.add_argument("--controller", help="controller name (default: the scenario's, else rule-based)")
+    s.add_argument("--out", help="output folder (default: out/SCENARIO-CONTROLLER)")
+    s.set_defaults(func=cmd_simulate)
+
+    d = sub.add_parser("demo", help="the winter week with every available controller; no configuration")
+    d.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    d.add_argument("--days", type=float, help="only the first DAYS of the week, 0 < DAYS ≤ 7 (a quicker look)")
+    d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="every scenario × controller → kpis.csv and report.html")
+    b.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="built-in names or TOML paths (default: winter-week)")
+    b.add_argument("--controllers", help="comma-separated controller names (default: all)")
+    b.add_argument("--out", default="out/bench", help="output folder (default: out/bench)")
+    b.set_defaults(func=cmd_bench)
+
+    ls = sub.add_parser("list", help="list built-in houses, scenarios, weather, prices and controllers")
+    ls.set_defaults(func=cmd_list)

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class UnmodelledGain(_Strict):
@@ -41,24 +41,38 @@ class UnmodelledGain(_Strict):
     """
 
     room: str
+    """The room it heats (or cools), by id."""
     kind: Literal["schedule", "window"] = "schedule"
+    """A scheduled source, or a window the house file does not have."""
     watts: float = 0.0
+    """``schedule``: heat while on; negative for a loss such as airing [W]."""
     hours: list[tuple[float, float]] = Field(default_factory=list)
+    """``schedule``: ``[from, to)`` intervals of local hours, e.g. ``[[6.5, 8.0], [17, 20]]``; ``from > to`` runs past midnight."""
     days: Literal["all", "workdays", "weekends"] = "all"
+    """``schedule``: the days it is on (workdays are Monday to Friday)."""
     day_to_day: Annotated[float, Field(ge=0, le=1)] = 0.2
+    """``schedule``: relative standard deviation of its daily factor ``1 + day_to_day·N(0, 1)`` [-]."""
     area_m2: Annotated[float, Field(ge=0)] = 0.0
+    """``window``: glazed area [m²]."""
     g: Annotated[float, Field(ge=0, le=1)] = 0.6
+    """``window``: solar transmittance of the glazing [-]."""
     azimuth_deg: Annotated[float, Field(ge=0, le=360)] = 180.0
+    """``window``: direction it faces (vertical): 0 north, 90 east, 180 south [°]."""
 
 
 class Truth(_Strict):
     """What the simulated home has beyond its model, and the history logged before the run."""
 
     gains: list[UnmodelledGain] = Field(default_factory=list)
-    train_days: Annotated[int, Field(ge=7, le=366)] = 35  # history before the run for learning
+    """The heat sources, one ``[[truth.gains]]`` table each."""
+    train_days: Annotated[int, Field(ge=7, le=366)] = 35
+    """Days of history logged before the run, under the home's own thermostats, for learning controllers [d]."""
     sensor_noise_k: Annotated[float, Field(ge=0)] = 0.05
-    quantum_k: Annotated[float, Field(ge=0)] = 0.1  # the room sensors' resolution [K]
+    """Standard deviation of the room sensors' noise in that history [K]."""
+    quantum_k: Annotated[float, Field(ge=0)] = 0.1
+    """Resolution the room sensors round to [K]."""
     seed: int = 0
+    """Seed of the day-to-day factors and the sensor noise."""
 
 
 def unmodelled_gains(truth: Truth, house: House, index: pd.DatetimeIndex, ghi: pd.Series | np.ndarray,

@@ -77,7 +77,7 @@ class MqttSpec(_Strict):
     client_id: str | None = None
     """MQTT client id (default: ``pems-loop-`` and a random suffix); a dry run appends ``-dry-run``."""
     tls: TlsSpec | None = None
-    """TLS towards the broker (none: plain TCP)."""
+    """TLS towards the broker (not set: plain TCP)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -159,9 +159,9 @@ class LiveConfig(_Strict):
     mqtt: MqttSpec
     """The Loxone side: the MQTT broker."""
     modbus: ModbusSpec | None = None
-    """The Growatt inverter (none: the battery is not controlled)."""
+    """The Growatt inverter (not set: the battery is not controlled)."""
     influx: InfluxSpec | None = None
-    """The InfluxDB log (none: no log to InfluxDB)."""
+    """The InfluxDB log (not set: no log to InfluxDB)."""
     forecast: LiveForecastSpec = Field(default_factory=LiveForecastSpec)
     """Where forecasts come from."""
     comfort: Comfort = Field(default_factory=Comfort)

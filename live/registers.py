@@ -156,7 +156,7 @@ class Register(BaseModel):
     values: tuple[float, ...] | None = None
     """Or: the allowed written values, in engineering units."""
     encoding: Encoding = "uint"
-    """``uint``, ``time_hm`` (hour × 256 + minute) or ``tlxh_slot_start`` (see the module notes); not ``uint`` needs ``words = 1``, ``scale = 1``, unsigned."""
+    """``uint``, ``time_hm`` (hour × 256 + minute) or ``tlxh_slot_start`` (enable bit, priority and time in one word); not ``uint`` needs ``words = 1``, ``scale = 1``, unsigned."""
     default: float | None = None
     """The factory value an emulated inverter starts with, in engineering units."""
     description: str = ""
@@ -276,8 +276,8 @@ class DeviceInfo(BaseModel):
     notes: str = ""
     """Anything a user of the map should know."""
     max_read: int = Field(default=100, ge=1, le=125)
-    """Longest read request [registers]: Growatt answers at most 125 registers per request and only
-    within one of its 125-register ranges, so reads are grouped into blocks no longer than this."""
+    """Longest read request: Growatt answers at most 125 registers per request and only within one
+    of its 125-register ranges, so reads are grouped into blocks no longer than this [registers]."""
 
 
 class _MapFile(BaseModel):

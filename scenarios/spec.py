@@ -127,9 +127,9 @@ class MpcSpec(_Strict):
     solver: Literal["auto", "lp", "ipopt"] = "auto"
     """``auto``: the LP path (HiGHS) where the problem is linear, else do-mpc with IPOPT; ``lp`` or ``ipopt`` force one."""
     fine_hours: Annotated[float, Field(ge=0, le=168)] = 6.0
-    """The first hours planned per control step [h] …"""
+    """The first hours of the horizon are planned per control step … [h]"""
     coarse_minutes: Annotated[float, Field(gt=0, le=240)] = 60.0
-    """… the rest of the horizon in stages of this length [min]."""
+    """… the rest in stages of this length [min]."""
     deadline_s: Annotated[float, Field(gt=0)] | None = None
     """Time limit of a step's whole solve chain (default: half a control step) [s]."""
     comfort: Annotated[float, Field(ge=0)] = 2.0

@@ -71,7 +71,7 @@ class Topics(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
     temperature: str
-    """Per room, home → loop: the room's air temperature [°C]."""
+    """Per room, home → loop: the room's air temperature in °C."""
     relay_state: str
     """Per room, home → loop: the heating relay's state, on/off."""
     relay_set: str
@@ -81,7 +81,7 @@ class Topics(BaseModel):
     mode_state: str = ""
     """Per room, home → loop: the mode in force (empty: not published)."""
     outdoor: str = ""
-    """House-wide, home → loop: the outdoor temperature [°C] (empty: not published)."""
+    """House-wide, home → loop: the outdoor temperature in °C (empty: not published)."""
     gateway_status: str = ""
     """House-wide, home → loop: the gateway's status, ``payload.gateway_online`` when it is up (empty: none)."""
     loop_status: str = ""

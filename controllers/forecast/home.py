@@ -84,7 +84,7 @@ def forecaster_table(role: str, data: pd.DataFrame, source: str) -> pd.DataFrame
         raise InputError("command line", "role", f"unknown forecaster {role!r}; expected one of {', '.join(NEEDS)}")
     for c in NEEDS[role]:
         if c not in data:
-            raise InputError(source, c, f"the {role} forecaster needs a {c!r} column (DESIGN.md history table)")
+            raise InputError(source, c, f"the {role} forecaster needs a {c!r} column (see docs/reference/history.md)")
         if not np.isfinite(data[c].to_numpy(dtype=float)).any():
             raise InputError(source, c, "has no values")
     extra = ("T_out", "ghi") if role == "load" else ()

@@ -1,4 +1,4 @@
-"""The closed loop, KPIs and outputs: the DESIGN.md contract, checked independently."""
+"""The closed loop, KPIs and outputs: the contract of docs/reference (history.md, kpis.md), checked independently."""
 
 from __future__ import annotations
 

@@ -128,7 +128,7 @@ def test_corrector_round_trips_through_pickle(fitted):
 
 
 def test_pems_forecast_fit_correctors_learns_the_homes_missing_heat_and_registers_it(tmp_path, capsys):
-    """From a home's history (a file in the DESIGN.md layout) to a registry champion that
+    """From a home's history (a file in the layout of docs/reference/history.md) to a registry champion that
     ``pems live --config`` with ``mpc+correctors`` accepts for this house."""
     import tomli_w
 

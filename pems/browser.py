@@ -18,6 +18,7 @@ Used by the browser tests of the reports (``tests/scenarios/test_report_browser.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -26,7 +27,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 #: Where Debian installs it (package ``chromium``); other names are tried on PATH.
 CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
@@ -35,7 +36,8 @@ CANDIDATES = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrom
 #: run as root in CI), no GPU, and none of the background connections that a closed network refuses.
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-extensions", "--mute-audio")
+         "--disable-extensions", "--mute-audio",
+         "--disable-dev-shm-usage")  # containers often have a small /dev/shm: use /tmp
 
 
 class BrowserError(RuntimeError):
@@ -72,6 +74,7 @@ class Chromium:
         self._profile: tempfile.TemporaryDirectory | None = None
         self._buf = b""
         self._next_id = 0
+        self._stderr: IO[bytes] | None = None
 
     # -- process ---------------------------------------------------------------------------------
     def __enter__(self) -> Chromium:
@@ -80,24 +83,42 @@ class Chromium:
         self._from_chrome, from_chrome_w = os.pipe()
 
         def _fds() -> None:  # in the child: the protocol's fixed descriptors 3 (in) and 4 (out)
-            os.dup2(to_chrome_r, 3)
-            os.dup2(from_chrome_w, 4)
+            # copied above 10 first, so that placing one cannot overwrite the other where it sits
+            high_r, high_w = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD, 10), fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD, 10)
+            os.dup2(high_r, 3)
+            os.dup2(high_w, 4)
 
         args = [self.binary, *FLAGS, f"--user-data-dir={self._profile.name}", "--remote-debugging-pipe",
                 "about:blank"]
         try:
             # pass_fds keeps 3 and 4 open past the close-all that follows the dup2s above
+            self._stderr = tempfile.TemporaryFile()
             self._proc = subprocess.Popen(args, pass_fds=(3, 4), preexec_fn=_fds, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                          stdout=subprocess.DEVNULL, stderr=self._stderr)
+        except (OSError, subprocess.SubprocessError) as e:
+            self.__exit__(None, None, None)
+            raise BrowserError(f"cannot run {self.binary}: {e}") from None
         finally:
             os.close(to_chrome_r)
             os.close(from_chrome_w)
         try:
             self.send("Browser.getVersion")
+        except BrowserError as e:
+            said = self._said()
+            self.__exit__(None, None, None)
+            raise BrowserError(f"{self.binary} did not start: {e}" + (f"; it said: {said}" if said else "")) from None
         except BaseException:
             self.__exit__(None, None, None)
             raise
         return self
+
+    def _said(self, lines: int = 5) -> str:
+        """The last lines the browser wrote to its stderr (why it did not start)."""
+        if self._stderr is None:
+            return ""
+        self._stderr.seek(0)
+        text = self._stderr.read().decode("utf-8", "replace").strip().splitlines()
+        return " | ".join(text[-lines:])
 
     def __exit__(self, *exc: object) -> None:
         if self._proc is not None:
@@ -119,6 +140,9 @@ class Chromium:
         if self._profile is not None:
             self._profile.cleanup()
             self._profile = None
+        if self._stderr is not None:
+            self._stderr.close()
+            self._stderr = None
 
     # -- protocol --------------------------------------------------------------------------------
     def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None,
@@ -128,7 +152,10 @@ class Chromium:
         msg: dict[str, Any] = {"id": self._next_id, "method": method, "params": params or {}}
         if session:
             msg["sessionId"] = session
-        os.write(self._to_chrome, json.dumps(msg).encode() + b"\0")
+        try:
+            os.write(self._to_chrome, json.dumps(msg).encode() + b"\0")
+        except OSError as e:  # the browser has gone (a broken pipe)
+            raise BrowserError(f"{method}: the browser closed its pipe ({e.strerror})") from None
         deadline = time.monotonic() + (timeout or self.timeout)
         while True:
             while b"\0" not in self._buf:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ import pandas as pd
 
 
 def _missing(v: object) -> bool:
-    return v is None or not isinstance(v, int | float) or not math.isfinite(v)
+    return not isinstance(v, numbers.Real) or not math.isfinite(v)  # numpy's numbers are Real too
 
 
 def fixed(decimals: int) -> Callable[[float], str]:
@@ -139,8 +140,8 @@ def frame_runs(frame: pd.DataFrame) -> list[tuple[str, dict[str, float]]]:
     """``(controller, kpis)`` pairs from rows of a bench's KPI frame (NaN cells become absent)."""
     out = []
     for _, r in frame.iterrows():
-        kpis = {k: float(v) for k, v in r.items() if k not in ("scenario", "controller") and pd.notna(v)
-                and isinstance(v, int | float)}
+        kpis = {k: float(v) for k, v in r.items() if k not in ("scenario", "controller")
+                and isinstance(v, numbers.Real) and pd.notna(v)}
         out.append((str(r["controller"]), kpis))
     return out
 

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 
 from pems.scenarios.kpis import KPIS, compute_kpis
-from pems.scenarios.report_tables import (ROWS, cost_difference, energy, fixed, gap, kpi_table, milliseconds,
-                                          period_text, share, why_sentence, why_text)
+from pems.scenarios.report_tables import (ROWS, cost_difference, energy, fixed, frame_runs, gap, kpi_table,
+                                          milliseconds, period_text, share, why_sentence, why_text)
 
 
 def test_float_noise_shows_as_zero_without_a_sign():
@@ -24,6 +24,7 @@ def test_float_noise_shows_as_zero_without_a_sign():
     assert fixed(2)(-0.004) == "0.00"
     assert fixed(0)(1789.4) == "1,789"
     assert fixed(2)(float("nan")) == "–" and fixed(2)(None) == "–"
+    assert fixed(0)(np.int64(3)) == "3" and fixed(1)(np.float32(0.5)) == "0.5"
 
 
 def test_each_unit_gets_the_digits_it_deserves():
@@ -44,6 +45,18 @@ def test_kpi_table_reads_in_the_tariffs_currency_without_scientific_notation():
     assert "Cost above oracle" not in text  # a KPI no run has is left out
     # one row per KPI, one column per controller (narrow whatever the number of KPIs)
     assert text.count("<tr>") == 1 + 6 and text.count("<th>rule-based</th>") == 1
+
+
+def test_a_bench_frame_gives_each_controller_its_numbers():
+    frame = pd.DataFrame({"scenario": ["w", "w"], "controller": ["rule-based", "oracle"], "cost": [20.0, 18.0],
+                          "cost_gap_to_oracle": [0.111, 0.0], "fallbacks": np.array([2, 0], dtype=np.int64)})
+    frame.loc[1, "cost"] = np.nan  # a missing value stays missing
+    runs = frame_runs(frame)
+    assert runs == [("rule-based", {"cost": 20.0, "cost_gap_to_oracle": 0.111, "fallbacks": 2.0}),
+                    ("oracle", {"cost_gap_to_oracle": 0.0, "fallbacks": 0.0})]
+    text = kpi_table(runs, "EUR")
+    assert "<td>+11.1 %</td><td>0.0 %</td>" in text and "<td>20.00</td><td>–</td>" in text
+    assert "<td>2</td><td>0</td>" in text
 
 
 def test_every_kpi_has_a_line_in_the_table():
@@ -127,7 +140,8 @@ def test_why_names_export_and_leaves_out_what_made_no_difference():
             "energy_export_kWh": 5.0}
     run = {**base, "cost": 9.5, "energy_export_kWh": 9.0}  # same imports, 0.50 more earned for export
     text = why_sentence("mpc", cost_difference(base, run), "EUR")
-    assert text == "<b>mpc</b> saves 0.50 EUR against rule-based: 0.50 from earning more for export (4 kWh more exported)"
+    assert text == ("<b>mpc</b> saves 0.50 EUR against rule-based: "
+                    "0.50 from earning more for export (4 kWh more exported)")
     assert why_sentence("x", cost_difference(base, base), "EUR") == "<b>x</b> costs the same as rule-based"
 
 

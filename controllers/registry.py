@@ -9,7 +9,8 @@ from pems.controllers.rule_based import RuleBasedController
 from pems.twin.model import HouseModel
 
 
-def _weights(options: dict):
+def weights(options: dict):
+    """The OCP's weights from a scenario's or live config's ``[mpc]`` table."""
     from pems.controllers.ocp import Weights
 
     keys = Weights.__dataclass_fields__
@@ -21,7 +22,7 @@ def mpc_config(options: dict):
     from pems.controllers.mpc import MpcConfig  # do-mpc and HiGHS are imported only when needed
 
     keys = set(MpcConfig.__dataclass_fields__) - {"weights", "noise", "ipopt", "use_true_state", "scheme"}
-    return MpcConfig(weights=_weights(options), **{k: v for k, v in options.items() if k in keys})
+    return MpcConfig(weights=weights(options), **{k: v for k, v in options.items() if k in keys})
 
 
 def _mpc(model: HouseModel, step_s: float, options: dict) -> Controller:
@@ -39,7 +40,7 @@ def _mpc_corrected(model: HouseModel, step_s: float, options: dict) -> Controlle
 def _oracle(model: HouseModel, step_s: float, options: dict) -> Controller:
     from pems.controllers.oracle import PerfectForesightOracle
 
-    return PerfectForesightOracle(model, step_s, _weights(options))
+    return PerfectForesightOracle(model, step_s, weights(options))
 
 
 def _emhass(model: HouseModel, step_s: float, options: dict) -> Controller:

@@ -36,10 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``pems`` command; return its exit code."""
     from pems.threads import limit_threads
-    from pems.quiet import quiet_libraries
+    from pems.quiet import command_logging, quiet_libraries
 
     limit_threads()  # before the solvers load: their runtimes read the limit then
     quiet_libraries()
+    command_logging()
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

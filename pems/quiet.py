@@ -3,12 +3,55 @@
 The command prints its results on stdout and one line per problem on stderr; warnings of the
 libraries underneath (matplotlib's, numpy's ``RuntimeWarning`` on an all-empty slice, pandas'
 format guesses) mean nothing to a user and are silenced here, once, when a command starts. The
-tests keep them (pytest installs its own filters).
+tests keep them (pytest installs its own filters). What PEMS itself logs at warning level and
+above reaches stderr as ``pems: warning: …`` lines.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
+
+
+class _OneLine(logging.Formatter):
+    """``pems: warning: message``: the shape of the command's other lines on stderr."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"pems: {record.levelname.lower()}: {record.getMessage()}"
+
+
+class _Stderr(logging.StreamHandler):
+    """A handler on whatever ``sys.stderr`` is when a record comes (tests swap it)."""
+
+    @property
+    def stream(self):  # noqa: D102
+        import sys
+
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def command_logging(level: int = logging.WARNING, fmt: str | None = None) -> None:
+    """PEMS's log on stderr: by default warnings and errors, one ``pems: warning: …`` line each.
+
+    Parameters
+    ----------
+    level
+        The least level shown (``pems live --config`` shows INFO).
+    fmt
+        A :mod:`logging` format instead of the one-line shape (a home's log wants times and sources).
+    """
+    root = logging.getLogger()
+    handler = next((h for h in root.handlers if h.get_name() == "pems"), None)
+    if handler is None:
+        handler = _Stderr()
+        handler.set_name("pems")
+        root.addHandler(handler)
+    handler.setFormatter(logging.Formatter(fmt) if fmt else _OneLine())
+    root.setLevel(level)
 
 
 def quiet_libraries() -> None:

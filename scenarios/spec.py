@@ -164,7 +164,7 @@ class Scenario(_Strict):
     days: Annotated[float, Field(gt=0, le=3660)] = 7.0
     """Length of the run [d]."""
     step_minutes: Annotated[int, Field(ge=1, le=240)] = 15
-    """Control step: controllers act, and the trajectory has a row, once a step [min]."""
+    """Control step: controllers act, and the trajectory has a row, once a step; divides the day (e.g. 5, 10, 15, 30, 60) [min]."""
     plant_step_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
     """Step of the simulated home inside a control step (relays, thermostats, limits); divides the control step [s]."""
     weather: str = "amsterdam-iwec"
@@ -197,6 +197,13 @@ class Scenario(_Strict):
     def _aware(cls, v: datetime) -> datetime:
         if v.tzinfo is None:
             raise ValueError("give a time zone, e.g. 2024-01-22T00:00:00Z")
+        return v
+
+    @field_validator("step_minutes")
+    @classmethod
+    def _divides_day(cls, v: int) -> int:
+        if 1440 % v:
+            raise ValueError(f"{v} min does not divide the day; expected e.g. 5, 10, 15, 30 or 60")
         return v
 
 
@@ -256,6 +263,10 @@ def load_scenario(spec: str | Path) -> LoadedScenario:
     sc = validate(Scenario, read_toml(path), path)
     house = load_house(sc.house, base_dir=path.parent)
     _check_against_house(sc, house, path)
+    steps = sc.days * 1440 / sc.step_minutes
+    if abs(steps - round(steps)) > 1e-6:
+        raise InputError(path, "days", f"{sc.days:g} days is not a whole number of {sc.step_minutes}-minute "
+                                       "steps; the run would end past its last day")
     if sc.step_minutes * 60 % sc.plant_step_seconds:
         raise InputError(path, "plant_step_seconds",
                          f"{sc.plant_step_seconds} s does not divide the control step of {sc.step_minutes} min")

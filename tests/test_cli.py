@@ -1,16 +1,22 @@
-"""The command line with bad input: one clear message naming the file and key, exit code 2, no traceback.
+"""The command line as a user meets it: bad input, unreachable services, outputs that cannot be written.
 
-Every case runs ``python -m pems`` as a subprocess on tiny one-day scenarios written into its own
-folder; the subprocesses run side by side, one per CPU (module fixture). Each one pays the
-command's start-up (~2 s of imports), so this file takes about 1.5 s × cases / CPUs.
+A table of cases, each run through the installed ``pems`` entry point as a subprocess in its own
+folder of tiny one-day inputs. Every case must end with its exit code (2: bad input, 3: a service
+did not answer; docs/reference/exit-codes.md), no traceback, and one ``pems: error:`` line naming
+the file (or ``command line``) and the key; nothing may be written and no file given may change.
+The good paths must print nothing at all on stderr (no blank lines, no library warnings). The
+subprocesses run side by side, one per CPU (module fixture); each pays the command's start-up
+(~1.5 s of imports), the three broker cases the 10 s a broker is given to answer.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,18 +88,69 @@ def good_case(d: Path) -> None:
     write_weather(d)
 
 
+def write_history(d: Path, name: str = "history.csv", rooms: tuple[str, ...] = ("a", "b"),
+                  empty: tuple[str, ...] = (), days: int = 10) -> None:
+    """A 15-minute history of the tiny house from 2024-01-01 UTC: rooms, heating, outdoor weather."""
+    t = pd.date_range("2024-01-01", periods=96 * days, freq="15min", tz="UTC")
+    k = np.arange(len(t))
+    df = pd.DataFrame({"time": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "T_out": (2 + 3 * np.sin(k / 15.3)).round(2),
+                       "ghi": np.clip(200 * np.sin((k % 96 - 28) / 40 * np.pi), 0, None).round(1)})
+    for i, r in enumerate(rooms):
+        df[f"T_room__{r}"] = np.nan if r in empty else (21 + np.sin(k / (20 + 3 * i))).round(2)
+        df[f"P_heat__{r}"] = (800 + 400 * np.cos(k / 17)).round(0)
+    df.to_csv(d / name, index=False)
+
+
+def history_case(d: Path, **kw) -> None:
+    good_case(d)
+    write_history(d, **kw)
+
+
+def duplicate_time(d: Path, file: str) -> None:
+    """Row 8 of the CSV gets the time of row 7."""
+    df = pd.read_csv(d / file)
+    df.loc[6, "time"] = df.loc[5, "time"]
+    df.to_csv(d / file, index=False)
+
+
+def prices_csv(d: Path) -> None:
+    t = pd.date_range("2024-01-09", "2024-01-12", freq="1h", tz="UTC")
+    pd.DataFrame({"time": t.strftime("%Y-%m-%dT%H:%M:%SZ"), "price_import": 0.2, "price_export": 0.05}
+                 ).to_csv(d / "prices.csv", index=False)
+    text = (d / "sc.toml").read_text(encoding="utf-8")
+    (d / "sc.toml").write_text(text.replace('"two-rate"', '"prices.csv"'), encoding="utf-8")
+
+
+def live_config(d: Path, port: int = 1) -> None:
+    good_case(d)
+    (d / "live.toml").write_text(f'house = "house.toml"\n[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
+                                 '[forecast]\nweather = "greensboro-tmy3"\nload = "h25"\nprices = "two-rate"\n',
+                                 encoding="utf-8")
+
+
+def replace_in(d: Path, file: str, old: str, new: str) -> None:
+    (d / file).write_text((d / file).read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+
+
 @dataclass(frozen=True)
 class Case:
     name: str
     args: tuple[str, ...]
     expect: tuple[str, ...]  # substrings stderr must contain: the file (or "command line") and the key
-    setup: object = good_case
+    setup: Callable[[Path], object] = good_case
+    code: int = 2  # docs/reference/exit-codes.md
+    absent: tuple[str, ...] = ()  # substrings stderr must not contain
+    log: bool = False  # a live home's log (times, sources) may come before the error line
+    logs: tuple[str, ...] = ()  # files a run may write even when it fails (a live home's event log)
 
 
 def _broken_toml(d: Path) -> None:
     good_case(d)
     (d / "sc.toml").write_text('name = "tiny-day"\nhouse = "house.toml"\ndays = = 1\n', encoding="utf-8")
 
+
+PREDICT = ("predict", "--house", "house.toml", "--history", "history.csv", "--start", "2024-01-08", "--hours", "24")
+MQTT = ("--mqtt", "127.0.0.1:1")  # nothing listens there: refused at once
 
 CASES = [
     Case("unknown scenario name", ("simulate", "no-such-scenario"), ("no-such-scenario", "scenario", "winter-week")),
@@ -126,15 +183,123 @@ CASES = [
          lambda d: (good_case(d), write_scenario(d, extra="[mpc]\nhorizon_hours = -4", name="broken.toml"))),
     Case("bad mpc weight", ("simulate", "sc.toml"), ("sc.toml", "mpc.comfort_margin", "greater than or equal"),
          lambda d: (good_case(d), write_scenario(d, extra="[mpc]\ncomfort_margin_k = -1"))),
+    # issue 13, part 2: tracebacks and silent acceptances
+    Case("calibrate: a room of the house is not in the history",
+         ("calibrate", "--history", "history.csv", "--house", "house.toml", "--out", "out"),
+         ("history.csv", "T_room__b", "no column"), lambda d: history_case(d, rooms=("a",))),
+    Case("calibrate: a room of the house has no values",
+         ("calibrate", "--history", "history.csv", "--house", "house.toml", "--out", "out"),
+         ("history.csv", "T_room__b", "no values"), lambda d: history_case(d, empty=("b",))),
+    Case("calibrate without a house: a room has no values", ("calibrate", "--history", "history.csv", "--out", "out"),
+         ("history.csv", "T_room__b", "no values"), lambda d: history_case(d, empty=("b",))),
+    Case("predict: a room of the house is not in the history", (*PREDICT, "--out", "out/p.parquet"),
+         ("history.csv", "T_room__b"), lambda d: history_case(d, rooms=("a",))),
+    Case("live --controller oracle", ("live", "--emulate", "sc.toml", *MQTT, "--controller", "oracle"),
+         ("command line", "--controller", "'oracle' cannot run live", "perfect foresight")),
+    Case("live --controller foo does not offer the oracle", ("live", "--emulate", "sc.toml", *MQTT, "--controller", "foo"),
+         ("command line", "--controller", "'foo'", "mpc"), absent=("oracle",)),
+    Case("simulate --out is a file", ("simulate", "sc.toml", "--out", "sc.toml"), ("sc.toml", "--out", "is a file")),
+    Case("simulate --out under a file", ("simulate", "sc.toml", "--out", "weather.csv/run"),
+         ("weather.csv/run", "--out", "is a file")),
+    Case("bench --out is a file", ("bench", "sc.toml", "--controllers", "rule-based", "--out", "house.toml"),
+         ("house.toml", "--out", "is a file")),
+    Case("demo --out is a file", ("demo", "--days", "1", "--out", "house.toml"), ("house.toml", "--out", "is a file")),
+    Case("calibrate --out is a file", ("calibrate", "--history", "history.csv", "--out", "history.csv"),
+         ("history.csv", "--out", "is a file"), history_case),
+    Case("calibrate --out would overwrite the --house given",
+         ("calibrate", "--history", "history.csv", "--house", "house.toml", "--out", "."),
+         ("--out", "would overwrite house.toml", "--house"), history_case),
+    Case("predict --out is not a Parquet file", (*PREDICT, "--out", "house.toml"), ("house.toml", "--out", ".parquet"),
+         history_case),
+    Case("predict --out is a folder", (*PREDICT, "--out", "sub.parquet"), ("sub.parquet", "--out", "is a folder"),
+         lambda d: (history_case(d), (d / "sub.parquet").mkdir(), (d / "sub.parquet" / "keep").write_text("mine"))),
+    Case("history --out is its source", ("history", "h.parquet", "--start", "2024-01-02", "--end", "2024-01-03",
+                                         "--out", "h.parquet"), ("h.parquet", "--out", "is the input", "SOURCE"),
+         lambda d: (history_case(d), pd.read_csv(d / "history.csv").to_parquet(d / "h.parquet"))),
+    Case("forecast backtest --out is a file",
+         ("forecast", "backtest", "correctors", "--scenario", "sc.toml", "--out", "sc.toml"),
+         ("sc.toml", "--out", "is a file")),
+    Case("forecast fit --out is a file",
+         ("forecast", "fit", "load", "--history", "history.csv", "--house", "house.toml", "--out", "house.toml"),
+         ("house.toml", "--out", "is a file"), history_case),
+    Case("emulate --out is a file", ("emulate", "sc.toml", *MQTT, "--out", "sc.toml"), ("sc.toml", "--out", "is a file")),
+    Case("live --emulate --out is a file", ("live", "--emulate", "sc.toml", *MQTT, "--out", "sc.toml"),
+         ("sc.toml", "--out", "is a file")),
+    Case("step_minutes = 7", ("simulate", "sc.toml"), ("sc.toml", "step_minutes", "does not divide the day"),
+         lambda d: (good_case(d), replace_in(d, "sc.toml", "step_minutes = 15", "step_minutes = 7"))),
+    Case("days not a whole number of steps", ("simulate", "sc.toml"), ("sc.toml", "days", "whole number"),
+         lambda d: (good_case(d), replace_in(d, "sc.toml", "days = 1", "days = 0.3"))),
+    Case("--step-minutes 7", ("calibrate", "--history", "history.csv", "--out", "out", "--step-minutes", "7"),
+         ("command line", "--step-minutes", "divides the day"), history_case),
+    Case("weather CSV with a time given twice", ("simulate", "sc.toml"), ("weather.csv", "time", "more than once"),
+         lambda d: (good_case(d), duplicate_time(d, "weather.csv"))),
+    Case("prices CSV with a time given twice", ("simulate", "sc.toml"), ("prices.csv", "time", "more than once"),
+         lambda d: (good_case(d), prices_csv(d), duplicate_time(d, "prices.csv"))),
+    Case("weather CSV with an unreadable time", ("simulate", "sc.toml"), ("weather.csv", "time", "row 7", "ISO 8601"),
+         lambda d: (good_case(d), replace_in(d, "weather.csv", "2024-01-09T05:00:00Z", "5 o'clock"))),
+    Case("history --end before --start", ("history", "history.csv", "--start", "2024-01-05", "--end", "2024-01-02",
+                                          "--out", "out/h.parquet"), ("command line", "--end", "not after --start"),
+         history_case),
+    Case("history range outside the data", ("history", "history.csv", "--start", "2025-01-05", "--end", "2025-01-06",
+                                            "--out", "out/h.parquet"), ("history.csv", "--start/--end", "covers"),
+         history_case),
+    Case("history with an unreadable --start", ("history", "history.csv", "--start", "soon", "--end", "2025-01-06",
+                                                "--out", "out/h.parquet"), ("command line", "--start", "ISO 8601"),
+         history_case),
+    Case("demo --days 0", ("demo", "--days", "0", "--out", "out"), ("command line", "--days")),
+    Case("demo --days 0.3", ("demo", "--days", "0.3", "--out", "out"), ("command line", "--days", "15 minutes")),
+    Case("live --config with --emulate", ("live", "--config", "live.toml", "--emulate", "sc.toml"),
+         ("command line", "--emulate", "not both"), live_config, absent=("belongs to",)),
+    Case("live --config with --mqtt", ("live", "--config", "live.toml", *MQTT), ("command line", "--mqtt", "[mqtt]"),
+         live_config),
+    Case("emulate: no broker", ("emulate", "sc.toml", *MQTT, "--modbus-port", "0", "--out", "out"),
+         ("command line", "--mqtt", "127.0.0.1:1"), code=3),
+    Case("live --emulate: no broker", ("live", "--emulate", "sc.toml", *MQTT, "--out", "out"),
+         ("command line", "--mqtt", "127.0.0.1:1"), code=3),
+    Case("live --config: no broker", ("live", "--config", "live.toml", "--hours", "0.1"),
+         ("live.toml", "mqtt", "127.0.0.1:1"), live_config, code=3, log=True,
+         logs=("events.jsonl", "state/state.lock")),
+    # the other commands' bad input (tested in their own files too), here through the entry point
+    Case("live config: port out of range", ("live", "--config", "live.toml"), ("live.toml", "mqtt.port", "65535"),
+         lambda d: live_config(d, port=70000)),
+    Case("--mqtt without a port number", ("emulate", "sc.toml", "--mqtt", "localhost:http"),
+         ("command line", "--mqtt", "not a number")),
+    Case("emulate --device-id 300", ("emulate", "sc.toml", *MQTT, "--device-id", "300"),
+         ("command line", "--device-id", "247")),
+    Case("emulate --hours longer than the scenario", ("emulate", "sc.toml", *MQTT, "--hours", "30"),
+         ("command line", "--hours", "longer than the scenario")),
+    Case("calibrate --train-fraction 2", ("calibrate", "--history", "history.csv", "--out", "out",
+                                          "--train-fraction", "2"), ("command line", "--train-fraction"), history_case),
+    Case("calibrate: history file missing", ("calibrate", "--history", "nope.csv", "--out", "out"),
+         ("nope.csv", "not found")),
+    Case("predict --hours 0", (*PREDICT[:-1], "0", "--out", "out/p.parquet"), ("command line", "--hours"), history_case),
+    Case("forecast backtest: an unknown household", ("forecast", "backtest", "load", "--household", "9", "--data", ".",
+                                                     "--out", "out"), ("command line", "--household", "1–6")),
+    Case("forecast backtest: no data folder", ("forecast", "backtest", "load", "--data", "nowhere", "--out", "out"),
+         ("nowhere", "--data", "not found")),
+    Case("models drift: residuals file missing", ("models", "--registry", "reg", "drift", "load", "--residuals",
+                                                  "nope.csv"), ("nope.csv", "file not found")),
 ]
 
 GOOD = Case("good path", ("simulate", "sc.toml", "--out", "out"), ())
+GOOD_CALIBRATE = Case("good calibration", ("calibrate", "--history", "history.csv", "--house", "house.toml",
+                                           "--out", "out"), (), history_case)
+
+#: The installed console script beside this interpreter (``make install``).
+PEMS = Path(sys.executable).with_name("pems")
 
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1", COLUMNS="200")
+    env.pop("PYTHONWARNINGS", None)
     return env
+
+
+def _digest(d: Path) -> dict[str, str]:
+    """Every file of a case's folder and its content hash: nothing given may change."""
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
+            if p.is_file()}
 
 
 @dataclass(frozen=True)
@@ -143,48 +308,67 @@ class Ran:
     returncode: int
     stdout: str
     stderr: str
+    before: dict[str, str]  # the folder's files before the run, and their hashes
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Ran]:
-    """Every case (and the good path) as a subprocess, as many at once as there are CPUs."""
+    """Every case (and the good paths) as a subprocess of the entry point, as many at once as there are CPUs."""
+    if not PEMS.is_file():
+        pytest.skip(f"the pems entry point is not installed beside {sys.executable} (make install)")
     todo = []
-    for i, case in enumerate([GOOD, *CASES]):  # the longest first
+    waiting = [c for c in CASES if c.code == 3]  # the longest first
+    for i, case in enumerate([*waiting, GOOD, GOOD_CALIBRATE, *[c for c in CASES if c.code != 3]]):
         d = tmp_path_factory.mktemp(f"cli{i}")
         case.setup(d)
-        todo.append((case, d))
+        todo.append((case, d, _digest(d)))
     width = max(1, min(len(todo), os.cpu_count() or 1))
     out: dict[str, Ran] = {}
-    running: list[tuple[Case, Path, subprocess.Popen]] = []
+    running: list[tuple[Case, Path, dict, subprocess.Popen]] = []
     while todo or running:
         while todo and len(running) < width:
-            case, d = todo.pop(0)
-            running.append((case, d, subprocess.Popen([sys.executable, "-m", "pems", *case.args], cwd=d, env=_env(),
-                                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-        case, d, p = running.pop(0)
+            case, d, before = todo.pop(0)
+            running.append((case, d, before, subprocess.Popen([str(PEMS), *case.args], cwd=d, env=_env(),
+                                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                              text=True)))
+        case, d, before, p = running.pop(0)
         so, se = p.communicate(timeout=300)
-        out[case.name] = Ran(d, p.returncode, so, se)
+        out[case.name] = Ran(d, p.returncode, so, se, before)
     return out
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_exits_2_with_one_clear_message(runs, case):
+def test_bad_input_exits_with_one_clear_message(runs, case):
     r = runs[case.name]
-    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
-    assert r.returncode == 2, (r.returncode, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
-    assert lines and all(ln.startswith("pems: error: ") for ln in lines), r.stderr
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
+    assert r.returncode == case.code, (r.returncode, r.stderr)
+    lines = r.stderr.splitlines()
+    assert lines and lines[-1].startswith("pems: error: "), r.stderr
+    if not case.log:  # the command's own lines only: no library warnings, no blank lines
+        assert all(ln.startswith(("pems: error: ", "pems: warning: ")) for ln in lines), r.stderr
     for s in case.expect:
         assert s in r.stderr, f"{s!r} not in {r.stderr!r}"
-    assert not (r.cwd / "out").exists()  # nothing was written
+    for s in case.absent:
+        assert s not in r.stderr, f"{s!r} in {r.stderr!r}"
+    after = _digest(r.cwd)
+    assert {f: h for f, h in after.items() if f in r.before} == r.before  # nothing given was changed
+    assert not sorted(set(after) - set(r.before) - set(case.logs))  # nothing was written
+
+
+@pytest.mark.slow
+def test_a_calibration_prints_nothing_on_stderr(runs):
+    r = runs[GOOD_CALIBRATE.name]
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == ""  # no blank lines, no matplotlib or numpy warnings
+    assert (r.cwd / "out" / "house.toml").is_file()
 
 
 @pytest.mark.slow
 def test_simulate_tiny_scenario_writes_its_outputs(runs):
     r = runs[GOOD.name]
     assert r.returncode == 0, r.stderr
-    assert "Traceback" not in r.stderr
+    assert r.stderr == ""  # no blank lines, no library warnings
     out = r.cwd / "out"
     for f in ("trajectory.parquet", "kpis.json", "report.html", "events.jsonl"):
         assert (out / f).is_file(), f

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,12 +15,13 @@ def read_time_csv(path: Path, required: Sequence[str], optional: Sequence[str] =
     """Read a CSV with a ``time`` column into a UTC-indexed frame of numeric columns.
 
     Times without a zone are read as UTC. Rows with an unparsable time raise, as do non-numeric
-    values; duplicate times keep the last row. Missing values stay NaN (callers interpolate or hold).
+    values and a time given twice (which of two values holds is not ours to guess). Missing values
+    stay NaN (callers interpolate or hold).
 
     Raises
     ------
     InputError
-        Unreadable file, no ``time`` column, a required column missing, bad times or values.
+        Unreadable file, no ``time`` column, a required column missing, bad or duplicate times, bad values.
     """
     try:
         df = pd.read_csv(path)
@@ -37,7 +39,9 @@ def read_time_csv(path: Path, required: Sequence[str], optional: Sequence[str] =
     try:
         t = pd.to_datetime(df["time"], utc=True, format="ISO8601")
     except (ValueError, TypeError):
-        t = pd.to_datetime(df["time"], utc=True, errors="coerce")
+        with warnings.catch_warnings():  # pandas' format guesses: the one line below says it all
+            warnings.simplefilter("ignore")
+            t = pd.to_datetime(df["time"], utc=True, errors="coerce")
         bad = int(t.isna().idxmax()) if t.isna().any() else 0
         raise InputError(path, "time", f"row {bad + 2}: cannot read {df['time'].iloc[bad]!r} as an ISO 8601 time") from None
     keep = [c for c in list(required) + list(optional) if c in cols]
@@ -49,7 +53,15 @@ def read_time_csv(path: Path, required: Sequence[str], optional: Sequence[str] =
             i = int(bad.to_numpy().nonzero()[0][0])
             raise InputError(path, c, f"row {i + 2}: {df[c].iloc[i]!r} is not a number")
         out[c] = v.to_numpy(dtype=float)
-    out = out[~out.index.duplicated(keep="last")].sort_index()
+    twice = out.index.duplicated(keep=False)
+    if twice.any():
+        rows = (twice.nonzero()[0] + 2).tolist()
+        first, n = out.index[twice][0], int(out.index[twice].nunique())
+        more = f"; {n} times are given more than once" if n > 1 else ""
+        raise InputError(path, "time", f"{first:%Y-%m-%d %H:%M} UTC is given more than once (rows "
+                                       f"{', '.join(map(str, rows[:4]))}{', …' if len(rows) > 4 else ''}{more}); "
+                                       "expected one row per time")
+    out = out.sort_index()
     if len(out) < 2:
         raise InputError(path, "time", "needs at least two rows")
     return out

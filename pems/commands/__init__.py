@@ -8,6 +8,6 @@
 - :mod:`~pems.commands.arguments`: reading and checking flags (times, steps, outputs, ``HOST:PORT``)
 - :mod:`~pems.commands.progress`: progress bars on stderr
 
-This is the command-line layer: it may import every package (DESIGN.md's layout); none of them
+This is the command-line layer: it may import every package (the README's layout); none of them
 imports it. Imports of the packages stay inside the commands, so building the parser is fast.
 """

@@ -110,7 +110,7 @@ def check_controller(name: str, source: str, key: str, live: bool = False, learn
 
 
 def _writable(path: Path, key: str) -> None:
-    """Refuse a path under a file or in a folder this user cannot write to."""
+    """Refuse a folder (``path``, existing or to be made) under a file or where this user cannot write."""
     parent = path
     while not parent.exists():
         if parent.parent == parent:
@@ -166,7 +166,9 @@ def output_file(text: str | Path, key: str = "--out", suffix: str = ".parquet",
         raise InputError(str(path), key, f"expected a {suffix} file name (nothing was written)")
     if path.is_dir():
         raise InputError(str(path), key, f"is a folder; expected a {suffix} file")
-    _writable(path, key)
+    _writable(path.parent, key)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(str(path), key, "exists and is not writable")
     for flag, given in (inputs or {}).items():
         if given is not None and Path(given).is_file() and _same(path, Path(given)):
             raise InputError(str(path), key, f"is the input given as {flag}; write the output to another file")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pems.commands.arguments import CLI, check_controller, output_dir, parse_hostport, positive
 from pems.commands.progress import stderr_console
+from pems.quiet import command_logging
 from pems.errors import InputError
 
 #: What an emulated run writes into its folder.
@@ -148,11 +149,13 @@ def cmd_live(args: argparse.Namespace) -> int:
         if args.emulate is not None:
             raise InputError(CLI, "--emulate", "give --config FILE (a real home) or --emulate SCENARIO "
                                                "(an emulated one), not both")
-        for key, value, where in (("--mqtt", args.mqtt, "its [mqtt] table"), ("--speed", args.speed, None),
-                                  ("--controller", args.controller, "its controller key"),
-                                  ("--influx", args.influx, "its [influx] table"), ("--out", args.out, None)):
+        for key, value, what in (
+                ("--mqtt", args.mqtt, "the configuration file names the broker in its [mqtt] table"),
+                ("--speed", args.speed, "a real home runs in real time (the configuration file has no speed)"),
+                ("--controller", args.controller, "the configuration file names it (controller)"),
+                ("--influx", args.influx, "the configuration file sets the log in its [influx] table"),
+                ("--out", args.out, "the configuration file says where the log goes (events, state_dir)")):
             if value is not None:  # the file says all of this for a home; a flag beside it would be ignored
-                what = f"the configuration file sets this in {where}" if where else "a real home has no such setting"
                 raise InputError(CLI, key, f"only for --emulate runs; with --config {what}")
         return cmd_live_config(args)
     if args.emulate is None:
@@ -261,8 +264,7 @@ def cmd_live_config(args: argparse.Namespace) -> int:
     from pems.live.loxone import MqttConnectError
     from pems.live.state import StateLocked
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    command_logging(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s")  # a home's log
     logging.getLogger("pems.live.paho").setLevel(logging.WARNING)
     try:
         loop = open_live(cfg, dry_run=args.dry_run)

@@ -125,6 +125,7 @@ sys.exit(1 if loaded else 0)
 """
 
 
+@pytest.mark.slow  # ~1.5 s of imports per layer; the AST test above holds the rule in milliseconds
 @pytest.mark.parametrize("own", ["base", "twin", "calibration", "controllers", "scenarios", "live", "top"])
 def test_each_layer_imports_alone(own):
     """A fresh interpreter imports every module of the layer and nothing above it gets loaded."""

@@ -390,3 +390,16 @@ def test_simulate_tiny_scenario_writes_its_outputs(runs):
     for line in (out / "events.jsonl").read_text(encoding="utf-8").splitlines():
         json.loads(line)
     assert "<html" in (out / "report.html").read_text(encoding="utf-8").lower()
+
+
+def test_a_reader_that_stops_reading_is_no_error():
+    """``pems list | head -1``: the pipe closes before pems has written; no traceback, exit 0."""
+    r, w = os.pipe()
+    os.close(r)  # nobody will read: the first write fails with EPIPE
+    try:
+        res = subprocess.run([str(PEMS), "list"], stdout=w, stderr=subprocess.PIPE, text=True, env=_env(),
+                             timeout=120)
+    finally:
+        os.close(w)
+    assert res.returncode == 0, res.stderr
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr

@@ -140,8 +140,8 @@ class LearnedInputs:
         self.load = LoadForecaster(house.site.timezone, country_of(house.site)).fit(history[["P_load", "T_out", "ghi"]])
         self.pv = None
         if house.pv and float(history["P_pv"].max()) > 0:
-            # the sun where the weather was measured: a built-in weather set replayed elsewhere
-            # carries its own site, and the twin's PV was computed under that sun
+            # the sun under which the twin's PV was computed (the house's own site; a built-in
+            # weather set is aligned by solar time and used there)
             site = Site(**inputs.attrs["sun_site"]) if "sun_site" in inputs.attrs else house.site
             self.pv = PVForecaster(site, house.pv, house.inverter).fit(history[["P_pv", "ghi", "T_out"]])
         self._lookback = max(LoadForecaster.lookback, pd.Timedelta(days=2))

@@ -22,10 +22,13 @@ calendar (a typical year onto any year, a measured season onto the same dates of
 29 February repeats 28 February), and its clock is aligned by *local solar time*, never by UTC
 stamps: every sample is moved by the difference in longitude (4 minutes a degree), so the
 weather's solar noon falls on the house's solar noon and its mornings on the house's mornings.
-The sun that shaped the weather is then computed at the weather's latitude and the house's
-longitude: sun heights, day lengths and irradiance stay consistent with what was measured, and
-the house's clock (schedules, prices, load) sees the sun at the right hour. Amsterdam's weather at
-a house at 16.6° E arrives 47 minutes earlier in UTC; Sand Point's 11.8 hours earlier.
+Amsterdam's weather at a house at 16.6° E arrives 47 minutes earlier in UTC; Sand Point's 11.8
+hours earlier. The weather is then used *at the house*, as building simulation programs use a
+nearby weather file (EnergyPlus computes the sun at the building's site): the sun, the split of
+global into beam and diffuse, the PV and the windows are computed at the house's latitude and
+longitude, so a simulated trajectory is consistent with its own house file (calibrating the house
+from it finds the house's PV and windows). Each interval's irradiation is kept, except what falls
+while the sun is below the house's horizon (minutes of twilight where days differ in length).
 
 A CSV file is used as given, at the house's own site.
 
@@ -106,23 +109,22 @@ def load_weather(spec: str, base_dir: Path | None = None) -> Weather:
 
 
 def aligned_to(weather: Weather, house: Site) -> Weather:
-    """``weather`` as replayed at ``house``: moved by local solar time (see the module's notes).
+    """``weather`` as replayed at ``house``: moved by local solar time, used at the house's site.
 
     A built-in set measured at another longitude has every stamp moved by the difference in
-    longitude (4 minutes a degree, east earlier in UTC), so its solar noon falls on the house's; its
-    sun is then the sun at the weather's latitude and the house's longitude. Sets measured at the
-    house, and CSV files, are returned unchanged.
+    longitude (4 minutes a degree, east earlier in UTC), so its solar noon falls on the house's;
+    its sun is then the house's (see the module's notes). Sets measured at the house, and CSV
+    files, are returned unchanged.
     """
     if not weather.replay or weather.site is None:
         return weather
     shift = pd.Timedelta(hours=(house.longitude - weather.site.longitude) / 15.0).round("s")
-    site = weather.site.model_copy(update={"longitude": house.longitude, "timezone": house.timezone})
     minutes = shift.total_seconds() / 60
     note = (f"{weather.name} ({weather.site.latitude:.2f}° N, {weather.site.longitude:.2f}° E) aligned by local "
-            f"solar time to the house at {house.longitude:.2f}° E: samples {abs(minutes):.0f} min "
-            f"{'earlier' if minutes > 0 else 'later'} in UTC; sun at {site.latitude:.2f}° N, {site.longitude:.2f}° E")
+            f"solar time to the house at {house.latitude:.2f}° N, {house.longitude:.2f}° E: samples "
+            f"{abs(minutes):.0f} min {'earlier' if minutes > 0 else 'later'} in UTC, sun at the house")
     data = weather.data.set_axis(weather.data.index - shift)
-    return Weather(weather.name, data, site, weather.replay, weather.source, weather.irradiance_interval, note)
+    return Weather(weather.name, data, house, weather.replay, weather.source, weather.irradiance_interval, note)
 
 
 def _dark_at_night(df: pd.DataFrame, site: Site, interval: pd.Timedelta) -> pd.DataFrame:

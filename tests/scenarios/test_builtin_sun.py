@@ -101,7 +101,7 @@ def test_alignment_moves_stamps_by_longitude_and_keeps_the_weather():
     assert (shift == shift[0]).all()
     assert shift[0].total_seconds() == pytest.approx((16.61 - w.site.longitude) / 15 * 3600, abs=1)
     np.testing.assert_array_equal(a.data.to_numpy(), w.data.to_numpy())  # no value changes
-    assert a.site.latitude == w.site.latitude and a.site.longitude == house.longitude
+    assert a.site == house  # used at the house: its sun, its PV, its windows
     assert "solar time" in a.alignment
     csv_like = type(w)("x", w.data, None, False, "x.csv")
     assert aligned_to(csv_like, house) is csv_like  # a CSV is used as given, at the house

@@ -145,18 +145,11 @@ def home_history(house: House, start: str, days: float, seed: int = 0,
 def household_load_csv(path: Path, house: House, start: str, end: str, seed: int = 0) -> pd.Series:
     """A household's load file (``time``, ``P_load`` [W]): the H25 shape times a day-to-day level
     (±15 %) and AR(1) noise (ρ = 0.8 per 15 min, ±25 %): a load a day-ahead forecast can only
-    partly know. Returns the series written."""
-    from pems.twin.load import h25
+    partly know (:func:`pems.twin.load.noisy_household`). Returns the series written."""
+    from pems.twin.load import noisy_household
 
     step = pd.Timedelta(minutes=15)
     idx = pd.date_range(start, end, freq=step, tz="UTC", name="time")
-    rng = np.random.default_rng(seed)
-    day = np.asarray((idx - idx[0]).days)
-    level = np.exp(rng.normal(0.0, 0.15, day.max() + 1))[day]
-    ar, shocks = np.zeros(len(idx)), rng.normal(0.0, 0.25, len(idx))
-    for i in range(1, len(idx)):
-        ar[i] = 0.8 * ar[i - 1] + shocks[i]
-    load = h25(idx, step, house.site, 4000.0).to_numpy() * level * np.exp(ar - 0.5 * 0.25**2 / (1 - 0.8**2))
-    s = pd.Series(load, index=idx, name="P_load")
+    s = noisy_household(idx, step, house.site, 4000.0, seed=seed)
     s.reset_index().to_csv(path, index=False)
     return s

@@ -43,6 +43,24 @@ def h25(index: pd.DatetimeIndex, step: pd.Timedelta, site: Site, kwh_per_year: f
     return _step_means_held(watts, index, step)
 
 
+def noisy_household(index: pd.DatetimeIndex, step: pd.Timedelta, site: Site, kwh_per_year: float,
+                    seed: int = 0, day_to_day: float = 0.15, noise: float = 0.25, rho: float = 0.8) -> pd.Series:
+    """A household a day-ahead forecast can only partly know: H25 with day-to-day and AR(1) noise [W].
+
+    The H25 shape times a log-normal level per day (``exp N(0, day_to_day²)``) and a log-normal
+    AR(1) factor (``rho`` per step, shocks of standard deviation ``noise``, centred so that the
+    factor's mean is one). Reproducible with ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    day = np.asarray((index - index[0]).days)
+    level = np.exp(rng.normal(0.0, day_to_day, day.max() + 1))[day]
+    ar, shocks = np.zeros(len(index)), rng.normal(0.0, noise, len(index))
+    for i in range(1, len(index)):
+        ar[i] = rho * ar[i - 1] + shocks[i]
+    factor = level * np.exp(ar - 0.5 * noise**2 / (1 - rho**2))
+    return pd.Series(h25(index, step, site, kwh_per_year).to_numpy() * factor, index=index, name="P_load")
+
+
 def _step_means_held(series: pd.Series, index: pd.DatetimeIndex, step: pd.Timedelta) -> pd.Series:
     """Means over steps of a piecewise-constant 15-minute series (exact for any step)."""
     fine = pd.date_range(index[0], index[-1] + step, freq="1min", inclusive="left")

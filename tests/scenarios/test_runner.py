@@ -96,7 +96,7 @@ def test_builtin_scenarios_run_and_make_sense(name):
     elif name == "shoulder-week":
         assert k["heating_kWh"] > 50 and k["energy_export_kWh"] > 0  # heating and PV surplus
     else:
-        assert k["heating_kWh"] / 4 > 110  # > 110 kWh a day at −10 °C
+        assert k["heating_kWh"] / 4 > 100  # > 100 kWh a day in grey frost (daily means to −3.4 °C)
 
 
 def test_forecast_noise_is_reproducible_and_zero_now():

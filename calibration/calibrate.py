@@ -52,7 +52,7 @@ class CalibrationResult:
     prior: House
     house: House
     fits: dict[str, RoomFit]
-    couplings: dict[tuple[str, str], Estimate]
+    couplings: dict[tuple[str, str], Coupling]  # one value per coupling, from both sides
     quality: QualityReport
     train: tuple[pd.Timestamp, pd.Timestamp]
     validation: tuple[pd.Timestamp, pd.Timestamp]
@@ -78,7 +78,11 @@ def calibrate(house: House, history: History, settings: FitSettings = FitSetting
     step = history.step
     data = history.data
     n = len(data)
-    split = data.index[int(n * train_fraction)].floor("D") if n > 1 else data.index[0]
+    # split at the house's midnight, where the validation's 24 h-ahead days start
+    tz = house.site.timezone
+    split = (data.index[int(n * train_fraction)].tz_convert(tz)
+             .floor("D", ambiguous=True, nonexistent="shift_forward").tz_convert(data.index.tz)
+             if n > 1 else data.index[0])
     train = data[data.index < split]
     trusted = quality.trusted_mask(train.index)
     dist = measured_disturbances(house, train, step)
@@ -147,21 +151,37 @@ def _fit_rooms(house: House, rooms: list[str], table: pd.DataFrame, ys: dict[str
     return {r: fits[r] for r in rooms}
 
 
-def combine_couplings(fits: dict[str, RoomFit]) -> dict[tuple[str, str], Estimate]:
-    """Each coupling was fitted from both of its rooms: combine by inverse-variance weighting."""
-    seen: dict[tuple[str, str], list[Estimate]] = {}
-    for f in fits.values():
+@dataclass
+class Coupling(Estimate):
+    """A coupling between two rooms: the one value the calibrated house gets, combined from the
+    estimates of both rooms' fits (``sides``: room → its fit's estimate)."""
+
+    sides: dict[str, Estimate] = field(default_factory=dict)
+
+
+def combine_couplings(fits: dict[str, RoomFit]) -> dict[tuple[str, str], Coupling]:
+    """Each coupling was fitted from both of its rooms (each room's fit holds the other's air
+    temperature as measured): combine the two estimates by inverse-variance weighting into the one
+    value the house file gets. A side without a standard error (a room not fitted) does not count.
+    When the two disagree by more than their standard errors allow, the combined standard error is
+    widened by the Birge ratio √(χ²/(n−1)), so it does not claim a precision the estimates lack."""
+    seen: dict[tuple[str, str], dict[str, Estimate]] = {}
+    for room, f in fits.items():
         for name, e in f.estimates.items():
             if name.startswith("H__") and np.isfinite(e.se) and e.se > 0:
                 _, a, b = name.split("__")
-                seen.setdefault((a, b), []).append(e)
+                seen.setdefault((a, b), {})[room] = e
     out = {}
-    for key, ests in seen.items():
+    for key, sides in seen.items():
+        ests = list(sides.values())
         w = np.array([1 / e.se**2 for e in ests])
         v = np.array([e.value for e in ests])
         value = float((w * v).sum() / w.sum())
-        out[key] = Estimate(f"H__{key[0]}__{key[1]}", ests[0].prior, value, float(1 / np.sqrt(w.sum())),
-                            ests[0].lower, ests[0].upper)
+        se = float(1 / np.sqrt(w.sum()))
+        if len(ests) > 1:
+            se *= max(1.0, float(np.sqrt((w * (v - value) ** 2).sum() / (len(ests) - 1))))
+        out[key] = Coupling(f"H__{key[0]}__{key[1]}", ests[0].prior, value, se,
+                            ests[0].lower, ests[0].upper, sides=dict(sides))
     return out
 
 
@@ -172,7 +192,11 @@ def calibrated_house(house: House, fits: dict[str, RoomFit], couplings: dict[tup
                      pv: PVFit | None = None, battery: BatteryFit | None = None) -> House:
     """The house file with every fitted parameter written into its rooms' ``params`` tables, its PV
     arrays scaled to the fitted effective size (a single array also turned to the fitted plane) and
-    its battery's capacity and efficiencies replaced by the fitted ones."""
+    its battery's capacity, efficiencies and standing loss replaced by the fitted ones.
+
+    A coupling's combined value (:func:`combine_couplings`) is written once, as
+    ``H_neighbour.<b>`` of its first room ``a``; a room ``b`` that gave the coupling itself gets the
+    same value (a coupling given from both sides must agree)."""
     rooms = []
     for room in house.rooms:
         params = room.params.model_dump()
@@ -186,6 +210,8 @@ def calibrated_house(house: House, fits: dict[str, RoomFit], couplings: dict[tup
         for (a, b), e in couplings.items():
             if room.id == a:
                 nb[b] = round(e.value, 4)
+            elif room.id == b and a in nb:
+                nb[a] = round(e.value, 4)
         params["H_neighbour"] = nb
         rooms.append(room.model_copy(update={"params": room.params.model_validate(params)}))
     update: dict = {"rooms": rooms}
@@ -198,7 +224,8 @@ def calibrated_house(house: House, fits: dict[str, RoomFit], couplings: dict[tup
     if battery is not None and house.battery is not None and 0.5 < battery.round_trip_efficiency <= 1.0:
         update["battery"] = house.battery.model_copy(update={
             "capacity_kwh": round(battery.capacity_kwh, 3), "eta_charge": round(battery.eta_charge, 4),
-            "eta_discharge": round(battery.eta_discharge, 4)})
+            "eta_discharge": round(battery.eta_discharge, 4),
+            "self_discharge_w": round(max(0.0, battery.self_discharge_w), 1)})
     return house.model_copy(update=update)
 
 

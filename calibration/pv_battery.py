@@ -8,7 +8,8 @@ steps the inverter did not clip.
 Battery: capacity and efficiencies from the state of charge and the battery's AC power. Over a step
 ``ΔSOC · E = η_ch · P⁺ · Δt − P⁻ / η_dis · Δt − P_self · Δt``, which is linear in
 ``(η_ch / E, 1 / (η_dis E), P_self / E)``; the data fix the round-trip efficiency ``η_ch · η_dis`` and,
-with the two efficiencies taken equal, the capacity.
+with the two efficiencies taken equal, the capacity. The three are fitted non-negative: a battery
+cannot charge itself, so a standing loss below zero (noise around a loss-free battery) is zero.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, lsq_linear
 
 from pems.twin.house import House, Inverter, PVArray
 from pems.twin.pv import inverter_ac_limit, pv_ac_power
@@ -46,7 +47,7 @@ class BatteryFit:
     round_trip_efficiency: float
     eta_charge: float
     eta_discharge: float
-    self_discharge_w: float
+    self_discharge_w: float  # standing loss, ≥ 0 [W]
     rmse_soc: float
     n: int
 
@@ -107,7 +108,8 @@ def fit_battery(data: pd.DataFrame, step: pd.Timedelta) -> BatteryFit | None:
     if ok.sum() < 50 or chg[ok].sum() <= 0 or dis[ok].sum() <= 0:
         return None
     X = np.c_[chg[ok], -dis[ok], -np.full(ok.sum(), dt_h)]
-    coef, *_ = np.linalg.lstsq(X, dsoc[ok], rcond=None)
+    # bounded at zero (bounded-variable least squares: exact, like lstsq when no bound is active)
+    coef = lsq_linear(X, dsoc[ok], bounds=(0.0, np.inf), method="bvls").x
     a, b, c = coef  # a = η_ch/E, b = 1/(η_dis E), c = P_self/E   (E in Wh, P in W)
     if a <= 0 or b <= 0:
         return None

@@ -5,7 +5,8 @@ from __future__ import annotations
 import base64
 import html
 import io
-from datetime import datetime, timezone
+from datetime import datetime, tzinfo
+from zoneinfo import ZoneInfo
 
 import matplotlib
 
@@ -42,10 +43,43 @@ def img(fig: plt.Figure, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{png_base64(fig)}'>"
 
 
-def page(title: str, subtitle: str, body: str) -> str:
-    """A complete, offline HTML document."""
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+def utc_offset(t: datetime) -> str:
+    """The UTC offset of an aware time as people write it: ``UTC+01:00``."""
+    off = t.strftime("%z") or "+0000"
+    return f"UTC{off[:3]}:{off[3:]}"
+
+
+def zone_text(t: datetime, tz: str | None) -> str:
+    """The zone of ``t`` (aware) named for a reader: ``Europe/Prague (UTC+01:00)``; for ``tz=None``
+    the zone's abbreviation as the machine knows it (``CET (UTC+01:00)``)."""
+    name = tz or t.tzname() or ""
+    off = utc_offset(t)
+    return "UTC" if name in ("", "UTC") and off == "UTC+00:00" else f"{name} ({off})"
+
+
+def local_time(t: datetime, tz: str | tzinfo | None = None) -> datetime:
+    """``t`` (aware) on the wall clock of ``tz`` (an IANA name), or of this machine for ``None``."""
+    if tz is None:
+        return t.astimezone()
+    return t.astimezone(ZoneInfo(tz) if isinstance(tz, str) else tz)
+
+
+def generated_text(tz: str | None = None) -> str:
+    """Now, for a report's footer: the house's wall clock when its zone is given, else this
+    machine's, with the zone (``2024-05-01 14:03 Europe/Prague (UTC+02:00)``)."""
+    now = local_time(datetime.now().astimezone(), tz)
+    return f"{now:%Y-%m-%d %H:%M} {zone_text(now, tz)}"
+
+
+def footer(tz: str | None = None) -> str:
+    """The reports' footer: PEMS's version and when the report was made (see :func:`generated_text`)."""
+    return f"<footer>PEMS {__version__} · generated {html.escape(generated_text(tz))}</footer>"
+
+
+def page(title: str, subtitle: str, body: str, tz: str | None = None) -> str:
+    """A complete, offline HTML document; ``tz``: the house's time zone for the footer's time
+    (this machine's local time without it)."""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
 <body><h1>{html.escape(title)}</h1><p class="sub">{subtitle}</p>
-{body}<footer>PEMS {__version__} · generated {now}</footer></body></html>"""
+{body}{footer(tz)}</body></html>"""

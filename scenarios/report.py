@@ -8,7 +8,6 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timezone
 from pathlib import Path
 
 import matplotlib
@@ -19,8 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from pems import __version__  # noqa: E402
-from pems.reporting import CSS, png_base64  # noqa: E402
+from pems.reporting import CSS, footer, png_base64  # noqa: E402
 from pems.scenarios.report_tables import KPI_NOTE, frame_runs, kpi_table, period_text, why_text  # noqa: E402
 from pems.scenarios.runner import RunResult  # noqa: E402
 
@@ -169,7 +167,6 @@ def render_report(results: Sequence[RunResult], title: str, subtitle: str = "") 
     first = results[0].trajectory
     # The house's wall clock: a run from local midnight reads as such, as do the plots' axes.
     period = period_text(first.index, first.attrs.get("timezone", "UTC"))
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
 <body><h1>{html.escape(title)}</h1><p class="sub">{html.escape(subtitle)}<br>{html.escape(period)}</p>
@@ -177,7 +174,7 @@ def render_report(results: Sequence[RunResult], title: str, subtitle: str = "") 
 {KPI_NOTE}
 {imgs}
 <h2>Plant events</h2>{events_table(results)}
-<footer>PEMS {__version__} · generated {now}</footer></body></html>"""
+{footer(first.attrs.get("timezone"))}</body></html>"""
 
 
 def write_report(path: Path, results: Sequence[RunResult], title: str, subtitle: str = "") -> None:
@@ -275,10 +272,11 @@ def write_bench_report(path: Path, results: Sequence[RunResult], frame: pd.DataF
             f"<h3 class='rooms'>Rooms</h3><img alt='rooms' src='data:image/png;base64,{_png(rooms_figure(runs))}'>"
             f"<h3>Plant and controller events</h3>{events_table([r for r in results if r.scenario == sc])}"
             "</section>")
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    # the houses' wall clock when every scenario's house shares one zone, else this machine's
+    zones = {r.trajectory.attrs.get("timezone") for r in results}
     text = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>PEMS benchmark</title><style>{CSS}</style></head>
 <body><h1>PEMS benchmark</h1><p class="sub">{len(set(frame.scenario))} scenario(s) × {len(set(frame.controller))} controller(s).
 "Cost above oracle" is the distance to the perfect-foresight bound (same model and objective, the true future).</p>
-{''.join(parts)}<footer>PEMS {__version__} · generated {now}</footer></body></html>"""
+{''.join(parts)}{footer(zones.pop() if len(zones) == 1 else None)}</body></html>"""
     path.write_text(text, encoding="utf-8")

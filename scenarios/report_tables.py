@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from pems.reporting import utc_offset
+
 # -- numbers ------------------------------------------------------------------------------------------
 
 
@@ -131,7 +133,7 @@ def kpi_table(runs: Sequence[tuple[str, Mapping[str, float]]], currency: str) ->
             continue
         unit = unit_text(row.unit, currency)
         name = html.escape(row.label) + (f" <small>[{html.escape(unit)}]</small>" if unit else "")
-        cells = "".join(f"<td>{row.fmt(v)}</td>" for v in values)
+        cells = "".join(f"<td>{html.escape(row.fmt(v))}</td>" for v in values)  # "< 0.1" is text
         lines.append(f"<tr><th>{name}</th>{cells}</tr>")
     return f"<table class='kpi'><tr><th>KPI</th>{head}</tr>{''.join(lines)}</table>"
 
@@ -162,10 +164,8 @@ def period_text(index: pd.DatetimeIndex, tz: str) -> str:
     """
     step = pd.Series(index).diff().median() if len(index) > 1 else pd.Timedelta(0)
     start, end = index[0].tz_convert(tz), (index[-1] + step).tz_convert(tz)
-    offset = start.strftime("%z")
-    utc = f"UTC{offset[:3]}:{offset[3:]}" if offset else "UTC"
     minutes = step.total_seconds() / 60
-    return (f"{start:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M} {tz} ({utc}), "
+    return (f"{start:%Y-%m-%d %H:%M} – {end:%Y-%m-%d %H:%M} {tz} ({utc_offset(start)}), "
             f"{len(index)} steps of {minutes:g} min")
 
 

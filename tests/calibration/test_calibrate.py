@@ -140,3 +140,84 @@ def test_cli_calibrate_and_predict_with_only_site_and_rooms(synthetic, tmp_path)
     # no house file at all: rooms and ratings from the history
     r = run("calibrate", "--history", "history.csv", "--out", "cal2")
     assert r.returncode == 0, r.stderr
+
+
+def _report_text(path) -> str:
+    import re
+
+    return re.sub(r"src='data:image/png;base64,[^']*'", "src=''", path.read_text(encoding="utf-8"))
+
+
+def test_report_shows_units_words_local_times_and_each_coupling_once(result, tmp_path):
+    import re
+
+    from pems.calibration.outputs import param_text, write_calibration
+
+    write_calibration(result, tmp_path, "synthetic")
+    text = _report_text(tmp_path / "report.html")
+    assert not re.search(r"\de[-+]?\d", text), "scientific notation in the report"
+    assert "Solve_Succeeded" not in text and "converged" in text  # words, not the solver's code
+    assert "[kJ/K]" in text and "[MJ/K]" in text and "[m²]" in text and "[W/K]" in text
+    # the coupling a ↔ b: fitted from both rooms, shown once, with the value the house file gets
+    assert "H__a__b" not in text and text.count("a ↔ b") == 1
+    h = result.couplings[("a", "b")]
+    assert set(h.sides) == {"a", "b"}
+    saved = load_house(tmp_path / "house.toml")
+    written = saved.room("a").params.H_neighbour["b"]
+    assert written == pytest.approx(h.value, abs=1e-4)
+    assert f"<b>{param_text('H', written)}</b>" in text
+    for room, e in h.sides.items():
+        assert f"{room}: {param_text('H', e.value)} ± {param_text('H', e.se)}" in text
+    # training and validation on the house's wall clock (Prague, winter: UTC+01:00), the split at
+    # its midnight; the footer's time there too
+    sub = text[text.index("class=\"sub\""):text.index("</p>", text.index("class=\"sub\""))]
+    assert "Europe/Prague (UTC+01:00)" in sub
+    assert f"validation {result.validation[0].tz_convert('Europe/Prague'):%Y-%m-%d} 00:00" in sub
+    assert re.search(r"generated \d{4}-\d\d-\d\d \d\d:\d\d Europe/Prague \(UTC[+-]\d\d:\d\d\)", text)
+    cal = json.loads((tmp_path / "calibration.json").read_text())
+    assert cal["timezone"] == "Europe/Prague" and cal["validation"][0].endswith("T00:00:00+01:00")
+    c = cal["couplings"]["a__b"]
+    assert c["value"] == pytest.approx(written, abs=1e-4) and set(c["from_rooms"]) == {"a", "b"}
+    assert c["house_toml"] == "rooms.a.params.H_neighbour.b"
+    assert not any(k.startswith("H") and "__" in k for r in cal["rooms"].values() for k in r["parameters"])
+    head = (tmp_path / "house.toml").read_text(encoding="utf-8").splitlines()[1]
+    assert "Europe/Prague (UTC+01:00)" in head
+
+
+def test_numbers_have_the_digits_their_unit_deserves():
+    from pems.calibration.outputs import num, param_text, status_text
+
+    assert param_text("A_sol__a", 1.4e-07) == "0" and param_text("A_sol__a", -1.11e-16) == "0"
+    assert param_text("A_sol__a", 0.7957) == "0.80"
+    assert param_text("C_air__a", 1_117_828.0) == "1,118" and param_text("C_mass__a", 1_804_237.0) == "1.80"
+    assert param_text("H_out__a", 24.894) == "24.9" and param_text("H_am__a", 256.09) == "256"
+    assert num(float("nan")) == "–" and num(-0.0429, 3) == "-0.043"
+    assert status_text("Solve_Succeeded", 20) == "converged"
+    assert status_text("Maximum_Iterations_Exceeded", 20) == "not converged: iteration limit"
+    assert status_text("too little complete data", 0) == "not fitted: too little complete data"
+
+
+def test_a_coupling_is_one_value_from_both_sides_and_the_house_file_agrees_with_itself():
+    from pems.calibration.calibrate import calibrated_house, combine_couplings
+    from pems.calibration.fit import Estimate, RoomFit
+    from pems.twin.house import check_house
+
+    def fit(room, value, se):
+        e = Estimate("H__a__b", 16.0, value, se, 1.6, 160.0)
+        return RoomFit(room, {"H__a__b": e}, pd.DataFrame(), 0, 0, float("nan"), "Solve_Succeeded", (1.0, 20.0))
+
+    fits = {"a": fit("a", 14.6, 0.8), "b": fit("b", 8.0, 0.5)}
+    c = combine_couplings(fits)[("a", "b")]
+    w = np.array([1 / 0.8**2, 1 / 0.5**2])
+    assert c.value == pytest.approx((w * [14.6, 8.0]).sum() / w.sum())
+    assert set(c.sides) == {"a", "b"} and c.sides["a"].value == 14.6
+    # 7 standard errors apart: the combined error is widened (Birge ratio), not 0.42 W/K
+    assert c.se > 2.5
+    agree = combine_couplings({"a": fit("a", 10.0, 0.8), "b": fit("b", 10.1, 0.5)})[("a", "b")]
+    assert agree.se == pytest.approx(1 / np.sqrt(w.sum()))
+    # room b gave the coupling too: both sides get the one combined value (else the file is refused)
+    house = house_from({**PLAIN, "rooms": [PLAIN["rooms"][0], {**PLAIN["rooms"][1],
+                                                                "params": {"H_neighbour": {"a": 20.0}}}]})
+    cal = calibrated_house(house, {}, {("a", "b"): c})
+    check_house(cal, "calibrated")
+    assert cal.room("a").params.H_neighbour["b"] == cal.room("b").params.H_neighbour["a"] == round(c.value, 4)

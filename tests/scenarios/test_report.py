@@ -41,6 +41,7 @@ def test_kpi_table_reads_in_the_tariffs_currency_without_scientific_notation():
     assert "CZK/kWh" in text and "[CZK]" in text and "currency" not in text
     assert not re.search(r"\de[-+]\d", text), "scientific notation in the table"
     assert "<td>0.0</td>" in text and "<td>24.25</td>" in text and "<td>18.70</td>" in text
+    assert "<td>&lt; 0.1</td>" in text and "<td>< " not in text  # escaped: valid HTML
     assert "Relay switches" in text and "Mean import price" in text
     assert "Cost above oracle" not in text  # a KPI no run has is left out
     # one row per KPI, one column per controller (narrow whatever the number of KPIs)
@@ -154,3 +155,14 @@ def test_why_text_lists_every_controller_but_the_baseline():
     text = why_text(frame, "EUR")
     assert text.count("<li>") == 1 and "<b>mpc</b> saves 2.00 EUR" in text and "(rule-based 1.50)" in text
     assert why_text(frame[frame.controller == "mpc"], "EUR") == ""
+
+
+def test_reports_say_when_they_were_made_in_a_named_zone():
+    from pems.reporting import footer, generated_text, page
+
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d Europe/Prague \(UTC\+0[12]:00\)", generated_text("Europe/Prague"))
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d Asia/Kolkata \(UTC\+05:30\)", generated_text("Asia/Kolkata"))
+    # without a house: this machine's wall clock, with its zone
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d (UTC|\S+ \(UTC[+-]\d\d:\d\d\))", generated_text())
+    assert "Asia/Kolkata" in footer("Asia/Kolkata")
+    assert "Asia/Kolkata (UTC+05:30)" in page("t", "s", "b", tz="Asia/Kolkata")

@@ -3,7 +3,7 @@ with bounded concurrency, retries, a progress callback and a Parquet cache.
 
 Sources are URLs: ``influx://HOST:PORT[/DATABASE]`` for the v1 API (InfluxDB 1.x, and 2.x/3.x through
 their v1 compatibility endpoints) and ``influx2://HOST:PORT?org=ORG`` for Flux (buckets named in the
-mapping); ``influxs://`` / ``influx2s://`` use HTTPS. Credentials come from the environment
+mapping, never in the URL); ``influxs://`` / ``influx2s://`` use HTTPS. Credentials come from the environment
 (``PEMS_INFLUX_USERNAME``/``PEMS_INFLUX_PASSWORD`` or ``PEMS_INFLUX_TOKEN``) and never appear in a log
 line or a cache key.
 
@@ -33,6 +33,10 @@ from pems.calibration.mapping import Mapping, Series
 from pems.errors import InputError, ServiceError
 
 
+#: The URL forms of an InfluxDB source, as every message and help text writes them.
+URL_FORMS = "influx://HOST:PORT[/DATABASE] or influx2://HOST:PORT?org=ORG (influxs://, influx2s:// for HTTPS)"
+
+
 class SourceError(ServiceError, RuntimeError):
     """The server is down, too slow, or answered with an error."""
 
@@ -47,26 +51,47 @@ class InfluxSource:
     org: str | None = None  # v2
 
     @classmethod
-    def parse(cls, url: str) -> InfluxSource:
-        u = urlparse(url)
+    def parse(cls, url: str, source: str | Path = "command line", key: str = "--history") -> InfluxSource:
+        """Read ``influx[s]://HOST[:PORT][/DATABASE]`` or ``influx2[s]://HOST[:PORT]?org=ORG``.
+
+        Every problem is an :class:`InputError` of ``source`` (the file or ``command line``) and
+        ``key`` (the key or flag that gave the URL), showing the URL without its credentials.
+        """
+        u = urlparse(url.strip())
+        shown = cls._shown(u)
         schemes = {"influx": ("v1", "http"), "influxs": ("v1", "https"),
                    "influx2": ("v2", "http"), "influx2s": ("v2", "https")}
         if u.scheme not in schemes or not u.hostname:
-            raise InputError(url, "--history", "expected influx://HOST:PORT/DATABASE or influx2://HOST:PORT?org=ORG")
+            raise InputError(source, key, f"cannot read {shown!r} as an InfluxDB URL; expected {URL_FORMS}")
         if u.username or u.password:
-            raise InputError(cls._safe(u), "--history", "put credentials in PEMS_INFLUX_USERNAME/PASSWORD or "
-                                                         "PEMS_INFLUX_TOKEN, not in the URL")
+            raise InputError(source, key, f"{shown}: put credentials in PEMS_INFLUX_USERNAME/PASSWORD or "
+                                          "PEMS_INFLUX_TOKEN, not in the URL")
+        try:
+            port = u.port
+        except ValueError:  # not a number, or outside 0…65535
+            port_text = u.netloc.rpartition("@")[2].rpartition(":")[2]
+            raise InputError(source, key, f"{shown}: port {port_text!r} is not a number from 1 to 65535") from None
+        if port == 0:
+            raise InputError(source, key, f"{shown}: port 0 is not a number from 1 to 65535")
         api, scheme = schemes[u.scheme]
-        port = u.port or (8086 if api == "v1" else 8086)
-        db = u.path.strip("/") or None
+        port = port or 8086
+        path = u.path.strip("/") or None
         org = parse_qs(u.query).get("org", [None])[0]
-        if api == "v2" and not org:
-            raise InputError(url, "--history", "a Flux source needs ?org=ORG")
-        return cls(api, f"{scheme}://{u.hostname}:{port}", db, org)
+        if api == "v2":
+            if not org:
+                raise InputError(source, key, f"{shown}: a Flux (influx2://) source needs ?org=ORG; expected "
+                                              "influx2://HOST:PORT?org=ORG")
+            if path:  # the mapping names the buckets: a bucket in the URL would be ignored
+                raise InputError(source, key, f"{shown}: influx2:// takes no bucket in the URL (the mapping names "
+                                              "the buckets); expected influx2://HOST:PORT?org=ORG")
+        host = f"[{u.hostname}]" if ":" in u.hostname else u.hostname
+        return cls(api, f"{scheme}://{host}:{port}", path, org)
 
     @staticmethod
-    def _safe(u) -> str:
-        return f"{u.scheme}://{u.hostname}:{u.port}{u.path}"
+    def _shown(u) -> str:
+        """The URL as it may be printed: without user name and password."""
+        netloc = u.netloc.rpartition("@")[2]
+        return f"{u.scheme}://{netloc}{u.path}" + (f"?{u.query}" if u.query else "") if u.scheme else u.path
 
     @property
     def safe_url(self) -> str:

@@ -104,7 +104,7 @@ class InfluxSpec(_Strict):
     """Where everything measured, commanded and every fallback is logged (spooled on disk while down)."""
 
     url: str = Field(min_length=1)
-    """``influx://HOST:PORT/DB`` (the 1.x API) or ``influx2://HOST:PORT/BUCKET?org=ORG``."""
+    """``influx://HOST:PORT/DB`` (the 1.x API) or ``influx2://HOST:PORT?org=ORG`` (the 2.x API; the mapping names the buckets)."""
     mapping: str = "loxone-growatt"
     """Mapping preset or file: which measurement and field each value is written to."""
     spool_dir: str = "spool"
@@ -214,6 +214,19 @@ class LoadedLiveConfig:
     def step(self) -> pd.Timedelta:
         return pd.Timedelta(minutes=self.spec.step_minutes)
 
+    def check_forecast_sources(self, must_exist: bool = True) -> None:
+        """``[forecast]`` weather, prices and load: built-in names, or CSV files (that exist, with
+        ``must_exist``); a problem names this file and ``forecast.<key>``."""
+        from pems.twin.load import BUILTIN_LOADS
+        from pems.twin.prices import BUILTIN_PRICES
+        from pems.twin.tables import named_csv
+        from pems.twin.weather import BUILTIN_WEATHER
+
+        for key, builtins, what in (("weather", BUILTIN_WEATHER, "weather set"), ("prices", BUILTIN_PRICES, "prices"),
+                                    ("load", BUILTIN_LOADS, "load profile")):
+            named_csv(getattr(self.spec.forecast, key), self.base_dir, tuple(builtins), self.path, f"forecast.{key}",
+                      what, must_exist=must_exist)
+
     def registry_root(self) -> Path:
         """``registry`` relative to the file's folder; default ``$PEMS_MODELS`` or ``./models``."""
         from pems.controllers.forecast.registry import default_root
@@ -258,8 +271,13 @@ def load_live_config(path: str | Path) -> LoadedLiveConfig:
     if not p.is_file():
         raise InputError(p, "--config", "file not found")
     spec = validate(LiveConfig, read_toml(p), p)
-    house = load_house(spec.house, base_dir=p.parent)
+    house = load_house(spec.house, base_dir=p.parent, source=p)
     cfg = LoadedLiveConfig(spec, house, p)
+    cfg.check_forecast_sources(must_exist=False)  # the files may be written by a job before the loop starts
+    if spec.influx is not None:
+        from pems.calibration.influx import InfluxSource
+
+        InfluxSource.parse(spec.influx.url, p, "influx.url")
     rooms = set(house.room_ids)
     for rid in spec.comfort.rooms:
         if rid not in rooms:
@@ -391,6 +409,7 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
     from pems.twin.model import build_model
 
     s, house = cfg.spec, cfg.house
+    cfg.check_forecast_sources()  # before anything connects: a missing file names this file and its key
     model = build_model(house)
     step_s = s.step_minutes * 60.0
     controller = make_controller(s.controller, model, step_s, s.mpc.model_dump())
@@ -443,7 +462,8 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
         from pems.live.influx_log import InfluxLog
 
         influx = InfluxLog(s.influx.url, cfg.resolve_named(s.influx.mapping, builtin_mappings()),
-                           spool_dir=cfg.resolve(s.influx.spool_dir), house=house)
+                           spool_dir=cfg.resolve(s.influx.spool_dir), house=house, url_source=cfg.path,
+                           url_key="influx.url")
     try:
         return LiveLoop(model, controller, forecast, bus, inverter, clock, settings, cfg.safety_limits(),
                         events_path if events_path is not None else events, state, influx)

@@ -692,6 +692,9 @@ class InfluxLog:
         With nothing to send, how often to check the server so ``status().connected`` stays true [s].
     start
         Start the sender thread (``False``: only spool; tests and offline tools).
+    url_source, url_key
+        Where ``url`` was given (a file or ``command line``, and its key or flag): a URL that cannot
+        be read is an :class:`~pems.errors.InputError` naming them.
     """
 
     def __init__(self, url: str, mapping: str | Path | Mapping | None = "loxone-growatt",
@@ -700,11 +703,9 @@ class InfluxLog:
                  max_bytes: int = 10**9, when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest",
                  segment_bytes: int = 8 * 2**20, max_batch_lines: int = 5000, max_batch_bytes: int = 2**20,
                  retry_min_s: float = 0.5, retry_max_s: float = 30.0, sync_s: float = 5.0,
-                 ping_s: float = 30.0, start: bool = True) -> None:
-        try:
-            self.source = InfluxSource.parse(url)
-        except InputError as e:
-            raise InputError(e.problems[0].source, "InfluxDB log URL", e.problems[0].message) from None
+                 ping_s: float = 30.0, start: bool = True, url_source: str | Path = "InfluxDB log",
+                 url_key: str = "url") -> None:
+        self.source = InfluxSource.parse(url, url_source, url_key)
         if when_full not in ("drop_oldest", "drop_newest"):
             raise ValueError(f"when_full must be 'drop_oldest' or 'drop_newest', got {when_full!r}")
         for name, v in (("batch_s", batch_s), ("timeout_s", timeout_s), ("retry_min_s", retry_min_s),

@@ -41,15 +41,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit_threads()  # before the solvers load: their runtimes read the limit then
     quiet_libraries()
     command_logging()
+    from pems.commands.arguments import forget_outputs, remove_unused_folders, written_output
+
     args = build_parser().parse_args(argv)
+    forget_outputs()
     try:
         return int(args.func(args))
     except InputError as exc:
         for p in exc.problems:
             print(f"pems: error: {p}", file=sys.stderr)
+        remove_unused_folders()
         return ExitCode.BAD_INPUT
     except ServiceError as exc:  # a data source or broker that is down or refuses: one line, no traceback
         print(f"pems: error: {exc}", file=sys.stderr)
+        remove_unused_folders()
         return ExitCode.SERVICE
     except KeyboardInterrupt:
         print("pems: interrupted", file=sys.stderr)
@@ -60,6 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit must not fail again
         return ExitCode.OK
+    except OSError as exc:  # the disk refused an output (full, gone, read-only): one line naming it
+        out = written_output(exc.filename, str(exc))
+        if out is None:
+            raise  # not an output of this command: a bug, with its traceback
+        where = exc.filename if exc.filename is not None else out[0]
+        print(f"pems: error: {where}: {out[1]}: cannot be written ({exc.strerror or exc})", file=sys.stderr)
+        remove_unused_folders()
+        return ExitCode.BAD_INPUT
 
 
 if __name__ == "__main__":

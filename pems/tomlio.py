@@ -51,6 +51,15 @@ def key_path(loc: tuple[Any, ...]) -> str:
     return out
 
 
+#: The reference page of each kind of file (by its model's class name; tests/test_docs.py holds it
+#: to pems.docs.file_pages): an unknown key points there.
+REFERENCE_PAGES = {
+    "House": "docs/reference/house.md", "Scenario": "docs/reference/scenario.md",
+    "Mapping": "docs/reference/mapping.md", "LiveConfig": "docs/reference/live-config.md",
+    "_MapFile": "docs/reference/register-map.md", "Layout": "docs/reference/mqtt-layout.md",
+}
+
+
 def validate(model: type[M], data: dict[str, Any], source: str | Path) -> M:
     """Validate ``data`` as ``model``; every bad value becomes one :class:`Problem`."""
     try:
@@ -61,7 +70,8 @@ def validate(model: type[M], data: dict[str, Any], source: str | Path) -> M:
             loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
-                msg = "unknown key (check the spelling; see the documented keys)"
+                page = REFERENCE_PAGES.get(model.__name__, "docs/reference/")
+                msg = f"unknown key (check the spelling; every key is in {page})"
             elif err["type"] == "missing":
                 msg = "required key is missing"
             elif err["type"] == "value_error":

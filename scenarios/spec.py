@@ -261,7 +261,8 @@ def load_scenario(spec: str | Path) -> LoadedScenario:
     if not path.is_file():
         raise InputError(path, "", "scenario file not found")
     sc = validate(Scenario, read_toml(path), path)
-    house = load_house(sc.house, base_dir=path.parent)
+    house = load_house(sc.house, base_dir=path.parent, source=path)
+    _check_sources(sc, path)
     _check_against_house(sc, house, path)
     steps = sc.days * 1440 / sc.step_minutes
     if abs(steps - round(steps)) > 1e-6:
@@ -271,6 +272,18 @@ def load_scenario(spec: str | Path) -> LoadedScenario:
         raise InputError(path, "plant_step_seconds",
                          f"{sc.plant_step_seconds} s does not divide the control step of {sc.step_minutes} min")
     return LoadedScenario(sc, house, path)
+
+
+def _check_sources(sc: Scenario, path: Path) -> None:
+    """Weather, prices and load: a built-in name or a CSV file that exists (named by this file and key)."""
+    from pems.twin.load import BUILTIN_LOADS
+    from pems.twin.prices import BUILTIN_PRICES
+    from pems.twin.tables import named_csv
+    from pems.twin.weather import BUILTIN_WEATHER
+
+    for key, builtins, what in (("weather", BUILTIN_WEATHER, "weather set"), ("prices", BUILTIN_PRICES, "prices"),
+                                ("load", BUILTIN_LOADS, "load profile")):
+        named_csv(getattr(sc, key), path.parent, tuple(builtins), path, key, what)
 
 
 def _check_against_house(sc: Scenario, house: House, path: Path) -> None:

@@ -160,7 +160,8 @@ CASES = [
          lambda d: (good_case(d), write_house(d, area_a="-5.0"))),
     Case("unknown neighbour", ("simulate", "sc.toml"), ("house.toml", "rooms[0].neighbours[1]", "garage"),
          lambda d: (good_case(d), write_house(d, neighbours_a='["b", "garage"]'))),
-    Case("unknown key in house", ("simulate", "sc.toml"), ("house.toml", "rooms[0].heater_kw", "unknown key"),
+    Case("unknown key in house", ("simulate", "sc.toml"),
+         ("house.toml", "rooms[0].heater_kw", "unknown key", "docs/reference/house.md"),
          lambda d: (good_case(d), write_house(d, extra_a="heater_kw = 2.0"))),
     Case("unknown controller in scenario", ("simulate", "sc.toml"), ("sc.toml", "controller", "nonsense", "rule-based"),
          lambda d: (good_case(d), write_scenario(d, extra='controller = "nonsense"'))),
@@ -279,6 +280,55 @@ CASES = [
          ("nowhere", "--data", "not found")),
     Case("models drift: residuals file missing", ("models", "--registry", "reg", "drift", "load", "--residuals",
                                                   "nope.csv"), ("nope.csv", "file not found")),
+    # issue 14: the reviewer's findings
+    Case("bench --controllers ''", ("bench", "sc.toml", "--controllers", "", "--out", "out"),
+         ("command line", "--controllers", "no controller named", "oracle")),
+    Case("history: an InfluxDB URL with a port that is no number",
+         ("history", "influx://127.0.0.1:abc/loxone", "--start", "2024-01-01", "--end", "2024-01-02", "--out", "h.parquet"),
+         ("command line: SOURCE:", "port 'abc'")),
+    Case("history: influx2 without ?org= blames SOURCE", ("history", "influx2://127.0.0.1:8086", "--start", "2024-01-01",
+                                                          "--end", "2024-01-02", "--out", "h.parquet"),
+         ("command line: SOURCE:", "?org=ORG", "influx2://HOST:PORT?org=ORG"), absent=("--history",)),
+    Case("history: influx2 with a bucket in the URL", ("history", "influx2://127.0.0.1:8086/home?org=me", "--start",
+                                                       "2024-01-01", "--end", "2024-01-02", "--out", "h.parquet"),
+         ("command line: SOURCE:", "no bucket", "influx2://HOST:PORT?org=ORG")),
+    Case("calibrate: --history URL with a port out of range", ("calibrate", "--history", "influx://h:70000/db", "--out",
+                                                               "out"), ("command line: --history:", "70000")),
+    Case("live --emulate --influx with a port that is no number",
+         ("live", "--emulate", "sc.toml", *MQTT, "--influx", "influx://x:abc/db", "--out", "lv"),
+         ("command line: --influx:", "port 'abc'")),
+    Case("live --emulate --influx garbage leaves no folder",
+         ("live", "--emulate", "sc.toml", *MQTT, "--influx", "garbage", "--out", "lv3"),
+         ("command line: --influx:", "'garbage'", "influx://HOST:PORT[/DATABASE]"), absent=("InfluxDB log URL",)),
+    Case("simulate --out where nothing can be created", ("simulate", "sc.toml", "--out", "/proc/pems-x"),
+         ("/proc/pems-x", "--out", "cannot write into /proc")),
+    Case("unknown house in a scenario", ("simulate", "sc.toml"),
+         ("sc.toml: house: unknown house 'referense'", "reference"),
+         lambda d: (good_case(d), replace_in(d, "sc.toml", '"house.toml"', '"referense"'))),
+    Case("house file of a scenario missing", ("simulate", "sc.toml"), ("sc.toml: house:", "no-house.toml", "not found"),
+         lambda d: (good_case(d), replace_in(d, "sc.toml", '"house.toml"', '"no-house.toml"'))),
+    Case("unknown weather in a scenario", ("simulate", "sc.toml"),
+         ("sc.toml: weather: unknown weather set 'amsterdam'", "amsterdam-iwec"),
+         lambda d: (good_case(d), replace_in(d, "sc.toml", '"weather.csv"', '"amsterdam"'))),
+    Case("weather file of a scenario missing", ("simulate", "sc.toml"), ("sc.toml: weather:", "w2.csv: file not found"),
+         lambda d: (good_case(d), replace_in(d, "sc.toml", '"weather.csv"', '"w2.csv"'))),
+    Case("unknown prices in a scenario", ("simulate", "sc.toml"), ("sc.toml: prices:", "'tworate'", "two-rate"),
+         lambda d: (good_case(d), replace_in(d, "sc.toml", '"two-rate"', '"tworate"'))),
+    Case("--house unknown", ("calibrate", "--history", "history.csv", "--house", "referense", "--out", "out"),
+         ("command line: --house: unknown house 'referense'", "reference"), history_case),
+    Case("live --config: a forecast file missing", ("live", "--config", "live.toml", "--hours", "0.1"),
+         ("live.toml: forecast.weather:", "fc.csv: file not found"),
+         lambda d: (live_config(d), replace_in(d, "live.toml", '"greensboro-tmy3"', '"fc.csv"'))),
+    Case("live --config: an InfluxDB URL that cannot be read", ("live", "--config", "live.toml", "--hours", "0.1"),
+         ("live.toml: influx.url:", "'garbage'"),
+         lambda d: (live_config(d), (d / "live.toml").write_text((d / "live.toml").read_text(encoding="utf-8")
+                                                                 + '[influx]\nurl = "garbage"\n', encoding="utf-8"))),
+    Case("predict --start between model steps", (*PREDICT[:5], "--start", "2024-01-08T00:07Z", "--hours", "24",
+                                                 "--out", "p.parquet"),
+         ("command line: --start:", "not on a 15-minute model step", ":00, :15, :30 or :45"), history_case),
+    Case("forecast backtest: the data folder lacks the dataset",
+         ("forecast", "backtest", "price", "--data", ".", "--out", "out"),
+         ("--data", "dayahead-prices/", "ENTSO-E day-ahead prices", "not shipped")),
 ]
 
 GOOD = Case("good path", ("simulate", "sc.toml", "--out", "out"), ())
@@ -296,6 +346,10 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _folders(d: Path) -> set[str]:
+    return {str(p.relative_to(d)) for p in d.rglob("*") if p.is_dir()}
+
+
 def _digest(d: Path) -> dict[str, str]:
     """Every file of a case's folder and its content hash: nothing given may change."""
     return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
@@ -309,19 +363,37 @@ class Ran:
     stdout: str
     stderr: str
     before: dict[str, str]  # the folder's files before the run, and their hashes
+    folders: set[str] = frozenset()  # the folder's folders before the run
+
+
+def _selected(request) -> set[str] | None:
+    """The names of the cases this session runs (``-k`` may pick a few); ``None``: the good paths too."""
+    names: set[str] = set()
+    for item in request.session.items:
+        if item.module is not request.module or "runs" not in getattr(item, "fixturenames", ()):
+            continue
+        case = getattr(item, "callspec", None) and item.callspec.params.get("case")
+        if case is None:
+            return None  # a good-path test is selected: run everything it may need
+        names.add(case.name)
+    return names
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Ran]:
-    """Every case (and the good paths) as a subprocess of the entry point, as many at once as there are CPUs."""
+def runs(request, tmp_path_factory) -> dict[str, Ran]:
+    """Every selected case (and the good paths) as a subprocess of the entry point, as many at once
+    as there are CPUs."""
     if not PEMS.is_file():
         pytest.skip(f"the pems entry point is not installed beside {sys.executable} (make install)")
     todo = []
+    chosen = _selected(request)
     waiting = [c for c in CASES if c.code == 3]  # the longest first
     for i, case in enumerate([*waiting, GOOD, GOOD_CALIBRATE, *[c for c in CASES if c.code != 3]]):
+        if chosen is not None and case.name not in chosen:
+            continue
         d = tmp_path_factory.mktemp(f"cli{i}")
         case.setup(d)
-        todo.append((case, d, _digest(d)))
+        todo.append((case, d, (_digest(d), _folders(d))))
     width = max(1, min(len(todo), os.cpu_count() or 1))
     out: dict[str, Ran] = {}
     running: list[tuple[Case, Path, dict, subprocess.Popen]] = []
@@ -333,7 +405,7 @@ def runs(tmp_path_factory) -> dict[str, Ran]:
                                                               text=True)))
         case, d, before, p = running.pop(0)
         so, se = p.communicate(timeout=300)
-        out[case.name] = Ran(d, p.returncode, so, se, before)
+        out[case.name] = Ran(d, p.returncode, so, se, *before)
     return out
 
 
@@ -354,6 +426,8 @@ def test_bad_input_exits_with_one_clear_message(runs, case):
     after = _digest(r.cwd)
     assert {f: h for f, h in after.items() if f in r.before} == r.before  # nothing given was changed
     assert not sorted(set(after) - set(r.before) - set(case.logs))  # nothing was written
+    allowed = {str(q) for f in case.logs for q in Path(f).parents if str(q) != "."}
+    assert not sorted(_folders(r.cwd) - r.folders - allowed)  # no folder left behind, not even an empty one
 
 
 @pytest.mark.slow
@@ -403,3 +477,29 @@ def test_a_reader_that_stops_reading_is_no_error():
         os.close(w)
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr
+
+
+def test_a_disk_that_refuses_an_output_is_one_line_and_a_bug_is_a_traceback(tmp_path, monkeypatch, capsys):
+    """An OSError writing a checked output (disk full, folder gone) ends with one line naming the file
+    and the flag, exit code 2, and no empty folder left; any other OSError stays a bug (traceback)."""
+    import pems.scenarios.outputs as outputs
+    from pems.cli import main
+
+    good_case(tmp_path)
+    monkeypatch.chdir(tmp_path)
+
+    def full(result, out, **kw):
+        raise OSError(28, "No space left on device", str(out / "trajectory.parquet"))
+
+    monkeypatch.setattr(outputs, "write_run", full)
+    assert main(["simulate", "sc.toml", "--out", "out/run"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "pems: error: out/run/trajectory.parquet: --out: cannot be written (No space left on device)"
+    assert not (tmp_path / "out").exists()  # the folders it made for nothing are gone
+
+    def bug(result, out, **kw):
+        raise FileNotFoundError(2, "No such file or directory", "/nowhere/a-data-file-of-pems.csv")
+
+    monkeypatch.setattr(outputs, "write_run", bug)
+    with pytest.raises(FileNotFoundError):
+        main(["simulate", "sc.toml", "--out", "out/run"])

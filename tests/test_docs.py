@@ -106,3 +106,11 @@ def _heading_slug(page: Path, frag: str) -> bool:
             if slug == frag:
                 return True
     return False
+
+
+def test_an_unknown_key_points_at_its_reference_page() -> None:
+    from pems.tomlio import REFERENCE_PAGES
+
+    for page in docs.file_pages():
+        assert REFERENCE_PAGES[page.model.__name__] == f"docs/reference/{page.page}"
+        assert (ROOT / REFERENCE_PAGES[page.model.__name__]).is_file()

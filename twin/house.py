@@ -342,21 +342,27 @@ def builtin_house_path(name: str) -> Path:
     return Path(str(resources.files("pems.twin") / "houses" / f"{name}.toml"))
 
 
-def load_house(spec: str | Path, base_dir: Path | None = None) -> House:
+def load_house(spec: str | Path, base_dir: Path | None = None, source: str | Path | None = None,
+               key: str = "house") -> House:
     """Load a house by built-in name or TOML path (relative paths resolve against ``base_dir``).
+
+    ``source`` and ``key`` say where ``spec`` was given (the scenario or configuration file and its
+    key, or ``command line`` and the flag): an unknown name or a missing file is reported there.
 
     Raises
     ------
     InputError
         Unknown name, missing file, broken TOML or any bad value, with file and key.
     """
-    path = resolve_house_path(spec, base_dir)
+    path = resolve_house_path(spec, base_dir, source, key)
     house = validate(House, read_toml(path), path)
     check_house(house, path)
     return house
 
 
-def resolve_house_path(spec: str | Path, base_dir: Path | None = None) -> Path:
+def resolve_house_path(spec: str | Path, base_dir: Path | None = None, source: str | Path | None = None,
+                       key: str = "house") -> Path:
+    """The TOML file of a built-in house or of a house file (see :func:`load_house`)."""
     s = str(spec)
     if s in BUILTIN_HOUSES:
         return builtin_house_path(s)
@@ -364,8 +370,10 @@ def resolve_house_path(spec: str | Path, base_dir: Path | None = None) -> Path:
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     if path.suffix != ".toml" and not path.exists():
-        raise InputError(s, "house", f"unknown house; expected a built-in name ({', '.join(BUILTIN_HOUSES)}) "
-                                     "or a path to a .toml file")
+        raise InputError(source if source is not None else s, key,
+                         f"unknown house {s!r}; expected one of {', '.join(BUILTIN_HOUSES)} or a path to a .toml file")
     if not path.is_file():
+        if source is not None:
+            raise InputError(source, key, f"{path}: house file not found")
         raise InputError(path, "", "house file not found")
     return path

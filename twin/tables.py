@@ -11,6 +11,24 @@ import pandas as pd
 from pems.errors import InputError
 
 
+def named_csv(value: str, base_dir: Path | None, builtins, file: str | Path, key: str, what: str,
+              must_exist: bool = True) -> str | Path:
+    """A built-in ``what`` (one of ``builtins``) as its name, anything else as the CSV file it names
+    (relative to ``base_dir``), checked: an unknown name or (``must_exist``) a missing file is an
+    :class:`InputError` of ``file`` (the scenario or configuration that named it) and ``key``."""
+    if value in builtins:
+        return value
+    path = Path(value)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if path.suffix.lower() not in (".csv", ".gz") and not path.exists():
+        raise InputError(file, key, f"unknown {what} {value!r}; expected one of {', '.join(builtins)} "
+                                    "or a path to a .csv file")
+    if must_exist and not path.is_file():
+        raise InputError(file, key, f"{path}: file not found")
+    return path
+
+
 def read_time_csv(path: Path, required: Sequence[str], optional: Sequence[str] = ()) -> pd.DataFrame:
     """Read a CSV with a ``time`` column into a UTC-indexed frame of numeric columns.
 

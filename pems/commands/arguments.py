@@ -109,17 +109,70 @@ def check_controller(name: str, source: str, key: str, live: bool = False, learn
     raise InputError(source, key, f"unknown controller {name!r}; expected one of {', '.join(names)}{hint}")
 
 
+#: The outputs the running command checked (folders and files), and the folders among them (or
+#: their outermost missing parents) that did not exist yet: see :func:`remove_unused_folders`.
+_OUTPUTS: list[tuple[Path, str]] = []
+_NEW_FOLDERS: list[Path] = []
+
+
+def forget_outputs() -> None:
+    """Start a command: no outputs checked yet."""
+    _OUTPUTS.clear()
+    _NEW_FOLDERS.clear()
+
+
+def _probe(folder: Path, path: Path, key: str) -> None:
+    """Create (and remove) a file in ``folder``: permissions, read-only file systems and places like
+    /proc refuse it now, not after the work (``os.access`` says yes to root, and on a read-only mount)."""
+    import tempfile
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".pems-write-test-"):
+            pass
+    except OSError as exc:
+        raise InputError(str(path), key, f"cannot write into {folder}: {exc.strerror or exc}") from None
+
+
 def _writable(path: Path, key: str) -> None:
     """Refuse a folder (``path``, existing or to be made) under a file or where this user cannot write."""
     parent = path
+    top = None  # the outermost folder the command will create
     while not parent.exists():
         if parent.parent == parent:
             break
-        parent = parent.parent
+        top, parent = parent, parent.parent
     if parent.exists() and not parent.is_dir():
         raise InputError(str(path), key, f"{parent} is a file, so nothing can be written under it")
-    if parent.exists() and not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(str(path), key, f"{parent} is not writable")
+    if parent.exists():
+        _probe(parent, path, key)
+    if top is not None:
+        _NEW_FOLDERS.append(top.absolute())
+
+
+def written_output(filename: str | os.PathLike | None, message: str = "") -> tuple[Path, str] | None:
+    """The checked output (and the flag that named it) that ``filename``, or a path in ``message``
+    when there is no file name, lies in; ``None`` when it is none of them."""
+    for out, key in _OUTPUTS:
+        if filename is not None:
+            f = Path(os.fsdecode(filename)).absolute()
+            if f == out or out in f.parents:
+                return out, key
+        elif message and str(out) in message:
+            return out, key
+    return None
+
+
+def remove_unused_folders() -> None:
+    """A command that ends with bad input (2) or a service that did not answer (3) leaves nothing
+    behind: the folders it created itself are removed again when no file was written into them."""
+    import shutil
+
+    for top in reversed(_NEW_FOLDERS):
+        try:
+            if top.is_dir() and not top.is_symlink() and not any(not p.is_dir() for p in top.rglob("*")):
+                shutil.rmtree(top)
+        except OSError:
+            pass  # only tidying up
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -145,6 +198,7 @@ def output_dir(text: str | Path, key: str = "--out", writes: Iterable[str] = (),
     if path.exists() and not path.is_dir():
         raise InputError(str(path), key, "is a file; expected a folder to write into (the file is left as it is)")
     _writable(path, key)
+    _OUTPUTS.append((path.absolute(), key))
     for flag, given in (inputs or {}).items():
         if given is None or not Path(given).is_file():
             continue
@@ -167,8 +221,13 @@ def output_file(text: str | Path, key: str = "--out", suffix: str = ".parquet",
     if path.is_dir():
         raise InputError(str(path), key, f"is a folder; expected a {suffix} file")
     _writable(path.parent, key)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise InputError(str(path), key, "exists and is not writable")
+    if path.exists():
+        try:
+            with open(path, "r+b"):  # opened for writing, not changed
+                pass
+        except OSError as exc:
+            raise InputError(str(path), key, f"exists and cannot be written ({exc.strerror or exc})") from None
+    _OUTPUTS.append((path.absolute(), key))
     for flag, given in (inputs or {}).items():
         if given is not None and Path(given).is_file() and _same(path, Path(given)):
             raise InputError(str(path), key, f"is the input given as {flag}; write the output to another file")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from pems.commands.arguments import CLI, model_step, output_dir, parse_time
-from pems.commands.history import HISTORY_DOC, open_between
+from pems.commands.history import HISTORY_DOC, URL_FORMS, check_source, open_between
 from pems.commands.progress import progress_bar, status
 from pems.errors import InputError
 
@@ -33,7 +33,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--scenario", default="unmodelled-winter",
                    help="correctors: a scenario with a [truth] section (default unmodelled-winter)")
     b.add_argument("--registry", help="store the fitted model in this model registry (see `pems models`)")
-    b.add_argument("--data", help="the shared data folder (default: $PEMS_SHARED/data or ../shared/data)")
+    b.add_argument("--data", metavar="DIR", help="the folder of the public datasets, not shipped with PEMS: "
+                                                 "pv-nrel/ (NREL PVDAQ system 50), households-konstanz/ (CoSSMic), "
+                                                 "dayahead-prices/ (ENTSO-E) (default: $PEMS_SHARED/data, "
+                                                 "else ../shared/data)")
     b.add_argument("--household", default="1", help="load: household 1–6 or 'all' (default 1)")
     b.add_argument("--zone", default="CZ", help="price: bidding zone CZ, DE_LU or AT (default CZ)")
     b.add_argument("--variant", help="pv: weather input (nsrdb, degraded, persistence; default nsrdb); "
@@ -48,7 +51,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("what", choices=("pv", "load", "correctors"),
                      help="which forecaster (correctors: per-room heat the twin of --house misses)")
     fit.add_argument("--history", required=True,
-                     help=f"the home's history: CSV/Parquet (the columns of {HISTORY_DOC}) or influx://… / influx2://…")
+                     help=f"the home's history: CSV/Parquet (the columns of {HISTORY_DOC}) or {URL_FORMS}")
     fit.add_argument("--house", required=True, help="house file or built-in name (site, time zone, holidays)")
     fit.add_argument("--registry", help="model registry (default $PEMS_MODELS or ./models)")
     fit.add_argument("--name", help="model name in the registry (default: the house's name)")
@@ -64,15 +67,29 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     fit.set_defaults(func=cmd_forecast_fit)
 
 
-def _root(text: str | None) -> Path:
+#: The public data each backtest reads (not shipped with PEMS): its folder in the data folder, and what it is.
+DATASETS = {
+    "pv": ("pv-nrel", "NREL PVDAQ system 50 (PV power, with NSRDB weather)"),
+    "load": ("households-konstanz", "the CoSSMic Konstanz households (Open Power System Data)"),
+    "price": ("dayahead-prices", "the ENTSO-E day-ahead prices"),
+}
+
+
+def _root(text: str | None, what: str) -> Path:
+    """The data folder holding the public dataset of the ``what`` backtest, checked."""
     if text is None:
         from pems.calibration.datasets import shared_data
 
         root, key = shared_data(), "--data (default)"
     else:
         root, key = Path(text), "--data"
+    folder, dataset = DATASETS[what]
+    need = (f"the {what} backtest reads {dataset} from DIR/{folder}/, public data not shipped with PEMS; "
+            "pass --data DIR or set PEMS_SHARED (DIR = $PEMS_SHARED/data)")
     if not root.is_dir():
-        raise InputError(str(root), key, "data folder not found; pass --data DIR or set PEMS_SHARED")
+        raise InputError(str(root), key, f"data folder not found: {need}")
+    if not (root / folder).is_dir():
+        raise InputError(str(root), key, f"no {folder}/ in this data folder: {need}")
     return root
 
 
@@ -108,7 +125,9 @@ def cmd_forecast_backtest(args: argparse.Namespace) -> int:
     out = output_dir(args.out, writes=("report.html", "metrics.json", "predictions.parquet"))
     if args.what == "correctors":
         return _backtest_correctors(args, out, t0=time.perf_counter())
-    root = _root(args.data)
+    if args.what == "load":
+        _households(args.household, args.variant or "default")  # a flag's problem before the data folder's
+    root = _root(args.data, args.what)
     t0 = time.perf_counter()
     from pems.controllers.forecast.report import write_backtest, write_summary
 
@@ -124,8 +143,6 @@ def cmd_forecast_backtest(args: argparse.Namespace) -> int:
         if variant not in known:
             raise InputError(CLI, "--variant",
                              f"unknown PV variant {variant!r}; expected one of {', '.join(known)}")
-        if not (root / "pv-nrel").is_dir():
-            raise InputError(str(root / "pv-nrel"), "--data", "PV data folder not found")
         prog, update = progress_bar(f"pv · {variant}")
         with prog:
             res = backtest_nrel(root / "pv-nrel", variant=variant, progress=update, days=args.days)
@@ -231,7 +248,8 @@ def cmd_forecast_fit(args: argparse.Namespace) -> int:
 
     if args.days is not None and args.days < 1:
         raise InputError(CLI, "--days", f"{args.days} must be at least 1")
-    house = load_house(args.house)
+    house = load_house(args.house, source=CLI, key="--house")
+    check_source(args.history, "--history")
     check_name(args.name or house.name, "--name")  # now, not after a long backtest
     start, end = parse_time(args.start, "--start"), parse_time(args.end, "--end")
     step = model_step(args.step_minutes)

@@ -12,6 +12,41 @@ from pems.errors import InputError
 #: Where users read which columns a history may have.
 HISTORY_DOC = "docs/reference/history.md"
 
+#: The InfluxDB source URLs (as :data:`pems.calibration.influx.URL_FORMS`, without importing requests here).
+URL_FORMS = "influx://HOST:PORT[/DATABASE] or influx2://HOST:PORT?org=ORG"
+
+
+def check_source(text: str, key: str) -> None:
+    """An InfluxDB URL given as ``key`` (``--history``, ``SOURCE``): readable, before any work."""
+    from pems.calibration.sources import is_url
+
+    if is_url(text):
+        from pems.calibration.influx import InfluxSource
+
+        InfluxSource.parse(text, CLI, key)
+
+
+def on_step(t, step, key: str = "--start") -> None:
+    """Refuse a time between the model's steps (the steps start at 00:00 UTC)."""
+    if t == t.floor(step):
+        return
+    minutes = int(step.total_seconds() // 60)
+    if minutes < 60:
+        marks = [f":{m:02d}" for m in range(0, 60, minutes)]
+        valid = "at " + (f"{', '.join(marks[:-1])} or {marks[-1]}" if len(marks) > 1 else marks[0]) + " of each hour"
+    elif minutes == 60:
+        valid = "on the full hour"
+    else:
+        valid = f"every {minutes // 60} h from 00:00 UTC" if minutes % 60 == 0 else f"every {minutes} min from 00:00 UTC"
+    raise InputError(CLI, key, f"{t:%Y-%m-%d %H:%M} UTC is not on a {minutes}-minute model step; valid starts "
+                               f"are {valid} (e.g. {t.floor(step):%H:%M} or {t.ceil(step):%H:%M})")
+
+
+def trusted(days: float) -> str:
+    """``1 trusted day``, ``12 trusted days``."""
+    n = round(days)
+    return f"{n} trusted day{'' if n == 1 else 's'}"
+
 
 def open_between(source: str, house, step, start=None, end=None, mapping: str | None = None,
                  use_cache: bool = True, require_rooms: bool = True):
@@ -59,7 +94,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from pems.calibration.history import check_rooms
     from pems.twin.house import load_house
 
-    house = load_house(args.house) if args.house else None
+    house = load_house(args.house, source=CLI, key="--house") if args.house else None
+    check_source(args.history, "--history")
     if not 0.2 <= args.train_fraction <= 0.95:
         raise InputError(CLI, "--train-fraction", f"{args.train_fraction:g}: expected a value between 0.2 and 0.95")
     step = model_step(args.step_minutes)
@@ -80,7 +116,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                            progress=lambda room, i, n: update(i, n))
     write_calibration(result, out, str(args.history))
     s = result.summary
-    print(f"{house.name}: {len(result.fits)} rooms, {result.quality.trusted_days:.0f} trusted days, quality "
+    print(f"{house.name}: {len(result.fits)} room{'' if len(result.fits) == 1 else 's'}, "
+          f"{trusted(result.quality.trusted_days)}, quality "
           f"{result.quality.score:.2f}; validation ({s.get('validation_days', 0)} days): 24 h-ahead RMSE "
           f"{s.get('rmse_24h_k_mean', float('nan')):.3f} K, one-step {s.get('rmse_1step_k_mean', float('nan')):.3f} K "
           f"({result.wall_s:.0f} s)")
@@ -96,11 +133,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from pems.calibration.sources import is_url
     from pems.twin.house import load_house
 
-    house = load_house(args.house)
+    house = load_house(args.house, source=CLI, key="--house")
+    check_source(args.history, "--history")
     start = parse_time(args.start, "--start")
     if not 0 < args.hours <= 24 * 14:
         raise InputError(CLI, "--hours", f"{args.hours:g}: expected a horizon above 0 and at most 336 hours")
     step = model_step(args.step_minutes)
+    on_step(start, step)
     path = output_file(args.out, inputs={"--history": args.history, "--house": args.house})
     end = start + pd.Timedelta(hours=args.hours)
     window = (start - pd.Timedelta(days=14), end) if is_url(args.history) else (None, None)
@@ -126,7 +165,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     from pems.calibration.quality import assess
     from pems.twin.house import load_house
 
-    house = load_house(args.house) if args.house else None
+    house = load_house(args.house, source=CLI, key="--house") if args.house else None
+    check_source(args.source, "SOURCE")
     start, end = parse_time(args.start, "--start"), parse_time(args.end, "--end")
     step = model_step(args.step_minutes)
     path = output_file(args.out, inputs={"SOURCE": args.source, "--house": args.house})
@@ -134,8 +174,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     h.data.to_parquet(path)
     q = assess(h)
-    print(f"{len(h.data)} steps × {len(h.data.columns)} columns, {len(h.rooms)} rooms; quality {q.score:.2f}, "
-          f"{q.trusted_days:.0f} trusted days; wrote {path}")
+    print(f"{len(h.data)} steps × {len(h.data.columns)} columns, {len(h.rooms)} room{'' if len(h.rooms) == 1 else 's'}; "
+          f"quality {q.score:.2f}, {trusted(q.trusted_days)}; wrote {path}")
     for sig in q.signals.values():
         for p in sig.problems:
             print(f"  {sig.name}: {p}")
@@ -146,7 +186,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``calibrate``, ``predict`` and ``history`` to the ``pems`` sub-commands."""
     c = sub.add_parser("calibrate", help="fit the twin to a home's history → house.toml, calibration.json, report.html")
     c.add_argument("--history", required=True,
-                   help=f"history table: CSV or Parquet with the columns of {HISTORY_DOC}, or influx://… / influx2://…")
+                   help=f"history table: CSV or Parquet with the columns of {HISTORY_DOC}, or {URL_FORMS}")
     c.add_argument("--house", help="house file or built-in name (default: inferred from the history)")
     c.add_argument("--out", required=True, help="output folder")
     c.add_argument("--step-minutes", type=float, default=15.0, help="model step, dividing the day (default 15)")
@@ -169,7 +209,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     pr.set_defaults(func=cmd_predict)
 
     hi = sub.add_parser("history", help="the canonical history table from a file or InfluxDB → Parquet")
-    hi.add_argument("source", metavar="SOURCE", help="CSV/Parquet file, influx://HOST:PORT/DB or influx2://HOST:PORT?org=ORG")
+    hi.add_argument("source", metavar="SOURCE", help=f"CSV/Parquet file, or {URL_FORMS}")
     hi.add_argument("--start", required=True, help="first time (ISO 8601)")
     hi.add_argument("--end", required=True, help="end time (ISO 8601)")
     hi.add_argument("--mapping", help="mapping preset or file (default loxone-growatt)")

@@ -176,6 +176,10 @@ def cmd_live(args: argparse.Namespace) -> int:
                                                     f"{sc.name!r} ({total_h:g} h)")
     # learning controllers need the home's history: only scenarios with a [truth] section have one
     check_controller(controller, CLI, "--controller", live=True, learning=sc.spec.truth is not None)
+    if args.influx is not None:
+        from pems.calibration.influx import InfluxSource
+
+        InfluxSource.parse(args.influx, CLI, "--influx")
     out = output_dir(args.out or "out/live", writes=RUN_FILES, inputs={"--emulate": sc.path})
     out.mkdir(parents=True, exist_ok=True)
     from pems.live.emulator import write_result
@@ -188,7 +192,8 @@ def cmd_live(args: argparse.Namespace) -> int:
     if args.influx is not None:
         from pems.live.influx_log import InfluxLog
 
-        influx = InfluxLog(args.influx, "loxone-growatt", spool_dir=out / "spool", house=sc.house)
+        influx = InfluxLog(args.influx, "loxone-growatt", spool_dir=out / "spool", house=sc.house, url_source=CLI,
+                           url_key="--influx")
     events = out / "events.jsonl"
     if events.exists():  # a new run: the old log is kept beside, never overwritten
         events.rename(out / f"events-{int(time.time())}.jsonl")
@@ -320,8 +325,9 @@ def add_live_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                 "--config: default until Ctrl-C/SIGTERM)")
     lv.add_argument("--speed", type=float, help="--emulate: simulated seconds per wall second (default 60)")
     lv.add_argument("--controller", help="--emulate: controller (default mpc; the oracle cannot run live)")
-    lv.add_argument("--influx", metavar="URL", help="--emulate: also log to InfluxDB (influx://HOST:PORT/DB or "
-                                                    "influx2://HOST:PORT/BUCKET?org=ORG), spooled in DIR/spool")
+    lv.add_argument("--influx", metavar="URL", help="--emulate: also log to InfluxDB (influx://HOST:PORT[/DATABASE] "
+                                                    "or influx2://HOST:PORT?org=ORG, the mapping naming the "
+                                                    "buckets), spooled in DIR/spool")
     lv.add_argument("--dry-run", action="store_true", help="compute and log everything, write nothing")
     lv.add_argument("--out", help="--emulate: output folder (default out/live)")
     lv.set_defaults(func=cmd_live)

@@ -62,7 +62,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     scenarios = args.scenarios or ["winter-week"]
     loaded = [load_scenario(s) for s in scenarios]  # validate every input before the first (long) run
     learning = any(sc.spec.truth is not None for sc in loaded)
-    names = [n.strip() for n in (args.controllers or ",".join(available(learning=learning))).split(",") if n.strip()]
+    if args.controllers is None:
+        names = list(available(learning=learning))
+    else:
+        names = list(dict.fromkeys(n.strip() for n in args.controllers.split(",") if n.strip()))
+        if not names:
+            raise InputError(CLI, "--controllers", f"no controller named; expected a comma-separated list of "
+                                                   f"{', '.join(available(peers=True))} (leave the flag out for all)")
     for n in names:
         check_controller(n, CLI, "--controllers")
     inputs = {f"{sc.name}: {k}": p for sc in loaded for k, p in _inputs(sc).items()}
@@ -71,14 +77,46 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     frame = run_bench(scenarios, names, out, progress=progress_bar)
-    show = ["scenario", "controller", "cost", "cost_gap_to_oracle", "discomfort_Kh_per_room", "heating_kWh",
-            "energy_import_kWh", "self_consumption", "peak_import_kW", "compute_s_per_step"]
-    import pandas as pd
-
-    with pd.option_context("display.width", 160, "display.float_format", "{:.3g}".format):
-        print(frame[[c for c in show if c in frame]].to_string(index=False))
-    print(f"wrote {out}/kpis.csv and {out}/report.html ({time.perf_counter() - t0:.0f} s)")
+    for line in kpi_lines(frame):
+        print(line)
+    print(f"wrote {out}/report.html, {out}/kpis.csv and one folder per run ({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _compute(row) -> str:
+    """The controller's compute per step: the median in ms (or s); the oracle's one solve of the whole run."""
+    med, top = row.get("compute_s_per_step"), row.get("compute_s_per_step_max")
+    if med is None or med != med:
+        return ""
+    if row["controller"] == "oracle" and top == top and top is not None:
+        # it plans the whole run in its first step, then follows the plan
+        return f"{1000 * top:.0f} ms once" if top < 1 else f"{top:.1f} s once"
+    if med < 1e-4:
+        return "< 0.1 ms"
+    return f"{1000 * med:.1f} ms" if med < 1 else f"{med:.2f} s"
+
+
+def kpi_lines(frame) -> list[str]:
+    """The KPI table ``pems demo`` and ``pems bench`` print: one line per run (a scenario column when
+    there are several), the cost and its distance to the oracle (with what the run leaves for the day
+    after), discomfort, heating and import energy, and the compute per step."""
+    several = frame["scenario"].nunique() > 1
+    gaps = "cost_gap_to_oracle" in frame and frame["cost_gap_to_oracle"].notna().any()
+    sw = max([8, *(len(str(x)) for x in frame["scenario"])]) if several else 0
+    cw = max([10, *(len(str(x)) for x in frame["controller"])])
+    head = (f"{'scenario':<{sw}} " if several else "") + f"{'controller':<{cw}} {'cost':>8}"
+    head += f" {'vs oracle':>9}" if gaps else ""
+    head += f" {'discomfort':>10} {'heating':>9} {'import':>9} {'compute/step':>13}"
+    lines = [head]
+    for _, k in frame.iterrows():
+        line = (f"{k['scenario']:<{sw}} " if several else "") + f"{k['controller']:<{cw}} {k['cost']:>8.2f}"
+        if gaps:
+            g = k["cost_gap_to_oracle"]
+            line += f" {'' if g != g else f'{100 * g:+.1f} %':>9}"
+        line += (f" {k['discomfort_Kh']:>6.1f} K·h {k['heating_kWh']:>5.0f} kWh {k['energy_import_kWh']:>5.0f} kWh"
+                 f" {_compute(k):>13}")
+        lines.append(line)
+    return lines
 
 
 def _demo_days(days: float | None) -> float | None:
@@ -110,32 +148,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
         scenario = str(short)
     t0 = time.perf_counter()
     frame = run_bench([scenario], list(available(learning=False)), out, progress=progress_bar)
-    print(f"{'controller':<19} {'cost':>8} {'vs oracle':>9} {'discomfort':>12} {'heating':>9} {'import':>9} {'compute/step':>12}")
-    for _, k in frame.iterrows():
-        gap = "" if k["cost_gap_to_oracle"] != k["cost_gap_to_oracle"] else f"{100 * k['cost_gap_to_oracle']:+.1f} %"
-        print(f"{k['controller']:<19} {k['cost']:>8.2f} {gap:>9} {k['discomfort_Kh']:>8.1f} K·h {k['heating_kWh']:>5.0f} kWh"
-              f" {k['energy_import_kWh']:>5.0f} kWh {k['compute_s_per_step']:>10.3f} s")
+    for line in kpi_lines(frame):
+        print(line)
     print(f"wrote {out}/report.html, {out}/kpis.csv and one folder per run ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """The built-in houses, scenarios, controllers, prices, loads and weather sets."""
+    """The built-in houses, scenarios, weather sets, prices, loads and controllers, each with what it
+    is (the registry of the README's table, :func:`pems.docs.builtin_catalog`)."""
     from pems.controllers import available
-    from pems.scenarios.spec import builtin_scenarios
-    from pems.twin.house import BUILTIN_HOUSES
-    from pems.twin.load import BUILTIN_LOADS
-    from pems.twin.prices import BUILTIN_PRICES
-    from pems.twin.weather import BUILTIN_WEATHER
+    from pems.docs import builtin_catalog
 
-    print("houses:     ", ", ".join(BUILTIN_HOUSES))
-    print("scenarios:  ", ", ".join(builtin_scenarios()))
-    print("controllers:", ", ".join(available(peers=True)))
-    print("prices:     ", ", ".join(BUILTIN_PRICES))
-    print("loads:      ", ", ".join(BUILTIN_LOADS))
-    print("weather:")
-    for name, what in BUILTIN_WEATHER.items():
-        print(f"  {name:<24} {what}")
+    runnable = set(available(peers=True))
+    catalog = builtin_catalog()
+    width = max(len(name) for _, items in catalog for name, _ in items)
+    for kind, items in catalog:
+        print(f"{kind}s:" if kind not in ("weather", "prices") else f"{kind}:")
+        for name, what in items:
+            if kind == "controller" and name not in runnable:
+                what += " (not installed here)"
+            print(f"  {name:<{width}}  {what}")
     return 0
 
 
@@ -158,5 +191,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--out", default="out/bench", help="output folder (default: out/bench)")
     b.set_defaults(func=cmd_bench)
 
-    ls = sub.add_parser("list", help="list built-in houses, scenarios, weather, prices and controllers")
+    ls = sub.add_parser("list", help="the built-in houses, scenarios, weather, prices, loads and controllers, "
+                                     "each with what it is")
     ls.set_defaults(func=cmd_list)

@@ -345,7 +345,7 @@ def write_calibration(result: CalibrationResult, out: Path, source: str) -> None
                     f"{num(100 * b.rmse_soc, 2)} % of capacity per step over {b.n} steps.</p>")
     body = (f"<h2>Summary</h2><p>Mean over rooms on {s.get('validation_days', 0)} validation days: 24 h-ahead RMSE "
             f"<b>{s.get('rmse_24h_k_mean', float('nan')):.3f} K</b>, one-step RMSE {s.get('rmse_1step_k_mean', float('nan')):.3f} K. "
-            f"Data quality score {result.quality.score:.2f}, {result.quality.trusted_days:.0f} trusted days. "
+            f"Data quality score {result.quality.score:.2f}, {result.quality.trusted_days:.0f} trusted day{'' if round(result.quality.trusted_days) == 1 else 's'}. "
             f"Calibration took {result.wall_s:.0f} s.</p>{rooms_table}{ashrae}"
             f"<h2>Predictions on validation days</h2>{img(predictions_figure(result), 'predictions')}"
             f"{img(residuals_figure(result), 'residuals')}{img(heating_figure(result), 'heating')}"

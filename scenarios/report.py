@@ -131,13 +131,30 @@ def rooms_figure(results: Sequence[RunResult], ncols: int = 3) -> plt.Figure:
     return fig
 
 
+#: What each kind of event means, for a person reading the report (``events.jsonl`` has the kinds).
+EVENT_WORDS = {
+    "nan_command": "command not a number (held safe)",
+    "clip_heat": "heating cut to the heater's rating",
+    "clip_battery": "battery command limited (power, SOC or inverter rating)",
+    "shed_heat": "heating shed at the main fuse",
+    "curtail_pv": "PV curtailed (export limit or inverter rating)",
+    "solver_retry": "solver retried",
+    "fallback": "fell back to the rule-based action",
+}
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def events_table(results: Sequence[RunResult]) -> str:
     rows = []
     for r in results:
         kinds: dict[str, int] = {}
         for e in r.events:
             kinds[e["kind"]] = kinds.get(e["kind"], 0) + 1
-        desc = ", ".join(f"{k}: {v} steps" for k, v in sorted(kinds.items())) or "none"
+        desc = "; ".join(f"{EVENT_WORDS.get(k, k)}: {_count(v, 'time', 'times')}"
+                         for k, v in sorted(kinds.items())) or "none"
         rows.append(f"<tr><th>{html.escape(r.controller)}</th><td>{html.escape(desc)}</td></tr>")
     return ("<table><tr><th>controller</th><th>what the plant did to the commands (clipping, "
             "load shedding at the main fuse, PV curtailment), solver retries and controller fallbacks</th></tr>"
@@ -276,7 +293,7 @@ def write_bench_report(path: Path, results: Sequence[RunResult], frame: pd.DataF
     zones = {r.trajectory.attrs.get("timezone") for r in results}
     text = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>PEMS benchmark</title><style>{CSS}</style></head>
-<body><h1>PEMS benchmark</h1><p class="sub">{len(set(frame.scenario))} scenario(s) × {len(set(frame.controller))} controller(s).
+<body><h1>PEMS benchmark</h1><p class="sub">{_count(len(set(frame.scenario)), "scenario", "scenarios")} × {_count(len(set(frame.controller)), "controller", "controllers")}.
 "Cost above oracle" is the distance to the perfect-foresight bound (same model and objective, the true future).</p>
 {''.join(parts)}{footer(zones.pop() if len(zones) == 1 else None)}</body></html>"""
     path.write_text(text, encoding="utf-8")

@@ -184,9 +184,12 @@ def render_report(results: Sequence[RunResult], title: str, subtitle: str = "") 
     first = results[0].trajectory
     # The house's wall clock: a run from local midnight reads as such, as do the plots' axes.
     period = period_text(first.index, first.attrs.get("timezone", "UTC"))
+    weather = first.attrs.get("weather", "")
+    if weather:
+        period += f"\nWeather: {weather}."
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
-<body><h1>{html.escape(title)}</h1><p class="sub">{html.escape(subtitle)}<br>{html.escape(period)}</p>
+<body><h1>{html.escape(title)}</h1><p class="sub">{html.escape(subtitle)}<br>{html.escape(period).replace(chr(10), "<br>")}</p>
 <h2>Key performance indicators</h2>{kpi_table([(r.controller, r.kpis) for r in results], results[0].currency)}
 {KPI_NOTE}
 {imgs}

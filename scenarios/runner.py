@@ -203,4 +203,7 @@ def trajectory(prep: Prepared, plant: SimulatedHome, compute_s: np.ndarray) -> p
     cols["compute_s"] = compute_s[:n]
     traj = pd.DataFrame(cols, index=pd.DatetimeIndex(index, name="time"))
     traj.attrs["timezone"] = model.house.site.timezone
+    # where the weather came from and how it was brought to the house (the report says so)
+    traj.attrs["weather"] = "; ".join(x for x in (prep.inputs.attrs.get("weather_source", ""),
+                                                   prep.inputs.attrs.get("weather_alignment", "")) if x)
     return traj

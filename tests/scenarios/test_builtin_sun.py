@@ -122,3 +122,15 @@ def test_european_typical_years_keep_their_irradiation(weather):
     got = steps["ghi"][(index >= start + pd.Timedelta(hours=6)) & (index < start + pd.Timedelta(days=9, hours=18))]
     # the same dates (the typical year is replayed by calendar date), interior hours only
     assert got.sum() * 0.25 == pytest.approx(ref.sum() * 1.0, rel=0.02)
+
+
+def test_the_report_says_how_the_weather_was_brought_to_the_house(tmp_path):
+    """A user's own scenario on a built-in weather set is shifted: the report must say so."""
+    from pems.scenarios.report import render_report
+    from pems.scenarios.runner import prepare, run
+
+    sc = load_scenario("winter-week")
+    sc.spec = sc.spec.model_copy(update={"days": 0.25})
+    r = run(prepare(sc), "rule-based")
+    text = render_report([r], "t")
+    assert "aligned by local solar time" in text and "47 min earlier in UTC" in text

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pems.errors import InputError
-from pems.scenarios.spec import Comfort, MpcSpec
+from pems.scenarios.spec import Comfort, MpcSpec, StepMinutes
 from pems.tomlio import read_toml, validate
 from pems.twin.house import House, load_house
 from pems.twin.prices import Tariff
@@ -146,7 +146,7 @@ class LiveConfig(_Strict):
     """The controller; ``mpc+correctors`` takes the registry's champion corrector, learned for this house's rooms."""
     registry: str | None = None
     """The model registry of the champion corrector and learned forecasters (default: ``$PEMS_MODELS`` or ``./models``)."""
-    step_minutes: Annotated[int, Field(ge=1, le=240)] = 15
+    step_minutes: StepMinutes = 15
     """Control step; divides the day (e.g. 5, 10, 15, 30, 60) [min]."""
     inner_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
     """Relay tick inside a control step (duty cycles); divides the control step [s]."""
@@ -170,13 +170,6 @@ class LiveConfig(_Strict):
     """MPC settings, as in a scenario file."""
     safety: dict[str, float | int | None] = Field(default_factory=dict)
     """The watchdog's thresholds (keys below)."""
-
-    @field_validator("step_minutes")
-    @classmethod
-    def _divides_day(cls, v: int) -> int:
-        if 1440 % v:
-            raise ValueError(f"{v} min does not divide the day; expected e.g. 5, 10, 15, 30 or 60")
-        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> LiveConfig:

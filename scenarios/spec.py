@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from pems.errors import InputError, Problem
 from pems.tomlio import builtin_or_file, read_toml, validate
@@ -25,6 +25,16 @@ from pems.scenarios.unmodelled import Truth
 
 if TYPE_CHECKING:
     from pems.twin.inputs import InputSpec
+
+
+def _divides_day(v: int) -> int:
+    if 1440 % v:
+        raise ValueError(f"{v} min does not divide the day; expected e.g. 5, 10, 15, 30 or 60")
+    return v
+
+
+#: A control step [min]: steps must tile the day, or a run would end past its last day.
+StepMinutes = Annotated[int, Field(ge=1, le=240), AfterValidator(_divides_day)]
 
 
 class _Strict(BaseModel):
@@ -163,7 +173,7 @@ class Scenario(_Strict):
     """First instant, with a time zone, e.g. ``2024-01-22T00:00:00+01:00``."""
     days: Annotated[float, Field(gt=0, le=3660)] = 7.0
     """Length of the run [d]."""
-    step_minutes: Annotated[int, Field(ge=1, le=240)] = 15
+    step_minutes: StepMinutes = 15
     """Control step: controllers act, and the trajectory has a row, once a step; divides the day (e.g. 5, 10, 15, 30, 60) [min]."""
     plant_step_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
     """Step of the simulated home inside a control step (relays, thermostats, limits); divides the control step [s]."""
@@ -197,13 +207,6 @@ class Scenario(_Strict):
     def _aware(cls, v: datetime) -> datetime:
         if v.tzinfo is None:
             raise ValueError("give a time zone, e.g. 2024-01-22T00:00:00Z")
-        return v
-
-    @field_validator("step_minutes")
-    @classmethod
-    def _divides_day(cls, v: int) -> int:
-        if 1440 % v:
-            raise ValueError(f"{v} min does not divide the day; expected e.g. 5, 10, 15, 30 or 60")
         return v
 
 

@@ -112,10 +112,14 @@ def kpi_lines(frame) -> list[str]:
         line = (f"{k['scenario']:<{sw}} " if several else "") + f"{k['controller']:<{cw}} {k['cost']:>8.2f}"
         if gaps:
             g = k["cost_gap_to_oracle"]
-            line += f" {'' if g != g else f'{100 * g:+.1f} %':>9}"
+            text = "" if g != g else "bound" if k["controller"] == "oracle" else f"{100 * g:+.1f} %"
+            line += f" {text:>9}"
         line += (f" {k['discomfort_Kh']:>6.1f} K·h {k['heating_kWh']:>5.0f} kWh {k['energy_import_kWh']:>5.0f} kWh"
                  f" {_compute(k):>13}")
         lines.append(line)
+    if gaps:
+        lines.append("vs oracle: the cost above the perfect-foresight bound, counting what each run leaves for "
+                     "the day after (docs/reference/kpis.md)")
     return lines
 
 

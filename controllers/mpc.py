@@ -73,7 +73,7 @@ class MpcConfig:
     weights: Weights = field(default_factory=Weights)
     noise: NoiseModel = field(default_factory=NoiseModel)
     solver: Literal["auto", "lp", "ipopt"] = "auto"
-    fine_hours: float = 12.0
+    fine_hours: float = 6.0
     coarse_minutes: float = 60.0
     deadline_s: float | None = None
     ipopt: dict = field(default_factory=lambda: dict(IPOPT_OPTIONS))

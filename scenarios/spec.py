@@ -136,7 +136,7 @@ class MpcSpec(_Strict):
     """Planning horizon [h]."""
     solver: Literal["auto", "lp", "ipopt"] = "auto"
     """``auto``: the LP path (HiGHS) where the problem is linear, else do-mpc with IPOPT; ``lp`` or ``ipopt`` force one."""
-    fine_hours: Annotated[float, Field(ge=0, le=168)] = 12.0
+    fine_hours: Annotated[float, Field(ge=0, le=168)] = 6.0
     """The first hours of the horizon are planned per control step … [h]"""
     coarse_minutes: Annotated[float, Field(gt=0, le=240)] = 60.0
     """… the rest in stages of this length [min]."""

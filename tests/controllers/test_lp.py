@@ -283,7 +283,7 @@ def test_the_plan_of_a_blocked_horizon_has_a_row_per_step(small):
     a = mpc.act(observe(model, x, dataclasses.replace(fc, extras={"x_true": x})),
                 dataclasses.replace(fc, extras={"x_true": x}))
     plan, sol = mpc.plan(), mpc.last_solution
-    assert mpc.blocking.n_fine == 48 and mpc.blocking.n_stages < 96 <= len(plan) == mpc.blocking.n_steps
+    assert mpc.blocking.n_fine == 24 and mpc.blocking.n_stages < 96 <= len(plan) == mpc.blocking.n_steps
     assert (np.diff(plan.index) == pd.Timedelta(minutes=15)).all() and plan.index[0] == fc.index[0]
     np.testing.assert_allclose(plan[["P_heat__a", "P_heat__b"]].iloc[0], a.heat_w, atol=1e-6)
     starts = mpc.blocking.starts

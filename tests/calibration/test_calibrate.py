@@ -168,14 +168,14 @@ def test_report_shows_units_words_local_times_and_each_coupling_once(result, tmp
     assert f"<b>{param_text('H', written)}</b>" in text
     for room, e in h.sides.items():
         assert f"{room}: {param_text('H', e.value)} ± {param_text('H', e.se)}" in text
-    # training and validation on the house's wall clock (Prague, winter: UTC+01:00), the split at
-    # its midnight; the footer's time there too
+    # training and validation on the house's wall clock (Prague, winter: UTC+01:00; the split is
+    # at midnight UTC, 01:00 there); the footer's time there too
     sub = text[text.index("class=\"sub\""):text.index("</p>", text.index("class=\"sub\""))]
     assert "Europe/Prague (UTC+01:00)" in sub
-    assert f"validation {result.validation[0].tz_convert('Europe/Prague'):%Y-%m-%d} 00:00" in sub
+    assert f"validation {result.validation[0].tz_convert('Europe/Prague'):%Y-%m-%d %H:%M}" in sub
     assert re.search(r"generated \d{4}-\d\d-\d\d \d\d:\d\d Europe/Prague \(UTC[+-]\d\d:\d\d\)", text)
     cal = json.loads((tmp_path / "calibration.json").read_text())
-    assert cal["timezone"] == "Europe/Prague" and cal["validation"][0].endswith("T00:00:00+01:00")
+    assert cal["timezone"] == "Europe/Prague" and cal["validation"][0].endswith("T01:00:00+01:00")
     c = cal["couplings"]["a__b"]
     assert c["value"] == pytest.approx(written, abs=1e-4) and set(c["from_rooms"]) == {"a", "b"}
     assert c["house_toml"] == "rooms.a.params.H_neighbour.b"

@@ -251,7 +251,10 @@ def test_a_partial_last_line_and_a_corrupt_record_are_discarded_with_a_warning(t
     log = InfluxLog(fake.url, None, tmp_path, **FAST)
     try:
         assert "partially written last line" in caplog.text
-        assert seg.read_bytes().endswith(b"\n")  # cut off: nothing is ever appended after it
+        try:  # cut off: nothing is ever appended after it
+            assert seg.read_bytes().endswith(b"\n")
+        except FileNotFoundError:
+            pass  # the sender already delivered the segment and removed it (checked below)
         assert log.flush(5)
         assert "corrupt record" in caplog.text
         assert seqs(fake.lines()) == [i for i in range(30) if i != 10]  # no "seq=70" either

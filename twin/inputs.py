@@ -21,7 +21,8 @@ from pems.twin.load import BUILTIN_LOADS, h25, load_csv
 from pems.twin.prices import Tariff, prices_at
 from pems.twin.pv import pv_ac_power
 from pems.twin.solar import complete_irradiance, plane_irradiance, solar_position
-from pems.twin.weather import Weather, aligned_to, load_weather, resolve_csv, samples_for, step_means, weather_at_steps
+from pems.twin.tables import resolve_csv
+from pems.twin.weather import Weather, aligned_to, load_weather, samples_for, step_means, weather_at_steps
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pems.errors import InputError
 from pems.twin.house import Site
-from pems.twin.tables import read_time_csv
+from pems.twin.tables import read_time_csv, resolve_csv
 
 #: Built-in price models and what they are (``pems list``); ``[tariff]`` sets their figures.
 BUILTIN_PRICES = {
@@ -88,14 +88,7 @@ def prices_at(spec: str, index: pd.DatetimeIndex, site: Site, tariff: Tariff,
                      required_until)["spot"]
         return pd.DataFrame({"price_import": (spot + tariff.spot_import_adder) * (1 + tariff.vat),
                              "price_export": spot - tariff.spot_export_fee}, index=index)
-    path = Path(spec)
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    if path.suffix.lower() not in (".csv", ".gz") and not path.exists():
-        raise InputError(spec, "prices", f"unknown built-in name; expected one of {', '.join(BUILTIN_PRICES)} "
-                                         "or a path to a .csv file")
-    if not path.is_file():
-        raise InputError(path, "prices", "file not found")
+    path = resolve_csv(spec, base_dir, "prices", BUILTIN_PRICES)
     df = read_time_csv(path, ("price_import", "price_export"))
     return _held(df.ffill(), index, str(path), required_until)
 

@@ -29,6 +29,12 @@ def named_csv(value: str, base_dir: Path | None, builtins, file: str | Path, key
     return path
 
 
+def resolve_csv(spec: str, base_dir: Path | None, key: str, builtins) -> Path:
+    """The CSV file ``spec`` names (not one of ``builtins``), checked as :func:`named_csv` checks it;
+    without the scenario or configuration that named it, errors name the value itself."""
+    return Path(named_csv(spec, base_dir, builtins, spec, key, "built-in name"))
+
+
 def read_time_csv(path: Path, required: Sequence[str], optional: Sequence[str] = ()) -> pd.DataFrame:
     """Read a CSV with a ``time`` column into a UTC-indexed frame of numeric columns.
 

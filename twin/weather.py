@@ -49,7 +49,7 @@ import pandas as pd
 
 from pems.errors import InputError
 from pems.twin.house import Site
-from pems.twin.tables import read_time_csv
+from pems.twin.tables import read_time_csv, resolve_csv
 
 REQUIRED = ("T_out", "ghi")
 OPTIONAL = ("dni", "dhi", "wind_speed")
@@ -196,18 +196,6 @@ def _read_pvgis(name: str) -> Weather:
     site = Site(latitude=inputs["latitude"], longitude=inputs["longitude"], altitude_m=inputs["elevation"],
                 timezone=tz, country=country)
     return Weather(name, data, site, True, BUILTIN_WEATHER[name], irradiance_interval=_HOUR)
-
-
-def resolve_csv(spec: str, base_dir: Path | None, key: str, builtins) -> Path:
-    path = Path(spec)
-    if not path.is_absolute() and base_dir is not None:
-        path = base_dir / path
-    if path.suffix.lower() not in (".csv", ".gz") and not path.exists():
-        raise InputError(spec, key, f"unknown built-in name; expected one of {', '.join(builtins)} "
-                                    "or a path to a .csv file")
-    if not path.is_file():
-        raise InputError(path, key, "file not found")
-    return path
 
 
 def _read_tmy3(name: str) -> Weather:

@@ -39,13 +39,17 @@ def day_after_cost(prep, result: RunResult) -> float:
 
     from pems.controllers.oracle import solve_plan
     from pems.controllers.registry import weights
-    from pems.scenarios.forecast import forecast_provider
+    from pems.scenarios.forecast import ForecastProvider
+    from pems.scenarios.spec import ForecastSpec
 
     sc, n = prep.scenario, prep.n_steps
     day = int(round(pd.Timedelta(days=1) / sc.step))
     if result.x_end is None or len(prep.inputs) < n + day:
         return float("nan")
-    after = dataclasses.replace(forecast_provider(sc, prep).perfect(n, n + day), extras={})
+    # the truth only: no forecasters to fit (a learned scenario's would be fitted again per run)
+    truth = ForecastProvider(ForecastSpec(), prep.inputs, prep.model.sym.d.names, prep.comfort_low,
+                             prep.comfort_high, sc.horizon_steps, sc.step)
+    after = dataclasses.replace(truth.perfect(n, n + day), extras={})
     return float(solve_plan(prep.model, sc.step.total_seconds(), weights(sc.spec.mpc.model_dump()),
                             result.x_end, after)[1])
 

@@ -460,7 +460,7 @@ class HorizonLP:
         optimal = status == highspy.HighsModelStatus.kOptimal
         its = int(info.simplex_iteration_count) + max(0, int(info.ipm_iteration_count))
         sol = OcpSolution("highs", h.modelStatusToString(status), optimal, starts=self.blocking.starts,
-                          iterations=its, wall_s=wall)
+                          n_steps=self.blocking.n_steps, iterations=its, wall_s=wall)
         if optimal:
             cols = np.asarray(h.getSolution().col_value).reshape(self.blocking.n_stages, self.nbc)
             sol.z = cols[:, :self.nz]
@@ -488,7 +488,7 @@ class HorizonLP:
         st = S.stats()
         status = str(st.get("return_status", "?"))
         sol = OcpSolution("ipopt", status, bool(st.get("success", False)), starts=self.blocking.starts,
-                          iterations=int(st.get("iter_count", 0)), wall_s=wall)
+                          n_steps=self.blocking.n_steps, iterations=int(st.get("iter_count", 0)), wall_s=wall)
         if sol.optimal:
             cols = np.asarray(r["x"]).reshape(self.blocking.n_stages, self.nbc)
             sol.z = cols[:, :self.nz]

@@ -137,10 +137,7 @@ class EconomicMPC:
             self.blocking = Blocking.uniform(self.N)
             self._nlp = self._build_nlp()
         self.build_s = time.perf_counter() - t0
-        self.events: list[dict] = []
-        self.solve_s: list[float] = []
         self._fc: Forecast | None = None
-        self._sol: OcpSolution | None = None
         self.reset()
 
     def _build_nlp(self) -> NlpPlanner:
@@ -155,10 +152,10 @@ class EconomicMPC:
     def reset(self) -> None:
         self.fallback.reset()
         self.estimator.x = None
-        self.events = []
-        self.solve_s = []
+        self.events: list[dict] = []
+        self.solve_s: list[float] = []
         self._last_d: np.ndarray | None = None
-        self._sol = None
+        self._sol: OcpSolution | None = None
         if self._nlp is not None:
             self._nlp.reset()
         if self.lp is not None:
@@ -281,7 +278,7 @@ class EconomicMPC:
             return None
         m = self.model
         starts = np.asarray(sol.starts)
-        n = int(starts[-1] + (self.blocking.steps[-1] if self.path == "lp" else 1))
+        n = sol.n_steps  # the solution's own horizon (an IPOPT fallback of the LP path plans per step)
         k = np.arange(n)
         stage = np.searchsorted(starts, k, side="right") - 1  # the stage each step belongs to
         u = sol.z[stage, : self.vars.n_model_u] * 1000.0  # [W], held over the stage

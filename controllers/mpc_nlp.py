@@ -176,4 +176,4 @@ class NlpPlanner:
                 self._objective = ca.Function("objective", [mpc._opt_x, mpc._opt_p], [mpc._nlp_obj])
             obj = float(self._objective(ox, mpc.opt_p_num))
         return OcpSolution(self.solver, status, ok, objective=obj, z=z if ok else None, x=x if ok else None,
-                           starts=np.arange(n), iterations=int(stats.get("iter_count", 0)), wall_s=wall)
+                           starts=np.arange(n), n_steps=n, iterations=int(stats.get("iter_count", 0)), wall_s=wall)

@@ -205,6 +205,8 @@ class OcpSolution:
         States at the stage boundaries (n_stages + 1, n_x), the initial state first.
     starts
         First control step of every stage (move blocking: stages may hold several steps).
+    n_steps
+        Control steps the solution covers (the end of its last stage).
     iterations
         Simplex or interior-point iterations.
     wall_s
@@ -218,6 +220,7 @@ class OcpSolution:
     z: np.ndarray | None = None
     x: np.ndarray | None = None
     starts: np.ndarray | None = None
+    n_steps: int = 0
     iterations: int = 0
     wall_s: float = 0.0
 

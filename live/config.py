@@ -210,15 +210,9 @@ class LoadedLiveConfig:
     def check_forecast_sources(self, must_exist: bool = True) -> None:
         """``[forecast]`` weather, prices and load: built-in names, or CSV files (that exist, with
         ``must_exist``); a problem names this file and ``forecast.<key>``."""
-        from pems.twin.load import BUILTIN_LOADS
-        from pems.twin.prices import BUILTIN_PRICES
-        from pems.twin.tables import named_csv
-        from pems.twin.weather import BUILTIN_WEATHER
+        from pems.twin.inputs import check_sources
 
-        for key, builtins, what in (("weather", BUILTIN_WEATHER, "weather set"), ("prices", BUILTIN_PRICES, "prices"),
-                                    ("load", BUILTIN_LOADS, "load profile")):
-            named_csv(getattr(self.spec.forecast, key), self.base_dir, tuple(builtins), self.path, f"forecast.{key}",
-                      what, must_exist=must_exist)
+        check_sources(self.spec.forecast, self.base_dir, self.path, "forecast.", must_exist)
 
     def registry_root(self) -> Path:
         """``registry`` relative to the file's folder; default ``$PEMS_MODELS`` or ``./models``."""

@@ -279,14 +279,9 @@ def load_scenario(spec: str | Path) -> LoadedScenario:
 
 def _check_sources(sc: Scenario, path: Path) -> None:
     """Weather, prices and load: a built-in name or a CSV file that exists (named by this file and key)."""
-    from pems.twin.load import BUILTIN_LOADS
-    from pems.twin.prices import BUILTIN_PRICES
-    from pems.twin.tables import named_csv
-    from pems.twin.weather import BUILTIN_WEATHER
+    from pems.twin.inputs import check_sources
 
-    for key, builtins, what in (("weather", BUILTIN_WEATHER, "weather set"), ("prices", BUILTIN_PRICES, "prices"),
-                                ("load", BUILTIN_LOADS, "load profile")):
-        named_csv(getattr(sc, key), path.parent, tuple(builtins), path, key, what)
+    check_sources(sc, path.parent, path)
 
 
 def _check_against_house(sc: Scenario, house: House, path: Path) -> None:

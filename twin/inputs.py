@@ -18,11 +18,11 @@ from pems.errors import InputError
 from pems.twin import priors
 from pems.twin.house import House, Site
 from pems.twin.load import BUILTIN_LOADS, h25, load_csv
-from pems.twin.prices import Tariff, prices_at
+from pems.twin.prices import BUILTIN_PRICES, Tariff, prices_at
 from pems.twin.pv import pv_ac_power
 from pems.twin.solar import complete_irradiance, plane_irradiance, solar_position
-from pems.twin.tables import resolve_csv
-from pems.twin.weather import Weather, aligned_to, load_weather, samples_for, step_means, weather_at_steps
+from pems.twin.tables import named_csv, resolve_csv
+from pems.twin.weather import BUILTIN_WEATHER, Weather, aligned_to, load_weather, samples_for, step_means, weather_at_steps
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,16 @@ def presence(index: pd.DatetimeIndex, tz: str) -> np.ndarray:
     local = index.tz_convert(tz)
     workday_absence = (local.day_of_week < 5) & (local.hour >= 8) & (local.hour < 17)
     return np.where(workday_absence, 0.3, 1.0)
+
+
+def check_sources(sources, base_dir: Path | None, file: str | Path, prefix: str = "",
+                  must_exist: bool = True) -> None:
+    """``sources.weather``, ``.prices`` and ``.load``: each a built-in name or a CSV file (that exists,
+    with ``must_exist``); a problem is an :class:`InputError` of ``file`` and ``<prefix><key>``."""
+    for key, builtins, what in (("weather", BUILTIN_WEATHER, "weather set"), ("prices", BUILTIN_PRICES, "prices"),
+                                ("load", BUILTIN_LOADS, "load profile")):
+        named_csv(getattr(sources, key), base_dir, tuple(builtins), file, f"{prefix}{key}", what,
+                  must_exist=must_exist)
 
 
 def build_inputs(house: House, spec: InputSpec, start: pd.Timestamp, n_steps: int,

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from pems.commands.arguments import CLI, model_step, output_dir, parse_time
-from pems.commands.history import HISTORY_DOC, URL_FORMS, check_source, open_between
+from pems.commands.history import HISTORY_DOC, URL_FORMS, check_source, database_window, open_between
 from pems.commands.progress import progress_bar, status
 from pems.errors import InputError
 
@@ -240,7 +240,6 @@ def cmd_forecast_fit(args: argparse.Namespace) -> int:
     """Backtest a forecaster on the home's history, fit it for deployment, register it."""
     import pandas as pd
 
-    from pems.calibration.sources import is_url
     from pems.controllers.forecast.home import fit_home, register_fit
     from pems.controllers.forecast.registry import ModelRegistry, check_name, default_root
     from pems.controllers.forecast.report import write_backtest
@@ -257,9 +256,8 @@ def cmd_forecast_fit(args: argparse.Namespace) -> int:
                      inputs={"--history": args.history, "--house": args.house})
     t0 = time.perf_counter()
     rooms = args.what == "correctors"
-    if is_url(args.history):  # a database holds years: default to the last two (the correctors: one)
-        end = end or pd.Timestamp.now(tz="UTC").floor("D")
-        start = start or end - pd.Timedelta(days=365 if rooms else 730)
+    # a database holds years: default to the last two (the correctors: one)
+    start, end = database_window(args.history, start, end, days=365 if rooms else 730)
     history = open_between(args.history, house, step, start, end, args.mapping, require_rooms=rooms)
     registry = ModelRegistry(args.registry if args.registry else default_root())
     if args.what == "correctors":

@@ -77,7 +77,7 @@ def open_between(source: str, house, step, start=None, end=None, mapping: str | 
     return h
 
 
-def _database_year(source: str, start, end, days: int = 365):
+def database_window(source: str, start, end, days: int = 365):
     """A database holds years: without bounds, the ``days`` before today 00:00 UTC."""
     import pandas as pd
 
@@ -101,7 +101,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     step = model_step(args.step_minutes)
     out = output_dir(args.out, writes=("house.toml", "calibration.json", "report.html"),
                      inputs={"--house": args.house, "--history": args.history})
-    start, end = _database_year(args.history, parse_time(args.start, "--start"), parse_time(args.end, "--end"))
+    start, end = database_window(args.history, parse_time(args.start, "--start"), parse_time(args.end, "--end"))
     history = open_between(args.history, house, step, start, end, args.mapping, not args.no_cache)
     from pems.calibration.calibrate import calibrate
     from pems.calibration.infer import house_from_history

@@ -363,7 +363,7 @@ def render_sections(sections: list[Section], page: str) -> str:
         if s.same_as is not None:
             where, path = s.same_as
             link = f"#{anchor(path)}" if where == page else f"{Path(where).name}#{anchor(path)}"
-            what = "above" if where == page else f"in {_PAGE_TITLES.get(where, where)}"
+            what = "above" if where == page else f"in {_page_titles().get(where, where)}"
             lines += [f"The same keys as [`[{path}]`]({link}) {what}.", ""]
             continue
         if s.doc:
@@ -396,11 +396,9 @@ def file_pages() -> list[FilePage]:
     ]
 
 
-_PAGE_TITLES = {
-    "house.md": "the house file", "scenario.md": "the scenario file", "mapping.md": "the mapping file",
-    "live-config.md": "the live configuration", "register-map.md": "the register map",
-    "mqtt-layout.md": "the MQTT layout",
-}
+def _page_titles() -> dict[str, str]:
+    """Page name → what the page describes, as :func:`file_pages` names it."""
+    return {p.page: p.title for p in file_pages()}
 
 
 def render_file_keys() -> dict[str, str]:

@@ -119,6 +119,15 @@ def linear_stage(dm: DiscreteModel, weights: Weights, v: OcpVariables) -> Linear
     return ls
 
 
+def why_not_linear(dm: DiscreteModel, weights: Weights, v: OcpVariables) -> str:
+    """Why the OCP is not a linear program (empty when it is: :func:`linear_stage` succeeds)."""
+    try:
+        linear_stage(dm, weights, v)
+    except NotLinear as exc:
+        return str(exc)
+    return ""
+
+
 # ---------------------------------------------------------------------------------------------- blocking
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 
 from pems.controllers.estimator import KalmanEstimator, NoiseModel
-from pems.controllers.lp import Blocking, HorizonLP, NotLinear, linear_stage
+from pems.controllers.lp import Blocking, HorizonLP, NotLinear, why_not_linear
 from pems.controllers.mpc_nlp import IPOPT_OPTIONS, NLP_OPTIONS, NlpPlanner
 from pems.controllers.ocp import OcpSolution, Weights, decision_variables, discretise
 from pems.controllers.rule_based import RuleBasedController
@@ -114,13 +114,10 @@ class EconomicMPC:
         self.estimator = KalmanEstimator(model, self.step_s, cfg.noise)
         self.lp: HorizonLP | None = None
         self._nlp: NlpPlanner | None = None
-        try:
-            linear_stage(self.dm, cfg.weights, self.vars)
-            self.linear, not_linear = True, ""
-        except NotLinear as exc:
-            if cfg.solver == "lp":
-                raise
-            self.linear, not_linear = False, str(exc)
+        not_linear = why_not_linear(self.dm, cfg.weights, self.vars)
+        if not_linear and cfg.solver == "lp":
+            raise NotLinear(not_linear)
+        self.linear = not not_linear
         if cfg.solver == "ipopt" or cfg.scheme != "trapezoidal":
             self.why_nlp = f"solver = {cfg.solver!r}" if cfg.solver == "ipopt" else f"scheme = {cfg.scheme!r}"
         else:

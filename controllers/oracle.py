@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from pems.controllers.lp import Blocking, HorizonLP, NotLinear, linear_stage
+from pems.controllers.lp import Blocking, HorizonLP, why_not_linear
 from pems.controllers.mpc_nlp import NLP_OPTIONS, NlpPlanner
 from pems.controllers.ocp import Weights, decision_variables, discretise, stage_costs
 from pems.twin.model import HouseModel
@@ -76,11 +76,7 @@ def solve_plan(model: HouseModel, step_s: float, weights: Weights, x0: np.ndarra
                       low=np.vstack([fc.low, after.low]), high=np.vstack([fc.high, after.high]), rooms=fc.rooms)
     N = len(fc)
     dm = discretise(model, step_s)
-    try:
-        linear_stage(dm, weights, v)
-        linear = True
-    except NotLinear:
-        linear = False
+    linear = not why_not_linear(dm, weights, v)
     # The MPC's stage and terminal value over the run and the day after it: the run's end is not the
     # world's end, so the oracle leaves the house as ready for tomorrow as a controller that plans on
     # would, instead of emptying slabs and battery in the run's last hours. The terminal value is

@@ -14,6 +14,7 @@ the attribute docstrings below (``python -m pems.docs``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Literal
@@ -183,6 +184,13 @@ class Inverter(_Strict):
     """Nominal DC → AC efficiency of the PV path [-]."""
     standby_w: NonNeg = 10.0
     """Own consumption drawn from the grid, part of ``P_loss`` [W]."""
+
+
+def inverter_ac_limit(arrays: Sequence[PVArray], inverter: Inverter | None) -> float:
+    """AC rating of the inverter [W]; without one given, the arrays' DC rating."""
+    if inverter is not None and inverter.ac_limit_w is not None:
+        return inverter.ac_limit_w
+    return sum(a.kwp for a in arrays) * 1000.0
 
 
 class Battery(_Strict):

@@ -39,7 +39,7 @@ import casadi as ca
 import numpy as np
 
 from pems.twin import priors
-from pems.twin.house import House
+from pems.twin.house import House, inverter_ac_limit
 
 T_ZERO_K = 273.15
 
@@ -273,9 +273,7 @@ class Limits:
     def of(cls, house: House) -> Limits:
         """The limits a house file declares (ratings, battery, grid connection, inverter)."""
         b, inv = house.battery, house.inverter
-        ac = inv.ac_limit_w if inv is not None and inv.ac_limit_w else None
-        if ac is None and house.pv:
-            ac = sum(a.kwp for a in house.pv) * 1000.0
+        ac = inverter_ac_limit(house.pv, inv) or None  # None: no PV and no inverter rating
         return cls(
             heater_w=tuple(float(r.heater_w) for r in house.rooms),
             max_charge_w=b.max_charge_w if b else None, max_discharge_w=b.max_discharge_w if b else None,

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import pandas as pd
 import pvlib
 
-from pems.twin.house import Inverter, PVArray
+from pems.twin.house import Inverter, PVArray, inverter_ac_limit  # noqa: F401 (re-exported)
 from pems.twin.solar import plane_irradiance
 
 TEMPERATURE_MODEL = pvlib.temperature.TEMPERATURE_MODEL_PARAMETERS["sapm"]["open_rack_glass_polymer"]
@@ -29,13 +29,6 @@ def array_dc_power(weather: pd.DataFrame, sun: pd.DataFrame, array: PVArray) -> 
                                          **TEMPERATURE_MODEL)
     pdc = pvlib.pvsystem.pvwatts_dc(effective, t_cell, array.kwp * 1000.0, array.gamma_pdc)
     return (pdc * (1.0 - array.losses_pct / 100.0)).clip(lower=0).fillna(0.0)
-
-
-def inverter_ac_limit(arrays: Sequence[PVArray], inverter: Inverter | None) -> float:
-    """AC rating of the inverter [W]; without one given, the arrays' DC rating."""
-    if inverter is not None and inverter.ac_limit_w is not None:
-        return inverter.ac_limit_w
-    return sum(a.kwp for a in arrays) * 1000.0
 
 
 def pv_ac_power(weather: pd.DataFrame, sun: pd.DataFrame, arrays: Sequence[PVArray],

@@ -247,6 +247,10 @@ class SimulatedHome:
         shed_rooms = np.zeros(nr)
         pv_sum = grid_sum = req_sum = curt = shed = bat_clipped = 0.0
         switches = 0
+        if not thermostat:  # commanded powers: the relays follow the plan, known before the loop
+            closed = H > 0.0  # a relay closed for any part of the fine step
+            switches = int(np.count_nonzero(closed[0] != relay) + np.count_nonzero(closed[1:] != closed[:-1]))
+            relay = closed[-1].copy()
 
         for j in range(n):
             if thermostat:
@@ -260,10 +264,6 @@ class SimulatedHome:
                 np.multiply(relay, rating, out=zh)
             else:
                 zh[:] = H[j]
-                np.greater(zh, 0.0, out=new)  # a relay closed for any part of the fine step
-                np.not_equal(new, relay, out=flipped)
-                switches += int(np.count_nonzero(flipped))
-                relay, new = new, relay
             g_nb = grid0 + float(g_heat @ zh)  # grid without battery, PV available
             pv = pv_avail
             if bat is not None:

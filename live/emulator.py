@@ -61,6 +61,7 @@ import paho.mqtt.client as mqtt
 from pems.controllers.rule_based import SETPOINT_ABOVE_LOW_K
 from pems.live.clock import TIME_TOPIC, Clock, SimClock
 from pems.live.devices import HeatingMode
+from pems.live.event_log import jsonable
 from pems.live.inverter_sim import BatteryRatings, InverterLogic
 from pems.live.loxone import TLSConfig
 from pems.live.loxone_home import LoxoneHomeMqtt
@@ -122,20 +123,6 @@ def _fine(frame: pd.DataFrame, n_rows: int, n_sub: int, tick_s: float) -> pd.Dat
     out.index = pd.DatetimeIndex(part.index[0] + pd.to_timedelta(np.arange(len(out)) * tick_s, unit="s"),
                                  name=frame.index.name or "time")
     return out
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, pd.Timestamp):
-        return v.isoformat()
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_jsonable(x) for x in v]
-    return v
 
 
 def decode_write(regmap: RegisterMap, write: ServerWrite) -> dict[str, float]:
@@ -738,8 +725,8 @@ def write_result(result: RunResult, out: Path, report: bool = False) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result.trajectory.to_parquet(out / "trajectory.parquet")
     kpis = {"scenario": result.scenario, "controller": result.controller, "currency": result.currency,
-            **{k: _jsonable(v) for k, v in result.kpis.items()}}
+            **{k: jsonable(v) for k, v in result.kpis.items()}}
     (out / "kpis.json").write_text(json.dumps(kpis, indent=2) + "\n", encoding="utf-8")
     with open(out / "events.jsonl", "w", encoding="utf-8") as f:
         for e in result.events:
-            f.write(json.dumps(_jsonable(e)) + "\n")
+            f.write(json.dumps(jsonable(e)) + "\n")

@@ -58,7 +58,6 @@ that work the share of a step it has in reality (``LoopSettings.real_time_solve`
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import threading
@@ -73,6 +72,7 @@ import pandas as pd
 
 from pems.live.clock import SimClock
 from pems.live.devices import BatteryCommand, Inverter, InverterReadings, RoomBus, RoomReadings, WriteRecord
+from pems.live.event_log import EventLog
 from pems.live.learned import FALLBACK
 from pems.live.safety import BatteryLimits, SafetyLimits, Watchdog, bound_battery, bound_heat
 from pems.live.state import LoopState, StateStore
@@ -207,49 +207,6 @@ def battery_command(bat_w: float | None, pv_w: float, house_w: float, lim: Batte
     return BatteryCommand("grid_first", power_pct=pct, soc_limit=lim.soc_min, until=until)
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, pd.Timestamp):
-        return v.isoformat()
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return [_jsonable(x) for x in v.tolist()]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    return v
-
-
-class EventLog:
-    """``events.jsonl``: one JSON object per line, flushed at once (a crash loses nothing logged)."""
-
-    def __init__(self, path: str | Path | None) -> None:
-        self.path = Path(path) if path is not None else None
-        self.records: list[dict[str, Any]] = []
-        self._f = None
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - kept open for the run
-        self._lock = threading.Lock()
-
-    def write(self, kind: str, time: pd.Timestamp, **fields: Any) -> dict[str, Any]:
-        rec = {"time": time, "kind": kind, **fields}
-        with self._lock:
-            self.records.append(rec)
-            if self._f is not None:
-                self._f.write(json.dumps(_jsonable(rec)) + "\n")
-                self._f.flush()
-        return rec
-
-    def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
-
-
 @dataclass
 class _StepAccum:
     """The inner loop's samples over the current step (for the observation's means)."""
@@ -304,7 +261,8 @@ class LiveLoop:
         self.bat_limits = (BatteryLimits(lim.max_charge_w, lim.max_discharge_w, lim.soc_min, lim.soc_max)
                            if model.has_battery and inverter is not None else None)
         self.watchdog = Watchdog(self.rooms, limits or SafetyLimits(), has_inverter=inverter is not None)
-        self.events = EventLog(events_path)
+        self._announced: tuple[str, int] | None = None  # the problem text on the bus, and on which connection
+        self.events = EventLog(events_path, on_problem=self._announce_problem)
         self.store = StateStore(state_dir) if state_dir is not None else None
         self.influx = influx
         self.n_inner = int(round(self.settings.step_s / self.settings.inner_s))
@@ -321,12 +279,14 @@ class LiveLoop:
         self._soc = math.nan
         self._bus_connections = -1
         self._log_up: bool | None = None  # the InfluxDB log's last known state
+        self._problems: dict[str, str] = {}  # measured values not used, by key: the kind of problem
         self._sources: dict[str, str] = {}  # where the learned forecast columns came from last step
         self._step_logged = False  # the current control step's "step" event is written
         self._stop = threading.Event()
         self._steps = 0
         self.overruns = 0
         self._started = False
+        self.handed_back: dict[str, str] = {}  # what the last close() handed back, per device
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -378,20 +338,38 @@ class LiveLoop:
         """Ask :meth:`run` to end after the current tick."""
         self._stop.set()
 
-    def close(self, handback: bool = True) -> None:
-        """Hand the home back (unless ``handback`` is False: a simulated crash), disconnect, unlock."""
+    def close(self, handback: bool = True) -> dict[str, str]:
+        """Hand the home back (unless ``handback`` is False: a simulated crash), disconnect, unlock.
+
+        The hand-back to both devices comes first, each device on its own: no logging, state or
+        file error can prevent or delay it. Returns what was handed back, per device: ``"sent"``,
+        ``"dry-run"`` or ``"not sent: <why>"`` (also in the ``stop`` event, and in
+        :attr:`handed_back`).
+        """
         now = self.clock.now()
+        report: dict[str, str] = {}
         if handback and self._started:
             self._hand_back_due()
-            self._handback(now)
+            report = self._handback(now)
             self.mode = "home"
-            self._save(now, now)
-        self.events.write("stop", now, handback=handback, steps=self._steps, overruns=self.overruns)
+        self.handed_back = report
+        for step in (lambda: self._save(now, now) if handback and self._started else None,
+                     lambda: self.events.write("stop", now, handback=report or False, steps=self._steps,
+                                               overruns=self.overruns)):
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - nothing after the hand-back may stop the shutdown
+                log.exception("shutdown bookkeeping failed")
         try:
             self.bus.close()
+        except Exception:  # noqa: BLE001
+            log.exception("closing the room bus failed")
         finally:
             if self.inverter is not None:
-                self.inverter.close()
+                try:
+                    self.inverter.close()
+                except Exception:  # noqa: BLE001
+                    log.exception("closing the inverter connection failed")
             if self.influx is not None:
                 try:
                     if self.influx.status().connected:  # when down, the spool keeps it all
@@ -399,9 +377,13 @@ class LiveLoop:
                 except Exception:  # noqa: BLE001 - the log must not stop the shutdown
                     log.exception("influx flush failed")
             if self.store is not None:
-                self.store.unlock()
+                try:
+                    self.store.unlock()
+                except Exception:  # noqa: BLE001
+                    log.exception("unlocking the state folder failed")
             self.events.close()
             self._started = False
+        return report
 
     # ------------------------------------------------------------------ running
     def _at(self, mono_s: float) -> pd.Timestamp:
@@ -616,6 +598,8 @@ class LiveLoop:
                             "%s forecast: %s", role, src)
             self._sources = dict(sources)
         self._check_drift(now, t)
+        if self.events.problem is not None or self._announced is not None:
+            self._announce_problem(self.events.problem or "")
         sent_mono = self.clock.monotonic()
         if self.watchdog.state == "active":
             if action.heat_w is None:
@@ -672,6 +656,12 @@ class LiveLoop:
             p_pv = p_bat = p_grid = 0.0
             p_house = float(np.sum(p_heat))
         t_out = rr.T_out
+        why = self.watchdog.outdoor(t_out)
+        if why is not None:  # never into the estimator: the forecast's value instead (below)
+            self._problem("T_out", why)
+            t_out = math.nan
+        else:
+            self._problems.pop("T_out", None)
         soc = None
         if self.model.has_battery:
             soc = self._soc if math.isfinite(self._soc) else None
@@ -733,6 +723,30 @@ class LiveLoop:
         return sent_mono
 
     # ------------------------------------------------------------------ fallback and logging
+    def _announce_problem(self, text: str) -> None:
+        """The event log's trouble (or its end, ``""``) on the bus, where the home can show it.
+
+        Also called every control step: a problem found before the bus was connected, or lost with a
+        connection, is said (once per connection) when it can be."""
+        announce = getattr(self.bus, "announce_problem", None)
+        if announce is None:
+            return
+        key = (text, getattr(self.bus, "connections", 0))
+        if key == self._announced:
+            return
+        rec = announce(text)
+        if rec is not None and rec.sent:
+            self._announced = key
+
+    def _problem(self, key: str, why: str) -> None:
+        """A measured value the loop does not use: an event and a warning when the reason changes,
+        not at every step (a broken sensor must not flood the log)."""
+        if self._problems.get(key) == why.split(" = ")[0]:
+            return
+        self._problems[key] = why.split(" = ")[0]
+        self.events.write("sensor", self.clock.now(), key=key, problem=why)
+        log.warning("%s not used: %s", key, why)
+
     def _hand_back_due(self) -> None:
         """The home is to run itself: its rooms and (with one) the inverter go back to their own
         logic, sent by :meth:`_handback` and retried until they are; no relay pulse stays pending."""
@@ -740,20 +754,41 @@ class LiveLoop:
         self._pending_release = self.inverter is not None
         self._off_at.clear()
 
-    def _handback(self, now: pd.Timestamp) -> None:
-        """Keep handing control back until the home has it (retried every tick while unsent)."""
+    def _handback(self, now: pd.Timestamp) -> dict[str, str]:
+        """Keep handing control back until the home has it (retried every tick while unsent).
+
+        Both devices are written before anything is logged, each whatever the other did. Returns,
+        per device asked this time, ``"sent"``, ``"dry-run"`` or ``"not sent: <why>"``.
+        """
+        sent: dict[str, list[WriteRecord]] = {}
+        errors: dict[str, str] = {}
         if self._pending_home:
-            recs = self.bus.set_mode("home")
-            self._log_writes(now, recs, fallback=True)
-            if all(w.sent or "dry-run" in w.reason for w in recs):
+            try:
+                sent["rooms"] = self.bus.set_mode("home")
+            except Exception as exc:  # noqa: BLE001 - the inverter's hand-back must still go out
+                errors["rooms"] = f"{type(exc).__name__}: {exc}"
+        if self._pending_release and self.inverter is not None:
+            try:
+                sent["inverter"] = self.inverter.release()
+            except Exception as exc:  # noqa: BLE001
+                errors["inverter"] = f"{type(exc).__name__}: {exc}"
+        report = {dev: f"not sent: {why}" for dev, why in errors.items()}
+        for dev, recs in sent.items():
+            done = all(w.sent or w.reason.startswith("unchanged") or "dry-run" in w.reason for w in recs)
+            if done and dev == "rooms":
                 self._pending_home = False
                 self.mode = "home"
-        if self._pending_release and self.inverter is not None:
-            recs = self.inverter.release()
-            self._log_writes(now, recs, fallback=True)
-            if all(w.sent or w.reason.startswith("unchanged") or "dry-run" in w.reason for w in recs):
+            elif done:
                 self._pending_release = False
                 self.battery = BatteryCommand()
+            if not done:
+                why = sorted({w.reason for w in recs if not (w.sent or w.reason.startswith("unchanged"))})
+                report[dev] = "not sent: " + "; ".join(why)
+            else:
+                report[dev] = "dry-run" if recs and all("dry-run" in w.reason for w in recs) else "sent"
+        for recs in sent.values():
+            self._log_writes(now, recs, fallback=True)
+        return report
 
     def _log_writes(self, now: pd.Timestamp, records: list[WriteRecord], fallback: bool = False) -> None:
         for w in records:

@@ -234,6 +234,8 @@ class MqttEndpoint:
         self._ever_connected = False
         self.connections = 0  # successful (re)connections so far
         self.disconnections = 0  # connections lost (not counting close())
+        self.handler_errors = 0  # messages whose handling raised (a defect; see _cb_message)
+        self._handler_failed: set[str] = set()
 
     # -- what subclasses fill in -----------------------------------------------------------------
     def _subscriptions(self) -> list[tuple[str, int]]:
@@ -401,7 +403,12 @@ class MqttEndpoint:
         try:
             self._handle(msg.topic, msg.payload, bool(msg.retain))
         except Exception:  # never let one message take the network thread down
-            log.exception("MQTT %s: handling a message on %s failed", self.where, msg.topic)
+            # a defect, not a bad payload: the traceback once per topic, then counted
+            self.handler_errors += 1
+            if msg.topic not in self._handler_failed:
+                self._handler_failed.add(msg.topic)
+                log.exception("MQTT %s: handling a message on %s failed (further failures on it are "
+                              "only counted)", self.where, msg.topic)
 
 
 def _paho_to_debug(client: mqtt.Client, userdata: Any, level: int, message: str) -> None:
@@ -416,34 +423,52 @@ def _str(p: str | Path | None) -> str | None:
 # Latest values with their arrival times
 # ---------------------------------------------------------------------------------------------
 class ValueStore:
-    """Latest value per key with its arrival time (monotonic clock) — thread-safe.
+    """Latest value per key with the monotonic time it was measured — thread-safe.
 
-    Retained messages are old news of unknown age: one that repeats the value we already hold (the
-    broker replays retained messages after every reconnect) keeps the earlier arrival time, so a
-    reconnect cannot make a stale value look fresh. A changed or first retained value counts from
-    its arrival.
+    Retained messages are old news of unknown age (the broker replays them to every new subscriber
+    and after every reconnect), so they never make a value look fresh:
+
+    - a retained value whose payload carries its own time (:meth:`set`'s ``measured_at``) counts
+      from that time;
+    - any other retained value keeps the time of the last fresh message of its key (it was
+      published after that one, so that age is an upper bound), and has no age at all (``inf``:
+      stale) when none came yet, as at start-up.
+
+    A fresh (non-retained) message counts from its arrival.
+
+    Parameters
+    ----------
+    clock
+        Monotonic clock [s] of the ages.
+    wall
+        Calendar clock [Unix s], to place a payload's own time on ``clock``.
     """
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
         self._clock = clock
+        self._wall = wall
         self._lock = threading.Lock()
         self._values: dict[str, Any] = {}
         self._times: dict[str, float] = {}
 
-    def set(self, key: str, value: Any, retained: bool = False) -> None:
+    def set(self, key: str, value: Any, retained: bool = False, measured_at: float | None = None) -> None:
+        """Store ``value``; ``measured_at`` [Unix s] is the time its payload gave, if any."""
         now = self._clock()
+        if measured_at is not None and math.isfinite(measured_at):
+            t = now - max(0.0, self._wall() - measured_at)  # a time from the future counts as now
+        else:
+            t = None if retained else now
         with self._lock:
-            if retained and key in self._values and _same(self._values[key], value):
-                return
             self._values[key] = value
-            self._times[key] = now
+            if t is not None:
+                self._times[key] = t
 
     def get(self, key: str, default: Any = math.nan) -> Any:
         with self._lock:
             return self._values.get(key, default)
 
     def snapshot(self, keys: Iterable[str]) -> tuple[dict[str, Any], dict[str, float]]:
-        """Values and ages [s] of ``keys`` (age ``inf`` for a key never received)."""
+        """Values and ages [s] of ``keys`` (age ``inf`` for a key never received fresh)."""
         now = self._clock()
         with self._lock:
             values = {k: self._values.get(k) for k in keys}
@@ -483,6 +508,9 @@ class LoxoneMqtt(MqttEndpoint):
         QoS of commands and subscriptions (default: the layout's ``[command] qos``).
     clock
         Monotonic clock for the ages [s] (tests and accelerated emulation may pass their own).
+    wall
+        Calendar clock [Unix s] against which a payload's own time (``timestamp``, ``time`` or
+        ``ts`` in a JSON payload) is read.
     **options
         Passed to :class:`MqttEndpoint` (keepalive_s, reconnect_min_s, reconnect_max_s, connect_timeout_s).
 
@@ -505,7 +533,8 @@ class LoxoneMqtt(MqttEndpoint):
     def __init__(self, host: str, port: int, rooms: Iterable[str], layout: str | Path | Layout = "loxberry",
                  username: str | None = None, password: str | None = None, tls: TLSConfig | None = None,
                  client_id: str | None = None, dry_run: bool = False, qos: int | None = None,
-                 clock: Callable[[], float] = time.monotonic, **options: Any) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 **options: Any) -> None:
         self.layout = load_layout(layout)
         self.rooms: tuple[str, ...] = rooms_of(rooms)
         self.dry_run = bool(dry_run)
@@ -522,7 +551,7 @@ class LoxoneMqtt(MqttEndpoint):
             will = (lay.topics.loop_status, lay.encode("loop_status", False), self.qos, True)
         super().__init__(host, port, username=username, password=password, tls=tls, client_id=client_id,
                          will=will, **options)
-        self.values = ValueStore(clock)
+        self.values = ValueStore(clock, wall)
         self.problems = ProblemCounter()
         keys = [f"T_room__{r}" for r in self.rooms] + [f"relay__{r}" for r in self.rooms]
         if lay.topics.mode_state:
@@ -595,6 +624,22 @@ class LoxoneMqtt(MqttEndpoint):
         """The mode each room reports (``mode_state`` topic); None where unknown."""
         return {r: self.values.get(f"mode__{r}", None) for r in self.rooms}
 
+    def announce_problem(self, text: str) -> WriteRecord | None:
+        """Publish ``text`` (retained) on the layout's ``loop_problem`` topic; ``""`` when the problem is
+        over. None without such a topic."""
+        t = self.layout.topics.loop_problem
+        if not t:
+            return None
+        now = pd.Timestamp.now(tz="UTC")
+        if self.dry_run:
+            return WriteRecord(now, DEVICE, t, text, False, "dry-run")
+        client = self._client
+        if client is None or not self.connected:
+            return WriteRecord(now, DEVICE, t, text, False, "not connected")
+        info = client.publish(t, text, qos=self.qos, retain=True)
+        ok = info.rc == mqtt.MQTT_ERR_SUCCESS
+        return WriteRecord(now, DEVICE, t, text, ok, "" if ok else f"publish failed: {mqtt.error_string(info.rc)}")
+
     @property
     def gateway_online(self) -> bool | None:
         """What the gateway's status topic last said (None: nothing yet, or no such topic)."""
@@ -634,21 +679,22 @@ class LoxoneMqtt(MqttEndpoint):
         key, room = route
         lay = self.layout
         problem: str | None
+        at = lay.payload_time(payload) if retained else None
         if key == "temperature":
             v, problem = lay.parse_number(key, payload)
-            self.values.set(f"T_room__{room}", v, retained)
+            self.values.set(f"T_room__{room}", v, retained, at)
         elif key == "relay_state":
             v, problem = lay.parse_relay(key, payload)
-            self.values.set(f"relay__{room}", v, retained)
+            self.values.set(f"relay__{room}", v, retained, at)
         elif key == "outdoor":
             v, problem = lay.parse_number(key, payload)
-            self.values.set("T_out", v, retained)
+            self.values.set("T_out", v, retained, at)
         elif key == "mode_state":
             m, problem = lay.parse_mode(payload)
-            self.values.set(f"mode__{room}", m, retained)
+            self.values.set(f"mode__{room}", m, retained, at)
         else:  # gateway_status
             s, problem = lay.parse_status(payload)
-            self.values.set("gateway", s, retained)
+            self.values.set("gateway", s, retained, at)
         if problem:
             self.problems.add(key, f"{topic}: {problem}")
             # one warning per topic, then quietly counted (a broken sensor must not flood the log)

@@ -78,7 +78,7 @@ class LoxoneHomeMqtt(MqttEndpoint):
         if initial_mode not in ("pems", "home"):
             raise ValueError(f"initial_mode must be 'pems' or 'home', got {initial_mode!r}")
         lay = self.layout
-        self._routes = lay.routes(self.rooms, ("relay_set", "mode_set", "loop_status"))
+        self._routes = lay.routes(self.rooms, ("relay_set", "mode_set", "loop_status", "loop_problem"))
         lay.routes(self.rooms, ("temperature", "relay_state", "mode_state", "outdoor"))  # validates names
         self._announce = bool(announce_gateway and lay.topics.gateway_status)
         will = (lay.topics.gateway_status, GATEWAY_OFFLINE, lay.state.qos, True) if self._announce else None
@@ -89,6 +89,7 @@ class LoxoneHomeMqtt(MqttEndpoint):
         self._mode: dict[str, HeatingMode] = {r: initial_mode for r in self.rooms}
         self._log: list[Command] = []
         self._loop_online: bool | None = None
+        self.loop_problems: list[str] = []  # what the loop said on its problem topic, in order
         self.problems = ProblemCounter()
         self.published = 0  # state messages handed to the broker connection
 
@@ -195,6 +196,10 @@ class LoxoneHomeMqtt(MqttEndpoint):
         key, room = route
         lay = self.layout
         now = pd.Timestamp.now(tz="UTC")
+        if key == "loop_problem":
+            with self._cmd_lock:
+                self.loop_problems.append(_text(payload, lower=False))
+            return
         if key == "loop_status":
             text, enc = _text(payload), lay.payload
             if text in (enc.online.strip().lower(), enc.offline.strip().lower()):
@@ -239,8 +244,9 @@ def _finite(v: Any) -> bool:
         return False
 
 
-def _text(payload: bytes) -> str:
+def _text(payload: bytes, lower: bool = True) -> str:
     try:
-        return payload.decode("utf-8").strip().lower()
+        text = payload.decode("utf-8").strip()
     except UnicodeDecodeError:
         return ""
+    return text.lower() if lower else text

@@ -13,11 +13,13 @@ rule                fault when
                     periodic republish interval (``republish_s``; default 1.5 × it)
 ``nan``             a room temperature is missing or not finite (sensor fault, ``null`` payload)
 ``range``           a room temperature outside ``[room_min_c, room_max_c]`` (−40 °C in a living
-                    room), an SOC outside [0, 1]
+                    room), an SOC outside [0, 1], an inverter power that is not finite or beyond
+                    ``max_power_w``
 ``jump``            a room temperature moved more than ``max_jump_k`` + ``max_rate_k_per_h`` × the
-                    time since its last plausible value (air does not jump; a stuck or swapped
-                    sensor does). Latched until the value is plausible again.
-``stuck``           a room temperature identical for ``stuck_s`` (None: rule off)
+                    time between them from any plausible value of the last ``rate_window_s`` (air
+                    does not jump, nor ramp by kelvins a minute; a failing or swapped sensor
+                    does). Held until the value is plausible against that window again.
+``stuck``           a room temperature identical for ``stuck_s`` (0 or None: rule off)
 ``inverter``        ``inverter_failures`` consecutive inverter reads failed
 ``solver``          ``solver_failures`` consecutive control steps in which the controller fell
                     back to its rule-based action
@@ -29,11 +31,15 @@ State machine: ``active`` → ``fallback`` at the first sample with any fault (t
 the rooms back to their thermostats and releases the inverter, within the same inner tick);
 ``fallback`` → ``active`` after ``recover_after`` consecutive healthy samples (hysteresis: a
 flapping link does not make the loop flap). Every transition is kept with its time and reasons.
+
+The outdoor temperature is checked too (:meth:`Watchdog.outdoor`), but an implausible one is not a
+fault: the loop then takes the forecast's value, as when the home has no outdoor sensor.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -63,13 +69,19 @@ class SafetyLimits:
     room_max_c
         Highest plausible air temperature of a room [°C].
     max_jump_k
-        Largest plausible change of a room temperature between two samples, plus
-        ``max_rate_k_per_h`` × the time between them [K].
+        Largest plausible change of a room temperature from any plausible value of the last
+        ``rate_window_s``, plus ``max_rate_k_per_h`` × the time between the two [K].
     max_rate_k_per_h
         Plausible rate of change added to ``max_jump_k`` [K h⁻¹].
+    rate_window_s
+        How far back the ``jump`` rule compares a new value with earlier plausible ones [s].
     stuck_s
-        A temperature bit-identical this long is a stuck sensor; not set disables the rule
-        (floor-heated rooms can sit within one 0.1 K step for hours) [s].
+        A temperature bit-identical this long is a stuck sensor; 0 disables the rule. Floor-heated
+        rooms can sit within one 0.1 K step for hours, hence the default of 8 h [s].
+    out_min_c, out_max_c
+        Plausible outdoor temperatures [°C].
+    max_power_w
+        Largest plausible magnitude of any power the inverter reports [W].
     inverter_failures
         Consecutive failed inverter reads that make a fault.
     solver_failures
@@ -86,7 +98,11 @@ class SafetyLimits:
     room_max_c: float = 35.0
     max_jump_k: float = 3.0
     max_rate_k_per_h: float = 2.0
-    stuck_s: float | None = None
+    rate_window_s: float = 3600.0
+    stuck_s: float | None = 8 * 3600.0
+    out_min_c: float = -50.0
+    out_max_c: float = 50.0
+    max_power_w: float = 100_000.0
     inverter_failures: int = 2
     solver_failures: int = 3
     clock_jump_s: float = 60.0
@@ -109,10 +125,22 @@ class Transition:
 
 @dataclass
 class _RoomTrack:
-    ref: float = math.nan  # last plausible value [°C]
-    ref_mono: float = 0.0  # when it was accepted [s]
+    window: deque[tuple[float, float]] = field(default_factory=deque)  # (monotonic s, °C) of plausible values
     same_since: float = 0.0  # monotonic time since which the value is identical [s]
     last: float = math.nan
+
+    def implausible(self, v: float, mono_s: float, lim: SafetyLimits) -> tuple[float, float] | None:
+        """The plausible value ``v`` is too far from, and the allowance [K] (None: plausible)."""
+        w = self.window
+        # the last plausible value stays however old: a value that jumped stays held until it is
+        # plausible against that one (whose allowance grows with the time since)
+        while len(w) > 1 and mono_s - w[0][0] > lim.rate_window_s:
+            w.popleft()
+        for t, ref in w:
+            allow = lim.max_jump_k + lim.max_rate_k_per_h * max(0.0, mono_s - t) / 3600.0
+            if abs(v - ref) > allow:
+                return ref, allow
+        return None
 
 
 @dataclass
@@ -193,15 +221,15 @@ class Watchdog:
                 continue
             if v != tr.last:
                 tr.same_since, tr.last = mono_s, v
-            if lim.stuck_s is not None and mono_s - tr.same_since > lim.stuck_s:
+            if lim.stuck_s and mono_s - tr.same_since > lim.stuck_s:
                 faults.append(f"stuck: T_room__{r} unchanged at {v:.1f} °C for {mono_s - tr.same_since:.0f} s")
-            if math.isfinite(tr.ref):
-                allow = lim.max_jump_k + lim.max_rate_k_per_h * max(0.0, mono_s - tr.ref_mono) / 3600.0
-                if abs(v - tr.ref) > allow:
-                    faults.append(f"jump: T_room__{r} = {v:.1f} °C, {v - tr.ref:+.1f} K from its last plausible "
-                                  f"value (limit {allow:.1f} K)")
-                    continue
-            tr.ref, tr.ref_mono = v, mono_s
+            bad = tr.implausible(v, mono_s, lim)
+            if bad is not None:
+                faults.append(f"jump: T_room__{r} = {v:.1f} °C, {v - bad[0]:+.1f} K from a plausible value of the "
+                              f"last {lim.rate_window_s / 60:.0f} min (limit {bad[1]:.1f} K)")
+                continue
+            if not tr.window or tr.window[-1][1] != v or mono_s - tr.window[-1][0] > 60.0:
+                tr.window.append((mono_s, v))
         if inverter is not None and self.has_inverter:
             if not inverter.ok:
                 self._inv_fail += 1
@@ -211,9 +239,22 @@ class Watchdog:
                 self._inv_fail = 0
                 if not (math.isfinite(inverter.soc) and 0.0 <= inverter.soc <= 1.0):
                     faults.append(f"range: soc = {inverter.soc} outside [0, 1]")
+                for name in ("P_pv", "P_load", "P_import", "P_export", "P_charge", "P_discharge"):
+                    p = float(getattr(inverter, name))
+                    if not (math.isfinite(p) and abs(p) <= lim.max_power_w):
+                        faults.append(f"range: {name} = {p:g} W outside ±{lim.max_power_w:g} W")
         if self._solver_fail >= lim.solver_failures:
             faults.append(f"solver: {self._solver_fail} consecutive fallbacks ({self._solver_reason})")
         return faults
+
+    def outdoor(self, t_out: float) -> str | None:
+        """Why the outdoor temperature [°C] cannot be used (None: it can). Not a fault (see the module notes)."""
+        if not math.isfinite(t_out):
+            return None if math.isnan(t_out) else f"T_out = {t_out} is not finite"
+        lim = self.limits
+        if not lim.out_min_c <= t_out <= lim.out_max_c:
+            return f"range: T_out = {t_out:g} °C outside [{lim.out_min_c:g}, {lim.out_max_c:g}]"
+        return None
 
     def update(self, now: pd.Timestamp, faults: list[str]) -> Transition | None:
         """Apply one sample's faults to the state machine; returns the transition, if any."""

@@ -35,6 +35,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pems.errors import InputError
@@ -44,14 +45,14 @@ from pems.tomlio import builtin_or_file, read_toml, validate
 #: Keys of per-room topics (their templates contain ``{room}``).
 ROOM_KEYS = ("temperature", "relay_state", "relay_set", "mode_set", "mode_state")
 #: Keys of house-wide topics (no ``{room}``).
-HOUSE_KEYS = ("outdoor", "gateway_status", "loop_status")
+HOUSE_KEYS = ("outdoor", "gateway_status", "loop_status", "loop_problem")
 #: Topics the home publishes and the loop reads.
 STATE_KEYS = ("temperature", "relay_state", "mode_state", "outdoor", "gateway_status")
 #: Topics the loop publishes and the home reads.
-COMMAND_KEYS = ("relay_set", "mode_set", "loop_status")
+COMMAND_KEYS = ("relay_set", "mode_set", "loop_status", "loop_problem")
 
 TopicKey = Literal["temperature", "relay_state", "relay_set", "mode_set", "mode_state",
-                   "outdoor", "gateway_status", "loop_status"]
+                   "outdoor", "gateway_status", "loop_status", "loop_problem"]
 PayloadFormat = Literal["plain", "json"]
 
 # Words understood as on/off on input, whatever the layout sends: the LoxBerry gateway's own
@@ -63,6 +64,13 @@ FALSE_WORDS = frozenset({"off", "false", "no", "disabled", "disable", "inactive"
 # accepted because Czech and German Miniserver texts may use one.
 _NUMBER = re.compile(r"^([-+]?(?:\d+(?:[.,]\d*)?|[.,]\d+)(?:[eE][-+]?\d+)?)\s*(?:°\s*C|°|C)?$")
 _BAD_TOPIC_CHARS = ("+", "#", "\x00")
+
+#: The longest state payload read [bytes]. A LoxBerry value is a number, a word or a small JSON
+#: object; anything longer is a fault (or an attack), not a reading, and is not parsed at all.
+MAX_PAYLOAD_BYTES = 1024
+#: JSON keys a payload may carry its own time under (ISO 8601 text, or Unix seconds or milliseconds):
+#: a retained value with one has a known age.
+TIME_KEYS = ("timestamp", "time", "ts")
 
 
 class Topics(BaseModel):
@@ -86,6 +94,9 @@ class Topics(BaseModel):
     """House-wide, home → loop: the gateway's status, ``payload.gateway_online`` when it is up (empty: none)."""
     loop_status: str = ""
     """House-wide, loop → home: the retained online/offline flag of the loop, with a last will (empty: none)."""
+    loop_problem: str = ""
+    """House-wide, loop → home: what keeps the loop from working as it should, as text (retained; empty text
+    when nothing does), e.g. a full disk under its event log (empty topic: not published)."""
 
     @field_validator("*")
     @classmethod
@@ -287,7 +298,10 @@ class Layout(BaseModel):
         if isinstance(scalar, bool):
             return (float(scalar), None) if boolean else (math.nan, f"not a number: {scalar!r}")
         if isinstance(scalar, int | float):
-            x = float(scalar)
+            try:
+                x = float(scalar)
+            except OverflowError:  # a JSON integer of hundreds of digits
+                return math.nan, f"number too large: {_clip(str(scalar))!r}"
         else:
             s = str(scalar).strip()
             low = s.lower()
@@ -341,8 +355,40 @@ class Layout(BaseModel):
             return None, problem
         return str(scalar).strip().lower() == self.payload.gateway_online.strip().lower(), None
 
+    def payload_time(self, payload: bytes | str) -> float | None:
+        """The time a JSON payload says it was measured, as Unix seconds (None: it says none).
+
+        Read from :data:`TIME_KEYS`: ISO 8601 text (UTC unless it has an offset), or Unix seconds
+        (milliseconds when larger than 1e11). Never raises.
+        """
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return None
+        try:
+            text = bytes(payload).decode("utf-8") if isinstance(payload, bytes | bytearray) else str(payload)
+            obj = json.loads(text) if text.lstrip()[:1] == "{" else None
+        except (ValueError, RecursionError, UnicodeDecodeError):
+            return None
+        if not isinstance(obj, dict):
+            return None
+        for k in TIME_KEYS:
+            v = obj.get(k)
+            if v is None or isinstance(v, bool):
+                continue
+            try:
+                if isinstance(v, int | float):
+                    t = float(v)
+                    return t / 1000.0 if t > 1e11 else t
+                ts = pd.Timestamp(str(v))
+                ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
+                return ts.timestamp()
+            except (ValueError, OverflowError, TypeError):
+                return None
+        return None
+
     def _scalar(self, payload: bytes | str) -> tuple[Any, str | None]:
         """Decode bytes and unwrap JSON: a scalar, or a problem. Never raises."""
+        if len(payload) > MAX_PAYLOAD_BYTES:
+            return None, f"payload of {len(payload)} bytes (limit {MAX_PAYLOAD_BYTES})"
         if isinstance(payload, bytes | bytearray):
             try:
                 text = bytes(payload).decode("utf-8")

@@ -308,8 +308,15 @@ def cmd_live_config(args: argparse.Namespace) -> int:
         finally:
             for sig, h in previous.items():
                 signal.signal(sig, h)
-    print(f"ran {steps} control steps ({loop.overruns} late); the home runs itself again; "
-          f"log: {loop.events.path}")
+    back = loop.handed_back
+    failed = {dev: what for dev, what in back.items() if what.startswith("not sent")}
+    if failed:
+        print(f"ran {steps} control steps ({loop.overruns} late); hand-back NOT confirmed: "
+              + "; ".join(f"{dev}: {what}" for dev, what in failed.items())
+              + f" (check the home); log: {loop.events.path}", file=sys.stderr)
+        return 3
+    print(f"ran {steps} control steps ({loop.overruns} late); the home runs itself again "
+          f"({', '.join(f'{dev} {what}' for dev, what in back.items())}); log: {loop.events.path}")
     return 0
 
 

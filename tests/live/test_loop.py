@@ -100,6 +100,57 @@ def test_watchdog_rules_and_hysteresis():
     assert "broker" in sample(13, 21.0, connected=False).reasons[0]
 
 
+def _feed(wd, values, dt_s=60.0, ages=None):
+    """Samples of room "a" a minute apart; the faults of each."""
+    t0 = pd.Timestamp("2024-01-10T00:00Z")
+    out = []
+    for k, v in enumerate(values):
+        t = t0 + pd.Timedelta(seconds=k * dt_s)
+        rr = RoomReadings(t, {"a": v}, {"a": 0.0}, 0.0, {"T_room__a": 10.0 if ages is None else ages[k]}, True)
+        f = wd.check(t, k * dt_s, rr, None)
+        wd.update(t, f)
+        out.append(f)
+    return out
+
+
+def test_a_ramp_of_kelvins_a_minute_trips_the_jump_rule():
+    """2.9 K a minute stays under the 3 K allowed between two samples, never over a window."""
+    ramp = [20.0 + 2.9 * k for k in range(5)]
+    faults = _feed(Watchdog(("a",), SafetyLimits()), ramp)
+    assert not faults[1]
+    assert any(f.startswith("jump") for f in faults[2]), faults
+    # what a floor-heated room really does (1.5 K/h, 0.1 K sensor steps) never trips it
+    real = [round(20.0 + 1.5 * k / 60.0, 1) for k in range(240)]
+    assert not any(_feed(Watchdog(("a",), SafetyLimits()), real))
+
+
+def test_a_jump_is_held_until_plausible_against_the_last_plausible_value():
+    wd = Watchdog(("a",), SafetyLimits(recover_after=1))
+    faults = _feed(wd, [20.0] * 3 + [28.0] * 120)  # jumped by 8 K and stays there for two hours
+    assert all(any(f.startswith("jump") for f in fs) for fs in faults[3:120])  # 3 K + 2 K/h · 2 h = 7 K
+    assert wd.state == "fallback"
+
+
+def test_a_stuck_sensor_is_a_fault_by_default():
+    lim = SafetyLimits()
+    assert lim.stuck_s == 8 * 3600.0
+    faults = _feed(Watchdog(("a",), lim), [21.3] * (9 * 4), dt_s=900.0)  # nine hours, sampled each step
+    first = next(k for k, f in enumerate(faults) if f)
+    assert faults[first][0].startswith("stuck") and first * 900.0 > lim.stuck_s
+    assert first * 900.0 <= lim.stuck_s + 900.0
+
+
+def test_implausible_outdoor_and_inverter_values():
+    wd = Watchdog(("a",), SafetyLimits())
+    assert wd.outdoor(-12.0) is None and wd.outdoor(float("nan")) is None  # nan: no sensor, the forecast's
+    assert "range" in wd.outdoor(500.0) and wd.outdoor(float("inf"))
+    t0 = pd.Timestamp("2024-01-10T00:00Z")
+    rr = RoomReadings(t0, {"a": 21.0}, {"a": 0.0}, 0.0, {"T_room__a": 1.0}, True)
+    bad = InverterReadings(t0, 1e9, 0.5, 0, 0, 0, 0, float("nan"))
+    faults = wd.check(t0, 0.0, rr, bad)
+    assert any("P_pv" in f for f in faults) and any("P_load" in f for f in faults)
+
+
 def test_state_lock_refuses_a_second_loop(tmp_path):
     a, b = StateStore(tmp_path), StateStore(tmp_path)
     a.lock()

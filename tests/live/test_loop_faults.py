@@ -78,7 +78,28 @@ def test_sensor_nan_falls_back_and_recovers(prep, broker, tmp_path):
 
 
 @pytest.mark.service
-def test_sensor_stuck_jump_falls_back(prep, broker, tmp_path):
+def test_sensor_stuck_falls_back_and_recovers(prep, broker, tmp_path):
+    """The sensor repeats its last value (the default of ``stuck``: no jump at all) for 1.5 h."""
+    from pems.live.safety import SafetyLimits
+
+    def inject(r):
+        assert r.emu.wait_until(at(prep, 0.5), timeout=60)
+        r.emu.stuck("b")
+        assert r.emu.wait_until(at(prep, 2.0), timeout=60)
+        r.emu.clear_faults()
+
+    _, evs = _fault_run(prep, broker, tmp_path, inject, hours=3.5,
+                        limits=SafetyLimits(republish_s=900.0, stuck_s=1800.0))
+    fb = [e for e in kinds(evs, "fallback") if any("stuck: T_room__b" in x for x in e["reasons"])]
+    assert fb, kinds(evs, "fallback")
+    t_fb = pd.Timestamp(fb[0]["time"])
+    # 30 min after the value last changed, which is at or before the fault began
+    assert at(prep, 0.5) < t_fb <= at(prep, 0.5) + pd.Timedelta(minutes=30 + 15)
+    assert [e for e in kinds(evs, "recover") if pd.Timestamp(e["time"]) > t_fb]
+
+
+@pytest.mark.service
+def test_sensor_jump_falls_back(prep, broker, tmp_path):
     def inject(r):
         assert r.emu.wait_until(at(prep, 1.0), timeout=60)
         r.emu.stuck("b", 30.0)
@@ -218,3 +239,23 @@ def test_an_unforeseen_error_in_a_step_hands_the_home_back_and_the_loop_carries_
     tr = res.trajectory
     assert (tr.loc[t_err + pd.Timedelta(minutes=15):at(prep, 1.25), "mode_pems__a"] == 0).all()
     assert tr["mode_pems__a"].iloc[-1] == 1
+
+
+@pytest.mark.service
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full (every write to it fails with ENOSPC)")
+def test_a_full_disk_neither_stops_the_loop_nor_its_hand_back(prep, broker, tmp_path):
+    """The event log on a full disk (``/dev/full``): the loop keeps controlling, says so on the bus,
+    keeps its events in memory, and hands both devices back at the end."""
+    r = EmulatedRun(prep, broker.host, broker.port, speed=SPEED, hours=2.0, events_path="/dev/full",
+                    mqtt_options=FAST)
+    r.start()
+    res = r.finish()
+    loop = r.loop
+    steps = [e for e in loop.events.records if e["kind"] == "step"]
+    assert [e["step"] for e in steps] == list(range(8))
+    assert sum(e["state"] == "active" for e in steps) >= 6  # it went on controlling the home
+    assert "No space left" in (loop.events.problem or "") and loop.events.dropped >= 8
+    assert loop.handed_back == {"rooms": "sent", "inverter": "sent"}
+    assert set(r.emu.home.modes.values()) == {"home"}
+    assert any("No space left" in p for p in r.emu.home.loop_problems)  # said on the bus
+    assert res.trajectory["mode_pems__a"].max() == 1

@@ -150,6 +150,9 @@ def test_unknown_layout_and_broken_toml(tmp_path):
     (b"", math.nan, True), (b"\xff\xfe", math.nan, True), (b"warm", math.nan, True), (b"on", math.nan, True),
     (b'{"temp": 20}', math.nan, True), (b'{"value": [1, 2]}', math.nan, True), (b"{broken", math.nan, True),
     (b"1e999", math.nan, True), (b"true", math.nan, True),
+    (b'{"value": 1' + b"0" * 400 + b"}", math.nan, True),  # a JSON integer beyond a float
+    (b"1" + b"0" * 400, math.nan, True), (b"-inf", math.nan, True),
+    (b"21.5" + b" " * 2000, math.nan, True),  # over the payload limit: not parsed at all
 ])
 def test_temperature_payloads(payload, expected, problem):
     value, why = load_layout().parse_number("temperature", payload)
@@ -225,15 +228,31 @@ def test_credentials_file_warnings_and_errors_never_show_the_password(tmp_path, 
     assert SECRET not in caplog.text
 
 
-def test_value_store_keeps_the_age_of_a_replayed_retained_value():
-    now = [100.0]
-    store = ValueStore(clock=lambda: now[0])
-    store.set("T", 21.0)
-    now[0] = 160.0
-    store.set("T", 21.0, retained=True)  # the broker replays the retained value after a reconnect
+def test_a_retained_value_never_looks_fresh():
+    now, wall = [100.0], [1_700_000_000.0]
+    store = ValueStore(clock=lambda: now[0], wall=lambda: wall[0])
+    store.set("T", 20.0, retained=True)  # at start-up: hours old for all we know
+    assert store.snapshot(["T"]) == ({"T": 20.0}, {"T": math.inf})
+    store.set("T", 21.0)  # a fresh message
+    now[0] += 60.0
+    wall[0] += 60.0
+    store.set("T", 21.0, retained=True)  # the broker replays it after a reconnect
     assert store.snapshot(["T", "never"])[1] == {"T": 60.0, "never": math.inf}
-    store.set("T", 22.0, retained=True)  # a changed retained value is news
+    store.set("T", 22.0, retained=True)  # changed while we were away: published after our last fresh one
+    assert store.snapshot(["T"]) == ({"T": 22.0}, {"T": 60.0})
+    store.set("T", 23.0, retained=True, measured_at=wall[0] - 5.0)  # the payload says when
+    assert store.snapshot(["T"])[1]["T"] == pytest.approx(5.0)
+    store.set("T", 23.0, retained=True, measured_at=wall[0] + 900.0)  # a clock ahead: not fresher than now
     assert store.snapshot(["T"])[1]["T"] == 0.0
+
+
+def test_a_payload_says_its_own_time():
+    lay = load_layout("loxberry")
+    assert lay.payload_time(b'{"value": 21.5, "timestamp": 1700000000}') == 1_700_000_000.0
+    assert lay.payload_time(b'{"value": 21.5, "ts": 1700000000123}') == pytest.approx(1_700_000_000.123)
+    assert lay.payload_time('{"value": 21.5, "time": "2023-11-14T22:13:20Z"}') == 1_700_000_000.0
+    for p in (b"21.5", b'{"value": 21.5}', b'{"value": 1, "time": "yesterday"}', b"{broken", b"\xff"):
+        assert lay.payload_time(p) is None
 
 
 def test_dry_run_without_a_broker_refuses_every_write():
@@ -279,6 +298,31 @@ def test_states_flow_from_home_to_loop_with_parsing(broker, home, loop):
     assert r.T_room["loznice"] == 18.75 and math.isnan(r.T_room["kuchyne"])
     assert loop.problems.counts() == {"temperature": 1}
     assert "warm" in loop.problems.last()["temperature"]
+
+
+@pytest.mark.service
+def test_hostile_payloads_become_nan_and_a_counted_problem_without_a_traceback(broker, home, loop, caplog):
+    """A number beyond a float, a megabyte, an infinity: each sets the value to nan at once (the old
+    reading is not kept), is counted, and logs one warning per topic, never a traceback."""
+    home.publish_state(T_room={"obyvak": 21.5, "kuchyne": 20.0})
+    assert wait_until(lambda: loop.read().T_room["kuchyne"] == 20.0)
+    raw = Sniffer(broker.host, broker.port)
+    caplog.set_level(logging.WARNING, logger="pems.live.loxone")
+    try:
+        for _ in range(5):
+            raw.publish("loxone/room/obyvak/temperature", '{"value": 1' + "0" * 400 + "}")
+        raw.publish("loxone/room/kuchyne/temperature", "2" * (1 << 20))
+        raw.publish("loxone/outdoor/temperature", "-Infinity")
+        assert wait_until(lambda: loop.problems.total == 7)
+    finally:
+        raw.close()
+    r = loop.read()
+    assert math.isnan(r.T_room["obyvak"]) and math.isnan(r.T_room["kuchyne"]) and math.isnan(r.T_out)
+    assert loop.handler_errors == 0
+    assert not any(rec.exc_info for rec in caplog.records)
+    warned = [rec for rec in caplog.records if "unreadable payload" in rec.getMessage()]
+    assert len(warned) == 3  # once per topic
+    assert "limit" in loop.problems.last()["temperature"] or "too large" in loop.problems.last()["temperature"]
 
 
 @pytest.mark.service

@@ -150,6 +150,9 @@ class LiveConfig(_Strict):
     """Control step; divides the day (e.g. 5, 10, 15, 30, 60) [min]."""
     inner_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
     """Relay tick inside a control step (duty cycles); divides the control step [s]."""
+    deadline_seconds: Annotated[float, Field(gt=0)] | None = None
+    """Longest a control step (read, forecast, solve, write) or an inner tick may take before the guard hands the
+    home back; not set: half a control step [s]."""
     clock: Literal["wall", "emulator"] = "wall"
     """``emulator``: follow the clock ``pems emulate`` announces on the broker (accelerated trials)."""
     state_dir: str = "state"
@@ -175,6 +178,9 @@ class LiveConfig(_Strict):
     def _consistent(self) -> LiveConfig:
         if (self.step_minutes * 60) % self.inner_seconds:
             raise ValueError(f"inner_seconds = {self.inner_seconds} must divide the control step "
+                             f"({self.step_minutes} min)")
+        if self.deadline_seconds is not None and self.deadline_seconds >= self.step_minutes * 60:
+            raise ValueError(f"deadline_seconds = {self.deadline_seconds:g} must be shorter than the control step "
                              f"({self.step_minutes} min)")
         if self.forecast.horizon_hours < self.mpc.horizon_hours:
             raise ValueError(f"forecast.horizon_hours = {self.forecast.horizon_hours:g} is shorter than the MPC's "
@@ -443,7 +449,8 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
     forecast(clock.now())  # a missing or bad forecast source is an input error now, not at the first step
     # The loop's clock is its own (wall, or a copy of the emulator's): holding it at real time
     # during solves would only make it lag behind the home's.
-    settings = LoopSettings(step_s=step_s, inner_s=float(s.inner_seconds), dry_run=dry_run, real_time_solve=False)
+    settings = LoopSettings(step_s=step_s, inner_s=float(s.inner_seconds), dry_run=dry_run, real_time_solve=False,
+                            deadline_s=s.deadline_seconds)
     influx = None
     if s.influx is not None and not dry_run:  # last: its sender thread and spool lock need closing
         from pems.live.influx_log import InfluxLog

@@ -35,8 +35,9 @@ thermostats keep their wired sensors): :meth:`Emulator.stuck` (a sensor repeats 
 :meth:`Emulator.nan` (a sensor reports "no value"), :meth:`Emulator.stop_publishing` (the
 Miniserver goes silent), and the servers' own ``stop``/``restart`` (:attr:`Emulator.growatt`; the
 broker is the test's). A real Miniserver configured as in ``live/maps/loxberry.toml`` falls back to
-its own thermostats when the loop's status topic says it is offline; so does the emulator
-(``fallback_when_loop_offline``).
+its own thermostats when the loop's status topic says it is offline, or when the loop's heartbeat
+has been silent for five minutes; so does the emulator (``fallback_when_loop_offline``,
+``heartbeat_timeout_s``).
 
 At the end, :meth:`Emulator.result` gives the emulated home's truth as a trajectory table at the
 scenario's control step (means of the per-step log), its KPIs, and the events: every command the
@@ -190,7 +191,11 @@ class Emulator:
         Broker credentials and TLS, as for :class:`~pems.live.loxone_home.LoxoneHomeMqtt`.
     fallback_when_loop_offline
         Rooms in ``"pems"`` mode follow their own thermostats while the loop's status topic says
-        offline (its last will), as the Miniserver of ``loxberry.toml`` is configured to.
+        offline (its last will), or while its heartbeat has been silent for more than
+        ``heartbeat_timeout_s``, as the Miniserver of ``loxberry.toml`` is configured to.
+    heartbeat_timeout_s
+        Simulated seconds without a heartbeat after which the home takes its rooms back (only once a
+        first heartbeat came: a loop without one is judged by its status alone).
     mqtt_options
         Passed to the MQTT endpoint (``keepalive_s``, ``reconnect_min_s``, ...).
 
@@ -224,7 +229,8 @@ class Emulator:
                  sensor_quantum_k: float = 0.1, publish_every_s: float = 60.0, republish_every_s: float = 900.0,
                  hours: float | None = None, device_id: int = 1, mqtt_username: str | None = None,
                  mqtt_password: str | None = None, mqtt_tls: TLSConfig | None = None,
-                 fallback_when_loop_offline: bool = True, mqtt_options: dict[str, Any] | None = None) -> None:
+                 fallback_when_loop_offline: bool = True, mqtt_options: dict[str, Any] | None = None,
+                 heartbeat_timeout_s: float = 300.0) -> None:
         if isinstance(scenario, Prepared):
             prep = scenario
         else:
@@ -253,6 +259,8 @@ class Emulator:
         self._pub_every = max(1, int(round(publish_every_s / self.tick_s)))
         self._republish_every = max(1, int(round(republish_every_s / self.tick_s))) if republish_every_s else 0
         self.fallback_when_loop_offline = bool(fallback_when_loop_offline)
+        self.heartbeat_timeout_s = float(heartbeat_timeout_s)
+        self._beats_seen, self._last_beat = 0, None
 
         # Our own clock is anchored again in start(): setting up takes seconds, hours at high speed.
         self._own_clock = clock is None
@@ -539,12 +547,17 @@ class Emulator:
         home = self.home
         commanded = home.modes
         relay_cmd = home.relay_commands
-        offline = self.fallback_when_loop_offline and home.loop_online is False
+        if home.heartbeats != self._beats_seen:  # a beat since the last tick (the home's minute resolution)
+            self._beats_seen, self._last_beat = home.heartbeats, self.times[i]
+        silent = (self._last_beat is not None and
+                  (self.times[i] - self._last_beat).total_seconds() > self.heartbeat_timeout_s)
+        offline = self.fallback_when_loop_offline and (home.loop_online is False or silent)
         if offline != self._fallback:
             self._fallback = offline
+            why = ("heartbeat silent" if silent else "loop offline") if offline else "loop online"
             with self._lock:
                 self._events.append({"time": self.times[i], "device": "emulator", "kind": "fallback",
-                                     "active": offline, "why": "loop offline" if offline else "loop online"})
+                                     "active": offline, "why": why})
         modes: dict[str, HeatingMode] = {r: ("home" if offline else commanded[r]) for r in self.rooms}
         pems = np.array([modes[r] == "pems" for r in self.rooms])
         sp = self._setpoint[i]

@@ -73,6 +73,7 @@ import pandas as pd
 from pems.live.clock import SimClock
 from pems.live.devices import BatteryCommand, Inverter, InverterReadings, RoomBus, RoomReadings, WriteRecord
 from pems.live.event_log import EventLog
+from pems.live.guard import Guard
 from pems.live.learned import FALLBACK
 from pems.live.safety import BatteryLimits, SafetyLimits, Watchdog, bound_battery, bound_heat
 from pems.live.state import LoopState, StateStore
@@ -158,6 +159,9 @@ class LoopSettings:
         While forecasting and solving (and awaiting the first data), run an accelerated clock at
         real-time rate (:meth:`~pems.live.clock.SimClock.real_time`): the solve then takes the
         share of a step it takes at home, not ``speed`` times more. No effect on a wall clock.
+    deadline_s
+        Longest a control step or an inner tick may take before the guard hands the home back
+        (:mod:`pems.live.guard`; None: half a control step) [s].
     """
 
     step_s: float = 900.0
@@ -168,8 +172,16 @@ class LoopSettings:
     state_max_age_steps: float = 2.0
     dry_run: bool = False
     real_time_solve: bool = True
+    deadline_s: float | None = None
+
+    @property
+    def deadline(self) -> float:
+        """The deadline in force [s]."""
+        return self.step_s / 2 if self.deadline_s is None else float(self.deadline_s)
 
     def __post_init__(self) -> None:
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError(f"deadline_s must be positive, got {self.deadline_s}")
         n = self.step_s / self.inner_s
         if not (self.inner_s > 0 and abs(n - round(n)) < 1e-9 and n >= 1):
             raise ValueError(f"inner_s {self.inner_s} must divide step_s {self.step_s}")
@@ -271,7 +283,11 @@ class LiveLoop:
         self.relays: dict[str, bool] = dict.fromkeys(self.rooms, False)
         self.battery: BatteryCommand | None = None
         self.residual_s: dict[str, float] = dict.fromkeys(self.rooms, 0.0)
-        self._off_at: dict[str, float] = {}  # room → monotonic time its relay goes off [s]
+        # device writes and what the loop believes of the devices, from the loop's and the guard's threads
+        self._io = threading.RLock()
+        self.guard = Guard(clock, self._deadline_missed, self._end_pulses,
+                           heartbeat=self._beat if hasattr(rooms, "heartbeat") else None,
+                           heartbeat_s=self.settings.inner_s)
         self._on_s: np.ndarray = np.zeros(len(self.rooms))  # commanded on-time of the current step [s]
         self._pending_home = False
         self._pending_release = False
@@ -309,6 +325,7 @@ class LiveLoop:
         self.bus.connect()
         if self.inverter is not None:
             self.inverter.connect()
+        self.guard.start()
         self.events.write("start", now, dry_run=self.settings.dry_run, rooms=list(self.rooms),
                           step_s=self.settings.step_s, inner_s=self.settings.inner_s, resumed=resumed)
         if not resumed:
@@ -348,10 +365,12 @@ class LiveLoop:
         """
         now = self.clock.now()
         report: dict[str, str] = {}
+        self.guard.cancel_offs()
         if handback and self._started:
             self._hand_back_due()
             report = self._handback(now)
             self.mode = "home"
+        self.guard.stop()
         self.handed_back = report
         for step in (lambda: self._save(now, now) if handback and self._started else None,
                      lambda: self.events.write("stop", now, handback=report or False, steps=self._steps,
@@ -415,10 +434,12 @@ class LiveLoop:
             if late > s.inner_s:
                 self.overruns += 1
                 self.events.write("overrun", self.clock.now(), late_s=late, step=k)
+            self.guard.arm(f"control step {k}", self.clock.monotonic() + s.deadline)
             try:
                 sent_mono = self.control_step()
             except Exception as exc:  # noqa: BLE001 - see _step_failed
                 sent_mono = self._step_failed("control step", exc)
+            self.guard.disarm()
             # inner ticks timed from the moment the step's commands went out (see the module notes)
             j = 1
             while True:
@@ -427,10 +448,12 @@ class LiveLoop:
                     break
                 if not self.clock.sleep_until(self._at(tick), self._stop):
                     break
+                self.guard.arm(f"inner tick {j} of step {k}", self.clock.monotonic() + s.deadline)
                 try:
                     self.inner_tick()
                 except Exception as exc:  # noqa: BLE001 - see _step_failed
                     self._step_failed("inner tick", exc)
+                self.guard.disarm()
                 j += 1
             k += 1
         return k
@@ -524,18 +547,10 @@ class LiveLoop:
             self._handback(now)
 
     def inner_tick(self) -> None:
-        """Sample, check health, switch relays whose on-time is over."""
-        now, mono, _, _, faults = self._sample()
+        """Sample and check health (the guard ends relay pulses, on its own thread)."""
+        now, _, _, _, faults = self._sample()
         self._apply_health(now, faults)
         self._watch_log(now)
-        if self.watchdog.state != "active" or self.mode != "pems":
-            return
-        due = [r for r, t in self._off_at.items() if mono >= t - 1e-6]
-        if due:
-            for r in due:
-                del self._off_at[r]
-                self.relays[r] = False
-            self._log_writes(now, self.bus.set_relays(dict.fromkeys(due, False)))
 
     # ------------------------------------------------------------------ the control step
     def control_step(self) -> float:
@@ -601,7 +616,13 @@ class LiveLoop:
         if self.events.problem is not None or self._announced is not None:
             self._announce_problem(self.events.problem or "")
         sent_mono = self.clock.monotonic()
-        if self.watchdog.state == "active":
+        if self.guard.overdue:
+            # the guard handed the home back while this step was busy: its plan is too late to use
+            ok = False
+            record.update(solver_ok=False, solver_reason=f"deadline: the step took longer than {s.deadline:g} s",
+                          commands="none (deadline missed)")
+            self.watchdog.solver_result(False, record["solver_reason"])
+        elif self.watchdog.state == "active":
             if action.heat_w is None:
                 # the controller's own fallback (rule-based set-points): the home's thermostats do
                 # exactly that, and the inverter runs itself
@@ -678,15 +699,21 @@ class LiveLoop:
 
     def _command(self, now: pd.Timestamp, t: pd.Timestamp, action: Action, fc: Forecast,
                  record: dict[str, Any]) -> float:
+        with self._io_lock():
+            return self._command_locked(now, t, action, fc, record)
+
+    def _command_locked(self, now: pd.Timestamp, t: pd.Timestamp, action: Action, fc: Forecast,
+                        record: dict[str, Any]) -> float:
         s = self.settings
         heat = bound_heat(action.heat_w, self.rating)
         duty = np.divide(heat, self.rating, out=np.zeros_like(heat), where=self.rating > 0)
         on_s = np.zeros(len(self.rooms))
         mono = self.clock.monotonic()
+        running = self.guard.pending_offs()
         for i, r in enumerate(self.rooms):
             # a pulse of the last step still running (the step started late) keeps its remaining
             # on-time: lateness shifts energy, never loses it
-            carry = max(0.0, self._off_at.get(r, mono) - mono) if self.relays.get(r) else 0.0
+            carry = max(0.0, running.get(r, mono) - mono) if self.relays.get(r) else 0.0
             want = duty[i] * s.step_s + self.residual_s[r] + carry
             q = min(s.step_s, max(0.0, round(want / s.inner_s) * s.inner_s))
             # carry the rounding (bounded: a saturated room does not bank energy for later)
@@ -696,7 +723,7 @@ class LiveLoop:
         relays = {r: bool(on_s[i] > 0) for i, r in enumerate(self.rooms)}
         records = self.bus.set_relays(relays)
         sent_mono = self.clock.monotonic()
-        self._off_at = {r: sent_mono + on_s[i] for i, r in enumerate(self.rooms) if 0 < on_s[i] < s.step_s}
+        self.guard.schedule_offs({r: sent_mono + on_s[i] for i, r in enumerate(self.rooms) if 0 < on_s[i] < s.step_s})
         self.relays = relays
         # mode after the relays, so the rooms switch over to the loop with the right relay state;
         # sent when the loop did not hold the rooms, after a reconnection, or when a room reports
@@ -721,6 +748,52 @@ class LiveLoop:
             self.battery = cmd
             record.update(bat_w=bat, bat_w_plan=action.bat_w, battery=asdict(cmd))
         return sent_mono
+
+    # ------------------------------------------------------------------ the guard's callbacks (its thread)
+    def _io_lock(self, timeout_s: float = 2.0) -> contextlib.AbstractContextManager[Any]:
+        """The device lock, waited for at most ``timeout_s`` of wall time: a thread stuck holding it
+        (a socket hung mid-write) must not keep the hand-back from going out (the transports are
+        thread-safe; only the loop's bookkeeping could then race)."""
+
+        @contextlib.contextmanager
+        def held() -> Any:
+            got = self._io.acquire(timeout=timeout_s)
+            if not got:
+                log.error("device lock busy for %.0f s; writing without it", timeout_s)
+            try:
+                yield
+            finally:
+                if got:
+                    self._io.release()
+
+        return held()
+
+    def _deadline_missed(self, what: str, late_s: float) -> None:
+        """The guard's thread: ``what`` overran its deadline; the home gets its own logic back now."""
+        now = self.clock.now()
+        log.error("%s missed its deadline (%.0f s); the home runs itself", what, self.settings.deadline)
+        self._hand_back_due()
+        report = self._handback(now)
+        self.mode = "home"
+        self.events.write("deadline", now, what=what, deadline_s=self.settings.deadline, late_s=late_s,
+                          handback=report)
+
+    def _end_pulses(self, rooms: list[str]) -> None:
+        """The guard's thread: these rooms' relay pulses are over."""
+        with self._io_lock():
+            if self.mode != "pems" or self.watchdog.state != "active":
+                return  # the home's thermostats switch them now
+            off = [r for r in rooms if self.relays.get(r)]
+            if not off:
+                return
+            for r in off:
+                self.relays[r] = False
+            recs = self.bus.set_relays(dict.fromkeys(off, False))
+        self._log_writes(self.clock.now(), recs)
+
+    def _beat(self) -> None:
+        """The guard's thread: the heartbeat the home's own logic watches (see :mod:`pems.live.guard`)."""
+        self.bus.heartbeat(self.clock.now())  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ fallback and logging
     def _announce_problem(self, text: str) -> None:
@@ -752,7 +825,7 @@ class LiveLoop:
         logic, sent by :meth:`_handback` and retried until they are; no relay pulse stays pending."""
         self._pending_home = True
         self._pending_release = self.inverter is not None
-        self._off_at.clear()
+        self.guard.cancel_offs()
 
     def _handback(self, now: pd.Timestamp) -> dict[str, str]:
         """Keep handing control back until the home has it (retried every tick while unsent).
@@ -760,6 +833,10 @@ class LiveLoop:
         Both devices are written before anything is logged, each whatever the other did. Returns,
         per device asked this time, ``"sent"``, ``"dry-run"`` or ``"not sent: <why>"``.
         """
+        with self._io_lock():
+            return self._handback_locked(now)
+
+    def _handback_locked(self, now: pd.Timestamp) -> dict[str, str]:
         sent: dict[str, list[WriteRecord]] = {}
         errors: dict[str, str] = {}
         if self._pending_home:
@@ -920,6 +997,9 @@ class EmulatedRun:
         Broker credentials of both sides.
     influx
         The loop's :class:`~pems.live.influx_log.InfluxLog` (or None).
+    deadline_s, real_time_solve
+        As in :class:`LoopSettings` (a test of a hung solve turns the real-time hold off, so that a
+        second of wall time is a thousand seconds of the home's).
     """
 
     def __init__(self, prep: Any, mqtt_host: str, mqtt_port: int, speed: float = 1000.0,
@@ -927,7 +1007,8 @@ class EmulatedRun:
                  state_dir: str | Path | None = None, dry_run: bool = False, limits: SafetyLimits | None = None,
                  jump_clock: bool = False, lead_s: float = 1.0, mqtt_options: dict[str, Any] | None = None,
                  emulator_options: dict[str, Any] | None = None, mqtt_username: str | None = None,
-                 mqtt_password: str | None = None, influx: Any = None) -> None:
+                 mqtt_password: str | None = None, influx: Any = None, deadline_s: float | None = None,
+                 real_time_solve: bool = True) -> None:
         from pems.controllers import make_controller
         from pems.scenarios.forecast import forecast_provider
 
@@ -938,6 +1019,7 @@ class EmulatedRun:
         self.hours = total_h if hours is None else float(hours)
         self.n_steps = int(round(self.hours * 3600.0 / self.step_s))
         self.controller_name = controller
+        self.deadline_s, self.real_time_solve = deadline_s, bool(real_time_solve)
         self.controller = make_controller(controller, model, self.step_s, sc.spec.mpc.model_dump())
         if getattr(self.controller, "learns_from_history", False):  # as pems simulate does
             if prep.history is None:
@@ -991,7 +1073,8 @@ class EmulatedRun:
         loop_clock = JumpClock(clock) if self.jump_clock else clock
         tick = float(self.prep.scenario.spec.plant_step_seconds)
         settings = LoopSettings(step_s=self.step_s, inner_s=max(tick, 60.0) if self.step_s % 60 == 0 else tick,
-                                settle_s=min(5.0, tick / 4), dry_run=self.dry_run)
+                                settle_s=min(5.0, tick / 4), dry_run=self.dry_run, deadline_s=self.deadline_s,
+                                real_time_solve=self.real_time_solve)
         return LiveLoop(model, self.controller, self._forecast, bus, inverter, loop_clock, settings, self.limits,
                         events_path if events_path is not None else self.events_path,
                         state_dir if state_dir is not None else self.state_dir, self.influx)

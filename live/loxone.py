@@ -624,6 +624,16 @@ class LoxoneMqtt(MqttEndpoint):
         """The mode each room reports (``mode_state`` topic); None where unknown."""
         return {r: self.values.get(f"mode__{r}", None) for r in self.rooms}
 
+    def heartbeat(self, now: pd.Timestamp) -> bool:
+        """Publish the heartbeat (``now`` as Unix seconds, QoS 0, not retained: a retained beat would
+        look alive to whoever subscribes later) on ``loop_heartbeat``. True when handed to the broker
+        connection; False without such a topic, in dry-run, or while disconnected."""
+        t = self.layout.topics.loop_heartbeat
+        client = self._client
+        if not t or self.dry_run or client is None or not self.connected:
+            return False
+        return client.publish(t, str(int(now.timestamp())), qos=0, retain=False).rc == mqtt.MQTT_ERR_SUCCESS
+
     def announce_problem(self, text: str) -> WriteRecord | None:
         """Publish ``text`` (retained) on the layout's ``loop_problem`` topic; ``""`` when the problem is
         over. None without such a topic."""

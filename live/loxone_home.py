@@ -78,7 +78,8 @@ class LoxoneHomeMqtt(MqttEndpoint):
         if initial_mode not in ("pems", "home"):
             raise ValueError(f"initial_mode must be 'pems' or 'home', got {initial_mode!r}")
         lay = self.layout
-        self._routes = lay.routes(self.rooms, ("relay_set", "mode_set", "loop_status", "loop_problem"))
+        self._routes = lay.routes(self.rooms, ("relay_set", "mode_set", "loop_status", "loop_heartbeat",
+                                               "loop_problem"))
         lay.routes(self.rooms, ("temperature", "relay_state", "mode_state", "outdoor"))  # validates names
         self._announce = bool(announce_gateway and lay.topics.gateway_status)
         will = (lay.topics.gateway_status, GATEWAY_OFFLINE, lay.state.qos, True) if self._announce else None
@@ -90,6 +91,8 @@ class LoxoneHomeMqtt(MqttEndpoint):
         self._log: list[Command] = []
         self._loop_online: bool | None = None
         self.loop_problems: list[str] = []  # what the loop said on its problem topic, in order
+        self.heartbeat_wall: float | None = None  # Unix wall time the loop's last heartbeat arrived [s]
+        self.heartbeats = 0
         self.problems = ProblemCounter()
         self.published = 0  # state messages handed to the broker connection
 
@@ -196,6 +199,11 @@ class LoxoneHomeMqtt(MqttEndpoint):
         key, room = route
         lay = self.layout
         now = pd.Timestamp.now(tz="UTC")
+        if key == "loop_heartbeat":
+            with self._cmd_lock:
+                self.heartbeat_wall = time.time()
+                self.heartbeats += 1
+            return
         if key == "loop_problem":
             with self._cmd_lock:
                 self.loop_problems.append(_text(payload, lower=False))

@@ -45,14 +45,14 @@ from pems.tomlio import builtin_or_file, read_toml, validate
 #: Keys of per-room topics (their templates contain ``{room}``).
 ROOM_KEYS = ("temperature", "relay_state", "relay_set", "mode_set", "mode_state")
 #: Keys of house-wide topics (no ``{room}``).
-HOUSE_KEYS = ("outdoor", "gateway_status", "loop_status", "loop_problem")
+HOUSE_KEYS = ("outdoor", "gateway_status", "loop_status", "loop_heartbeat", "loop_problem")
 #: Topics the home publishes and the loop reads.
 STATE_KEYS = ("temperature", "relay_state", "mode_state", "outdoor", "gateway_status")
 #: Topics the loop publishes and the home reads.
-COMMAND_KEYS = ("relay_set", "mode_set", "loop_status", "loop_problem")
+COMMAND_KEYS = ("relay_set", "mode_set", "loop_status", "loop_heartbeat", "loop_problem")
 
 TopicKey = Literal["temperature", "relay_state", "relay_set", "mode_set", "mode_state",
-                   "outdoor", "gateway_status", "loop_status", "loop_problem"]
+                   "outdoor", "gateway_status", "loop_status", "loop_heartbeat", "loop_problem"]
 PayloadFormat = Literal["plain", "json"]
 
 # Words understood as on/off on input, whatever the layout sends: the LoxBerry gateway's own
@@ -94,6 +94,9 @@ class Topics(BaseModel):
     """House-wide, home → loop: the gateway's status, ``payload.gateway_online`` when it is up (empty: none)."""
     loop_status: str = ""
     """House-wide, loop → home: the retained online/offline flag of the loop, with a last will (empty: none)."""
+    loop_heartbeat: str = ""
+    """House-wide, loop → home: the loop's heartbeat, its clock as Unix seconds, every inner tick while it
+    works (not retained). The home's own logic takes its rooms back when it stops (empty: none)."""
     loop_problem: str = ""
     """House-wide, loop → home: what keeps the loop from working as it should, as text (retained; empty text
     when nothing does), e.g. a full disk under its event log (empty topic: not published)."""

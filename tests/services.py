@@ -133,10 +133,16 @@ class Mosquitto:
             self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=out, stderr=subprocess.STDOUT)
         _wait_mqtt(self, timeout)
 
-    def stop(self) -> None:
-        """Stop the broker we started (by its PID); clients see the connection drop."""
+    def stop(self, kill: bool = False) -> None:
+        """Stop the broker we started (by its PID); clients see the connection drop. ``kill``: with
+        SIGKILL (a power cut: no last will is delivered to anyone), else SIGTERM (mosquitto then
+        publishes its clients' wills as it goes)."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
+            return
+        if kill:
+            proc.kill()
+            proc.wait(timeout=10)
             return
         proc.terminate()
         try:

@@ -238,7 +238,6 @@ def _backtest_correctors(args: argparse.Namespace, out: Path, t0: float) -> int:
 
 def cmd_forecast_fit(args: argparse.Namespace) -> int:
     """Backtest a forecaster on the home's history, fit it for deployment, register it."""
-    import pandas as pd
 
     from pems.controllers.forecast.home import fit_home, register_fit
     from pems.controllers.forecast.registry import ModelRegistry, check_name, default_root

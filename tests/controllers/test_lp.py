@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import BATTERY_HOUSE, TWO_ROOMS, house_from, write_constant_inputs, write_scenario
+from helpers import BATTERY_HOUSE, house_from, write_constant_inputs, write_scenario
 from pems.controllers.lp import Blocking, HorizonLP, NotLinear, linear_stage
 from pems.controllers.mpc import EconomicMPC, MpcConfig
 from pems.controllers.ocp import Weights, decision_variables, discretise

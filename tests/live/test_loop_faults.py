@@ -259,3 +259,127 @@ def test_a_full_disk_neither_stops_the_loop_nor_its_hand_back(prep, broker, tmp_
     assert set(r.emu.home.modes.values()) == {"home"}
     assert any("No space left" in p for p in r.emu.home.loop_problems)  # said on the bus
     assert res.trajectory["mode_pems__a"].max() == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# the guard: hung work, relay pulses, heartbeat
+# ---------------------------------------------------------------------------------------------
+class _Scripted:
+    """The run's MPC, except at step ``at`` (a calendar time): there ``act`` first sleeps
+    ``hang_s`` of wall time (a hung solve) and/or returns ``duty`` × the ratings (a known pulse)."""
+
+    def __init__(self, inner, model, at: pd.Timestamp, hang_s: float = 0.0, duty: float | None = None):
+        self.inner, self.model, self.at, self.hang_s, self.duty = inner, model, at, hang_s, duty
+        self.estimator = getattr(inner, "estimator", None)
+
+    def reset(self):
+        self.inner.reset()
+
+    def act(self, obs, fc):
+        a = self.inner.act(obs, fc)
+        if obs.time != self.at:
+            return a
+        if self.hang_s:
+            time.sleep(self.hang_s)
+        if self.duty is not None:
+            from pems.twin.signals import Action
+
+            a = Action(heat_w=self.duty * np.asarray(self.model.u_max[self.model.heat], dtype=float), bat_w=a.bat_w)
+        return a
+
+
+@pytest.mark.service
+def test_a_hung_solve_hands_the_home_back_at_its_deadline(prep, broker, tmp_path):
+    """The solve of the step at 1 h hangs for 1.5 s of wall time, 25 minutes of the home's (no
+    real-time hold here); the deadline is the default, half a step: the guard hands the home back
+    after 7.5 minutes, from its own thread, and the late plan is thrown away. The next step takes
+    the home again."""
+    ev = tmp_path / "events.jsonl"
+    r = EmulatedRun(prep, broker.host, broker.port, speed=SPEED, hours=2.0, events_path=ev,
+                    mqtt_options=FAST, real_time_solve=False)
+    r.controller = _Scripted(r.controller, prep.model, at(prep, 1.0), hang_s=1500.0 / SPEED)
+    r.start()
+    res = r.finish()
+    evs = events(ev)
+    assert [e["step"] for e in kinds(evs, "step")] == list(range(8))  # one record per step (step 5 late)
+    dl = kinds(evs, "deadline")
+    assert len(dl) == 1 and dl[0]["what"] == "control step 4", dl
+    t_dl = pd.Timestamp(dl[0]["time"])
+    t_due = at(prep, 1.0) + pd.Timedelta(minutes=7.5)
+    assert t_due <= t_dl < t_due + pd.Timedelta(minutes=1)  # plus the guard's wake-up at 1000×
+    assert dl[0]["handback"]["rooms"] == "sent" and dl[0]["handback"]["inverter"] == "sent"
+    step4 = [e for e in kinds(evs, "step") if e["step"] == 4][0]
+    assert step4["commands"] == "none (deadline missed)" and not step4["solver_ok"]
+    home = [c for c in r.emu.home.commands() if c.kind == "mode" and c.value == "home"]
+    assert home, "the rooms were not handed back"
+    tr = res.trajectory
+    # the home's own logic from the deadline (7.5 min into the step) until the late next step (at 25 min)
+    assert tr.loc[at(prep, 1.0), "mode_pems__a"] <= 8.5 / 15
+    assert tr.loc[at(prep, 1.25), "mode_pems__a"] <= 6.0 / 15
+    assert tr["mode_pems__a"].iloc[-1] == 1  # and the loop took it back afterwards
+
+
+@pytest.mark.service
+def test_relay_pulses_end_on_time_while_the_loop_thread_hangs(prep, broker, tmp_path):
+    """At 1 h the plan is 30 % duty (a 5-minute pulse); the loop's thread then hangs for ten minutes
+    of the home's time in its first inner tick. The guard still ends every pulse at 5 minutes."""
+    r = EmulatedRun(prep, broker.host, broker.port, speed=SPEED, hours=2.0, mqtt_options=FAST,
+                    deadline_s=800.0)
+    t1 = at(prep, 1.0)
+    r.controller = _Scripted(r.controller, prep.model, t1, duty=0.3)
+    r.start()
+    loop = r.loop
+    read = loop._read
+    hung = []
+
+    def hanging_read():
+        if not hung and loop.clock.now() > t1 + pd.Timedelta(seconds=30):
+            hung.append(loop.clock.now())
+            time.sleep(600.0 / SPEED)  # ten minutes of the home's time, outside any real-time hold
+        return read()
+
+    loop._read = hanging_read
+    r.finish()
+    assert hung and hung[0] < t1 + pd.Timedelta(minutes=3)
+    cmds = [e for e in loop.events.records if e["kind"] == "command" and e["device"] == "loxone" and e["sent"]]
+    for room in prep.model.rooms:
+        relay = [e for e in cmds if e["target"] == f"loxone/room/{room}/heating/set"]
+        on = [e["time"] for e in relay if e["value"] == 1.0 and t1 <= e["time"] < t1 + pd.Timedelta(minutes=1)]
+        off = [e["time"] for e in relay if e["value"] == 0.0 and t1 < e["time"] < t1 + pd.Timedelta(minutes=15)]
+        assert on and off, (room, on, off)
+        pulse = (off[0] - on[0]).total_seconds()
+        assert 240.0 <= pulse <= 360.0, (room, pulse)  # 4–6 min of the home's time: not the 11 the hang would make
+
+
+@pytest.mark.service
+def test_the_broker_lost_for_an_hour_the_home_runs_itself_within_its_timeout(prep, broker, tmp_path):
+    """mosquitto is killed (SIGKILL) for an hour of the home's time. Nothing can reach the home then, not even
+    the loop's last will; the heartbeat stops, and the home's own logic takes its rooms back within
+    its five-minute timeout. When the broker is back, so is the loop."""
+    ev = tmp_path / "events.jsonl"
+    r = EmulatedRun(prep, broker.host, broker.port, speed=SPEED, hours=3.0, events_path=ev, mqtt_options=FAST)
+    down = []
+
+    def inject(run):
+        assert run.emu.wait_until(at(prep, 1.0), timeout=60)
+        down.append(run.clock.now())
+        broker.stop(kill=True)
+        assert run.emu.wait_until(at(prep, 2.0), timeout=60)
+        broker.start()
+        down.append(run.clock.now())
+
+    r.start()
+    th = threading.Thread(target=inject, args=(r,))
+    th.start()
+    res = r.finish()
+    th.join(30)
+    assert r.emu.home.heartbeats > 60
+    fb = [e for e in r.emu.events() if e.get("device") == "emulator" and e.get("kind") == "fallback"]
+    took = [e for e in fb if e["active"] and e["time"] >= down[0]]
+    assert took and took[0]["why"] == "heartbeat silent", fb
+    assert (took[0]["time"] - down[0]).total_seconds() <= 300.0 + 2 * 60.0  # its timeout, at its minute ticks
+    tr = res.trajectory
+    assert (tr.loc[down[0] + pd.Timedelta(minutes=15):down[1] - pd.Timedelta(minutes=15), "mode_pems__a"] == 0).all()
+    assert tr["mode_pems__a"].iloc[-1] == 1
+    evs = events(ev)
+    assert any(any("broker" in x for x in e["reasons"]) for e in kinds(evs, "fallback"))

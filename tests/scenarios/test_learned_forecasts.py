@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from helpers import BATTERY_HOUSE, house_from, household_load_csv, shared_check, write_scenario

@@ -276,6 +276,9 @@ def load_live_config(path: str | Path) -> LoadedLiveConfig:
         if rid not in rooms:
             raise InputError(p, f"comfort.rooms.{rid}", f"no room {rid!r} in house {house.name!r}")
     cfg.safety_limits()  # unknown keys now, not at the first fault
+    from pems.scenarios.comfort import warn_comfort
+
+    warn_comfort(spec.comfort, house, p)
     if spec.mqtt.credentials_file is not None and not cfg.resolve(spec.mqtt.credentials_file).is_file():
         raise InputError(p, "mqtt.credentials_file", f"{cfg.resolve(spec.mqtt.credentials_file)} not found")
     if spec.modbus is not None and house.battery is None:

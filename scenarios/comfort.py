@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,8 @@ import pandas as pd
 
 from pems.scenarios.spec import Comfort, RoomComfort
 from pems.twin.house import House, Room
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,46 @@ def room_band(comfort: Comfort, room: Room) -> Band:
         return Band(low, high, night_low, _or(comfort.night_high, high))
     return Band(comfort.low, comfort.high, _or(comfort.night_low, comfort.low),
                 _or(comfort.night_high, comfort.high))
+
+
+def comfort_notes(comfort: Comfort, house: House, where: str = "comfort") -> list[str]:
+    """What a comfort table says that does not take effect with this house, and which value does.
+
+    The house's set-points win over ``low``/``night_low`` (and a room's own entry over both): a value
+    the user wrote that no room uses is not silently dropped. One line per overridden key.
+    """
+    given = comfort.model_fields_set
+    by_house = [r for r in house.rooms if r.id not in comfort.rooms
+                and comfort.use_house_setpoints and r.comfort_c is not None]
+    own = [r for r in house.rooms if r.id in comfort.rooms]
+    notes = []
+    for key in ("low", "night_low"):
+        if key not in given:
+            continue
+        users = [r for r in house.rooms if r not in by_house and r not in own]
+        if users:
+            continue  # some room takes it
+        why = []
+        if by_house:
+            b = room_band(comfort, by_house[0])
+            v = b.low if key == "low" else b.night_low
+            why.append(f"{len(by_house)} room(s) take theirs from the house's set-points "
+                       f"({'comfort_c' if key == 'low' else 'eco_c'} − band_below_setpoint_k, e.g. "
+                       f"{by_house[0].id}: {v:g} °C) because use_house_setpoints = true"
+                       f"{' (the default)' if 'use_house_setpoints' not in given else ''}")
+        if own:
+            why.append(f"{len(own)} room(s) have their own band under {where}.rooms")
+        notes.append(f"{where}.{key} = {getattr(comfort, key):g} °C is used by no room: " + "; ".join(why)
+                     + (". Set use_house_setpoints = false to apply it" if by_house else ""))
+    return notes
+
+
+def warn_comfort(comfort: Comfort, house: House, source: object, where: str = "comfort") -> list[str]:
+    """Log :func:`comfort_notes` as warnings naming ``source`` (a file); returns them."""
+    notes = comfort_notes(comfort, house, where)
+    for n in notes:
+        log.warning("%s: %s", source, n)
+    return notes
 
 
 def _or(v: float | None, default: float) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import pandas as pd
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pems.errors import InputError, Problem
 from pems.tomlio import builtin_or_file, read_toml, validate
@@ -53,6 +53,23 @@ class RoomComfort(_Strict):
     night_high: float | None = None
     """Upper bound by night (default: ``high``) [°C]."""
 
+    @model_validator(mode="after")
+    def _ordered(self) -> RoomComfort:
+        _check_band(self.low, self.high, self.night_low, self.night_high)
+        return self
+
+
+def _check_band(low: float, high: float, night_low: float | None, night_high: float | None) -> None:
+    """A band's bounds in order, by day and by night (the night's default to the day's)."""
+    if not low < high:
+        raise ValueError(f"low = {low:g} °C must be below high = {high:g} °C")
+    nl = low if night_low is None else night_low
+    nh = high if night_high is None else night_high
+    if not nl < nh:
+        raise ValueError(f"by night the band would be {nl:g}–{nh:g} °C (night_low"
+                         f"{'' if night_low is not None else ', from low'} must be below night_high"
+                         f"{'' if night_high is not None else ', from high'})")
+
 
 class Comfort(_Strict):
     """Comfort bands and their day/night schedule (local time of the house).
@@ -80,6 +97,14 @@ class Comfort(_Strict):
     """How far below a house set-point the lower bound lies [K]."""
     rooms: dict[str, RoomComfort] = Field(default_factory=dict)
     """A band of its own for some rooms, by room id."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Comfort:
+        _check_band(self.low, self.high, self.night_low, self.night_high)
+        if self.day_start == self.night_start:
+            raise ValueError(f"day_start and night_start are both {self.day_start:%H:%M}: there would be no night "
+                             "(or no day)")
+        return self
 
 
 class Initial(_Strict):
@@ -267,6 +292,9 @@ def load_scenario(spec: str | Path) -> LoadedScenario:
     house = load_house(sc.house, base_dir=path.parent, source=path)
     _check_sources(sc, path)
     _check_against_house(sc, house, path)
+    from pems.scenarios.comfort import warn_comfort
+
+    warn_comfort(sc.comfort, house, path)
     steps = sc.days * 1440 / sc.step_minutes
     if abs(steps - round(steps)) > 1e-6:
         raise InputError(path, "days", f"{sc.days:g} days is not a whole number of {sc.step_minutes}-minute "

@@ -74,6 +74,7 @@ from pems.scenarios.runner import Prepared, RunResult, prepare, trajectory
 from pems.twin.model import HouseModel
 from pems.twin.plant import SimulatedHome
 from pems.twin.signals import Action
+from pems.twin.thermostat import Thermostat
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,7 @@ class Emulator:
         self._load = d["P_load"].to_numpy(dtype=float)
         self._t_out = d["T_out"].to_numpy(dtype=float)
         self._setpoint = self._fine_low[list(self.rooms)].to_numpy(dtype=float) + SETPOINT_ABOVE_LOW_K
-        self._hyst = model.house.heating.thermostat_hysteresis_k
+        self._thermostat = Thermostat(model.house.heating.thermostat_hysteresis_k)
         self._rating = model.u_max[model.heat].copy()
         # The inverter's load first zeroes the power at its grid meter, which sees its own standby too.
         self._standby_w = model.param("inv_standby_w") if "inv_standby_w" in model.sym.p.names else 0.0
@@ -561,9 +562,7 @@ class Emulator:
         modes: dict[str, HeatingMode] = {r: ("home" if offline else commanded[r]) for r in self.rooms}
         pems = np.array([modes[r] == "pems" for r in self.rooms])
         sp = self._setpoint[i]
-        h = self._hyst
-        # The home's thermostat: on below set-point − h, stays on up to set-point + h (the plant's rule).
-        thermo = (T < sp - h) | (self._relay & (T <= sp + h))
+        thermo = self._thermostat.relays(T, self._relay, sp)  # the home's own, the plant's rule
         cmd = np.array([bool(relay_cmd[r]) for r in self.rooms])
         relay = np.where(pems, cmd, thermo)
         self._relay_log[i] = relay

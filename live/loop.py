@@ -79,6 +79,7 @@ from pems.live.safety import BatteryLimits, SafetyLimits, Watchdog, bound_batter
 from pems.live.state import LoopState, StateStore
 from pems.twin.model import HouseModel
 from pems.twin.signals import Action, Forecast, Observation
+from pems.twin.thermostat import Thermostat
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +290,10 @@ class LiveLoop:
                            heartbeat=self._beat if hasattr(rooms, "heartbeat") else None,
                            heartbeat_s=self.settings.inner_s)
         self._on_s: np.ndarray = np.zeros(len(self.rooms))  # commanded on-time of the current step [s]
+        # set-points a controller asked for (the rule-based baselines), realised by the one thermostat
+        # at every inner tick; None while it asks for powers
+        self._setpoint: np.ndarray | None = None
+        self._thermostat = Thermostat(model.house.heating.thermostat_hysteresis_k)
         self._pending_home = False
         self._pending_release = False
         self._acc = _StepAccum()
@@ -547,10 +552,27 @@ class LiveLoop:
             self._handback(now)
 
     def inner_tick(self) -> None:
-        """Sample and check health (the guard ends relay pulses, on its own thread)."""
-        now, _, _, _, faults = self._sample()
+        """Sample and check health (the guard ends relay pulses, on its own thread); under set-points,
+        let the thermostat switch."""
+        now, _, rr, _, faults = self._sample()
         self._apply_health(now, faults)
         self._watch_log(now)
+        if self._setpoint is not None and self.mode == "pems" and self.watchdog.state == "active":
+            with self._io_lock():
+                relays = self._thermostat_relays(rr)
+                changed = {r: v for r, v in relays.items() if v != self.relays.get(r)}
+                recs = self.bus.set_relays(changed) if changed else []
+                self.relays.update(relays)
+                self._on_s += self.settings.inner_s * np.array([relays[r] for r in self.rooms], dtype=float)
+            self._log_writes(now, recs)
+
+    def _thermostat_relays(self, rr: RoomReadings) -> dict[str, bool]:
+        """The one thermostat's relays for the set-points in force, from the rooms' temperatures."""
+        assert self._setpoint is not None
+        T = np.array([rr.T_room.get(r, math.nan) for r in self.rooms], dtype=float)
+        was = np.array([bool(self.relays.get(r)) for r in self.rooms])
+        new = self._thermostat.relays(T, was, self._setpoint)
+        return {r: bool(new[i]) for i, r in enumerate(self.rooms)}
 
     # ------------------------------------------------------------------ the control step
     def control_step(self) -> float:
@@ -588,9 +610,9 @@ class LiveLoop:
         fell_back = [e for e in new_ev if e.get("kind") == "fallback"]
         if fell_back:
             reason = str(fell_back[-1].get("reason", "controller fell back"))
-        ok = not reason and action.heat_w is not None
+        ok = not reason and (action.heat_w is not None or action.heat_setpoint_c is not None)
         if not ok and not reason:
-            reason = "controller gave no heater powers"
+            reason = "controller gave neither heater powers nor set-points"
         self.watchdog.solver_result(ok, reason)
         # the step's sample is checked after the solve, so the solver rule counts this step too
         all_faults = self.watchdog.check(now, mono, rr, inv)
@@ -623,7 +645,7 @@ class LiveLoop:
                           commands="none (deadline missed)")
             self.watchdog.solver_result(False, record["solver_reason"])
         elif self.watchdog.state == "active":
-            if action.heat_w is None:
+            if not ok:
                 # the controller's own fallback (rule-based set-points): the home's thermostats do
                 # exactly that, and the inverter runs itself
                 self._hand_back_due()
@@ -705,6 +727,9 @@ class LiveLoop:
     def _command_locked(self, now: pd.Timestamp, t: pd.Timestamp, action: Action, fc: Forecast,
                         record: dict[str, Any]) -> float:
         s = self.settings
+        if action.heat_w is None:  # set-points: the thermostat now, and at every inner tick
+            return self._command_setpoints(now, t, action, fc, record)
+        self._setpoint = None
         heat = bound_heat(action.heat_w, self.rating)
         duty = np.divide(heat, self.rating, out=np.zeros_like(heat), where=self.rating > 0)
         on_s = np.zeros(len(self.rooms))
@@ -725,6 +750,33 @@ class LiveLoop:
         sent_mono = self.clock.monotonic()
         self.guard.schedule_offs({r: sent_mono + on_s[i] for i, r in enumerate(self.rooms) if 0 < on_s[i] < s.step_s})
         self.relays = relays
+        records += self._take_rooms()
+        self._log_writes(now, records)
+        record.update(heat_w=heat, on_s=on_s, relays=relays)
+        self._command_battery(now, t, action.bat_w, fc, float(heat.sum()), record)
+        return sent_mono
+
+    def _command_setpoints(self, now: pd.Timestamp, t: pd.Timestamp, action: Action, fc: Forecast,
+                           record: dict[str, Any]) -> float:
+        """Set-points (a rule-based controller): the one thermostat switches the relays now and at every
+        inner tick, as the simulator's home does at its fine step."""
+        self._setpoint = np.asarray(action.heat_setpoint_c, dtype=float)
+        self.guard.cancel_offs()
+        relays = self._thermostat_relays(self.bus.read())
+        records = self.bus.set_relays(relays)
+        sent_mono = self.clock.monotonic()
+        self.relays = relays
+        on = np.array([relays[r] for r in self.rooms], dtype=float)
+        self._on_s = self.settings.inner_s * on  # grows at every inner tick (the observation's heating)
+        records += self._take_rooms()
+        self._log_writes(now, records)
+        record.update(setpoint_c=self._setpoint, relays=relays)
+        self._command_battery(now, t, action.bat_w, fc, float(self.rating @ on), record)
+        return sent_mono
+
+    def _take_rooms(self) -> list[WriteRecord]:
+        """Mode ``pems`` where needed (see :meth:`_command_locked`); the loop holds the rooms after."""
+        records: list[WriteRecord] = []
         # mode after the relays, so the rooms switch over to the loop with the right relay state;
         # sent when the loop did not hold the rooms, after a reconnection, or when a room reports
         # another mode (at most once per step: the mode rate limit)
@@ -735,19 +787,22 @@ class LiveLoop:
             records += self.bus.set_mode("pems")
             self._bus_connections = conns
         self.mode = "pems"
-        self._log_writes(now, records)
-        record.update(heat_w=heat, on_s=on_s, relays=relays)
-        if self.inverter is not None and self.bat_limits is not None:
-            soc = self._soc
-            bat = bound_battery(action.bat_w, soc, self.bat_limits)
-            pv = float(fc.column("P_pv")[0]) if "P_pv" in fc.d_names else 0.0
-            load = float(fc.column("P_load")[0]) if "P_load" in fc.d_names else 0.0
-            until = t + pd.Timedelta(seconds=1.5 * s.step_s)
-            cmd = battery_command(bat, pv, load + float(heat.sum()), self.bat_limits, s, until)
-            self._log_writes(now, self.inverter.command(cmd))
-            self.battery = cmd
-            record.update(bat_w=bat, bat_w_plan=action.bat_w, battery=asdict(cmd))
-        return sent_mono
+        return records
+
+    def _command_battery(self, now: pd.Timestamp, t: pd.Timestamp, bat_w: float | None, fc: Forecast,
+                         heat_w: float, record: dict[str, Any]) -> None:
+        """The battery power (None: the inverter's own load first) as an inverter mode."""
+        if self.inverter is None or self.bat_limits is None:
+            return
+        s = self.settings
+        bat = bound_battery(bat_w, self._soc, self.bat_limits)
+        pv = float(fc.column("P_pv")[0]) if "P_pv" in fc.d_names else 0.0
+        load = float(fc.column("P_load")[0]) if "P_load" in fc.d_names else 0.0
+        until = t + pd.Timedelta(seconds=1.5 * s.step_s)
+        cmd = battery_command(bat, pv, load + heat_w, self.bat_limits, s, until)
+        self._log_writes(now, self.inverter.command(cmd))
+        self.battery = cmd
+        record.update(bat_w=bat, bat_w_plan=bat_w, battery=asdict(cmd))
 
     # ------------------------------------------------------------------ the guard's callbacks (its thread)
     def _io_lock(self, timeout_s: float = 2.0) -> contextlib.AbstractContextManager[Any]:
@@ -825,6 +880,7 @@ class LiveLoop:
         logic, sent by :meth:`_handback` and retried until they are; no relay pulse stays pending."""
         self._pending_home = True
         self._pending_release = self.inverter is not None
+        self._setpoint = None
         self.guard.cancel_offs()
 
     def _handback(self, now: pd.Timestamp) -> dict[str, str]:

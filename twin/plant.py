@@ -23,6 +23,7 @@ import pandas as pd
 from pems.twin.linear import ModelStructureError, affine_form, zoh
 from pems.twin.model import HouseModel
 from pems.twin.signals import Action, Observation
+from pems.twin.thermostat import Thermostat
 
 
 @runtime_checkable
@@ -117,7 +118,7 @@ class SimulatedHome:
         self._dgrid_dpv = float(form.y0(d1)[0, self._i_grid] - self._grid0[0])
         self._i_pv = m.sym.d.index("P_pv")
         self._rating = m.u_max[m.heat].copy()
-        self._hyst = m.house.heating.thermostat_hysteresis_k
+        self._thermostat = Thermostat(m.house.heating.thermostat_hysteresis_k)
         bat = m.house.battery
         self._bat = bat
         self._M_const = None
@@ -214,7 +215,7 @@ class SimulatedHome:
         sp, H = self._heating_plan(action, t0)
         thermostat = sp is not None
         if thermostat:
-            on_below, off_above = sp - self._hyst, sp + self._hyst
+            on_below, off_above = self._thermostat.bounds(sp)
 
         bat = self._bat
         bat_cmd = action.bat_w
@@ -254,10 +255,7 @@ class SimulatedHome:
 
         for j in range(n):
             if thermostat:
-                np.less(T, on_below, out=new)
-                np.less_equal(T, off_above, out=upper)
-                upper &= relay
-                new |= upper
+                Thermostat.switch(T, relay, on_below, off_above, out=new, scratch=upper)
                 np.not_equal(new, relay, out=flipped)
                 switches += int(np.count_nonzero(flipped))
                 relay, new = new, relay

@@ -162,8 +162,34 @@ def test_state_lock_refuses_a_second_loop(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# (1) a simulated day against the emulator ≈ the in-process MPC
+# (1) a simulated day against the emulator ≈ the in-process MPC (and the rule-based baseline)
 # ---------------------------------------------------------------------------------------------
+@pytest.mark.service
+@pytest.mark.slow
+def test_the_rule_based_baseline_runs_live_with_the_same_meaning(prep, broker, tmp_path):
+    """Set-points, not powers: the loop realises them with the one thermostat at every inner tick,
+    under its own control (mode pems, no fallback), and the home's day matches ``pems simulate``."""
+    ev = tmp_path / "events.jsonl"
+    r = EmulatedRun(prep, broker.host, broker.port, speed=DAY_SPEED, controller="rule-based", events_path=ev,
+                    mqtt_options=FAST)
+    r.start()
+    res = r.finish()
+    evs = events(ev)
+    check_no_gap(evs, 96)
+    assert not kinds(evs, "fallback") and not kinds(evs, "solver_fallback")
+    steps = kinds(evs, "step")
+    assert all(e["solver_ok"] and e["state"] == "active" and "setpoint_c" in e for e in steps)
+    assert (res.trajectory["mode_pems__a"].iloc[1:] == 1).all()  # the loop's thermostat, not the home's
+    ref = run(prep, "rule-based")
+    n = len(res.trajectory)
+    b = prep.model.house.battery
+    k, k_ref = res.kpis, compute_kpis(ref.trajectory.iloc[:n], prep.model.rooms,
+                                      b.capacity_kwh * (b.soc_max - b.soc_min))
+    print({key: (k[key], k_ref[key]) for key in ("cost", "discomfort_Kh", "heating_kWh", "relay_switches")})
+    assert k["heating_kWh"] == pytest.approx(k_ref["heating_kWh"], rel=0.05)
+    assert k["cost"] == pytest.approx(k_ref["cost"], rel=0.05)
+    assert k["discomfort_Kh"] <= k_ref["discomfort_Kh"] + 0.5
+
 @pytest.mark.service
 @pytest.mark.slow
 def test_closed_loop_day_matches_in_process_mpc(prep, broker, tmp_path):

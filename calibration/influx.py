@@ -58,7 +58,7 @@ class InfluxSource:
         ``key`` (the key or flag that gave the URL), showing the URL without its credentials.
         """
         u = urlparse(url.strip())
-        shown = cls._shown(u)
+        shown = cls._shown(url)
         schemes = {"influx": ("v1", "http"), "influxs": ("v1", "https"),
                    "influx2": ("v2", "http"), "influx2s": ("v2", "https")}
         if u.scheme not in schemes or not u.hostname:
@@ -88,10 +88,16 @@ class InfluxSource:
         return cls(api, f"{scheme}://{host}:{port}", path, org)
 
     @staticmethod
-    def _shown(u) -> str:
-        """The URL as it may be printed: without user name and password."""
-        netloc = u.netloc.rpartition("@")[2]
-        return f"{u.scheme}://{netloc}{u.path}" + (f"?{u.query}" if u.query else "") if u.scheme else u.path
+    def _shown(url: str) -> str:
+        """The URL as it may be printed: whatever precedes its last ``@`` (a user name and password,
+        however the URL is malformed: ``user:pass@host`` without a scheme parses as scheme ``user``)
+        is replaced by ``***``."""
+        text = url.strip()
+        if "@" not in text:
+            return text
+        head, _, tail = text.rpartition("@")
+        scheme, sep, _ = head.partition("://")
+        return f"{scheme}://***@{tail}" if sep and "/" not in scheme else f"***@{tail}"
 
     @property
     def safe_url(self) -> str:

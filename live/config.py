@@ -21,6 +21,7 @@ Measurements (room and outdoor temperatures, PV, load, SOC) always come from the
 
 from __future__ import annotations
 
+import logging
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -33,6 +34,8 @@ from pems.scenarios.spec import Comfort, MpcSpec, StepMinutes
 from pems.tomlio import read_toml, validate
 from pems.twin.house import House, load_house
 from pems.twin.prices import Tariff
+
+log = logging.getLogger(__name__)
 
 _SECRET_KEYS = ("password", "username", "token", "user", "pass")
 
@@ -455,6 +458,8 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
     settings = LoopSettings(step_s=step_s, inner_s=float(s.inner_seconds), dry_run=dry_run, real_time_solve=False,
                             deadline_s=s.deadline_seconds)
     influx = None
+    if s.influx is not None and dry_run:
+        log.warning("%s: dry run: the InfluxDB log ([influx]) is not written", cfg.path)
     if s.influx is not None and not dry_run:  # last: its sender thread and spool lock need closing
         from pems.live.influx_log import InfluxLog
 

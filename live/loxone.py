@@ -90,7 +90,8 @@ def credentials_from(env_prefix: str = "PEMS_MQTT_", file: str | Path | None = N
     The environment's ``{env_prefix}USERNAME`` / ``{env_prefix}PASSWORD`` win; a file fills what the
     environment lacks. The file holds ``KEY=VALUE`` lines (``#`` comments, optional ``export`` and
     quotes) with keys ``{env_prefix}USERNAME``/``{env_prefix}PASSWORD`` or just ``USERNAME``/``PASSWORD``;
-    other keys are ignored. Keep it ``chmod 600``: a world-readable file is used but warned about.
+    other keys are ignored. It must be ``chmod 600`` (or stricter): a file that others may read is
+    refused, as ssh refuses such a key.
 
     Parameters
     ----------
@@ -104,8 +105,8 @@ def credentials_from(env_prefix: str = "PEMS_MQTT_", file: str | Path | None = N
     Raises
     ------
     InputError
-        Missing file, a line that is not ``KEY=VALUE`` (its content is not shown: it may hold the
-        password), or a password without a user name.
+        Missing file, a file others may read or write, a line that is not ``KEY=VALUE`` (its content
+        is not shown: it may hold the password), or a password without a user name.
     """
     env = os.environ if environ is None else environ
     from_file: dict[str, str] = {}
@@ -116,9 +117,9 @@ def credentials_from(env_prefix: str = "PEMS_MQTT_", file: str | Path | None = N
         if not path.is_file():
             raise InputError(path, "", "credentials file not found")
         mode = path.stat().st_mode
-        if mode & stat.S_IROTH:
-            log.warning("credentials file %s is readable by every user (mode %o): chmod 600 it",
-                        path, stat.S_IMODE(mode))
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise InputError(path, "", f"the credentials file may be read or changed by others (mode "
+                                       f"{stat.S_IMODE(mode):o}); chmod 600 {path}")
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
@@ -284,6 +285,9 @@ class MqttEndpoint:
         client.on_log = _paho_to_debug
         if self.username:
             client.username_pw_set(self.username, self._secret.reveal())
+            if self.tls is None and not is_loopback(self.host):
+                log.warning("MQTT %s: the broker's user name and password go over the network unencrypted "
+                            "(no TLS); use TLS ([mqtt.tls]) for a broker that is not on this machine", self.where)
         if self.tls is not None:
             t = self.tls
             client.tls_set(ca_certs=_str(t.ca_file), certfile=_str(t.cert_file), keyfile=_str(t.key_file),
@@ -417,6 +421,23 @@ def _paho_to_debug(client: mqtt.Client, userdata: Any, level: int, message: str)
 
 def _str(p: str | Path | None) -> str | None:
     return None if p is None else str(p)
+
+
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is this machine (a loopback address, or a name that resolves only to ones)."""
+    import ipaddress
+    import socket
+
+    h = host.strip().strip("[]")
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        pass
+    try:
+        addrs = {a[4][0] for a in socket.getaddrinfo(h, None)}
+    except OSError:
+        return False  # not resolvable: not known to be this machine
+    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
 
 
 # ---------------------------------------------------------------------------------------------

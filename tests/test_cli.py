@@ -261,6 +261,11 @@ CASES = [
          ("live.toml", "mqtt", "127.0.0.1:1"), live_config, code=3, log=True,
          logs=("events.jsonl", "state/state.lock")),
     # the other commands' bad input (tested in their own files too), here through the entry point
+    Case("emulate to a broker that is not this machine", ("emulate", "sc.toml", "--mqtt", "192.0.2.7:1883"),
+         ("command line", "--mqtt", "192.0.2.7 is not this machine", "--allow-remote-broker")),
+    Case("live --emulate to a broker that is not this machine", ("live", "--emulate", "sc.toml", "--mqtt",
+                                                                  "192.0.2.7:1883"),
+         ("command line", "--mqtt", "not this machine")),
     Case("live config: port out of range", ("live", "--config", "live.toml"), ("live.toml", "mqtt.port", "65535"),
          lambda d: live_config(d, port=70000)),
     Case("live config: a comfort band upside down", ("live", "--config", "live.toml"),

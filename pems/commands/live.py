@@ -29,6 +29,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     from pems.scenarios.spec import load_scenario
 
     host, port = parse_hostport(args.mqtt)
+    _emulator_broker(host, args.allow_remote_broker)
     positive(args.speed, "--speed", upper=1e6)
     positive(args.hours, "--hours")
     if not 0 <= args.modbus_port < 65536:
@@ -117,6 +118,17 @@ def _follow(emu) -> None:
                         io=f"{s.commands} cmd, {s.register_writes} writes")
 
 
+def _emulator_broker(host: str, allowed: bool) -> None:
+    """An emulated home publishes retained room temperatures and the LoxBerry gateway's status topic:
+    on a real home's broker they would mislead its Miniserver and loop. Loopback only, unless told."""
+    from pems.live.loxone import is_loopback
+
+    if not allowed and not is_loopback(host):
+        raise InputError("command line", "--mqtt", f"{host} is not this machine: an emulated home would publish fake "
+                                                   "temperatures and gateway status to a broker a real home may use; "
+                                                   "use a broker on 127.0.0.1, or pass --allow-remote-broker")
+
+
 def add_emulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``pems emulate`` to the ``pems`` subcommands."""
     e = sub.add_parser("emulate", help="a virtual home behind real protocols (Loxone MQTT, Growatt Modbus)",
@@ -137,6 +149,9 @@ def add_emulate_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentPars
     e.add_argument("--layout", default="loxberry", help="MQTT topic layout: built-in name or TOML file")
     e.add_argument("--regmap", default="growatt-sph", help="Growatt register map: built-in name or TOML file")
     e.add_argument("--sensor-quantum", type=float, default=0.1, help="published temperature resolution [K] (default 0.1)")
+    e.add_argument("--allow-remote-broker", action="store_true",
+                   help="publish the emulated home to a broker that is not on this machine (a real home's broker "
+                        "would get fake temperatures and the gateway's status topic)")
     e.add_argument("--out", help="output folder (default: out/emulate-SCENARIO)")
     e.add_argument("--report", action="store_true", help="also write report.html")
     e.set_defaults(func=cmd_emulate)
@@ -165,6 +180,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     from pems.scenarios.spec import load_scenario
 
     host, port = parse_hostport(args.mqtt)
+    _emulator_broker(host, args.allow_remote_broker)
     controller = args.controller or "mpc"
     speed = 60.0 if args.speed is None else args.speed
     positive(speed, "--speed", upper=1e5)
@@ -180,6 +196,9 @@ def cmd_live(args: argparse.Namespace) -> int:
         from pems.calibration.influx import InfluxSource
 
         InfluxSource.parse(args.influx, CLI, "--influx")
+        if args.dry_run:  # a dry run writes nothing, anywhere
+            print("pems: warning: --dry-run: the InfluxDB log (--influx) is not written", file=sys.stderr)
+            args.influx = None
     out = output_dir(args.out or "out/live", writes=RUN_FILES, inputs={"--emulate": sc.path})
     out.mkdir(parents=True, exist_ok=True)
     from pems.live.emulator import write_result
@@ -336,6 +355,8 @@ def add_live_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                                     "or influx2://HOST:PORT?org=ORG, the mapping naming the "
                                                     "buckets), spooled in DIR/spool")
     lv.add_argument("--dry-run", action="store_true", help="compute and log everything, write nothing")
+    lv.add_argument("--allow-remote-broker", action="store_true",
+                    help="--emulate: publish the emulated home to a broker that is not on this machine")
     lv.add_argument("--out", help="--emulate: output folder (default out/live)")
     lv.set_defaults(func=cmd_live)
     return lv

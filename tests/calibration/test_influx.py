@@ -158,6 +158,16 @@ def test_bad_urls_and_credentials_in_urls_are_input_errors():
         load_mapping("no-such-mapping")
 
 
+@pytest.mark.parametrize("url", ["http://pems:s3cr3t@h:8086/db", "pems:s3cr3t@h:8086", "influx://pems:s3cr3t@h:x/db",
+                                 "//pems:s3cr3t@h", "ftp://a/b:s3cr3t@h"])
+def test_a_url_that_cannot_be_read_never_echoes_its_password(url):
+    from pems.calibration.influx import InfluxSource
+
+    with pytest.raises(InputError) as err:
+        InfluxSource.parse(url, "home.toml", "influx.url")
+    assert "s3cr3t" not in str(err.value) and "***@h" in str(err.value), str(err.value)
+
+
 @pytest.mark.service
 def test_writes_through_the_v2_api_into_victoria_metrics(tmp_path):
     m = load_mapping("loxone-growatt")

@@ -232,7 +232,8 @@ def test_dry_run_sends_nothing(prep, broker, tmp_path):
     finally:
         sub.loop_stop()
         sub.disconnect()
-    assert not [t for t in seen if t.endswith("/set") or t == "pems/status"], seen
+    # no command, status, heartbeat or problem: only the emulator's own clock among the pems/ topics
+    assert not [t for t in seen if t.endswith("/set") or (t.startswith("pems/") and t != "pems/emulator/time")], seen
     assert r.emu.growatt.writes == [] and r.emu.stats.commands == 0
     evs = events(ev)
     cmds = kinds(evs, "command")
@@ -301,6 +302,27 @@ def test_pems_live_emulate_writes_truth_and_log(prep, broker, tmp_path, capsys):
     from pems.live.influx_log import read_spool
 
     assert len(list(read_spool(out / "spool"))) > 12 * 4  # measured, commanded, estimated, planned: all kept
+
+
+@pytest.mark.service
+def test_a_dry_run_writes_nothing_to_influxdb_either(prep, broker, tmp_path, capsys):
+    """`pems live --emulate --dry-run --influx URL` against a real influxd: not one point, and the user
+    is told why."""
+    import requests
+    from services import influxdb1
+
+    from pems.cli import main
+
+    with influxdb1(tmp_path) as base:
+        url = base.replace("http://", "influx://") + "/pems_dry"
+        assert main(["live", "--emulate", str(prep.scenario.path), "--mqtt", f"{broker.host}:{broker.port}",
+                     "--hours", "1", "--speed", str(SPEED), "--out", str(tmp_path / "out"), "--influx", url,
+                     "--dry-run"]) == 0
+        assert "not written" in capsys.readouterr().err
+        r = requests.post(f"{base}/query", data={"q": "SHOW DATABASES"}, timeout=10).json()["results"][0]
+        dbs = [v[0] for sr in r.get("series", []) for v in sr.get("values", [])]
+        assert "pems_dry" not in dbs  # not even created
+    assert not (tmp_path / "out" / "spool").exists()
 
 
 @pytest.mark.service

@@ -209,15 +209,23 @@ def test_credentials_from_environment_and_file(tmp_path, caplog):
     assert credentials_from(environ={}) == Credentials(None, None)
 
 
-def test_credentials_file_warnings_and_errors_never_show_the_password(tmp_path, caplog):
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o660])
+def test_a_credentials_file_others_may_read_or_change_is_refused(tmp_path, mode):
+    """As ssh refuses a private key others can read: the file is not used at all."""
     f = tmp_path / "mqtt.env"
     f.write_text(f"USERNAME=u\nPASSWORD={SECRET}\n")
-    os.chmod(f, 0o644)
-    with caplog.at_level(logging.WARNING):
+    os.chmod(f, mode)
+    with pytest.raises(InputError, match=f"mode {mode:o}.*chmod 600") as err:
         credentials_from(file=f, environ={})
-    assert any("readable by every user" in r.getMessage() for r in caplog.records)
+    assert SECRET not in str(err.value)
+    os.chmod(f, 0o400)
+    assert credentials_from(file=f, environ={}).password == SECRET
+
+
+def test_credentials_file_errors_never_show_the_password(tmp_path, caplog):
     bad = tmp_path / "bad.env"
     bad.write_text(f"USERNAME=u\n{SECRET}\n")  # a password pasted without a key
+    os.chmod(bad, 0o600)
     with pytest.raises(InputError) as err:
         credentials_from(file=bad, environ={})
     assert "line 2" in str(err.value) and SECRET not in str(err.value)

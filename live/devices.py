@@ -33,6 +33,7 @@ class RoomReadings:
     T_out: float = float("nan")  # outdoor sensor [°C]
     age_s: dict[str, float] = field(default_factory=dict)  # topic key → seconds since last update
     connected: bool = True
+    gateway_online: bool | None = None  # what the gateway's status topic says (None: nothing, or no such topic)
 
 
 @dataclass(frozen=True)

@@ -350,10 +350,7 @@ class LiveLoop:
         self.mode = st.mode if st.mode in ("pems", "home") else "home"
         self.relays = {r: bool(st.relays.get(r, False)) for r in self.rooms}
         self.residual_s = {r: float(st.duty_residual_s.get(r, 0.0)) for r in self.rooms}
-        if st.battery is not None:
-            b = dict(st.battery)
-            b["until"] = pd.Timestamp(b["until"]) if b.get("until") else None
-            self.battery = BatteryCommand(**b)
+        self.battery = st.battery_command()
         return True
 
     def stop(self) -> None:

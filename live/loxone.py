@@ -604,6 +604,7 @@ class LoxoneMqtt(MqttEndpoint):
             T_out=num("T_out"),
             age_s=ages,
             connected=self.connected,
+            gateway_online=values.get("gateway") if "gateway" in values else None,
         )
 
     def set_relays(self, on: Mapping[str, bool]) -> list[WriteRecord]:

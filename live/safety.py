@@ -8,6 +8,9 @@ threshold in :class:`SafetyLimits`:
 rule                fault when
 ==================  ==========================================================================
 ``broker``          the MQTT connection to the room bus is down
+``gateway``         the gateway between the broker and the Miniserver (LoxBerry) says it is offline
+                    (its status topic, e.g. its last will ``Disconnected``): nothing the loop sends
+                    reaches the rooms, and what it reads is old
 ``stale``           a room temperature is older than ``stale_room_s``. Loxone publishes only on
                     change, so a steady room is silent: the limit must exceed the Miniserver's
                     periodic republish interval (``republish_s``; default 1.5 × it)
@@ -206,6 +209,8 @@ class Watchdog:
             faults.append(self._clock_fault)
         if not rooms.connected:
             faults.append("broker: room bus disconnected")
+        elif rooms.gateway_online is False:
+            faults.append("gateway: the gateway to the Miniserver reports itself offline")
         stale = lim.stale_s
         for r in self.rooms:
             v = rooms.T_room.get(r, math.nan)

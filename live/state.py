@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from pydantic import ConfigDict, TypeAdapter
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,29 @@ class LoopState:
     battery: dict[str, Any] | None = None
     duty_residual_s: dict[str, float] = field(default_factory=dict)
     version: int = VERSION
+
+    def battery_command(self) -> Any:
+        """:attr:`battery` as a :class:`~pems.live.devices.BatteryCommand` (None: none); ValueError if it is not one."""
+        from pems.live.devices import BatteryCommand
+
+        if self.battery is None:
+            return None
+        b = dict(self.battery)
+        try:
+            b["until"] = pd.Timestamp(b["until"]) if b.get("until") else None
+            cmd = BatteryCommand(**b)
+        except TypeError as exc:
+            raise ValueError(f"battery: {exc}") from None
+        if cmd.priority not in ("load_first", "battery_first", "grid_first") or not (
+                isinstance(cmd.power_pct, int | float) and isinstance(cmd.soc_limit, int | float)
+                and isinstance(cmd.ac_charge, bool)):
+            raise ValueError(f"battery: not a battery command: {self.battery!r}")
+        return cmd
+
+
+#: Validates a loaded state field by field ([] is not a mapping, "x" not a number, unknown keys refused).
+LoopState.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+_STATE = TypeAdapter(LoopState)
 
 
 def _clean(v: Any) -> Any:
@@ -137,16 +161,28 @@ class StateStore:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
+    def _keep_aside(self) -> str:
+        """Move an unusable state file aside (never overwritten: it is evidence of what went wrong)."""
+        aside = self.folder / f"state.unreadable-{pd.Timestamp.now(tz='UTC'):%Y%m%dT%H%M%S}.json"
+        try:
+            os.replace(self.path, aside)
+        except OSError as exc:
+            return f"could not keep it aside ({exc.strerror})"
+        return f"kept aside as {aside.name}"
+
     def load(self, now: pd.Timestamp, max_age_s: float, rooms: tuple[str, ...]) -> tuple[LoopState | None, str]:
         """The saved state if usable at ``now``; else None. Returns (state, why) for the log."""
         if not self.path.exists():
             return None, "no saved state"
         try:
             d = json.loads(self.path.read_text(encoding="utf-8"))
-            st = LoopState(**d)
+            st = _STATE.validate_python(d)  # every field of the right type, or a ValidationError (a ValueError)
             saved = pd.Timestamp(st.saved_at)
+            if saved.tzinfo is None:
+                raise ValueError("saved_at has no time zone")
+            st.battery_command()  # its fields, and their types
         except (OSError, ValueError, TypeError) as exc:
-            return None, f"saved state unreadable ({type(exc).__name__}); starting fresh"
+            return None, f"saved state unreadable ({type(exc).__name__}); {self._keep_aside()}; starting fresh"
         if st.version != VERSION:
             return None, f"saved state has version {st.version}, expected {VERSION}"
         if tuple(st.rooms) != tuple(rooms):

@@ -359,3 +359,30 @@ def test_pems_live_bad_input_is_one_line(tmp_path, capsys):
     assert main(["live", "--config", str(tmp_path / "home.toml")]) == 2
     err = capsys.readouterr().err
     assert "file not found" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("change", [
+    {"relays": []}, {"rooms": "a"}, {"estimator_x": ["warm", 1.0]}, {"saved_at": 1704844800},
+    {"battery": {"priority": "battery_first", "power_pct": "lots"}}, {"battery": {"bogus": 1}},
+    {"saved_at": "2024-01-10T00:00:00"}, {"surprise": 1},
+])
+def test_a_state_file_of_wrong_types_is_kept_aside_and_the_loop_starts_fresh(tmp_path, change):
+    from pems.live.state import LoopState, StateStore
+
+    store = StateStore(tmp_path)
+    now = pd.Timestamp("2024-01-10T00:05Z")
+    good = LoopState(saved_at="2024-01-10T00:00:00+00:00", step_time="2024-01-10T00:00:00+00:00", rooms=["a", "b"],
+                     estimator_x=[20.0, 21.0], relays={"a": True, "b": False},
+                     battery={"priority": "battery_first", "power_pct": 40.0, "soc_limit": 0.9, "ac_charge": True,
+                              "until": "2024-01-10T00:22:30+00:00"})
+    store.save(good)
+    st, why = store.load(now, 1800.0, ("a", "b"))
+    assert st is not None and st.battery_command().power_pct == 40.0, why
+    d = json.loads(store.path.read_text())
+    d.update(change)
+    store.path.write_text(json.dumps(d))
+    st, why = store.load(now, 1800.0, ("a", "b"))
+    assert st is None and "unreadable" in why and "kept aside as state.unreadable-" in why, why
+    assert not store.path.exists()
+    kept = list(tmp_path.glob("state.unreadable-*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text()) == d  # nothing the user had is lost

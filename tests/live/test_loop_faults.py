@@ -383,3 +383,30 @@ def test_the_broker_lost_for_an_hour_the_home_runs_itself_within_its_timeout(pre
     assert tr["mode_pems__a"].iloc[-1] == 1
     evs = events(ev)
     assert any(any("broker" in x for x in e["reasons"]) for e in kinds(evs, "fallback"))
+
+
+@pytest.mark.service
+def test_the_gateway_going_offline_falls_back_and_recovers(prep, broker, tmp_path):
+    """The LoxBerry gateway's status topic says ``Disconnected`` (its last will, as the broker
+    publishes it when the gateway vanishes) for half an hour: nothing sent reaches the rooms, so the
+    loop hands back within a tick instead of waiting 22.5 minutes for stale readings."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    def status(payload: str) -> None:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"gw-{payload}")
+        c.connect(broker.host, broker.port)
+        c.loop_start()
+        c.publish("loxberry/mqttgateway/status", payload, qos=1, retain=True).wait_for_publish(5)
+        c.loop_stop()
+        c.disconnect()
+
+    def inject(r):
+        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+        status("Disconnected")
+        assert r.emu.wait_until(at(prep, 1.5), timeout=60)
+        status("Connected")
+
+    _, evs = _fault_run(prep, broker, tmp_path, inject)
+    first, _ = _assert_fallback_and_recovery(evs, "gateway", at(prep, 1.0), at(prep, 1.5))
+    assert pd.Timestamp(first["time"]) - at(prep, 1.0) <= pd.Timedelta(minutes=2)  # a tick, not 22.5 minutes

@@ -50,6 +50,9 @@ class InverterReadings:
     P_load: float  # the house's consumption as the inverter meters it [W]
     priority: Priority | None = None  # as read back from the holding registers
     ok: bool = True  # False: the read failed (values are nan)
+    # settings found changed since the last read without PEMS writing them (the Growatt app, a
+    # reboot): "name: old → new" each
+    changed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

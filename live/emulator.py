@@ -262,6 +262,7 @@ class Emulator:
         self.fallback_when_loop_offline = bool(fallback_when_loop_offline)
         self.heartbeat_timeout_s = float(heartbeat_timeout_s)
         self._beats_seen, self._last_beat = 0, None
+        self._inverter_mode: str | None = None
 
         # Our own clock is anchored again in start(): setting up takes seconds, hours at high speed.
         self._own_clock = clock is None
@@ -534,8 +535,13 @@ class Emulator:
         bat_w = None
         if self.logic is not None:
             house_w = self._load[i] + float(heat.sum()) + self._standby_w
-            bat_w = self.logic.step(self.growatt.holding(), t, P_pv=self._pv_avail[i], P_load=house_w,
-                                    soc=soc, dt_s=self.tick_s).P_bat
+            out = self.logic.step(self.growatt.holding(), t, P_pv=self._pv_avail[i], P_load=house_w,
+                                  soc=soc, dt_s=self.tick_s)
+            bat_w = out.P_bat
+            if out.mode != self._inverter_mode:  # when the priority in force changes, and to what
+                self._inverter_mode = out.mode
+                with self._lock:
+                    self._events.append({"time": t, "device": "inverter", "kind": "mode", "mode": out.mode})
         obs = self.plant.step(Action(heat_w=heat, bat_w=bat_w))
         self._serve_measurements(obs, soc)
         with self._progress:

@@ -130,6 +130,7 @@ class GrowattModbus:
         self._last_attempt: float | None = None  # clock() of the last failed connect/read
         self._last_request: float | None = None  # clock() of the last write request
         self.last_error: str = ""
+        self._warned: str | None = None  # the connect error last warned about (warned once, not per retry)
 
     # ------------------------------------------------------------------ connection
     @property
@@ -167,8 +168,15 @@ class GrowattModbus:
             ok, self.last_error = False, str(exc)
         if not ok:
             self._fail(self.last_error or f"cannot connect to {self.host}:{self.port}")
-            log.warning("growatt: cannot connect to %s:%s (%s)", self.host, self.port, self.last_error)
+            # once per distinct error, not at every retry (a gateway that is gone stays gone for a while)
+            if self.last_error != self._warned:
+                self._warned = self.last_error
+                log.warning("growatt: cannot connect to %s:%s (%s); retrying quietly", self.host, self.port,
+                            self.last_error)
             return False
+        if self._warned is not None:
+            log.warning("growatt: connected to %s:%s again", self.host, self.port)
+            self._warned = None
         self._connected = True
         # What the device holds now is what the guard compares against: the inverter may have been
         # restarted or set by hand while we were away.
@@ -225,20 +233,29 @@ class GrowattModbus:
             return self._failed(t)
         try:
             values = self._read_table("input")
-            holding = self._read_priority_registers()
+            holding = self._read_table("holding")
         except ModbusReadError as exc:
             log.warning("growatt: read failed (%s)", exc)
             self._fail(exc)
             return self._failed(t)
         return InverterReadings(time=t, **{m: values[m] for m in MEASUREMENTS},
-                                priority=self._priority(holding, t), ok=True)
+                                priority=self._priority(holding, t), ok=True, changed=self._refresh(holding))
 
-    def _read_priority_registers(self) -> dict[str, float]:
-        """The holding registers the priority in force is read from (SPH: one register)."""
-        if "priority" in self.regmap:
-            reg = self.regmap["priority"]
-            return {"priority": reg.decode(self._read_block("holding", reg.address, reg.words))}
-        return self._read_table("holding")
+    def _refresh(self, holding: dict[str, float]) -> tuple[str, ...]:
+        """Bring the guard's picture of the device up to date from a regular read; the settings that
+        changed without PEMS writing them (the Growatt app, a datalogger reboot), as "name: old → new".
+
+        The guard skips values it believes the device holds: a picture refreshed only on reconnect
+        would let a change made in the app pass for "unchanged", and a command would silently not
+        take effect.
+        """
+        changed = []
+        for name, value in holding.items():
+            old = self.guard.known(name)
+            if old is not None and math.isfinite(value) and value != old:
+                changed.append(f"{name}: {old:g} → {value:g}")
+        self.guard.remember(holding)
+        return tuple(changed)
 
     @staticmethod
     def _failed(t: pd.Timestamp) -> InverterReadings:

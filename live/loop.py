@@ -36,8 +36,10 @@ does not shorten it.
 - other discharges → ``grid_first`` at ``−bat_w / max_discharge`` down to ``soc_min``.
 - ``bat_w is None`` (a rule-based action) → ``load_first``, slots cleared (the inverter's own logic).
 
-Battery-first and grid-first slots end 1.5 steps ahead: re-commanded each step (the write guard
-then rewrites only the slot's end), they lapse to load first soon after the loop stops.
+Battery-first and grid-first slots end one inner tick after the next step's start: re-commanded each
+step (the write guard then rewrites only the slot's end), they lapse to load first within a step and
+a tick of the loop's last command when it dies (a dead man's switch: the Growatt's slots repeat
+daily, so a slot left standing would steer the battery every day).
 
 Timing
 ------
@@ -300,6 +302,7 @@ class LiveLoop:
         self._soc = math.nan
         self._bus_connections = -1
         self._log_up: bool | None = None  # the InfluxDB log's last known state
+        self._unsent: dict[tuple[str, str, str, str], int] = {}  # refused writes logged once: repeats since
         self._problems: dict[str, str] = {}  # measured values not used, by key: the kind of problem
         self._sources: dict[str, str] = {}  # where the learned forecast columns came from last step
         self._step_logged = False  # the current control step's "step" event is written
@@ -376,7 +379,8 @@ class LiveLoop:
         self.handed_back = report
         for step in (lambda: self._save(now, now) if handback and self._started else None,
                      lambda: self.events.write("stop", now, handback=report or False, steps=self._steps,
-                                               overruns=self.overruns)):
+                                               overruns=self.overruns,
+                                               unsent_repeats=sum(self._unsent.values()))):
             try:
                 step()
             except Exception:  # noqa: BLE001 - nothing after the hand-back may stop the shutdown
@@ -521,6 +525,9 @@ class LiveLoop:
         now, mono = self.clock.now(), self.clock.monotonic()
         rr = self.bus.read()
         inv = self.inverter.read() if self.inverter is not None else None
+        if inv is not None and inv.changed:
+            self.events.write("inverter_changed", now, changed=list(inv.changed))
+            log.warning("inverter settings changed outside PEMS: %s", "; ".join(inv.changed))
         if inv is not None and inv.ok:
             self._acc.inv.append(inv)
             if math.isfinite(inv.soc):
@@ -551,9 +558,15 @@ class LiveLoop:
     def inner_tick(self) -> None:
         """Sample and check health (the guard ends relay pulses, on its own thread); under set-points,
         let the thermostat switch."""
-        now, _, rr, _, faults = self._sample()
+        now, _, rr, inv, faults = self._sample()
         self._apply_health(now, faults)
         self._watch_log(now)
+        if inv is not None and inv.changed and self.watchdog.state == "active" and self.mode == "pems" \
+                and self.battery is not None and self.battery.priority != "load_first":
+            # changed under the loop's command (the Growatt app): the command again, at once
+            with self._io_lock():
+                recs = self.inverter.command(self.battery)  # type: ignore[union-attr]
+            self._log_writes(now, recs)
         if self._setpoint is not None and self.mode == "pems" and self.watchdog.state == "active":
             with self._io_lock():
                 relays = self._thermostat_relays(rr)
@@ -680,7 +693,8 @@ class LiveLoop:
         T = np.array([rr.T_room.get(r, math.nan) for r in rooms], dtype=float)
         if self._steps == 0:
             p_heat = np.zeros(len(rooms))
-        elif not acc.fallback_seen and self.mode == "pems":
+        elif not acc.fallback_seen and self.mode == "pems" and not s.dry_run:
+            # what the loop switched (known to the tick); a dry run switched nothing: measured below
             p_heat = self.rating * np.clip(self._on_s / s.step_s, 0.0, 1.0)
         else:
             rel = np.array([[row.get(r, math.nan) for r in rooms] for row in acc.relay] or [np.zeros(len(rooms))])
@@ -795,7 +809,7 @@ class LiveLoop:
         bat = bound_battery(bat_w, self._soc, self.bat_limits)
         pv = float(fc.column("P_pv")[0]) if "P_pv" in fc.d_names else 0.0
         load = float(fc.column("P_load")[0]) if "P_load" in fc.d_names else 0.0
-        until = t + pd.Timedelta(seconds=1.5 * s.step_s)
+        until = t + pd.Timedelta(seconds=s.step_s + s.inner_s)  # the next step renews it, or it lapses
         cmd = battery_command(bat, pv, load + heat_w, self.bat_limits, s, until)
         self._log_writes(now, self.inverter.command(cmd))
         self.battery = cmd
@@ -921,11 +935,25 @@ class LiveLoop:
         return report
 
     def _log_writes(self, now: pd.Timestamp, records: list[WriteRecord], fallback: bool = False) -> None:
+        """Command records into the event log. A write refused again for the same reason (a device
+        that is gone: the hand-back is retried every tick) is logged once and then counted; the
+        count goes with the next record of that target that is sent."""
         for w in records:
             if not w.sent and w.reason.startswith("unchanged"):
                 continue  # the guard skipped a value the device already holds
+            extra: dict[str, Any] = {}
+            if not w.sent and w.reason != "dry-run":
+                key = (w.device, w.target, str(w.value), w.reason)
+                if key in self._unsent:
+                    self._unsent[key] += 1
+                    continue
+                self._unsent[key] = 0
+            elif w.sent:
+                gone = [k for k in self._unsent if k[0] == w.device and k[1] == w.target]
+                if gone:
+                    extra["unsent_repeats"] = sum(self._unsent.pop(k) for k in gone)
             self.events.write("command", now, device=w.device, target=w.target, value=w.value, sent=w.sent,
-                              reason=w.reason, fallback=fallback)
+                              reason=w.reason, fallback=fallback, **extra)
 
     def _save(self, now: pd.Timestamp, t: pd.Timestamp) -> None:
         if self.store is None:

@@ -112,6 +112,8 @@ class InfluxSpec(_Strict):
     """Mapping preset or file: which measurement and field each value is written to."""
     spool_dir: str = "spool"
     """Folder of the disk spool that keeps points while the server is down."""
+    spool_max_mb: Annotated[float, Field(ge=1)] = 1000.0
+    """Most disk the spool may take; beyond it the oldest unsent points are dropped, and the log says which [MB]."""
 
     @model_validator(mode="before")
     @classmethod
@@ -465,7 +467,7 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
 
         influx = InfluxLog(s.influx.url, cfg.resolve_named(s.influx.mapping, builtin_mappings()),
                            spool_dir=cfg.resolve(s.influx.spool_dir), house=house, url_source=cfg.path,
-                           url_key="influx.url")
+                           url_key="influx.url", max_bytes=int(s.influx.spool_max_mb * 1e6))
     try:
         return LiveLoop(model, controller, forecast, bus, inverter, clock, settings, cfg.safety_limits(),
                         events_path if events_path is not None else events, state, influx)

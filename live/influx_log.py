@@ -133,6 +133,8 @@ log = logging.getLogger(__name__)
 
 KINDS = ("measured", "estimated", "planned", "commanded", "event")
 Kind = Literal["measured", "estimated", "planned", "commanded", "event"]
+#: Kinds written once per control step: a time that does not advance is a clock that went back.
+ONE_POINT_PER_STEP = ("measured", "estimated", "commanded")
 Value = float | int | bool | str | None
 _RESERVED_TAGS = ("kind", "room")
 _SEG_SUFFIX = ".seg"
@@ -291,6 +293,7 @@ class _Spool:
             os.close(self._lock_fd)
             raise InputError(self.folder, "spool_dir", "in use by another InfluxDB log (one writer per spool "
                                                        "directory)") from None
+        self.fd: int | None = None  # the active segment's descriptor (None: to be opened at the next append)
         self.segments: list[int] = []  # seqs, oldest first; the last one is active
         self.sizes: dict[int, int] = {}  # bytes of complete records
         self.nlines: dict[int, int] = {}
@@ -318,7 +321,8 @@ class _Spool:
             os.close(fd)
 
     def _open_active(self, seq: int) -> None:
-        self.fd = os.open(self.path(seq), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path(seq), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)  # may raise: fd stays None
+        self.fd = fd
         self.segments.append(seq)
         self.sizes[seq], self.nlines[seq] = 0, 0
         self._fsync_dir()  # the new file's directory entry survives a power cut
@@ -333,6 +337,12 @@ class _Spool:
             pass
         except (ValueError, KeyError, TypeError):
             self._warn("cursor.json unreadable: resending the whole spool (points are overwritten, not doubled)")
+        if seqs and cur_seq > seqs[-1]:
+            # A cursor past every segment on disk (copied from another spool, or damaged) would have
+            # every segment deleted as acknowledged: trust the segments, not the cursor.
+            self._warn(f"cursor.json points past every segment ({cur_seq} > {seqs[-1]}): resending the whole "
+                       "spool (points are overwritten, not doubled)")
+            cur_seq, cur_off = 0, 0
         for seq in seqs:
             p = self.path(seq)
             if seq < cur_seq:  # acknowledged, deletion interrupted
@@ -417,6 +427,8 @@ class _Spool:
             if self.when_full == "drop_newest" and self.total_bytes + len(data) > self.max_bytes:
                 self.dropped += n
                 return 0, [(n, None, None)]
+            if self.fd is None:  # a rotation failed after closing the full segment: a new one now
+                self._open_active(self.segments[-1] + 1)
             seq = self.segments[-1]
             view, done = memoryview(data), 0
             try:
@@ -432,14 +444,22 @@ class _Spool:
             self.n_pending += n
             self._dirty = True
             if self.sizes[seq] >= self.segment_bytes:
-                self._rotate()
+                try:
+                    self._rotate()
+                except OSError as exc:  # the records are written; the next append opens a segment
+                    log.error("InfluxDB log spool %s: cannot start a new segment (%s)", self.folder, exc.strerror)
             while self.total_bytes > self.max_bytes and len(self.segments) > 1:
                 drops.append(self._drop_head())
         return n, drops
 
     def _rotate(self) -> None:
-        os.fsync(self.fd)
-        os.close(self.fd)
+        # The descriptor is dropped before anything can fail: a descriptor kept after its close would
+        # send later records into whatever file the system gives that number next.
+        fd, self.fd = self.fd, None
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         self._dirty = False
         self._open_active(self.segments[-1] + 1)
 
@@ -726,6 +746,7 @@ class InfluxLog:
         self._spool = _Spool(self.spool_dir, max_bytes, max(4096, min(segment_bytes, max_bytes // 4)), when_full)
         self._transport = _Transport(self.source, timeout_s)
         self._series: dict[str, Series | None] = {}
+        self._last_ns: dict[tuple[str, tuple], int] = {}  # the newest time written per kind and tags [ns]
         self._c = _Counters()
         self._cond = threading.Condition()
         self._wake_at = 0.0  # monotonic time of the sender's next round
@@ -849,7 +870,22 @@ class InfluxLog:
         """
         if self._closed:
             raise RuntimeError("the InfluxDB log is closed")
-        return self._append(self.lines(time, values, kind, tags))
+        lines = self.lines(time, values, kind, tags)
+        if kind in ONE_POINT_PER_STEP and lines:
+            key = (kind, tuple(sorted((tags or {}).items())))
+            t_ns = _to_ns(time)
+            last = self._last_ns.get(key)
+            if last is not None and t_ns <= last:
+                # The clock went back: these points would overwrite what was logged at that time. They
+                # are kept in rejected.lp, not sent (and the loop's watchdog says why: a clock fault).
+                why = (f"{kind} at {pd.Timestamp(t_ns, unit='ns', tz='UTC')} is not after the last one logged "
+                       f"({pd.Timestamp(last, unit='ns', tz='UTC')}): the clock went back; kept, not sent")
+                for _, ln in lines:
+                    self._spool.reject_raw(ln.encode(), why)
+                log.warning("InfluxDB log: %s", why)
+                return 0
+            self._last_ns[key] = t_ns
+        return self._append(lines)
 
     def write_plan(self, issued, plan: pd.DataFrame, tags: MappingABC[str, str] | None = None) -> int:
         """Spool a plan: row ``i`` (indexed by the time it applies to) with tag ``horizon=i``.

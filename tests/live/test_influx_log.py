@@ -326,6 +326,60 @@ def test_a_full_spool_drops_the_oldest_and_logs_the_gap(tmp_path, fake, caplog):
         log.close(1)
 
 
+def test_a_failed_segment_rotation_never_writes_into_a_stranger_file(tmp_path):
+    """The next segment's name is taken by a folder (a real EISDIR from the file system): the rotation
+    fails after closing the full segment. Later records must not land in whatever file reuses the old
+    descriptor's number; they are counted lost until a segment can be opened, then spooled again."""
+    log = InfluxLog(dead_url(), None, tmp_path, segment_bytes=4096, max_bytes=10**6, start=False)
+    try:
+        sp = log._spool
+        blocker = sp.path(sp.segments[-1] + 1)
+        blocker.mkdir()
+        numbered(log, 0, 200)  # several kB: the rotation is due and fails
+        assert sp.fd is None
+        stranger = tmp_path / "stranger.txt"
+        with open(stranger, "w") as f:  # takes the lowest free descriptor number: the old segment's
+            numbered(log, 200, 10)
+            f.flush()
+            assert stranger.read_text() == ""
+        lost = log.status().dropped_lines
+        assert lost >= 10
+        blocker.rmdir()
+        numbered(log, 210, 10)
+        kept = seqs([x for _, x in read_spool(tmp_path)])
+        assert kept[-10:] == list(range(210, 220)) and len(kept) + lost == 220
+    finally:
+        log.close(0)
+
+
+def test_a_cursor_past_every_segment_deletes_nothing(tmp_path, caplog):
+    log = InfluxLog(dead_url(), None, tmp_path, start=False)
+    numbered(log, 0, 50)
+    log.close(0)
+    (tmp_path / "cursor.json").write_text('{"segment": 999999, "offset": 0}')
+    log = InfluxLog(dead_url(), None, tmp_path, start=False)
+    try:
+        assert log.status().pending_lines == 50
+        assert "points past every segment" in caplog.text
+    finally:
+        log.close(0)
+
+
+def test_a_clock_that_went_back_overwrites_nothing(tmp_path):
+    """Measured points at a time already logged would overwrite it in InfluxDB: kept aside, not sent."""
+    log = InfluxLog(dead_url(), None, tmp_path, start=False)
+    try:
+        assert log.write(T0, {"T_out": 1.0}, "measured") > 0
+        assert log.write(T0 + S15, {"T_out": 2.0}, "measured") > 0
+        assert log.write(T0, {"T_out": 9.0}, "measured") == 0  # the clock went back by 15 s
+        assert log.write(T0, {"seq": 1.0}, "commanded") > 0  # each kind has its own timeline
+        assert log.status().pending_lines == 3
+        rejected = (tmp_path / "rejected.lp").read_text()
+        assert "clock went back" in rejected and "9" in rejected
+    finally:
+        log.close(0)
+
+
 def test_drop_newest_refuses_new_lines_instead(tmp_path):
     log = InfluxLog(dead_url(), None, tmp_path, max_bytes=8192, when_full="drop_newest", start=False)
     try:

@@ -302,6 +302,7 @@ class LiveLoop:
         self._soc = math.nan
         self._bus_connections = -1
         self._log_up: bool | None = None  # the InfluxDB log's last known state
+        self._online_said = False  # the bus was told the loop is online (after its first fresh commands)
         self._unsent: dict[tuple[str, str, str, str], int] = {}  # refused writes logged once: repeats since
         self._problems: dict[str, str] = {}  # measured values not used, by key: the kind of problem
         self._sources: dict[str, str] = {}  # where the learned forecast columns came from last step
@@ -798,6 +799,10 @@ class LiveLoop:
             records += self.bus.set_mode("pems")
             self._bus_connections = conns
         self.mode = "pems"
+        # "online" only now, after fresh commands: a home that trusts the status must not resume a
+        # dead loop's relay commands in the seconds before the new loop's first step
+        if not self._online_said and hasattr(self.bus, "announce_online") and self.bus.announce_online():
+            self._online_said = True
         return records
 
     def _command_battery(self, now: pd.Timestamp, t: pd.Timestamp, bat_w: float | None, fc: Forecast,

@@ -545,8 +545,9 @@ class LoxoneMqtt(MqttEndpoint):
 
     Writes: in dry-run nothing is published (no commands, no ``loop_status``, no last will); while
     the connection is down commands are refused with reason ``"not connected"`` rather than queued.
-    With a ``loop_status`` topic the loop publishes ``online`` (retained) on every connection,
-    ``offline`` on :meth:`close`, and leaves ``offline`` as its last will.
+    With a ``loop_status`` topic the loop publishes ``online`` (retained) once it has sent fresh
+    commands (:meth:`announce_online`) and on every reconnection after that, ``offline`` on
+    :meth:`close`, and leaves ``offline`` as its last will.
     """
 
     _id_prefix = "pems-loop"
@@ -583,6 +584,7 @@ class LoxoneMqtt(MqttEndpoint):
             keys.append("gateway")
         self._keys = tuple(keys)
         self._warned: set[str] = set()
+        self._online = False  # announce_online() was called: "online" is (re)published on every connection
 
     def __repr__(self) -> str:
         base = super().__repr__()[:-1]
@@ -695,8 +697,22 @@ class LoxoneMqtt(MqttEndpoint):
 
     def _on_connected(self, client: mqtt.Client) -> None:
         t = self.layout.topics.loop_status
-        if t and not self.dry_run:
+        if t and not self.dry_run and self._online:  # again after a reconnect; never before announce_online()
             client.publish(t, self.layout.encode("loop_status", True), qos=self.qos, retain=True)
+
+    def announce_online(self) -> bool:
+        """Say ``online`` on the status topic (retained), and again after every reconnection.
+
+        The loop calls this once it has sent fresh commands, not at connect: a Miniserver that trusts
+        the status would otherwise put its rooms under PEMS again with a dead loop's last relay
+        commands (a loop restarting after a crash). True when handed to the broker connection."""
+        self._online = True
+        t = self.layout.topics.loop_status
+        client = self._client
+        if not t or self.dry_run or client is None or not self.connected:
+            return False
+        return client.publish(t, self.layout.encode("loop_status", True), qos=self.qos,
+                              retain=True).rc == mqtt.MQTT_ERR_SUCCESS
 
     def _before_close(self, client: mqtt.Client) -> None:
         t = self.layout.topics.loop_status

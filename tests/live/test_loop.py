@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -259,12 +260,26 @@ def test_restart_resumes_estimator_state(prep, broker, tmp_path):
     saved = json.loads((state / "state.json").read_text())
     r.loop.close(handback=False)
     assert saved["mode"] == "pems" and saved["estimator_x"] is not None
+    seen: list[tuple[str, bytes]] = []  # what the home hears from the new loop, in order
+    spy = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="spy-restart")
+    spy.on_connect = lambda c, u, f, rc, p: c.subscribe([("pems/status", 1), ("loxone/room/+/heating/set", 1)])
+    spy.on_message = lambda c, u, msg: seen.append((msg.topic, msg.payload)) if not msg.retain else None
+    spy.connect(broker.host, broker.port)
+    spy.loop_start()
+    time.sleep(0.2)
     loop2 = r.new_loop(events_path=ev2)
     loop2.start()
     est = r.controller.estimator
     assert list(est.x) == pytest.approx(saved["estimator_x"])  # resumed, not re-initialised
     r.run_loop(loop2, 4, r.step_mono(4))
     res = r.finish()
+    spy.loop_stop()
+    spy.disconnect()
+    # "online" only after the new loop's own fresh relay commands: a Miniserver trusting the status
+    # never resumes the dead loop's commands in between
+    online = [i for i, (t, p) in enumerate(seen) if t == "pems/status" and p == b"1"]
+    relays = [i for i, (t, _) in enumerate(seen) if t.endswith("/heating/set")]
+    assert online and relays and relays[0] < online[0], seen[:8]
     evs2 = events(ev2)
     assert kinds(evs2, "state")[0]["resumed"] is True
     # The new loop sees only the broker's retained values, of unknown age: stale until fresh ones

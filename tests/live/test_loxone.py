@@ -335,6 +335,9 @@ def test_hostile_payloads_become_nan_and_a_counted_problem_without_a_traceback(b
 
 @pytest.mark.service
 def test_commands_flow_from_loop_to_home(home, loop):
+    time.sleep(0.3)
+    assert home.loop_online is not True  # connected, but not "online" before it has commanded anything
+    assert loop.announce_online()
     assert wait_until(lambda: home.loop_online is True)  # the loop's status topic
     recs = loop.set_relays({"obyvak": True, "kuchyne": False})
     assert all(r.sent for r in recs)

@@ -121,5 +121,13 @@ class Inverter(Protocol):
         ...
 
     def release(self) -> list[WriteRecord]:
-        """Back to load first with every remote slot cleared (the safe state)."""
+        """Back to the inverter's own settings (:attr:`baseline`), or, without one, to load first with
+        every remote slot cleared (the safe state)."""
         ...
+
+    def settings(self) -> dict[str, float] | None:
+        """What the inverter's writable settings hold now (None: not known, e.g. not connected)."""
+        ...
+
+    baseline: dict[str, float] | None
+    """The owner's own settings, restored by :meth:`release` (None: release to the safe state)."""

@@ -194,6 +194,9 @@ class Emulator:
         Rooms in ``"pems"`` mode follow their own thermostats while the loop's status topic says
         offline (its last will), or while its heartbeat has been silent for more than
         ``heartbeat_timeout_s``, as the Miniserver of ``loxberry.toml`` is configured to.
+    inverter_settings
+        Holding registers the emulated inverter starts with (register name → engineering value): the
+        owner's own settings, which a loop must give back when it hands the home back.
     heartbeat_timeout_s
         Simulated seconds without a heartbeat after which the home takes its rooms back (only once a
         first heartbeat came: a loop without one is judged by its status alone).
@@ -231,7 +234,7 @@ class Emulator:
                  hours: float | None = None, device_id: int = 1, mqtt_username: str | None = None,
                  mqtt_password: str | None = None, mqtt_tls: TLSConfig | None = None,
                  fallback_when_loop_offline: bool = True, mqtt_options: dict[str, Any] | None = None,
-                 heartbeat_timeout_s: float = 300.0) -> None:
+                 heartbeat_timeout_s: float = 300.0, inverter_settings: dict[str, float] | None = None) -> None:
         if isinstance(scenario, Prepared):
             prep = scenario
         else:
@@ -297,6 +300,8 @@ class Emulator:
         self.home = _EmulatedHome(mqtt_host, mqtt_port, self.rooms, layout=layout, username=mqtt_username,
                                   password=mqtt_password, tls=mqtt_tls, **(mqtt_options or {}))
         self.growatt = GrowattServer(regmap, port=modbus_port, device_id=device_id, host="127.0.0.1")
+        if inverter_settings:  # what the owner set in the Growatt app before PEMS came
+            self.growatt.set_holding(dict(inverter_settings))
         ratings = battery_ratings(model)
         self.logic = (InverterLogic(self.growatt.regmap, ratings, model.house.site.timezone)
                       if ratings is not None else None)

@@ -131,6 +131,7 @@ class GrowattModbus:
         self._last_request: float | None = None  # clock() of the last write request
         self.last_error: str = ""
         self._warned: str | None = None  # the connect error last warned about (warned once, not per retry)
+        self.baseline: dict[str, float] | None = None  # the owner's settings, restored by release()
 
     # ------------------------------------------------------------------ connection
     @property
@@ -360,11 +361,37 @@ class GrowattModbus:
         return self._submit(self.plan(cmd), wait=False)
 
     def release(self) -> list[WriteRecord]:
-        """Load first, every slot disabled, AC charge off: the safe state.
+        """The owner's own settings again (:attr:`baseline`: rates, stop SOCs, AC charge, slots and
+        priority as they were before PEMS wrote anything); without a baseline, load first, every slot
+        disabled, AC charge off: the safe state.
 
         Waits out the rate limit (at most ``min_interval_s``) rather than being refused.
         """
-        return self._submit(self._plan_release(), wait=True)
+        return self._submit(self._plan_restore() if self.baseline else self._plan_release(), wait=True)
+
+    def settings(self) -> dict[str, float] | None:
+        """The writable registers as the device holds them [engineering units] (None: not all known)."""
+        if not self.dry_run and not self._try_connect(force=True):
+            return None
+        names = [r.name for r in self.regmap.writable()]
+        values = {n: self.guard.known(n) for n in names}
+        if any(v is None for v in values.values()):
+            return None
+        return {n: float(v) for n, v in values.items()}  # type: ignore[arg-type]
+
+    def _plan_restore(self) -> list[tuple[str, float]]:
+        """The baseline's writes: the safe state first (priority, enables, AC charge off), then the
+        owner's values, their enables and priority last, so that no mix of PEMS's slot times and
+        the owner's enables is ever in force."""
+        assert self.baseline is not None
+        base = {n: v for n, v in self.baseline.items() if n in self.regmap and self.regmap[n].writable}
+        last = [n for n in base if n.endswith("_enable") or n == "priority" or n == "ac_charge"]
+        if self.regmap.scheme != "sph":  # TL-XH: the on-bit is in the slot's start word
+            last += [n for n in base if n.startswith("slot") and n.endswith("_start")]
+        out = self._plan_release()
+        out += [(n, v) for n, v in base.items() if n not in last]
+        out += [(n, base[n]) for n in last]
+        return out
 
     def _submit(self, writes: list[tuple[str, float]], wait: bool) -> list[WriteRecord]:
         if not self.dry_run and not self._try_connect(force=True):

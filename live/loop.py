@@ -335,6 +335,7 @@ class LiveLoop:
         if self.inverter is not None:
             self.inverter.connect()
         self.guard.start()
+        self._inverter_baseline(now)
         self.events.write("start", now, dry_run=self.settings.dry_run, rooms=list(self.rooms),
                           step_s=self.settings.step_s, inner_s=self.settings.inner_s, resumed=resumed)
         if not resumed:
@@ -343,6 +344,35 @@ class LiveLoop:
             self._hand_back_due()
             self._handback(now)
         self._started = True
+
+    def _inverter_baseline(self, now: pd.Timestamp) -> None:
+        """The owner's inverter settings, given back at every hand-back: recorded once, before the loop
+        first writes, and kept in the state folder across restarts (see
+        :meth:`~pems.live.state.StateStore.load_baseline`)."""
+        inv = self.inverter
+        if inv is None or not hasattr(inv, "settings"):
+            return
+        saved = self.store.load_baseline() if self.store is not None else None
+        if saved is not None:
+            inv.baseline, source = saved, "recorded earlier"
+        else:
+            try:
+                current = inv.settings()
+            except Exception:  # noqa: BLE001 - without a baseline the hand-back is the safe state
+                log.exception("reading the inverter's settings failed")
+                current = None
+            if current is None:
+                log.warning("the inverter's own settings could not be read at start: a hand-back sets it to "
+                            "load first with every slot cleared, not to the owner's settings")
+                self.events.write("inverter_baseline", now, source="unknown", settings=None)
+                return
+            inv.baseline, source = current, "read at start"
+            if self.store is not None and not self.settings.dry_run:
+                try:
+                    self.store.save_baseline(current)
+                except OSError as exc:
+                    log.error("cannot keep the inverter's settings in %s: %s", self.store.folder, exc)
+        self.events.write("inverter_baseline", now, source=source, settings=inv.baseline)
 
     def _restore(self, st: LoopState) -> bool:
         est = getattr(self.controller, "estimator", None)

@@ -28,6 +28,7 @@ from pydantic import ConfigDict, TypeAdapter
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+BASELINE_FILE = "inverter_baseline.json"
 LOCK_FILE = "state.lock"
 VERSION = 1
 
@@ -169,6 +170,36 @@ class StateStore:
         except OSError as exc:
             return f"could not keep it aside ({exc.strerror})"
         return f"kept aside as {aside.name}"
+
+    # ------------------------------------------------------------------ the inverter's own settings
+    def load_baseline(self) -> dict[str, float] | None:
+        """The inverter's settings as the owner had them before PEMS first wrote (None: not recorded).
+
+        Kept across restarts and never overwritten by the loop: a loop restarted after a crash would
+        otherwise record its dead predecessor's settings as the owner's. Delete the file after
+        changing the inverter's own settings, and the next start records them again.
+        """
+        p = self.folder / BASELINE_FILE
+        try:
+            d = json.loads(p.read_text(encoding="utf-8"))
+            if not (isinstance(d, dict) and all(isinstance(k, str) and isinstance(v, int | float) and not
+                                                isinstance(v, bool) for k, v in d.items())):
+                raise ValueError("not a mapping of register names to numbers")
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.error("%s unreadable (%s): the inverter is released to its safe state instead", p, exc)
+            return None
+        return {k: float(v) for k, v in d.items()}
+
+    def save_baseline(self, settings: dict[str, float]) -> None:
+        """Record the owner's settings (atomically; an existing record is kept)."""
+        p = self.folder / BASELINE_FILE
+        if p.exists():
+            return
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, p)
 
     def load(self, now: pd.Timestamp, max_age_s: float, rooms: tuple[str, ...]) -> tuple[LoopState | None, str]:
         """The saved state if usable at ``now``; else None. Returns (state, why) for the log."""

@@ -243,6 +243,7 @@ def test_loop_sees_temperatures_and_a_relay_command_heats_the_room(battery_prep,
                 assert r.T_room[room] * 10 == pytest.approx(round(r.T_room[room] * 10), abs=1e-9)
             assert r.relay == {"a": 0.0, "b": 0.0} and loop.modes() == {"a": "home", "b": "home"}
             assert loop.gateway_online is True
+            assert loop.announce_online()  # a loop says so once it commands (the home obeys only then)
             assert wait_until(lambda: emu.home.loop_online is True)
 
             # room a to the loop, relay on for an hour, then off for an hour

@@ -8,6 +8,7 @@ InfluxDB down is not a control fault (the log spools on disk and is replayed).
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import time
@@ -486,3 +487,27 @@ def test_an_inverter_gone_for_good_is_said_once_not_every_tick(prep, broker, tmp
     assert stop["handback"]["inverter"].startswith("not sent") and stop["handback"]["rooms"] == "sent"
     warned = [r for r in caplog.records if "cannot connect" in r.getMessage()]
     assert 1 <= len(warned) <= 2, [r.getMessage() for r in warned]
+
+
+@pytest.mark.service
+def test_the_hand_back_gives_the_owner_his_inverter_settings_back(prep, broker, tmp_path):
+    """The owner's Growatt runs with its own charge rate, stop SOC and a night slot of battery first.
+    The loop charges its own way for an hour, then stops: every setting is as the owner had it, and
+    the record of them is kept in the state folder for a loop that restarts after a crash."""
+    owner = {"bat_first_rate": 55.0, "bat_first_stop_soc": 85.0, "grid_first_rate": 60.0,
+             "grid_first_stop_soc": 20.0, "bat_first_slot2_start": 2 * 256 + 0.0, "bat_first_slot2_end": 5 * 256 + 0.0,
+             "bat_first_slot2_enable": 1.0}
+    state = tmp_path / "state"
+    r = EmulatedRun(prep, broker.host, broker.port, speed=SPEED, hours=1.5, mqtt_options=FAST, state_dir=state,
+                    emulator_options={"inverter_settings": owner})
+    r.controller = _Scripted(r.controller, prep.model, at=None, bat_w=1250.0)  # battery first, at 50 %
+    r.start()
+    assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+    during = r.emu.growatt.holding()
+    assert during["bat_first_rate"] != 55.0 and during["bat_first_slot1_enable"] == 1.0  # PEMS's own command
+    r.finish()
+    after = r.emu.growatt.holding()
+    assert {k: after[k] for k in owner} == owner, {k: (after[k], v) for k, v in owner.items() if after[k] != v}
+    assert after["bat_first_slot1_enable"] == 0.0  # PEMS's slot gone
+    kept = json.loads((state / "inverter_baseline.json").read_text())
+    assert {k: kept[k] for k in owner} == owner

@@ -7,7 +7,7 @@ export MPLBACKEND ?= Agg
 
 PEERS  ?= .venv-peers
 
-.PHONY: install services demo test test-fast bench bench-peers validate docs clean
+.PHONY: install services demo test test-fast bench bench-peers validate fault-matrix docs clean
 
 install: $(STAMP)
 
@@ -47,6 +47,9 @@ bench-peers: install $(PEERS)/.installed-stamp   ## EMHASS beside our controller
 
 validate: install             ## calibrate on the real buildings in ../shared/data → out/validate
 	$(PY) tools/validate.py --out out/validate
+
+fault-matrix: install services  ## every fault a home throws at the live loop, through real services → out/fault-matrix
+	$(PY) tools/fault_matrix.py --out out/fault-matrix
 
 docs: install                 ## the generated parts of docs/reference and README.md, from the code
 	$(PY) -m pems.docs

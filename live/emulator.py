@@ -688,6 +688,18 @@ class Emulator:
         twin = [{**e, "device": "twin"} for e in self.plant.log.events]
         return sorted(mine + twin, key=lambda e: e["time"])
 
+    def relay_table(self) -> pd.DataFrame:
+        """Every emulated tick so far: each room's relay (``relay__<room>``, 1 = heating) and whether the
+        loop or the home's thermostat switched it (``pems__<room>``), indexed by the tick's start."""
+        with self._lock:
+            done = self._done
+        idx = pd.DatetimeIndex(self.times[:done], name="time")
+        cols = {}
+        for j, r in enumerate(self.rooms):
+            cols[f"relay__{r}"] = self._relay_log[:done, j].astype(float)
+            cols[f"pems__{r}"] = self._pems_log[:done, j].astype(float)
+        return pd.DataFrame(cols, index=idx)
+
     def result(self, controller: str = "emulator") -> RunResult:
         """The emulated home's truth so far: trajectory at the control step, KPIs and events.
 

@@ -295,6 +295,7 @@ class LiveLoop:
         # set-points a controller asked for (the rule-based baselines), realised by the one thermostat
         # at every inner tick; None while it asks for powers
         self._setpoint: np.ndarray | None = None
+        self._pulse_end: dict[str, float] = {}  # room → monotonic end of its partial pulse this step [s]
         self._thermostat = Thermostat(model.house.heating.thermostat_hysteresis_k)
         self._pending_home = False
         self._pending_release = False
@@ -776,7 +777,7 @@ class LiveLoop:
         duty = np.divide(heat, self.rating, out=np.zeros_like(heat), where=self.rating > 0)
         on_s = np.zeros(len(self.rooms))
         mono = self.clock.monotonic()
-        running = self.guard.pending_offs()
+        running = {r: t for r, t in self._pulse_end.items() if r in self.guard.pending_offs()}
         for i, r in enumerate(self.rooms):
             # a pulse of the last step still running (the step started late) keeps its remaining
             # on-time: lateness shifts energy, never loses it
@@ -790,7 +791,11 @@ class LiveLoop:
         relays = {r: bool(on_s[i] > 0) for i, r in enumerate(self.rooms)}
         records = self.bus.set_relays(relays)
         sent_mono = self.clock.monotonic()
-        self.guard.schedule_offs({r: sent_mono + on_s[i] for i, r in enumerate(self.rooms) if 0 < on_s[i] < s.step_s})
+        # a pulse ends at its on-time; a full step's pulse at the step's end and one tick, unless the next
+        # step's command renews it first: a late or hung next step never keeps a relay on
+        self._pulse_end = {r: sent_mono + on_s[i] for i, r in enumerate(self.rooms) if 0 < on_s[i] < s.step_s}
+        self.guard.schedule_offs({**{r: sent_mono + s.step_s + s.inner_s for i, r in enumerate(self.rooms)
+                                     if on_s[i] >= s.step_s}, **self._pulse_end})
         self.relays = relays
         records += self._take_rooms()
         self._log_writes(now, records)

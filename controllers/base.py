@@ -8,7 +8,11 @@ by the harness from the plant's log, never by the controller.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
+
+import numpy as np
+import pandas as pd
 
 from pems.twin.signals import Action, Forecast, Observation
 
@@ -24,3 +28,52 @@ class Controller(Protocol):
 
     def act(self, observation: Observation, forecast: Forecast) -> Action:
         """The action for the step starting at ``observation.time``."""
+
+
+# ---------------------------------------------------------------------------------------------
+# what some controllers offer besides (small protocols: the runner and the live loop ask with
+# isinstance, not by probing attributes)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EstimatorState:
+    """A controller's estimate of the home, kept across a restart of the live loop."""
+
+    x: np.ndarray  # the full state (°C per node, SOC), model order
+    last_d: np.ndarray  # the disturbances the next prediction starts from, model order
+
+
+@runtime_checkable
+class Stateful(Protocol):
+    """A controller whose state estimate survives a restart (the live loop saves it every step)."""
+
+    def snapshot(self) -> EstimatorState | None:
+        """The estimate now (None: none yet)."""
+
+    def resume(self, state: EstimatorState) -> bool:
+        """Continue from a saved estimate; False if it does not fit this controller."""
+
+
+@runtime_checkable
+class Planner(Protocol):
+    """A controller that plans ahead and can show the plan behind its last action."""
+
+    def plan(self) -> pd.DataFrame | None:
+        """One row per control step of the horizon: planned inputs and predicted states."""
+
+
+@runtime_checkable
+class Learner(Protocol):
+    """A controller that learns from the home's history before a run (``pems simulate`` gives it the
+    scenario's history, the live loop the home's)."""
+
+    learns_from_history: bool
+
+    def learn(self, history: pd.DataFrame) -> None:
+        """Fit on a history table (the columns of docs/reference/history.md)."""
+
+
+@runtime_checkable
+class Reporter(Protocol):
+    """A controller that logs its own events (solver retries, fallbacks) for the run's log."""
+
+    events: list[dict]

@@ -34,6 +34,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from pems.controllers.base import EstimatorState
 from pems.controllers.estimator import KalmanEstimator, NoiseModel
 from pems.controllers.lp import Blocking, HorizonLP, NotLinear, why_not_linear
 from pems.controllers.mpc_nlp import IPOPT_OPTIONS, NLP_OPTIONS, NlpPlanner
@@ -254,6 +255,23 @@ class EconomicMPC:
         if self._nlp is not None:
             self._nlp.reset()  # the next solve starts from a fresh initial guess
         return self.fallback.act(obs, fc)
+
+    # ------------------------------------------------------------------ the estimate across restarts
+    def snapshot(self) -> EstimatorState | None:
+        """The Kalman estimate and the disturbances it predicts from (None before the first step)."""
+        x = self.estimator.x
+        if x is None or self._last_d is None:
+            return None
+        return EstimatorState(np.array(x, dtype=float), np.array(self._last_d, dtype=float))
+
+    def resume(self, state: EstimatorState) -> bool:
+        """Continue the estimate from ``state`` (a saved one: same model sizes, finite values)."""
+        x, d = np.asarray(state.x, dtype=float), np.asarray(state.last_d, dtype=float)
+        if x.shape != (len(self.model.sym.x),) or d.shape != (len(self.model.sym.d),) \
+                or not (np.isfinite(x).all() and np.isfinite(d).all()):
+            return False
+        self.estimator.x, self._last_d = x, d
+        return True
 
     # ------------------------------------------------------------------ the plan
     @property

@@ -17,6 +17,7 @@ import time
 import numpy as np
 import pandas as pd
 
+from pems.controllers.base import EstimatorState
 from pems.controllers.forecast.correctors import CorrectorSettings, ResidualCorrector
 from pems.controllers.mpc import EconomicMPC, MpcConfig
 from pems.twin.model import HouseModel
@@ -47,18 +48,16 @@ class CorrectedMPC:
     def solve_s(self) -> list[float]:
         return self.mpc.solve_s
 
-    # the live loop persists the estimator and logs the plan: both are the inner MPC's
+    # the live loop persists the estimate and logs the plan: both are the inner MPC's
     @property
     def estimator(self):  # noqa: ANN201 - KalmanEstimator
         return self.mpc.estimator
 
-    @property
-    def _last_d(self) -> np.ndarray | None:
-        return getattr(self.mpc, "_last_d", None)
+    def snapshot(self) -> EstimatorState | None:
+        return self.mpc.snapshot()
 
-    @_last_d.setter
-    def _last_d(self, value: np.ndarray) -> None:
-        self.mpc._last_d = value
+    def resume(self, state: EstimatorState) -> bool:
+        return self.mpc.resume(state)
 
     def plan(self) -> pd.DataFrame | None:
         """The inner MPC's plan (its disturbances include the learned gains)."""

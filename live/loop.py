@@ -72,6 +72,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pems.controllers.base import EstimatorState, Learner, Planner, Reporter, Stateful
 from pems.live.clock import SimClock
 from pems.live.devices import BatteryCommand, Inverter, InverterReadings, RoomBus, RoomReadings, WriteRecord
 from pems.live.event_log import EventLog
@@ -239,8 +240,10 @@ class LiveLoop:
     model
         The house model (room order, heater ratings, battery).
     controller
-        Any controller (``reset``/``act``); an estimator at ``controller.estimator`` (with
-        ``_last_d``, as :class:`~pems.controllers.mpc.EconomicMPC`) is persisted and resumed.
+        Any controller (``reset``/``act``). One that is :class:`~pems.controllers.base.Stateful` has its
+        estimate saved every step and resumed after a restart; a
+        :class:`~pems.controllers.base.Planner`'s plan and a :class:`~pems.controllers.base.Reporter`'s
+        events go into the log.
     forecast
         Calendar time of a step's start → the forecast from it.
     rooms
@@ -376,12 +379,9 @@ class LiveLoop:
         self.events.write("inverter_baseline", now, source=source, settings=inv.baseline)
 
     def _restore(self, st: LoopState) -> bool:
-        est = getattr(self.controller, "estimator", None)
-        if est is not None and st.estimator_x is not None and st.last_d is not None:
-            x = np.asarray(st.estimator_x, dtype=float)
-            if x.shape == (len(self.model.sym.x),) and np.isfinite(x).all():
-                est.x = x
-                self.controller._last_d = np.asarray(st.last_d, dtype=float)
+        if isinstance(self.controller, Stateful) and st.estimator_x is not None and st.last_d is not None:
+            self.controller.resume(EstimatorState(np.asarray(st.estimator_x, dtype=float),
+                                                  np.asarray(st.last_d, dtype=float)))
         self.mode = st.mode if st.mode in ("pems", "home") else "home"
         self.relays = {r: bool(st.relays.get(r, False)) for r in self.rooms}
         self.residual_s = {r: float(st.duty_residual_s.get(r, 0.0)) for r in self.rooms}
@@ -630,7 +630,8 @@ class LiveLoop:
             # the inverter metered the step that just ended: the learned forecasters' history
             observe(t - step, P_pv=obs.P_pv, P_load=obs.P_load)
         self._acc = _StepAccum()
-        n_ev = len(getattr(self.controller, "events", []) or [])
+        reporter = self.controller if isinstance(self.controller, Reporter) else None
+        n_ev = len(reporter.events) if reporter is not None else 0
         t0 = time.perf_counter()
         reason = ""
         fc = None
@@ -648,7 +649,7 @@ class LiveLoop:
                     action = Action(heat_w=None, bat_w=None)
                     reason = f"controller raised {type(exc).__name__}: {exc}"
         solve_s = time.perf_counter() - t0
-        new_ev = (getattr(self.controller, "events", []) or [])[n_ev:]
+        new_ev = reporter.events[n_ev:] if reporter is not None else []
         fell_back = [e for e in new_ev if e.get("kind") == "fallback"]
         if fell_back:
             reason = str(fell_back[-1].get("reason", "controller fell back"))
@@ -998,9 +999,8 @@ class LiveLoop:
     def _save(self, now: pd.Timestamp, t: pd.Timestamp) -> None:
         if self.store is None:
             return
-        est = getattr(self.controller, "estimator", None)
-        x = getattr(est, "x", None)
-        d = getattr(self.controller, "_last_d", None)
+        snap = self.controller.snapshot() if isinstance(self.controller, Stateful) else None
+        x, d = (None, None) if snap is None else (snap.x, snap.last_d)
         b = None
         if self.battery is not None:
             b = asdict(self.battery)
@@ -1029,7 +1029,8 @@ class LiveLoop:
                     cmd["P_bat_cmd"] = float(record["bat_w"])
                 self.influx.write(t, cmd, "commanded")
             # the estimator's full state (the slabs no sensor sees) and the plan behind the command
-            x = getattr(getattr(self.controller, "estimator", None), "x", None)
+            snap = self.controller.snapshot() if isinstance(self.controller, Stateful) else None
+            x = None if snap is None else snap.x
             if x is not None and record.get("solver_ok"):
                 m = self.model
                 est = {f"T_room__{r}": float(v) for r, v in zip(self.rooms, np.asarray(x)[m.air])}
@@ -1037,7 +1038,7 @@ class LiveLoop:
                 if m.has_battery:
                     est["soc"] = float(x[m.i_soc])
                 self.influx.write(t, est, "estimated")
-            plan = self.controller.plan() if record.get("solver_ok") and hasattr(self.controller, "plan") else None
+            plan = self.controller.plan() if record.get("solver_ok") and isinstance(self.controller, Planner) else None
             if plan is not None:
                 self.influx.write_plan(t, plan)
         except Exception:  # noqa: BLE001 - the log never stops the loop (it spools on its own)
@@ -1142,7 +1143,7 @@ class EmulatedRun:
         self.controller_name = controller
         self.deadline_s, self.real_time_solve = deadline_s, bool(real_time_solve)
         self.controller = make_controller(controller, model, self.step_s, sc.spec.mpc.model_dump())
-        if getattr(self.controller, "learns_from_history", False):  # as pems simulate does
+        if isinstance(self.controller, Learner) and self.controller.learns_from_history:  # as pems simulate does
             if prep.history is None:
                 raise ValueError(f"controller {controller!r} learns from a history; the scenario has no [truth] section")
             self.controller.learn(prep.history)

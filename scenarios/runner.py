@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pems.controllers import make_controller
-from pems.controllers.base import Controller
+from pems.controllers.base import Controller, Learner, Reporter
 from pems.scenarios.comfort import comfort_bands
 from pems.scenarios.forecast import ForecastProvider, forecast_provider
 from pems.scenarios.kpis import compute_kpis
@@ -120,7 +120,7 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
         ctrl = make_controller(controller, model, sc.step.total_seconds(), sc.spec.mpc.model_dump())
     else:
         ctrl = controller
-    if getattr(ctrl, "learns_from_history", False):
+    if isinstance(ctrl, Learner) and ctrl.learns_from_history:
         if prep.history is None:
             raise ValueError(f"controller {ctrl.name!r} learns from a history; the scenario has no [truth] section")
         ctrl.learn(prep.history)
@@ -155,7 +155,8 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
     bat, lim = model.house.battery, model.limits
     usable = bat.capacity_kwh * (lim.soc_max - lim.soc_min) if bat else None
     kpis = compute_kpis(traj, model.rooms, usable)
-    events = sorted(plant.log.events + list(getattr(ctrl, "events", [])), key=lambda e: e["time"])
+    own = ctrl.events if isinstance(ctrl, Reporter) else []
+    events = sorted(plant.log.events + list(own), key=lambda e: e["time"])
     return RunResult(sc.name, ctrl.name, traj, kpis, events, wall, model.rooms, sc.spec.tariff.currency,
                      x_end=plant.x.copy())
 

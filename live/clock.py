@@ -34,6 +34,7 @@ topic only distributes the anchor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import threading
@@ -41,7 +42,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
@@ -313,3 +314,49 @@ class ClockAnchor:
         if self.speed is None or self.epoch is None:
             raise ValueError("the emulator runs on a manual clock: there is no wall-clock anchor to follow")
         return SimClock(self.start, self.speed, self.epoch)
+
+
+# ---------------------------------------------------------------------------------------------
+# clocks for a real home and for clock-jump tests
+# ---------------------------------------------------------------------------------------------
+class WallClock(SimClock):
+    """Real time: calendar from the system clock, schedule from :func:`time.monotonic`.
+
+    A :class:`~pems.live.clock.SimClock` at speed 1 anchored now, except that :meth:`now` reads the
+    system clock. ``sleep_until(t)`` sleeps until ``monotonic() ≥ (t − start)``: targets are on the
+    monotonic timeline anchored at construction, so an NTP step of the system clock does not move them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(pd.Timestamp.now(tz="UTC"), speed=1.0)
+
+    def now(self) -> pd.Timestamp:
+        return pd.Timestamp.now(tz="UTC")
+
+
+class JumpClock:
+    """A clock whose calendar can be stepped (tests of the ``clock`` rule); monotonic time and
+    ``sleep_until`` (on the base's timeline) are the base clock's."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.start = base.start
+        self.speed = getattr(base, "speed", None)
+        self.offset_s = 0.0
+
+    def jump(self, seconds: float) -> None:
+        """Step the calendar by ``seconds`` (negative: back); ``jump(-offset_s)`` heals it."""
+        self.offset_s += float(seconds)
+
+    def now(self) -> pd.Timestamp:
+        return self.base.now() + pd.Timedelta(seconds=self.offset_s)
+
+    def monotonic(self) -> float:
+        return self.base.monotonic()
+
+    def sleep_until(self, t: pd.Timestamp, interrupt: threading.Event | None = None) -> bool:
+        return self.base.sleep_until(t, interrupt)
+
+    def real_time(self) -> contextlib.AbstractContextManager[Any]:
+        rt = getattr(self.base, "real_time", None)
+        return rt() if rt is not None else contextlib.nullcontext()

@@ -403,7 +403,8 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
     from pems.calibration.mapping import builtin_mappings
     from pems.controllers import make_controller
     from pems.live.growatt import GrowattModbus
-    from pems.live.loop import LiveLoop, LoopSettings, WallClock
+    from pems.live.clock import WallClock
+    from pems.live.loop import LiveLoop, LoopSettings
     from pems.live.loxone import ClockFollower, LoxoneMqtt, TLSConfig, credentials_from
     from pems.live.registers import builtin_maps
     from pems.live.topics import builtin_layouts

@@ -202,7 +202,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     out = output_dir(args.out or "out/live", writes=RUN_FILES, inputs={"--emulate": sc.path})
     out.mkdir(parents=True, exist_ok=True)
     from pems.live.emulator import write_result
-    from pems.live.loop import EmulatedRun
+    from pems.live.emulated_run import EmulatedRun
     from pems.live.loxone import MqttConnectError, credentials_from
     from pems.scenarios.runner import prepare
 

@@ -23,7 +23,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).parent))
 from helpers import BATTERY_HOUSE, FAST, write_scenario  # noqa: E402
 
-from pems.live.loop import EmulatedRun, battery_command, LoopSettings  # noqa: E402
+from pems.live.emulated_run import EmulatedRun  # noqa: E402
+from pems.live.loop import LoopSettings  # noqa: E402
+from pems.live.translate import battery_command  # noqa: E402
 from pems.live.safety import BatteryLimits, SafetyLimits, Watchdog  # noqa: E402
 from pems.live.devices import InverterReadings, RoomReadings  # noqa: E402
 from pems.live.state import StateLocked, StateStore  # noqa: E402

@@ -23,7 +23,7 @@ from test_influx_log import influxql  # noqa: E402
 from helpers import FAST  # noqa: E402
 from test_loop import SPEED, at, check_no_gap, events, kinds  # noqa: E402
 
-from pems.live.loop import EmulatedRun  # noqa: E402
+from pems.live.emulated_run import EmulatedRun  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
 # (3) faults

@@ -54,7 +54,7 @@ def _refuse_secrets(data: Any, hint: str) -> Any:
 
 
 class TlsSpec(_Strict):
-    """TLS towards the broker (see :class:`pems.live.loxone.TLSConfig`)."""
+    """TLS towards the broker (see :class:`pems.live.mqtt.TLSConfig`)."""
 
     ca_file: str | None = None
     """CA certificate file that signed the broker's certificate (default: the system's CAs)."""
@@ -405,7 +405,8 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
     from pems.live.growatt import GrowattModbus
     from pems.live.clock import WallClock
     from pems.live.loop import LiveLoop, LoopSettings
-    from pems.live.loxone import ClockFollower, LoxoneMqtt, TLSConfig, credentials_from
+    from pems.live.loxone import LoxoneMqtt
+    from pems.live.mqtt import ClockFollower, TLSConfig, credentials_from
     from pems.live.registers import builtin_maps
     from pems.live.topics import builtin_layouts
     from pems.twin.model import build_model

@@ -64,7 +64,7 @@ from pems.live.clock import TIME_TOPIC, Clock, SimClock
 from pems.live.devices import HeatingMode
 from pems.live.event_log import jsonable
 from pems.live.inverter_sim import BatteryRatings, InverterLogic
-from pems.live.loxone import TLSConfig
+from pems.live.mqtt import TLSConfig
 from pems.live.loxone_home import LoxoneHomeMqtt
 from pems.live.modbus_server import GrowattServer, ServerWrite
 from pems.live.registers import RegisterMap
@@ -351,7 +351,7 @@ class Emulator:
 
         Raises
         ------
-        pems.live.loxone.MqttConnectError
+        pems.live.mqtt.MqttConnectError
             The broker does not answer or refuses the connection.
         RuntimeError
             The Modbus server could not start.

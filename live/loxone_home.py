@@ -25,7 +25,7 @@ import pandas as pd
 import paho.mqtt.client as mqtt
 
 from pems.live.devices import HeatingMode
-from pems.live.loxone import MqttEndpoint, TLSConfig
+from pems.live.mqtt import MqttEndpoint, TLSConfig
 from pems.live.topics import Layout, ProblemCounter, load_layout, rooms_of
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class LoxoneHomeMqtt(MqttEndpoint):
     announce_gateway
         Publish the gateway's status topic (``Connected`` retained, last will ``Disconnected``).
     **options
-        Passed to :class:`~pems.live.loxone.MqttEndpoint`.
+        Passed to :class:`~pems.live.mqtt.MqttEndpoint`.
     """
 
     _id_prefix = "pems-home"

@@ -50,7 +50,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     layout, regmap = load_layout(args.layout), load_map(args.regmap)
     from pems.live.clock import SimClock
     from pems.live.emulator import Emulator, write_result
-    from pems.live.loxone import MqttConnectError, credentials_from
+    from pems.live.mqtt import MqttConnectError, credentials_from
     from pems.scenarios.runner import prepare
 
     creds = credentials_from()
@@ -121,7 +121,7 @@ def _follow(emu) -> None:
 def _emulator_broker(host: str, allowed: bool) -> None:
     """An emulated home publishes retained room temperatures and the LoxBerry gateway's status topic:
     on a real home's broker they would mislead its Miniserver and loop. Loopback only, unless told."""
-    from pems.live.loxone import is_loopback
+    from pems.live.mqtt import is_loopback
 
     if not allowed and not is_loopback(host):
         raise InputError("command line", "--mqtt", f"{host} is not this machine: an emulated home would publish fake "
@@ -203,7 +203,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     from pems.live.emulator import write_result
     from pems.live.emulated_run import EmulatedRun
-    from pems.live.loxone import MqttConnectError, credentials_from
+    from pems.live.mqtt import MqttConnectError, credentials_from
     from pems.scenarios.runner import prepare
 
     creds = credentials_from()
@@ -285,7 +285,7 @@ def cmd_live_config(args: argparse.Namespace) -> int:
     positive(args.hours, "--hours")
     cfg = load_live_config(args.config)
     s = cfg.spec
-    from pems.live.loxone import MqttConnectError
+    from pems.live.mqtt import MqttConnectError
     from pems.live.state import StateLocked
 
     command_logging(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s")  # a home's log

@@ -19,7 +19,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from pems.errors import InputError
 from pems.live.devices import RoomBus
-from pems.live.loxone import (Credentials, LoxoneMqtt, MqttConnectError, TLSConfig, ValueStore,
+from pems.live.loxone import LoxoneMqtt, ValueStore
+from pems.live.mqtt import (Credentials, MqttConnectError, TLSConfig,
                               credentials_from)
 from pems.live.loxone_home import LoxoneHomeMqtt
 from pems.live.topics import builtin_layouts, load_layout

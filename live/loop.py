@@ -64,7 +64,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -267,8 +267,7 @@ class LiveLoop:
         if not resumed:
             # A fresh start: whatever an earlier loop left behind, the home runs itself until the
             # first healthy step takes over (idempotent when it already does).
-            self._hand_back_due()
-            self._handback(now)
+            self._give_back(now)
         self._started = True
 
     def _inverter_baseline(self, now: pd.Timestamp) -> None:
@@ -326,9 +325,7 @@ class LiveLoop:
         report: dict[str, str] = {}
         self.guard.cancel_offs()
         if handback and self._started:
-            self._hand_back_due()
-            report = self._handback(now)
-            self.mode = "home"
+            report = self._give_back(now)
         self.guard.stop()
         self.handed_back = report
         for step in (lambda: self._save(now, now) if handback and self._started else None,
@@ -453,12 +450,7 @@ class LiveLoop:
             self._steps += 1
             self._step_logged = True
         if self.mode == "pems" or self._pending_home:
-            self._hand_back_due()
-            try:
-                self._handback(now)
-            except Exception:  # noqa: BLE001 - retried at the next tick (pending flags stay set)
-                log.exception("hand-back after the error failed; retrying")
-            self.mode = "home"
+            self._give_back(now)  # never raises; what is not sent is retried at the next tick
         return self.clock.monotonic()
 
     def _await_first_data(self, until_mono: float) -> None:
@@ -613,9 +605,7 @@ class LiveLoop:
             if not ok:
                 # the controller's own fallback (rule-based set-points): the home's thermostats do
                 # exactly that, and the inverter runs itself
-                self._hand_back_due()
-                self._handback(now)
-                self.mode = "home"
+                self._give_back(now)
                 record["commands"] = "home (controller fallback)"
             else:
                 sent_mono = self._command(now, t, action, fc, record)
@@ -700,7 +690,8 @@ class LiveLoop:
         duty = np.divide(heat, self.rating, out=np.zeros_like(heat), where=self.rating > 0)
         on_s = np.zeros(len(self.rooms))
         mono = self.clock.monotonic()
-        running = {r: t for r, t in self._pulse_end.items() if r in self.guard.pending_offs()}
+        pending = self.guard.pending_offs()
+        running = {r: t for r, t in self._pulse_end.items() if r in pending}
         for i, r in enumerate(self.rooms):
             # a pulse of the last step still running (the step started late) keeps its remaining
             # on-time: lateness shifts energy, never loses it
@@ -780,31 +771,25 @@ class LiveLoop:
         record.update(bat_w=bat, bat_w_plan=bat_w, battery=asdict(cmd))
 
     # ------------------------------------------------------------------ the guard's callbacks (its thread)
-    def _io_lock(self, timeout_s: float = 2.0) -> contextlib.AbstractContextManager[Any]:
+    @contextlib.contextmanager
+    def _io_lock(self, timeout_s: float = 2.0) -> Iterator[None]:
         """The device lock, waited for at most ``timeout_s`` of wall time: a thread stuck holding it
         (a socket hung mid-write) must not keep the hand-back from going out (the transports are
         thread-safe; only the loop's bookkeeping could then race)."""
-
-        @contextlib.contextmanager
-        def held() -> Any:
-            got = self._io.acquire(timeout=timeout_s)
-            if not got:
-                log.error("device lock busy for %.0f s; writing without it", timeout_s)
-            try:
-                yield
-            finally:
-                if got:
-                    self._io.release()
-
-        return held()
+        got = self._io.acquire(timeout=timeout_s)
+        if not got:
+            log.error("device lock busy for %.0f s; writing without it", timeout_s)
+        try:
+            yield
+        finally:
+            if got:
+                self._io.release()
 
     def _deadline_missed(self, what: str, late_s: float) -> None:
         """The guard's thread: ``what`` overran its deadline; the home gets its own logic back now."""
         now = self.clock.now()
         log.error("%s missed its deadline (%.0f s); the home runs itself", what, self.settings.deadline)
-        self._hand_back_due()
-        report = self._handback(now)
-        self.mode = "home"
+        report = self._give_back(now)
         self.events.write("deadline", now, what=what, deadline_s=self.settings.deadline, late_s=late_s,
                           handback=report)
 
@@ -857,6 +842,14 @@ class LiveLoop:
         self._pending_release = self.inverter is not None
         self._setpoint = None
         self.guard.cancel_offs()
+
+    def _give_back(self, now: pd.Timestamp) -> dict[str, str]:
+        """The home's own logic for both devices, now (see :meth:`_hand_back_due` and :meth:`_handback`);
+        the loop no longer holds the rooms. Never raises; returns :meth:`_handback`'s report."""
+        self._hand_back_due()
+        report = self._handback(now)
+        self.mode = "home"
+        return report
 
     def _handback(self, now: pd.Timestamp) -> dict[str, str]:
         """Keep handing control back until the home has it (retried every tick while unsent).

@@ -91,8 +91,7 @@ class LoxoneHomeMqtt(MqttEndpoint):
         self._log: list[Command] = []
         self._loop_online: bool | None = None
         self.loop_problems: list[str] = []  # what the loop said on its problem topic, in order
-        self.heartbeat_wall: float | None = None  # Unix wall time the loop's last heartbeat arrived [s]
-        self.heartbeats = 0
+        self.heartbeats = 0  # heartbeats received (the emulator times them at its own ticks)
         self.problems = ProblemCounter()
         self.published = 0  # state messages handed to the broker connection
 
@@ -201,7 +200,6 @@ class LoxoneHomeMqtt(MqttEndpoint):
         now = pd.Timestamp.now(tz="UTC")
         if key == "loop_heartbeat":
             with self._cmd_lock:
-                self.heartbeat_wall = time.time()
                 self.heartbeats += 1
             return
         if key == "loop_problem":

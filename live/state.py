@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pandas as pd
 from pydantic import ConfigDict, TypeAdapter
@@ -76,7 +76,7 @@ class LoopState:
 
     def battery_command(self) -> Any:
         """:attr:`battery` as a :class:`~pems.live.devices.BatteryCommand` (None: none); ValueError if it is not one."""
-        from pems.live.devices import BatteryCommand
+        from pems.live.devices import BatteryCommand, Priority
 
         if self.battery is None:
             return None
@@ -86,7 +86,7 @@ class LoopState:
             cmd = BatteryCommand(**b)
         except TypeError as exc:
             raise ValueError(f"battery: {exc}") from None
-        if cmd.priority not in ("load_first", "battery_first", "grid_first") or not (
+        if cmd.priority not in get_args(Priority) or not (
                 isinstance(cmd.power_pct, int | float) and isinstance(cmd.soc_limit, int | float)
                 and isinstance(cmd.ac_charge, bool)):
             raise ValueError(f"battery: not a battery command: {self.battery!r}")
@@ -96,6 +96,16 @@ class LoopState:
 #: Validates a loaded state field by field ([] is not a mapping, "x" not a number, unknown keys refused).
 LoopState.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
 _STATE = TypeAdapter(LoopState)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` so that a crash leaves the old file or the new one, never half of one."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _clean(v: Any) -> Any:
@@ -154,13 +164,7 @@ class StateStore:
     # ------------------------------------------------------------------ state
     def save(self, state: LoopState) -> None:
         """Write atomically: a crash leaves the old file or the new one, never half of one."""
-        tmp = self.path.with_suffix(".tmp")
-        data = json.dumps(_clean(asdict(state)), indent=1)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        _write_atomic(self.path, json.dumps(_clean(asdict(state)), indent=1))
 
     def _keep_aside(self) -> str:
         """Move an unusable state file aside (never overwritten: it is evidence of what went wrong)."""
@@ -195,11 +199,8 @@ class StateStore:
     def save_baseline(self, settings: dict[str, float]) -> None:
         """Record the owner's settings (atomically; an existing record is kept)."""
         p = self.folder / BASELINE_FILE
-        if p.exists():
-            return
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, p)
+        if not p.exists():
+            _write_atomic(p, json.dumps(settings, indent=1, sort_keys=True))
 
     def load(self, now: pd.Timestamp, max_age_s: float, rooms: tuple[str, ...]) -> tuple[LoopState | None, str]:
         """The saved state if usable at ``now``; else None. Returns (state, why) for the log."""

@@ -364,12 +364,12 @@ class Layout(BaseModel):
         Read from :data:`TIME_KEYS`: ISO 8601 text (UTC unless it has an offset), or Unix seconds
         (milliseconds when larger than 1e11). Never raises.
         """
-        if len(payload) > MAX_PAYLOAD_BYTES:
+        text, problem = _payload_text(payload)
+        if problem or not text.startswith("{"):
             return None
         try:
-            text = bytes(payload).decode("utf-8") if isinstance(payload, bytes | bytearray) else str(payload)
-            obj = json.loads(text) if text.lstrip()[:1] == "{" else None
-        except (ValueError, RecursionError, UnicodeDecodeError):
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
             return None
         if not isinstance(obj, dict):
             return None
@@ -390,16 +390,9 @@ class Layout(BaseModel):
 
     def _scalar(self, payload: bytes | str) -> tuple[Any, str | None]:
         """Decode bytes and unwrap JSON: a scalar, or a problem. Never raises."""
-        if len(payload) > MAX_PAYLOAD_BYTES:
-            return None, f"payload of {len(payload)} bytes (limit {MAX_PAYLOAD_BYTES})"
-        if isinstance(payload, bytes | bytearray):
-            try:
-                text = bytes(payload).decode("utf-8")
-            except UnicodeDecodeError:
-                return None, "payload is not UTF-8 text"
-        else:
-            text = str(payload)
-        text = text.strip()
+        text, problem = _payload_text(payload)
+        if problem:
+            return None, problem
         if not text:
             return None, "empty payload"
         if text[0] in "{[\"" or text in ("true", "false", "null"):
@@ -419,6 +412,19 @@ class Layout(BaseModel):
                 return None, f"JSON value is not a scalar: {_clip(text)!r}"
             return obj, None
         return text, None
+
+
+def _payload_text(payload: bytes | str) -> tuple[str, str | None]:
+    """A payload as stripped text, or ``("", problem)``: over :data:`MAX_PAYLOAD_BYTES` (not read at
+    all) or not UTF-8."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return "", f"payload of {len(payload)} bytes (limit {MAX_PAYLOAD_BYTES})"
+    if isinstance(payload, bytes | bytearray):
+        try:
+            return bytes(payload).decode("utf-8").strip(), None
+        except UnicodeDecodeError:
+            return "", "payload is not UTF-8 text"
+    return str(payload).strip(), None
 
 
 def _number(s: str) -> float | None:

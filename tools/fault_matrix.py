@@ -211,7 +211,6 @@ class _Scripted:
 
     def __init__(self, inner, at: pd.Timestamp, hang_s: float):
         self.inner, self.at, self.hang_s = inner, at, hang_s
-        self.estimator = getattr(inner, "estimator", None)
 
     def reset(self):
         self.inner.reset()
@@ -227,7 +226,6 @@ class _Scripted:
 # one run
 # ---------------------------------------------------------------------------------------------
 def run_fault(f: Fault, prep, broker, folder: Path, influx_base: str | None) -> Row:
-    from pems.live.event_log import jsonable  # noqa: F401 (the tool's records are JSON)
     from pems.live.influx_log import InfluxLog
     from pems.live.emulated_run import EmulatedRun
 
@@ -303,8 +301,6 @@ def _guarded(fn, r, ctx):
 
 
 def _influx_outage(r, prep, ctx):
-    from services import InfluxDB1  # noqa: F401
-
     srv = ctx.get("influx_server")
 
     def body():
@@ -337,13 +333,9 @@ def _loop_events(r, path) -> list[dict]:
     loop = r.loop
     if loop is None:
         return []
-    return [json.loads(json.dumps(jsonable_rec(e))) for e in loop.events.records]
-
-
-def jsonable_rec(e):
     from pems.live.event_log import jsonable
 
-    return jsonable(e)
+    return [jsonable(e) for e in loop.events.records]  # as the file would have them
 
 
 def _measure(f, prep, r, res, evs, ctx, error, influx_base, db, seen) -> Row:
@@ -502,8 +494,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_with_server(f, prep, broker, folder, srv) -> Row:
-    import numpy  # noqa: F401
-
     ctx_server = {"influx_server": srv}
     if f.name.startswith("InfluxDB down"):
         # the outage thread needs the server: pass it through the fault's setup

@@ -42,6 +42,17 @@ def _fault_run(prep, broker, tmp_path, inject, hours=3.0, labels=True, **kw):
     return res, evs
 
 
+def _between(prep, h0: float, h1: float, start, end):
+    """An injection: ``start(run)`` once the home's time reaches ``h0`` hours, ``end(run)`` at ``h1``."""
+    def inject(r):
+        assert r.emu.wait_until(at(prep, h0), timeout=60)
+        start(r)
+        assert r.emu.wait_until(at(prep, h1), timeout=60)
+        end(r)
+
+    return inject
+
+
 def _assert_fallback_and_recovery(evs, reason: str, t_fault: pd.Timestamp, t_clear: pd.Timestamp):
     fb = [e for e in kinds(evs, "fallback") if pd.Timestamp(e["time"]) >= t_fault]
     assert fb, "no fallback"
@@ -61,11 +72,7 @@ def _assert_fallback_and_recovery(evs, reason: str, t_fault: pd.Timestamp, t_cle
 
 @pytest.mark.service
 def test_sensor_nan_falls_back_and_recovers(prep, broker, tmp_path):
-    def inject(r):
-        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
-        r.emu.nan("a")
-        assert r.emu.wait_until(at(prep, 1.5), timeout=60)
-        r.emu.clear_faults()
+    inject = _between(prep, 1.0, 1.5, lambda r: r.emu.nan("a"), lambda r: r.emu.clear_faults())
 
     res, evs = _fault_run(prep, broker, tmp_path, inject)
     first, _ = _assert_fallback_and_recovery(evs, "nan: T_room__a", at(prep, 1.0), at(prep, 1.5))
@@ -83,11 +90,7 @@ def test_sensor_stuck_falls_back_and_recovers(prep, broker, tmp_path):
     """The sensor repeats its last value (the default of ``stuck``: no jump at all) for 1.5 h."""
     from pems.live.safety import SafetyLimits
 
-    def inject(r):
-        assert r.emu.wait_until(at(prep, 0.5), timeout=60)
-        r.emu.stuck("b")
-        assert r.emu.wait_until(at(prep, 2.0), timeout=60)
-        r.emu.clear_faults()
+    inject = _between(prep, 0.5, 2.0, lambda r: r.emu.stuck("b"), lambda r: r.emu.clear_faults())
 
     _, evs = _fault_run(prep, broker, tmp_path, inject, hours=3.5,
                         limits=SafetyLimits(republish_s=900.0, stuck_s=1800.0))
@@ -101,11 +104,7 @@ def test_sensor_stuck_falls_back_and_recovers(prep, broker, tmp_path):
 
 @pytest.mark.service
 def test_sensor_jump_falls_back(prep, broker, tmp_path):
-    def inject(r):
-        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
-        r.emu.stuck("b", 30.0)
-        assert r.emu.wait_until(at(prep, 1.5), timeout=60)
-        r.emu.clear_faults()
+    inject = _between(prep, 1.0, 1.5, lambda r: r.emu.stuck("b", 30.0), lambda r: r.emu.clear_faults())
 
     _, evs = _fault_run(prep, broker, tmp_path, inject)
     _assert_fallback_and_recovery(evs, "jump: T_room__b", at(prep, 1.0), at(prep, 1.5))
@@ -125,11 +124,7 @@ def test_broker_restart_falls_back_and_recovers(prep, broker, tmp_path):
 
 @pytest.mark.service
 def test_modbus_restart_falls_back_and_recovers(prep, broker, tmp_path):
-    def inject(r):
-        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
-        r.emu.growatt.stop()
-        assert r.emu.wait_until(at(prep, 1.5), timeout=60)
-        r.emu.growatt.start()
+    inject = _between(prep, 1.0, 1.5, lambda r: r.emu.growatt.stop(), lambda r: r.emu.growatt.start())
 
     _, evs = _fault_run(prep, broker, tmp_path, inject)
     _assert_fallback_and_recovery(evs, "inverter", at(prep, 1.0), at(prep, 1.5))
@@ -273,7 +268,6 @@ class _Scripted:
                  bat_w: float | None = None):
         self.inner, self.model, self.at, self.hang_s, self.duty = inner, model, at, hang_s, duty
         self.bat_w = bat_w
-        self.estimator = getattr(inner, "estimator", None)
 
     def reset(self):
         self.inner.reset()
@@ -408,11 +402,7 @@ def test_the_gateway_going_offline_falls_back_and_recovers(prep, broker, tmp_pat
         c.loop_stop()
         c.disconnect()
 
-    def inject(r):
-        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
-        status("Disconnected")
-        assert r.emu.wait_until(at(prep, 1.5), timeout=60)
-        status("Connected")
+    inject = _between(prep, 1.0, 1.5, lambda r: status("Disconnected"), lambda r: status("Connected"))
 
     _, evs = _fault_run(prep, broker, tmp_path, inject)
     first, _ = _assert_fallback_and_recovery(evs, "gateway", at(prep, 1.0), at(prep, 1.5))

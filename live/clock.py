@@ -79,6 +79,26 @@ class Clock(Protocol):
         ...
 
 
+@runtime_checkable
+class Accelerated(Protocol):
+    """A clock that can run faster than real time, and be held to real time for wall-time work."""
+
+    speed: float | None
+
+    def real_time(self) -> contextlib.AbstractContextManager[Any]: ...
+
+
+@runtime_checkable
+class Followed(Protocol):
+    """A clock that follows another process's (``pems emulate``'s) and can lose it."""
+
+    def fault(self) -> str | None:
+        """Why the clock cannot be trusted now (None: it can)."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class SimClock:
     """Simulated time running ``speed`` times faster than the wall clock.
 

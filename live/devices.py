@@ -105,6 +105,25 @@ class RoomBus(Protocol):
         """``home`` hands the rooms back to their own thermostats."""
         ...
 
+    connections: int
+    """Connections made so far (a new one: the loop sends its mode again)."""
+
+    def modes(self) -> dict[str, HeatingMode | None]:
+        """The mode each room reports (None: not reported)."""
+        ...
+
+    def heartbeat(self, now: pd.Timestamp) -> bool:
+        """Say the loop works (the home's own logic takes its rooms back when this stops)."""
+        ...
+
+    def announce_online(self) -> bool:
+        """Say the loop is online (after its first fresh commands); True when said."""
+        ...
+
+    def announce_problem(self, text: str) -> WriteRecord | None:
+        """Show the loop's trouble (``""``: none any more) where the home can show it."""
+        ...
+
 
 class Inverter(Protocol):
     """A hybrid inverter with a battery as the loop sees it."""

@@ -14,6 +14,7 @@ import pandas as pd
 
 from pems.controllers.base import Learner
 from pems.live.clock import JumpClock, SimClock
+from pems.live.home import LiveHome
 from pems.live.loop import LiveLoop, LoopSettings
 from pems.live.safety import SafetyLimits
 from pems.twin.signals import Forecast
@@ -111,6 +112,21 @@ class EmulatedRun:
 
     def new_loop(self, state_dir: str | Path | None = None, events_path: str | Path | None = None) -> LiveLoop:
         """A loop on this run's home (also used to restart one: same clock, new adapters)."""
+        bus, inverter, loop_clock, settings = self.devices()
+        return LiveLoop(self.prep.model, self.controller, self._forecast, bus, inverter, loop_clock, settings,
+                        self.limits, events_path if events_path is not None else self.events_path,
+                        state_dir if state_dir is not None else self.state_dir, self.influx)
+
+    def new_home(self, events_path: str | Path | None = None) -> LiveHome:
+        """A bare :class:`~pems.live.home.LiveHome` on this run's emulated home (no safety or logging layer)."""
+        from pems.live.event_log import EventLog
+
+        bus, inverter, loop_clock, settings = self.devices()
+        return LiveHome(self.prep.model, bus, inverter, loop_clock, self._forecast, EventLog(events_path), settings)
+
+    def devices(self) -> tuple[Any, Any, Any, LoopSettings]:
+        """New adapters on the emulator's sockets: the room bus, the inverter (or None), the loop's clock
+        and its settings."""
         from pems.live.growatt import GrowattModbus
         from pems.live.loxone import LoxoneMqtt
 
@@ -134,9 +150,7 @@ class EmulatedRun:
         settings = LoopSettings(step_s=self.step_s, inner_s=max(tick, 60.0) if self.step_s % 60 == 0 else tick,
                                 settle_s=min(5.0, tick / 4), dry_run=self.dry_run, deadline_s=self.deadline_s,
                                 real_time_solve=self.real_time_solve)
-        return LiveLoop(model, self.controller, self._forecast, bus, inverter, loop_clock, settings, self.limits,
-                        events_path if events_path is not None else self.events_path,
-                        state_dir if state_dir is not None else self.state_dir, self.influx)
+        return bus, inverter, loop_clock, settings
 
     def warm_up(self) -> None:
         """One throw-away solve before the clock starts: the first solve builds and compiles the
@@ -152,17 +166,21 @@ class EmulatedRun:
         self.controller.act(obs, self._forecast(prep.scenario.start))
         self.controller.reset()
 
-    def start(self) -> EmulatedRun:
-        """Start the emulator and the loop's thread (returns at once)."""
-        sc = self.prep.scenario
-        self.warm_up()
+    def start_emulator(self) -> Any:
+        """Start the emulated home alone, its clock ``lead_s`` ahead (returns the emulator)."""
         from pems.live.emulator import Emulator
 
-        self.clock = SimClock(sc.start, self.speed, epoch=time.time() + self.lead_s)
+        self.clock = SimClock(self.prep.scenario.start, self.speed, epoch=time.time() + self.lead_s)
         self.emu = Emulator(self.prep, self._host, self._port, modbus_port=0, speed=self.speed,
-                                  clock=self.clock, hours=self.hours, mqtt_options=self.mqtt_options,
-                                  mqtt_username=self._creds[0], mqtt_password=self._creds[1], **self._emu_opts)
+                            clock=self.clock, hours=self.hours, mqtt_options=self.mqtt_options,
+                            mqtt_username=self._creds[0], mqtt_password=self._creds[1], **self._emu_opts)
         self.emu.start()
+        return self.emu
+
+    def start(self) -> EmulatedRun:
+        """Start the emulator and the loop's thread (returns at once)."""
+        self.warm_up()
+        self.start_emulator()
         self.loop = self.new_loop()
         self.loop.start()
         self.run_loop(self.loop, self.n_steps, 0.0)

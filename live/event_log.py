@@ -70,6 +70,7 @@ class EventLog:
         self.max_bytes, self.keep = int(max_bytes), max(1, int(keep))
         self.records: deque[dict[str, Any]] = deque(maxlen=keep_in_memory)
         self.on_problem = on_problem
+        self.listeners: list[Callable[[dict[str, Any]], None]] = []  # told of every event (never raise here)
         self.problem: str | None = None  # why the file cannot be written (None: it can)
         self.dropped = 0  # events that did not reach the file since it last could be written
         self._f: IO[str] | None = None
@@ -84,6 +85,11 @@ class EventLog:
     def write(self, kind: str, time: pd.Timestamp, **fields: Any) -> dict[str, Any]:
         """Log one event; returns it. Never raises."""
         rec = {"time": time, "kind": kind, **fields}
+        for listener in list(self.listeners):
+            try:
+                listener(rec)
+            except Exception:  # noqa: BLE001 - a listener (the InfluxDB mirror) never costs an event
+                log.exception("an event listener failed")
         with self._lock:
             self.records.append(rec)
             if self.path is None:

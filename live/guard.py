@@ -40,7 +40,8 @@ class Guard:
     clock
         The loop's clock (``monotonic()``, ``sleep_until()``, ``start``): the guard waits on it.
     on_deadline
-        ``(what, late_s)``: called on the guard's thread when a deadline passes while armed.
+        ``(what, late_s)``: called on the guard's thread when a deadline passes while armed (None:
+        only counted; :class:`~pems.live.safe_home.SafeHome` sets it to its hand-back).
     end_pulses
         ``(rooms)``: switch these rooms' relays off now (called on the guard's thread).
     heartbeat
@@ -49,7 +50,7 @@ class Guard:
         Heartbeat period [clock s].
     """
 
-    def __init__(self, clock: Any, on_deadline: Callable[[str, float], None],
+    def __init__(self, clock: Any, on_deadline: Callable[[str, float], None] | None,
                  end_pulses: Callable[[list[str]], None], heartbeat: Callable[[], None] | None = None,
                  heartbeat_s: float = 60.0) -> None:
         self.clock = clock
@@ -152,7 +153,8 @@ class Guard:
                 self._next_beat = now + self.heartbeat_s
         if missed is not None:
             self.deadlines_missed += 1
-            self.on_deadline(*missed)
+            if self.on_deadline is not None:
+                self.on_deadline(*missed)
         if offs:
             self.end_pulses(offs)
         if beat:

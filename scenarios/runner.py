@@ -22,7 +22,8 @@ from pems.scenarios.kpis import compute_kpis
 from pems.scenarios.spec import LoadedScenario
 from pems.twin.inputs import build_inputs
 from pems.twin.model import HouseModel, build_model
-from pems.twin.plant import SimulatedHome
+from pems.twin.plant import SimulatedHome, Turn, closed_loop
+from pems.twin.signals import Action, Forecast, Observation
 from pems.twin.steady import steady_state
 
 ProgressFn = Callable[[int, int], None]
@@ -133,23 +134,25 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
         sc.spec.forecast.model_copy(update={"model": "perfect"}), plant_inputs, model.sym.d.names,
         prep.comfort_low, prep.comfort_high, sc.horizon_steps, sc.step)
     ctrl.reset()
-    obs = plant.reset()
     n = prep.n_steps
     compute = np.zeros(n)
     # The oracle sees the whole true future of the run; privileged controllers see the true state.
     full = getattr(ctrl, "full_horizon", False)
     privileged = full or getattr(ctrl, "privileged", False)
-    t_start = time.perf_counter()
-    for k in range(n):
+
+    def decide(k: int, obs: Observation) -> tuple[Forecast, Action]:
         fc = truth_fc.perfect(k, n) if full else forecasts(k)
         if privileged:
             fc.extras["x_true"] = plant.x.copy()
-        t0 = time.perf_counter()
-        action = ctrl.act(obs, fc)
-        compute[k] = time.perf_counter() - t0
-        obs = plant.step(action)
+        return fc, ctrl.act(obs, fc)
+
+    def after(turn: Turn) -> None:
+        compute[turn.k] = turn.compute_s
         if progress is not None:
-            progress(k + 1, n)
+            progress(turn.k + 1, n)
+
+    t_start = time.perf_counter()
+    closed_loop(plant, decide, n, after)
     wall = time.perf_counter() - t_start
     traj = trajectory(prep, plant, compute)
     bat, lim = model.house.battery, model.limits

@@ -151,7 +151,7 @@ def faults(prep, broker) -> list[Fault]:
         ctx["t"] = at(prep, 1.0) + pd.Timedelta(seconds=30)
 
     def hung_thread(run, ctx):
-        loop, read = run.loop, run.loop._read
+        loop, read = run.loop, run.loop.home.read
 
         def hanging():
             if "hung" not in ctx and loop.clock.now() > ctx["t"]:
@@ -159,7 +159,7 @@ def faults(prep, broker) -> list[Fault]:
                 time.sleep(600.0 / SPEED)
             return read()
 
-        loop._read = hanging
+        loop.home.read = hanging
 
     return [
         Fault("sensor NaN (30 min)", nan),

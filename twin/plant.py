@@ -14,6 +14,9 @@ Everything the plant does to a command (clipping, load shedding, PV curtailment)
 from __future__ import annotations
 
 import math
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -22,7 +25,7 @@ import pandas as pd
 
 from pems.twin.linear import ModelStructureError, affine_form, zoh
 from pems.twin.model import HouseModel
-from pems.twin.signals import Action, Observation
+from pems.twin.signals import Action, Forecast, Observation
 from pems.twin.thermostat import Thermostat
 
 
@@ -33,6 +36,58 @@ class Plant(Protocol):
     def reset(self) -> Observation: ...
 
     def step(self, action: Action) -> Observation: ...
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One control step of a closed loop, as the driver saw it."""
+
+    k: int  # step number
+    observation: Observation
+    forecast: Forecast | None
+    action: Action
+    compute_s: float  # wall time the decision took [s]
+
+
+Decide = Callable[[int, Observation], tuple["Forecast | None", Action]]
+
+
+def closed_loop(plant: Plant, decide: Decide, n_steps: int | None, after: Callable[[Turn], None] | None = None,
+                stop: threading.Event | None = None) -> int:
+    """The one closed loop of every run: observe, decide, act, for ``n_steps`` (None: until ``stop``).
+
+    ``pems simulate`` runs it on a :class:`SimulatedHome`; ``pems live`` on a live home wrapped in its
+    safety and logging layers (:mod:`pems.live.home`): only the plant differs.
+
+    Parameters
+    ----------
+    plant
+        The home.
+    decide
+        ``(k, observation) → (forecast, action)``: the controller's turn.
+    n_steps
+        Steps to run (None: until ``stop`` is set).
+    after
+        Called with each :class:`Turn` before its action goes to the plant.
+    stop
+        Ends the loop after the current step.
+
+    Returns
+    -------
+    int
+        Steps run.
+    """
+    obs = plant.reset()
+    k = 0
+    while (n_steps is None or k < n_steps) and not (stop is not None and stop.is_set()):
+        t0 = time.perf_counter()
+        fc, action = decide(k, obs)
+        turn = Turn(k, obs, fc, action, time.perf_counter() - t0)
+        if after is not None:
+            after(turn)
+        obs = plant.step(action)
+        k += 1
+    return k
 
 
 @dataclass

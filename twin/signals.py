@@ -45,11 +45,16 @@ class Action:
 
     The battery is commanded by ``bat_w`` (AC power, charge positive [W]) or, when ``None``, left
     to the inverter's own "load first" logic: charge from PV surplus, discharge to cover the load.
+    An action with neither heating command commands no heating: the simulated home's heaters stay
+    off, a live home (:class:`~pems.live.home.LiveHome`) is handed back to its own logic (what its
+    safety layer asks for on a fault). ``reason`` says why an action is a fallback rather than the
+    controller's plan (the live home's watchdog counts it as a solver fault).
     """
 
     heat_w: np.ndarray | None = None
     heat_setpoint_c: np.ndarray | None = None
     bat_w: float | None = None
+    reason: str | None = None  # why this is not the controller's plan (a fallback), if it is not
 
     def __post_init__(self) -> None:
         if self.heat_w is not None and self.heat_setpoint_c is not None:

@@ -330,7 +330,7 @@ def test_relay_pulses_end_on_time_while_the_loop_thread_hangs(prep, broker, tmp_
     r.controller = _Scripted(r.controller, prep.model, t1, duty=0.3)
     r.start()
     loop = r.loop
-    read = loop._read
+    read = loop.home.read
     hung = []
 
     def hanging_read():
@@ -339,7 +339,7 @@ def test_relay_pulses_end_on_time_while_the_loop_thread_hangs(prep, broker, tmp_
             time.sleep(600.0 / SPEED)  # ten minutes of the home's time, outside any real-time hold
         return read()
 
-    loop._read = hanging_read
+    loop.home.read = hanging_read
     r.finish()
     assert hung and hung[0] < t1 + pd.Timedelta(minutes=3)
     cmds = [e for e in loop.events.records if e["kind"] == "command" and e["device"] == "loxone" and e["sent"]]

@@ -9,12 +9,14 @@ helpers (``_pv1``, …) if the layout needs them. The emulator and the live loop
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from pems.calibration.influx import InfluxSource, SourceError, _Client, _credentials
-from pems.calibration.mapping import Mapping
+from pems.calibration.mapping import Mapping, Series
 from pems.twin.house import House
 
 
@@ -26,29 +28,61 @@ def _esc_meas(x: str) -> str:
     return x.replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ")
 
 
+def tag_text(x: object) -> str:
+    """A tag key or value in line protocol: escaped, and without line breaks (which would split the record)."""
+    return _esc_key(str(x).replace("\r", " ").replace("\n", " "))
+
+
+def line_head(measurement: str, tags: Iterable[tuple[str, str]]) -> str:
+    """``measurement,tag=value,...`` of a line (tags in the order given)."""
+    return _esc_meas(measurement) + "".join(f",{tag_text(k)}={tag_text(v)}" for k, v in tags)
+
+
+def series_key(s: Series) -> tuple[str, str, tuple[tuple[str, str], ...]]:
+    """Series stored in one line share this key: bucket, measurement, sorted tags."""
+    return s.bucket, s.measurement, tuple(sorted(s.tags.items()))
+
+
+def stored(value: Any, s: Series) -> Any:
+    """What the home stores for the canonical ``value`` (a number or an array) through series ``s``:
+    the inverse of extraction's ``value = raw × scale + offset``."""
+    return (value - s.offset) / s.scale
+
+
+def relays_from_heat(values: Any, house: House, keep: Callable[[str], bool] = lambda column: True) -> list[str]:
+    """Fill ``relay__<room>`` = ``P_heat__<room>`` / rating where only the heating power is given (a home
+    stores its relays, not their power): ``values`` is a table or a dict, changed in place; ``keep``
+    says which relay columns are wanted. Returns the rooms filled."""
+    filled = []
+    for r in house.rooms:
+        rc, pc = f"relay__{r.id}", f"P_heat__{r.id}"
+        if rc not in values and pc in values and values[pc] is not None and r.heater_w > 0 and keep(rc):
+            values[rc] = values[pc] / r.heater_w
+            filled.append(r.id)
+    return filled
+
+
 def to_lines(table: pd.DataFrame, mapping: Mapping, house: House | None = None,
              rooms: list[str] | None = None) -> dict[str, list[str]]:
     """Line-protocol lines per bucket (seconds precision), one line per measurement, tag set and step."""
     df = table.copy()
     if house is not None:
-        for r in house.rooms:
-            if f"relay__{r.id}" not in df and f"P_heat__{r.id}" in df and r.heater_w > 0:
-                df[f"relay__{r.id}"] = df[f"P_heat__{r.id}"] / r.heater_w
+        relays_from_heat(df, house)
     groups: dict[tuple, list] = defaultdict(list)
     for s in mapping.expanded(rooms):
         if s.column in df:
-            groups[(s.bucket, s.measurement, tuple(sorted(s.tags.items())))].append(s)
+            groups[series_key(s)].append(s)
     ts = pd.DatetimeIndex(df.index).tz_convert("UTC").as_unit("s").asi8.astype(str)  # whatever the index unit
     out: dict[str, list[str]] = defaultdict(list)
     for (bucket, meas, tags), group in groups.items():
-        head = _esc_meas(meas) + "".join(f",{_esc_key(k)}={_esc_key(v)}" for k, v in tags)
+        head = line_head(meas, tags)
         parts = []
         for s in group:
             v = df[s.column].to_numpy(dtype=float)
             if s.counter:  # power back to a cumulative counter [kWh]
                 step_h = (df.index[1] - df.index[0]) / pd.Timedelta(hours=1) if len(df) > 1 else 0.25
                 v = np.nancumsum(np.nan_to_num(v) * step_h / 1000.0)
-            raw = (v - s.offset) / s.scale
+            raw = stored(v, s)
             txt = np.char.add(f"{_esc_key(s.field)}=", np.char.mod("%.10g", raw))
             parts.append(np.where(np.isfinite(raw), txt, ""))
         for i in range(len(df)):

@@ -121,7 +121,7 @@ import pandas as pd
 import requests
 
 from pems.calibration.influx import InfluxSource, _credentials
-from pems.calibration.lineprotocol import _esc_key, _esc_meas
+from pems.calibration.lineprotocol import line_head, relays_from_heat, series_key, stored, tag_text
 from pems.calibration.mapping import Mapping, Series, load_mapping
 from pems.live.spool import Spool, line_time, read_spool, record  # noqa: F401 (read_spool: re-exported)
 from pems.twin.house import House
@@ -183,10 +183,6 @@ class InfluxLogStatus:
 def _clean(x: str) -> str:
     # line protocol is line-based: a line break inside a key or string would split the record
     return x.replace("\r", " ").replace("\n", " ")
-
-
-def _tag(x: str) -> str:
-    return _esc_key(_clean(str(x)))
 
 
 def _number(v) -> str | None:
@@ -449,13 +445,9 @@ class InfluxLog:
         rest: dict[str, Value] = {}
         if kind == "measured" and self.mapping is not None:
             values = dict(values)
-            if self.house is not None:
-                for r in self.house.rooms:
-                    p = values.get(f"P_heat__{r.id}")
-                    if (f"relay__{r.id}" not in values and p is not None and r.heater_w > 0
-                            and self._series_for(f"relay__{r.id}") is not None):
-                        values[f"relay__{r.id}"] = float(p) / r.heater_w
-                        values.pop(f"P_heat__{r.id}")
+            if self.house is not None:  # the home stores relays: the power goes as its relay state
+                for room in relays_from_heat(values, self.house, keep=lambda c: self._series_for(c) is not None):
+                    values.pop(f"P_heat__{room}")
             groups: dict[tuple, list[str]] = defaultdict(list)
             for col, v in values.items():
                 s = self._series_for(col)
@@ -465,17 +457,15 @@ class InfluxLog:
                     continue
                 raw = None
                 if num is not None:
-                    x = (float(num) - s.offset) / s.scale
+                    x = stored(float(num), s)
                     # an exact value stays exact; a scaled one loses the inversion's float noise
                     # (0.55 / 0.01 = 55.00000000000001 → 55), 12 digits being far below any sensor's
                     raw = _number(x) if (s.scale == 1.0 and s.offset == 0.0) else (
                         f"{x:.12g}" if math.isfinite(x) else None)
                 if raw is not None:
-                    key = (s.bucket, s.measurement, tuple(sorted(s.tags.items())))
-                    groups[key].append(f"{_esc_key(s.field)}={raw}")
+                    groups[series_key(s)].append(f"{tag_text(s.field)}={raw}")
             for (bucket, meas, mtags), fields in groups.items():
-                head = _esc_meas(meas) + "".join(f",{_tag(k)}={_tag(v)}" for k, v in mtags)
-                out.append((bucket, f"{head} {','.join(fields)} {t_ns}"))
+                out.append((bucket, f"{line_head(meas, mtags)} {','.join(fields)} {t_ns}"))
         else:
             rest = dict(values)
         if kind == "event" and rest:
@@ -485,11 +475,10 @@ class InfluxLog:
             q, room = _split_column(str(col))
             txt = _field_value(v)
             if txt is not None:
-                per_room[room].append(f"{_tag(q)}={txt}")
+                per_room[room].append(f"{tag_text(q)}={txt}")
         for room, fields in per_room.items():
             t = {**tags, "kind": kind, **({"room": room} if room is not None else {})}
-            head = _esc_meas(self.extra_measurement) + "".join(
-                f",{_tag(k)}={_tag(v)}" for k, v in sorted(t.items()) if str(v) != "")
+            head = line_head(self.extra_measurement, [(k, v) for k, v in sorted(t.items()) if str(v) != ""])
             out.append((self.extra_bucket, f"{head} {','.join(fields)} {t_ns}"))
         return out
 

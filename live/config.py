@@ -403,7 +403,7 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
     from pems.calibration.mapping import builtin_mappings
     from pems.controllers import make_controller
     from pems.live.growatt import GrowattModbus
-    from pems.live.clock import WallClock
+    from pems.live.clock import Followed, WallClock
     from pems.live.loop import LiveLoop, LoopSettings
     from pems.live.loxone import LoxoneMqtt
     from pems.live.mqtt import ClockFollower, TLSConfig, credentials_from
@@ -426,7 +426,9 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
         tls.check()
     mqtt_kw: dict[str, Any] = {"username": creds.username, "password": creds.password, "tls": tls}
     if s.clock == "emulator":
-        clock = ClockFollower(s.mqtt.host, s.mqtt.port, **mqtt_kw).anchor().clock()
+        # followed, not copied: an emulator that stops or dies is a fault of the loop (FollowedClock)
+        limits = cfg.safety_limits()
+        clock = ClockFollower(s.mqtt.host, s.mqtt.port, **mqtt_kw).follow(max(2 * limits.stale_s, 3 * step_s))
     else:
         clock = WallClock()
     speed = float(getattr(clock, "speed", 1.0) or 1.0)
@@ -456,7 +458,12 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
         state = state / "dry-run"
     forecast = LiveForecast(cfg, model.sym.d.names, state / HISTORY_FILE, seeds, record_drift=not dry_run,
                             hold_saves=True)
-    forecast(clock.now())  # a missing or bad forecast source is an input error now, not at the first step
+    try:
+        forecast(clock.now())  # a missing or bad forecast source is an input error now, not at the first step
+    except BaseException:
+        if isinstance(clock, Followed):
+            clock.close()
+        raise
     # The loop's clock is its own (wall, or a copy of the emulator's): holding it at real time
     # during solves would only make it lag behind the home's.
     settings = LoopSettings(step_s=step_s, inner_s=float(s.inner_seconds), dry_run=dry_run, real_time_solve=False,
@@ -476,4 +483,6 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
     except BaseException:
         if influx is not None:
             influx.close(0.5)
+        if isinstance(clock, Followed):
+            clock.close()
         raise

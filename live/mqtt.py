@@ -30,6 +30,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from pems.errors import InputError, ServiceError
+from pems.live.clock import SimClock
 
 log = logging.getLogger(__name__)
 # paho's own debug log (packets, reconnects); it never contains the password or payloads
@@ -436,7 +437,9 @@ class ClockFollower(MqttEndpoint):
     """Reads the emulator's retained clock anchor (:data:`pems.live.clock.TIME_TOPIC`).
 
     A loop in another process than ``pems emulate`` builds its clock from the anchor (same start,
-    speed and epoch) and needs the broker only once; see :mod:`pems.live.clock`.
+    speed and epoch): :meth:`follow` returns that clock, still listening, so that an emulator that
+    stops, dies or restarts is a fault of the loop (:class:`FollowedClock`), not a clock that runs on
+    alone.
     """
 
     _id_prefix = "pems-clock"
@@ -461,13 +464,68 @@ class ClockFollower(MqttEndpoint):
             return
         self._got.set()
 
+    @property
+    def latest(self) -> Any:
+        """The last anchor received (None: none yet)."""
+        return self._anchor
+
+    def _first_anchor(self, timeout_s: float) -> Any:
+        self.connect()
+        if not self._got.wait(timeout_s):
+            self.close()
+            raise MqttConnectError(f"no emulator clock on {self.where} within {timeout_s:g} s "
+                                   "(is `pems emulate` running against this broker?)")
+        return self._anchor
+
     def anchor(self, timeout_s: float = 10.0) -> Any:
         """The emulator's :class:`~pems.live.clock.ClockAnchor`; ``MqttConnectError`` if none comes."""
-        self.connect()
         try:
-            if not self._got.wait(timeout_s):
-                raise MqttConnectError(f"no emulator clock on {self.where} within {timeout_s:g} s "
-                                       "(is `pems emulate` running against this broker?)")
-            return self._anchor
+            return self._first_anchor(timeout_s)
         finally:
             self.close()
+
+    def follow(self, stale_s: float, timeout_s: float = 10.0) -> FollowedClock:
+        """The emulator's clock, followed (``MqttConnectError`` if no anchor comes)."""
+        return FollowedClock(self, self._first_anchor(timeout_s), stale_s)
+
+
+class FollowedClock(SimClock):
+    """A :class:`~pems.live.clock.SimClock` on the emulator's anchor that keeps listening to it.
+
+    :meth:`fault` (a :class:`~pems.live.clock.Followed` clock: the loop's watchdog asks every tick)
+    names what makes the clock untrustworthy: the emulator said it stopped; its announcements are
+    older than ``stale_s`` of its time (it was killed: the retained anchor still says "running"); or
+    it restarted with another start, speed or epoch (the loop would run on a clock of its own).
+
+    Parameters
+    ----------
+    follower
+        The connected :class:`ClockFollower` (closed by :meth:`close`).
+    anchor
+        The first anchor received.
+    stale_s
+        Longest silence of the emulator's clock [simulated s] (it announces at every republish).
+    """
+
+    def __init__(self, follower: ClockFollower, anchor: Any, stale_s: float) -> None:
+        if anchor.speed is None or anchor.epoch is None:
+            raise ValueError("the emulator runs on a manual clock: there is no wall-clock anchor to follow")
+        super().__init__(anchor.start, anchor.speed, anchor.epoch)
+        self.follower, self.first, self.stale_s = follower, anchor, float(stale_s)
+
+    def fault(self) -> str | None:
+        a, f = self.follower.latest, self.first
+        if a is None:
+            return None
+        if not a.running:
+            return "clock: the emulator has stopped (its clock says running: false)"
+        if a.start != f.start or a.speed != f.speed or a.epoch is None or abs(a.epoch - f.epoch) > 1.0:
+            return "clock: the emulator's clock was restarted or changed; restart the loop to follow it"
+        age = (self.now() - a.time).total_seconds()
+        if age > self.stale_s:
+            return (f"clock: the emulator last announced its time {age:.0f} s ago (limit {self.stale_s:.0f} s); "
+                    "is `pems emulate` still running?")
+        return None
+
+    def close(self) -> None:
+        self.follower.close()

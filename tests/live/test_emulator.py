@@ -432,6 +432,43 @@ def test_emulator_announces_its_clock_for_a_loop_in_another_process(plain_prep, 
     assert emu.stats.max_lag_s < 60.0  # kept up with 10 simulated minutes per wall second
 
 
+@pytest.mark.service
+def test_a_followed_clock_whose_emulator_stops_dies_or_restarts_is_a_fault(broker):
+    """The loop of ``clock = "emulator"`` keeps listening: a retained anchor from a killed emulator
+    (still "running", but its time an hour old), a stopped one, or a restarted one is a fault."""
+    from pems.live.mqtt import ClockFollower
+
+    start = pd.Timestamp("2024-01-10T00:00Z")
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fake-emulator")
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+
+    def announce(clock: SimClock, at: pd.Timestamp, running: bool = True) -> None:
+        pub.publish(TIME_TOPIC, clock.anchor(at, running=running).to_json(), qos=1, retain=True).wait_for_publish()
+
+    emu_clock = SimClock(start, speed=600.0)
+    try:
+        announce(emu_clock, emu_clock.now())
+        clock = ClockFollower(broker.host, broker.port, **FAST).follow(stale_s=2700.0)
+        try:
+            assert clock.fault() is None and abs((clock.now() - emu_clock.now()).total_seconds()) < 60
+            announce(emu_clock, emu_clock.now() - pd.Timedelta(hours=1))  # what a killed emulator left behind
+            assert wait_until(lambda: (clock.fault() or "").startswith("clock: the emulator last announced"))
+            assert "is `pems emulate` still running?" in clock.fault()
+            announce(emu_clock, emu_clock.now())
+            assert wait_until(lambda: clock.fault() is None)  # it speaks again: healthy
+            announce(emu_clock, emu_clock.now(), running=False)
+            assert wait_until(lambda: clock.fault() == "clock: the emulator has stopped (its clock says running: false)")
+            restarted = SimClock(start, speed=600.0, epoch=emu_clock.epoch + 30.0)  # started again half a minute on
+            announce(restarted, restarted.now())
+            assert wait_until(lambda: "restarted" in (clock.fault() or ""))
+        finally:
+            clock.close()
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+
+
 # ---------------------------------------------------------------------------------------------
 # (d) pems emulate: accelerated real time, outputs pass the shared check
 # ---------------------------------------------------------------------------------------------

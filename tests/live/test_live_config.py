@@ -212,6 +212,37 @@ def test_live_config_dry_run_sends_nothing_and_never_prints_credentials(prep, br
     assert (tmp_path / "state" / "dry-run").is_dir()  # a real run never resumes a dry run's state
 
 
+@pytest.mark.service
+@pytest.mark.slow
+def test_the_loop_falls_back_when_the_emulator_it_follows_stops(prep, broker, tmp_path):
+    """``pems emulate`` stopped under a running loop (its clock says ``running: false``): the loop falls
+    back on the clock fault within a tick, instead of stepping on with a clock of its own, and says at
+    exit (code 3) that the inverter, gone with the emulator, could not be handed back."""
+    import threading
+
+    from pems.live.emulator import Emulator
+
+    emu = Emulator(prep, broker.host, broker.port, modbus_port=0, speed=400.0, hours=3.0, mqtt_options=FAST)
+    emu.start()
+    t_stop = prep.scenario.start + pd.Timedelta(minutes=40)
+    stopper = threading.Thread(target=lambda: (emu.wait_until(t_stop, timeout=60), emu.stop()), daemon=True)
+    stopper.start()
+    try:
+        path = write_config(tmp_path, clock="emulator", mqtt={"port": broker.port},
+                            modbus={"host": "127.0.0.1", "port": emu.modbus_port, "timeout_s": 1.0})
+        rc = main(["live", "--config", str(path), "--hours", "1.5"])
+    finally:
+        emu.stop()
+        stopper.join(5)
+    evs = read_events(tmp_path / "events.jsonl")
+    fb = [e for e in evs if e["kind"] == "fallback"]
+    assert fb and any("clock: the emulator has stopped" in r for r in fb[0]["reasons"]), fb
+    assert t_stop <= pd.Timestamp(fb[0]["time"]) <= t_stop + pd.Timedelta(minutes=3)
+    assert all(e["state"] == "fallback" for e in evs if e["kind"] == "step" and pd.Timestamp(e["time"]) >= t_stop)
+    stop = [e for e in evs if e["kind"] == "stop"][-1]
+    assert stop["handback"]["inverter"].startswith("not sent") and rc == 3
+
+
 def test_mpc_with_correctors_takes_the_registry_champion_learned_for_this_house(tmp_path, capsys):
     from pems.controllers.forecast.correctors import ResidualCorrector
     from pems.controllers.forecast.registry import ModelRegistry

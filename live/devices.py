@@ -53,6 +53,8 @@ class InverterReadings:
     # settings found changed since the last read without PEMS writing them (the Growatt app, a
     # reboot): "name: old → new" each
     changed: tuple[str, ...] = ()
+    # the inverter's clock minus the true local time [s] (its slots run on it); nan: not read
+    clock_offset_s: float = float("nan")
 
 
 @dataclass(frozen=True)

@@ -200,6 +200,9 @@ class Emulator:
     heartbeat_timeout_s
         Simulated seconds without a heartbeat after which the home takes its rooms back (only once a
         first heartbeat came: a loop without one is judged by its status alone).
+    inverter_clock_offset_s
+        The emulated inverter's clock minus the true local time [s] (−3600: never switched to summer
+        time): it serves that time in its clock registers and runs its slots on it.
     mqtt_options
         Passed to the MQTT endpoint (``keepalive_s``, ``reconnect_min_s``, ...).
 
@@ -234,7 +237,8 @@ class Emulator:
                  hours: float | None = None, device_id: int = 1, mqtt_username: str | None = None,
                  mqtt_password: str | None = None, mqtt_tls: TLSConfig | None = None,
                  fallback_when_loop_offline: bool = True, mqtt_options: dict[str, Any] | None = None,
-                 heartbeat_timeout_s: float = 300.0, inverter_settings: dict[str, float] | None = None) -> None:
+                 heartbeat_timeout_s: float = 300.0, inverter_settings: dict[str, float] | None = None,
+                 inverter_clock_offset_s: float = 0.0) -> None:
         if isinstance(scenario, Prepared):
             prep = scenario
         else:
@@ -303,8 +307,9 @@ class Emulator:
         if inverter_settings:  # what the owner set in the Growatt app before PEMS came
             self.growatt.set_holding(dict(inverter_settings))
         ratings = battery_ratings(model)
-        self.logic = (InverterLogic(self.growatt.regmap, ratings, model.house.site.timezone)
-                      if ratings is not None else None)
+        self.logic = (InverterLogic(self.growatt.regmap, ratings, model.house.site.timezone,
+                                    clock_offset_s=inverter_clock_offset_s) if ratings is not None else None)
+        self.inverter_clock_offset_s = float(inverter_clock_offset_s)
 
         nr = len(self.rooms)
         self._relay_log = np.zeros((n_ticks, nr), dtype=bool)
@@ -539,6 +544,7 @@ class Emulator:
         heat = relay * self._rating
         bat_w = None
         if self.logic is not None:
+            self._serve_clock(t)
             house_w = self._load[i] + float(heat.sum()) + self._standby_w
             out = self.logic.step(self.growatt.holding(), t, P_pv=self._pv_avail[i], P_load=house_w,
                                   soc=soc, dt_s=self.tick_s)
@@ -654,6 +660,14 @@ class Emulator:
             return
         now = t if t is not None else (self._time if self._time is not None else self.clock.start)
         self.home.publish_raw(TIME_TOPIC, self.clock.anchor(now, running=running).to_json(), retain=True, qos=1)
+
+    def _serve_clock(self, t: pd.Timestamp) -> None:
+        """The inverter's clock registers (where its map has them): its local time, offset as set."""
+        if "clock_year" not in self.growatt.regmap:
+            return
+        local = self.logic.local_time(t) if self.logic is not None else t
+        self.growatt.set_holding(clock_year=local.year, clock_month=local.month, clock_day=local.day,
+                                 clock_hour=local.hour, clock_minute=local.minute, clock_second=local.second)
 
     def _serve_measurements(self, obs: Any, soc: float) -> None:
         """The step's powers and the SOC at its start, as the inverter's input registers."""

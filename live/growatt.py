@@ -122,6 +122,7 @@ class GrowattModbus:
         self.reconnect_backoff_s = float(reconnect_backoff_s)
         self.request_gap_s = float(request_gap_s)
         self._clock, self._now, self._sleep = clock, now, sleep
+        self.clock_offset_s = 0.0  # the inverter's clock − true local time [s], as slots are written
         self.guard = WriteGuard(self.regmap, device, GuardSettings(min_interval_s, dry_run),
                                 clock=clock, now=now, sleep=sleep)
         self._client = ModbusTcpClient(host, port=self.port, timeout=timeout, retries=retries,
@@ -239,8 +240,30 @@ class GrowattModbus:
             log.warning("growatt: read failed (%s)", exc)
             self._fail(exc)
             return self._failed(t)
+        offset = self._clock_offset(holding, t)
         return InverterReadings(time=t, **{m: values[m] for m in MEASUREMENTS},
-                                priority=self._priority(holding, t), ok=True, changed=self._refresh(holding))
+                                priority=self._priority(holding, t), ok=True, changed=self._refresh(holding),
+                                clock_offset_s=offset)
+
+    def _clock_offset(self, holding: dict[str, float], t: pd.Timestamp) -> float:
+        """The inverter's clock against the true local time at ``t`` [s] (nan: the map has no clock).
+
+        Its slots are local times on its own clock: one that was never switched to summer time, or
+        drifted, would run a slot an hour (or minutes) off. From 90 s off, the slots are written in the
+        inverter's time (:attr:`clock_offset_s`, whole minutes), and the loop reports it."""
+        try:
+            inv = pd.Timestamp(year=int(holding["clock_year"]), month=int(holding["clock_month"]),
+                               day=int(holding["clock_day"]), hour=int(holding["clock_hour"]),
+                               minute=int(holding["clock_minute"]), second=int(holding["clock_second"]))
+        except (KeyError, ValueError, TypeError):
+            return math.nan  # no clock in the map, or a date the clock cannot hold (not yet set)
+        offset = (inv - t.tz_convert(self.timezone).tz_localize(None)).total_seconds()
+        self.clock_offset_s = 60.0 * round(offset / 60.0) if abs(offset) >= 90.0 else 0.0
+        return offset
+
+    def _inverter_time(self, t: pd.Timestamp) -> pd.Timestamp:
+        """``t`` on the inverter's clock (local, its measured offset applied)."""
+        return t.tz_convert(self.timezone) + pd.Timedelta(seconds=self.clock_offset_s)
 
     def _refresh(self, holding: dict[str, float]) -> tuple[str, ...]:
         """Bring the guard's picture of the device up to date from a regular read; the settings that
@@ -252,6 +275,8 @@ class GrowattModbus:
         """
         changed = []
         for name, value in holding.items():
+            if not self.regmap[name].writable:
+                continue  # the clock and other read-only registers are no setting of the owner's
             old = self.guard.known(name)
             if old is not None and math.isfinite(value) and value != old:
                 changed.append(f"{name}: {old:g} → {value:g}")
@@ -267,7 +292,7 @@ class GrowattModbus:
         """SPH: the priority register; TL-XH (none): the priority of the slot in force now."""
         if "priority" in self.regmap:
             return PRIORITY_NAMES.get(int(holding.get("priority", 0)))
-        local = t.tz_convert(self.timezone)
+        local = self._inverter_time(t)
         return decode_control(self.regmap, holding).mode_at(local.hour * 60 + local.minute + local.second / 60)
 
     # ------------------------------------------------------------------ commands
@@ -293,8 +318,8 @@ class GrowattModbus:
                 mode = "load_first"  # a slot that already ended: nothing left to do but the safe state
         if mode == "load_first":
             return self._plan_release()
-        local_now = now.tz_convert(self.timezone)
-        local_until = pd.Timestamp(until).tz_convert(self.timezone)
+        local_now = self._inverter_time(now)  # slots are written in the inverter's own time
+        local_until = self._inverter_time(pd.Timestamp(until))
         if local_until.normalize() > local_now.normalize():
             end_min = END_OF_DAY_MIN  # slots cannot pass midnight; the loop re-commands after it
         else:

@@ -345,6 +345,13 @@ class LiveHome:
             self._acc.inv.append(inv)
             if math.isfinite(inv.soc):
                 self._soc = inv.soc
+            off = inv.clock_offset_s
+            if math.isfinite(off) and abs(off) >= 90.0:  # its slots are written in its time (see growatt)
+                self.problem("inverter_clock", f"the inverter's clock is {off / 60:+.0f} min off the local time "
+                             f"({self.model.house.site.timezone}): its slots are written in its own time; "
+                             "set its clock (summer time?)", kind="off")
+            elif math.isfinite(off):
+                self._problems.pop("inverter_clock", None)
         self._acc.relay.append(dict(rr.relay))
         return Sample(now, mono, rr, inv)
 
@@ -428,12 +435,14 @@ class LiveHome:
             obs = replace(obs, T_out=t_out)
         return obs
 
-    def problem(self, key: str, why: str) -> None:
-        """A measured value not used: an event and a warning when the reason changes, not at every
-        step (a broken sensor must not flood the log)."""
-        if self._problems.get(key) == why.split(" = ")[0]:
+    def problem(self, key: str, why: str, kind: str | None = None) -> None:
+        """A measured value not used, or not as it should be: an event and a warning when its kind
+        (``kind``, or ``why`` up to an ``=``) changes, not at every step (a broken sensor must not
+        flood the log)."""
+        kind = kind or why.split(" = ")[0]
+        if self._problems.get(key) == kind:
             return
-        self._problems[key] = why.split(" = ")[0]
+        self._problems[key] = kind
         self.events.write("sensor", self.clock.now(), key=key, problem=why)
         log.warning("%s not used: %s", key, why)
 

@@ -76,12 +76,20 @@ class InverterLogic:
         The battery and converter ratings.
     timezone
         The inverter's clock (its slots are local times).
+    clock_offset_s
+        Its clock minus the true local time [s] (−3600: never switched to summer time).
     """
 
-    def __init__(self, regmap: str | RegisterMap, ratings: BatteryRatings, timezone: str = "UTC") -> None:
+    def __init__(self, regmap: str | RegisterMap, ratings: BatteryRatings, timezone: str = "UTC",
+                 clock_offset_s: float = 0.0) -> None:
         self.regmap = load_map(regmap)
         self.ratings = ratings
         self.timezone = timezone
+        self.clock_offset_s = float(clock_offset_s)
+
+    def local_time(self, time: pd.Timestamp) -> pd.Timestamp:
+        """``time`` on the inverter's clock (local, with its offset)."""
+        return pd.Timestamp(time).tz_convert(self.timezone) + pd.Timedelta(seconds=self.clock_offset_s)
 
     def control(self, holding: Mapping[str, float]) -> ControlState:
         """The decoded control registers (``holding``: register name → engineering value)."""
@@ -89,7 +97,7 @@ class InverterLogic:
 
     def mode(self, holding: Mapping[str, float], time: pd.Timestamp) -> Priority:
         """The priority in force at ``time`` (tz-aware)."""
-        local = pd.Timestamp(time).tz_convert(self.timezone)
+        local = self.local_time(time)
         return self.control(holding).mode_at(local.hour * 60 + local.minute + local.second / 60)
 
     def step(self, holding: Mapping[str, float], time: pd.Timestamp, P_pv: float, P_load: float, soc: float,
@@ -122,7 +130,7 @@ class InverterLogic:
         P_load = max(0.0, float(P_load)) if math.isfinite(P_load) else 0.0
         soc = min(1.0, max(0.0, float(soc)))
         ctl = self.control(holding)
-        local = pd.Timestamp(time).tz_convert(self.timezone)
+        local = self.local_time(time)
         mode = ctl.mode_at(local.hour * 60 + local.minute + local.second / 60)
         charge_cap = min(r.max_charge_w, r.inverter_ac_w)
         discharge_cap = min(r.max_discharge_w, r.inverter_ac_w)

@@ -103,7 +103,11 @@ def test_builtin_maps_carry_the_documented_registers():
 
     xh = load_map("growatt-mod-xh")
     assert xh.scheme == "tlxh" and xh.slot_count() == 9
-    assert all(3000 <= r.address < 3250 for r in xh.registers.values())
+    # the TL-XH's own range, and the protocol's clock at holding 45–50 (read only)
+    assert all(3000 <= r.address < 3250 for r in xh.registers.values() if not r.name.startswith("clock_"))
+    for m in (sph, xh):
+        clock = [r for r in m.registers.values() if r.name.startswith("clock_")]
+        assert [r.address for r in clock] == list(range(45, 51)) and not any(r.writable for r in clock)
     assert (xh["slot1_start"].address, xh["slot5_start"].address, xh["slot9_end"].address) == (3038, 3050, 3059)
     # reads never span two of Growatt's 125-register ranges
     for m in (sph, xh):

@@ -501,3 +501,36 @@ def test_the_hand_back_gives_the_owner_his_inverter_settings_back(prep, broker, 
     assert after["bat_first_slot1_enable"] == 0.0  # PEMS's slot gone
     kept = json.loads((state / "inverter_baseline.json").read_text())
     assert {k: kept[k] for k in owner} == owner
+
+
+@pytest.mark.service
+def test_an_inverter_clock_an_hour_behind_gets_its_slots_in_its_own_time(prep, broker, tmp_path):
+    """The inverter's clock was never switched to summer time: it runs an hour behind the local time,
+    and its slots run on it. The loop reads the clock, says so once, and writes its slot in the
+    inverter's time, so the battery charges in the step the plan says, not an hour off."""
+    ev = tmp_path / "events.jsonl"
+    r = EmulatedRun(prep, broker.host, broker.port, speed=SPEED, hours=2.0, events_path=ev, mqtt_options=FAST,
+                    emulator_options={"inverter_clock_offset_s": -3600.0})
+    t1 = at(prep, 1.0)
+
+    class OneCharge(_Scripted):  # the inverter's own logic, but battery first at 1 kW for the step at 1 h
+        def act(self, obs, fc):
+            from pems.twin.signals import Action
+
+            a = self.inner.act(obs, fc)
+            return Action(heat_w=a.heat_w, bat_w=1000.0 if obs.time == t1 else None)
+
+    r.controller = OneCharge(r.controller, prep.model, t1)
+    r.start()
+    res = r.finish()
+    evs = events(ev)
+    said = [e for e in kinds(evs, "sensor") if e["key"] == "inverter_clock"]
+    assert len(said) == 1 and "-60 min off" in said[0]["problem"], said
+    modes = [e for e in r.emu.events() if e.get("device") == "inverter" and e.get("kind") == "mode"]
+    first = [e for e in modes if e["mode"] == "battery_first"]
+    assert first and t1 <= first[0]["time"] <= t1 + pd.Timedelta(minutes=2), modes  # in the step planned
+    assert res.trajectory.loc[t1, "P_bat"] > 0.8 * 1000.0  # it charged as commanded over that step
+    local = t1.tz_convert(prep.model.house.site.timezone) - pd.Timedelta(hours=1)
+    starts = [e for e in kinds(evs, "command") if e["device"] == "growatt" and e["sent"]
+              and e["target"] == "bat_first_slot1_start"]
+    assert starts and int(starts[0]["value"]) // 256 == local.hour, starts  # hour × 256 + minute

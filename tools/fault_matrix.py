@@ -183,6 +183,9 @@ def faults(prep, broker) -> list[Fault]:
         Fault("a number beyond a float", hostile),
         Fault("T_out = 500 °C", t_out_500, handback_due=False, note="not used: the forecast's value instead"),
         Fault("setting changed in the Growatt app", app_change, handback_due=False),
+        Fault("inverter clock an hour behind (no summer time)", None, handback_due=False,
+              run_kw={"emulator_options": {"inverter_clock_offset_s": -3600.0}},
+              note="slots written in the inverter's time; said once"),
         Fault("kill -9 of the loop", None, hours=2.0, note="no hand-back from the loop: last will, heartbeat, slots"),
         Fault("dry run", None, handback_due=False, hours=1.0, run_kw={"dry_run": True}),
     ]

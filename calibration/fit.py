@@ -31,6 +31,8 @@ from pems.twin.model import HouseModel
 LOG_PARAMS = ("C_air", "C_mass", "H_am", "H_out", "H_ground", "H", "eta_heat")
 #: Parameters fitted additively (can be zero): solar aperture and the daily gain profile.
 LIN_PARAMS = ("A_sol", "g0", "g1c", "g1s", "g2c", "g2s")
+#: Shares in [0, 1], fitted additively: where the heater's output and the sun's go (the slab's share).
+SHARE_PARAMS = ("f_heat_mass", "f_sol_mass")
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,16 @@ class FitSettings:
     continuity_sigma_k: float = 0.2  # σ of the jump in slab temperature between consecutive segments [K]
     substeps: int = 3  # RK4 sub-steps per model step inside the fit
     max_iter: int = 300
+    # Which shares into the slab (of SHARE_PARAMS) this fit estimates; the others stay at the house
+    # file's values (the heating kind's prior). The calibration chooses per room (select_structure).
+    shares: tuple[str, ...] = ()
+    # prior σ of an estimated share: weak, so that the heating kind the house file states is where
+    # the search starts, not what it must find (a convector house described as underfloor is found
+    # out by its air's quick response to the heater)
+    share_sigma: float = 0.35
+    # choose each room's structure from the data (see pems.calibration.structure); False: fit with
+    # `shares` as given in every room
+    select_structure: bool = True
 
 
 @dataclass
@@ -118,6 +130,9 @@ class RoomProblem:
             elif base == "A_sol":
                 sig = settings.aperture_sigma_per_m2 * area
                 self.specs.append((name, "lin", p0, sig, -p0 / sig, 1.0 * area / sig))
+            elif base in settings.shares:
+                sig = settings.share_sigma  # bounded to [0, 1] in θ = (value − prior) / σ
+                self.specs.append((name, "lin", p0, sig, -p0 / sig, (1.0 - p0) / sig))
             elif base == "g0":
                 self.specs.append((name, "lin", p0, settings.gain_mean_sigma_w, -np.inf, np.inf))
             elif base in LIN_PARAMS:

@@ -13,7 +13,9 @@ import pandas as pd
 import tomli_w
 
 from pems.calibration.calibrate import CalibrationResult
+from pems.calibration.diagnose import by_room
 from pems.calibration.fit import Estimate
+from pems.calibration.structure import BY_NAME
 from pems.reporting import img, page, utc_offset, zone_text
 
 
@@ -83,6 +85,10 @@ def calibration_json(result: CalibrationResult) -> dict:
             "from_rooms": {r: {"value": x.value, "se": x.se} for r, x in getattr(e, "sides", {}).items()}}
             for (a, b), e in result.couplings.items()},
         "rooms": rooms,
+        # each room's structure (where its heater's heat and the sun go), chosen from the data, and why
+        "structures": {r: {"chosen": st.chosen, "shares_estimated": list(st.shares), "selection_rmse_24h_k": st.scores,
+                           "why": st.why} for r, st in result.structures.items()},
+        "warnings": [w.to_dict() for w in result.warnings],
         "pv": None if result.pv is None else vars(result.pv) | {"performance_ratio": result.pv.performance_ratio},
         "battery": None if result.battery is None else vars(result.battery),
         "quality": {"score": q.score, "missing": q.missing, "trusted_days": q.trusted_days,
@@ -304,6 +310,15 @@ def _couplings_table(result: CalibrationResult) -> str:
                "and the value deserves a check (a measured door or wall, or a longer history).</p>"))
 
 
+def _share_text(result: CalibrationResult, room: str) -> str:
+    p = next((r.params for r in result.house.rooms if r.id == room), None)
+    if p is None:
+        return "–"
+    heat = "–" if p.f_heat_mass is None else f"{p.f_heat_mass:.2f}"
+    sun = "–" if p.f_sol_mass is None else f"{p.f_sol_mass:.2f}"
+    return f"{heat}, {sun}"
+
+
 def write_calibration(result: CalibrationResult, out: Path, source: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "house.toml").write_text(house_toml(result, source), encoding="utf-8")
@@ -343,13 +358,28 @@ def write_calibration(result: CalibrationResult, out: Path, source: str) -> None
                     f"{100 * b.round_trip_efficiency:.1f} % (charge and discharge taken equal), standing loss "
                     f"(self-discharge, fitted ≥ 0) {num(b.self_discharge_w, 1)} W; SOC-change RMSE "
                     f"{num(100 * b.rmse_soc, 2)} % of capacity per step over {b.n} steps.</p>")
-    body = (f"<h2>Summary</h2><p>Mean over rooms on {s.get('validation_days', 0)} validation days: 24 h-ahead RMSE "
+    warn = ""
+    if result.warnings:
+        items = "".join(f"<li><b>{html.escape(room or 'house')}</b>: "
+                        + "<br>".join(html.escape(f"{w.kind}: {w.message}") for w in ws) + "</li>"
+                        for room, ws in by_room(result.warnings).items())
+        warn = (f"<div class='note'><p><b>Not a good fit</b>: {len(result.warnings)} warning"
+                f"{'' if len(result.warnings) == 1 else 's'}, each with its likely cause.</p><ul>{items}</ul></div>")
+    structure_rows = "".join(
+        f"<tr><th>{html.escape(r)}</th><td>{html.escape(BY_NAME[st.chosen].description if st.chosen in BY_NAME else st.chosen)}</td>"
+        f"<td>{_share_text(result, r)}</td><td>{html.escape(st.why)}</td></tr>" for r, st in result.structures.items())
+    structure_table = ("<h2>Structure</h2><p>Where each room's heater output and sun go (the slab's share), chosen "
+                       "from the data: candidates fitted on the first three quarters of the training period and "
+                       "judged by their 24 h-ahead predictions of the last quarter.</p><table><tr><th>room</th>"
+                       "<th>structure</th><th>share into the slab: heat, sun</th><th>why</th></tr>"
+                       + structure_rows + "</table>") if result.structures else ""
+    body = (f"{warn}<h2>Summary</h2><p>Mean over rooms on {s.get('validation_days', 0)} validation days: 24 h-ahead RMSE "
             f"<b>{s.get('rmse_24h_k_mean', float('nan')):.3f} K</b>, one-step RMSE {s.get('rmse_1step_k_mean', float('nan')):.3f} K. "
             f"Data quality score {result.quality.score:.2f}, {result.quality.trusted_days:.0f} trusted day{'' if round(result.quality.trusted_days) == 1 else 's'}. "
             f"Calibration took {result.wall_s:.0f} s.</p>{rooms_table}{ashrae}"
             f"<h2>Predictions on validation days</h2>{img(predictions_figure(result), 'predictions')}"
             f"{img(residuals_figure(result), 'residuals')}{img(heating_figure(result), 'heating')}"
-            f"<h2>Parameters</h2>{params_table}{'<h2>PV and battery</h2>' + devices if devices else ''}"
+            f"{structure_table}<h2>Parameters</h2>{params_table}{'<h2>PV and battery</h2>' + devices if devices else ''}"
             f"<h2>Data quality</h2>"
             f"<p>Missing signals: {html.escape(', '.join(result.quality.missing) or 'none')}.</p>{quality_table}")
     sub = f"{html.escape(source)} · {html.escape(periods_text(result))}"

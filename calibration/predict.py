@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.linalg import solve_discrete_are
 
-from pems.twin.estimator import NoiseModel
+from pems.twin.estimator import NoiseModel, SteadyKalman, apply_gain
 from pems.twin.inputs import measured_disturbances
 from pems.twin.linear import affine_form, zoh
 from pems.twin.model import HouseModel
@@ -50,10 +49,8 @@ class HistoryFilter:
         A, C = self.disc.Ad[th, th], self.Cm[:, th]
         q = np.r_[np.full(nr, noise.air_k), np.full(nr, noise.mass_k)] ** 2
         r = np.full(nr, noise.sensor_k) ** 2
-        P = solve_discrete_are(A.T, C.T, np.diag(q), np.diag(r))
-        S = C @ P @ C.T + np.diag(r)
         self.K = np.zeros((n, nr))
-        self.K[th] = A @ P @ C.T @ np.linalg.inv(S)  # one-step predictor gain
+        self.K[th] = SteadyKalman.design(A, C, np.diag(q), np.diag(r)).predictor_gain  # one-step predictor gain
 
     def inputs(self, data: pd.DataFrame, gains: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(U [W], D) per step from a history table (missing heating counts as off).
@@ -108,13 +105,7 @@ class HistoryFilter:
             xs[k] = x
             y_hat = self.Cm @ x + DmW[k]
             yp[k] = y_hat
-            innov = Y[k] - y_hat
-            ok = np.isfinite(innov)
-            x = Ad @ x + GW[k]
-            if ok.all():
-                x = x + self.K @ innov
-            elif ok.any():
-                x = x + self.K[:, ok] @ innov[ok]
+            x = apply_gain(Ad @ x + GW[k], self.K, Y[k] - y_hat)
         return Filtered(xs, yp, W, pd.DatetimeIndex(data.index))
 
     def simulate(self, x0: np.ndarray, W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

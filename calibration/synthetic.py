@@ -38,7 +38,7 @@ def make_history(house: House, start: str | pd.Timestamp, days: float, seed: int
                  spread: float = 0.3, sensor_noise_k: float = 0.05, quantum_k: float = 0.1,
                  occupancy_w: float = 80.0, weather: str = "amsterdam-iwec",
                  step: pd.Timedelta = pd.Timedelta(minutes=15), setback_k: float = 2.0,
-                 plant_step_s: float = 60.0) -> SyntheticHistory:
+                 plant_step_s: float = 60.0, true_params: dict[str, float] | None = None) -> SyntheticHistory:
     """Simulate ``days`` of a home whose true parameters differ from ``house``'s priors.
 
     Parameters
@@ -50,6 +50,10 @@ def make_history(house: House, start: str | pd.Timestamp, days: float, seed: int
         amplitude up to this value and day-to-day variation [W].
     setback_k
         Night set-back of the thermostats [K] (22:00–06:00 local time).
+    true_params
+        Room parameters the truth has in every room, whatever the house file says (e.g.
+        ``{"f_heat_mass": 0.0}``: heat into the air, as convectors put it), by name as in
+        ``[rooms.params]``.
     """
     rng = np.random.default_rng(seed)
     prior = build_model(house)
@@ -58,6 +62,8 @@ def make_history(house: House, start: str | pd.Timestamp, days: float, seed: int
         base = name.split("__", 1)[0]
         if base in HIDDEN or base == "H":
             values[name] = prior.param(name) * float(np.exp(rng.normal(0.0, spread)))
+        if true_params and base in true_params:
+            values[name] = float(true_params[base])
     truth = prior.with_parameters(values)
     t0 = pd.Timestamp(start)
     t0 = t0.tz_localize("UTC") if t0.tz is None else t0.tz_convert("UTC")

@@ -31,6 +31,68 @@ class NoiseModel:
     sensor_soc: float = 0.01  # [-]
 
 
+def apply_gain(x: np.ndarray, K: np.ndarray, innov: np.ndarray) -> np.ndarray:
+    """``x + K innov``, skipping the measurements that are missing (NaN innovations): a sensor that
+    drops out leaves the others' correction (the steady gain restricted to them)."""
+    ok = np.isfinite(innov)
+    if ok.all():
+        return x + K @ innov
+    if ok.any():
+        return x + K[:, ok] @ innov[ok]
+    return x
+
+
+@dataclass(frozen=True)
+class SteadyKalman:
+    """The one steady-state Kalman filter of every estimator here: ``x⁺ = A x + …``, ``y = C x + … + v``.
+
+    The twin is time-invariant in its states, so the discrete Riccati equation is solved once
+    (:meth:`design`) and every gain derives from its solution: the live loop's estimator
+    (:class:`KalmanEstimator`), the history filter of calibration and ``pems predict``
+    (:class:`~pems.calibration.predict.HistoryFilter`) and the residual correctors' smoother
+    (:func:`~pems.controllers.forecast.correctors.residual_gains`).
+
+    Attributes
+    ----------
+    A, C
+        State transition and measurement matrices.
+    P
+        Steady-state prior (predicted) covariance.
+    S
+        Innovation covariance ``C P Cᵀ + R``.
+    K
+        Update gain ``P Cᵀ S⁻¹`` (corrects a predicted state with its measurement).
+    """
+
+    A: np.ndarray
+    C: np.ndarray
+    P: np.ndarray
+    S: np.ndarray
+    K: np.ndarray
+
+    @classmethod
+    def design(cls, A: np.ndarray, C: np.ndarray, Q: np.ndarray, R: np.ndarray) -> SteadyKalman:
+        """The steady-state filter for process noise covariance ``Q`` and measurement noise ``R``."""
+        P = solve_discrete_are(A.T, C.T, Q, R)
+        S = C @ P @ C.T + R
+        return cls(A, C, P, S, P @ C.T @ np.linalg.inv(S))
+
+    @property
+    def predictor_gain(self) -> np.ndarray:
+        """``A K``: the one-step predictor's gain (from the prior at k to the prior at k + 1)."""
+        return self.A @ self.K
+
+    @property
+    def posterior(self) -> np.ndarray:
+        """Steady-state posterior (filtered) covariance ``(I − K C) P``."""
+        return (np.eye(len(self.P)) - self.K @ self.C) @ self.P
+
+    @property
+    def smoother_gain(self) -> np.ndarray:
+        """Steady-state Rauch–Tung–Striebel smoother gain ``P⁺ Aᵀ P⁻¹``."""
+        return self.posterior @ self.A.T @ np.linalg.inv(self.P)
+
+
 class KalmanEstimator:
     """Steady-state Kalman filter for ``x⁺ = Ad x + Γ (B(d) u + c(d))``, ``y = [T_air; soc]``."""
 
@@ -47,9 +109,8 @@ class KalmanEstimator:
         if model.has_battery:
             q = np.r_[q, noise.soc**2]
         r = np.r_[np.full(nr, noise.sensor_k), [noise.sensor_soc] if model.has_battery else []] ** 2
-        P = solve_discrete_are(self.disc.Ad.T, self.C.T, np.diag(q), np.diag(r))
-        S = self.C @ P @ self.C.T + np.diag(r)
-        self.K = P @ self.C.T @ np.linalg.inv(S)  # update gain for the predicted state
+        self.filter = SteadyKalman.design(self.disc.Ad, self.C, np.diag(q), np.diag(r))
+        self.K = self.filter.K  # update gain for the predicted state
         self.x: np.ndarray | None = None
 
     def measurement(self, T_room: np.ndarray, soc: float | None) -> np.ndarray:
@@ -82,10 +143,5 @@ class KalmanEstimator:
 
     def correct(self, y: np.ndarray) -> np.ndarray:
         """Correct with the measurements ``y`` (air temperatures, SOC); NaN entries are skipped."""
-        innov = y - self.C @ self.x
-        ok = np.isfinite(innov)
-        if ok.all():
-            self.x = self.x + self.K @ innov
-        elif ok.any():  # a missing sensor: use the others (steady gain restricted to them)
-            self.x = self.x + self.K[:, ok] @ innov[ok]
+        self.x = apply_gain(self.x, self.K, y - self.C @ self.x)
         return self.x

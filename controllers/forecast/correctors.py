@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy.linalg import solve_discrete_are
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from pems.calibration.predict import HistoryFilter, ahead_errors
 from pems.controllers.forecast.features import calendar_features
+from pems.twin.estimator import SteadyKalman, apply_gain
 from pems.twin.inputs import measured_disturbances
 from pems.twin.model import HouseModel
 from pems.twin.solar import solar_position
@@ -147,10 +147,8 @@ def residual_gains(model: HouseModel, data: pd.DataFrame, step: pd.Timedelta,
     C = np.hstack([Pm, Gm @ Bq])
     Q = np.diag(np.r_[np.full(nr, s.sigma_air_k), np.full(nr, s.sigma_mass_k), np.full(nr, s.sigma_gain_w)] ** 2)
     R = np.diag(np.full(nr, s.sigma_sensor_k) ** 2)
-    P = solve_discrete_are(A.T, C.T, Q, R)  # steady-state prior covariance
-    K = P @ C.T @ np.linalg.inv(C @ P @ C.T + R)  # filter gain
-    P_post = (np.eye(na) - K @ C) @ P
-    J = P_post @ A.T @ np.linalg.inv(P)  # steady-state RTS smoother gain
+    kf = SteadyKalman.design(A, C, Q, R)
+    K, J = kf.K, kf.smoother_gain  # filter gain, steady-state RTS smoother gain
     Y = data[[f"T_room__{r}" for r in model.rooms]].to_numpy(dtype=float)
     n = len(data)
     GW = W @ G.T
@@ -162,12 +160,7 @@ def residual_gains(model: HouseModel, data: pd.DataFrame, step: pd.Timedelta,
     prior, post = np.zeros((n, na)), np.zeros((n, na))
     for k in range(n):
         prior[k] = z
-        innov = Y[k] - C @ z - MW[k]
-        ok = np.isfinite(innov)
-        if ok.all():
-            z = z + K @ innov
-        elif ok.any():
-            z = z + K[:, ok] @ innov[ok]
+        z = apply_gain(z, K, Y[k] - C @ z - MW[k])
         post[k] = z
         z = A @ z
         z[: 2 * nr] += GW[k]

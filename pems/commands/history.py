@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from pems.commands.arguments import CLI, model_step, output_dir, output_file, parse_time, time_range
@@ -121,6 +122,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
           f"{result.quality.score:.2f}; validation ({s.get('validation_days', 0)} days): 24 h-ahead RMSE "
           f"{s.get('rmse_24h_k_mean', float('nan')):.3f} K, one-step {s.get('rmse_1step_k_mean', float('nan')):.3f} K "
           f"({result.wall_s:.0f} s)")
+    if result.warnings:
+        from pems.calibration.diagnose import by_room
+
+        groups = by_room(result.warnings)
+        print(f"warning: not a good fit: {len(result.warnings)} warning{'' if len(result.warnings) == 1 else 's'} "
+              f"in {len(groups)} of {len(result.fits)} rooms (each with its likely cause in report.html):",
+              file=sys.stderr)
+        for room, ws in groups.items():
+            print(f"  {room or 'house'}: " + "; ".join(w.kind for w in ws) + f" — {ws[0].message}", file=sys.stderr)
     print(f"wrote {out}/house.toml, calibration.json, report.html")
     return 0
 

@@ -11,10 +11,12 @@ real buildings: the extra freedom then absorbs what the model cannot explain (th
 - ``heat+sun``: both shares estimated.
 
 As Bacher & Madsen (2011) select RC structures from the data, but with the criterion the twin is
-used for: each candidate is fitted on the first three quarters of the training period and predicts
-the last quarter 24 h ahead (the training period only: the final validation never takes part). A
-room takes the simplest structure whose prediction error there is within ``margin`` of the best
-(parsimony: an estimated share must earn its place). Then every room is fitted on the whole
+used for: each candidate is fitted on the first three quarters of the training period (at most the
+six weeks before the rest) and predicts the last quarter (at most two weeks) 24 h ahead: the
+training period only, the final validation never takes part. Each room is judged on its own (its
+candidate beside every other room's kind), and takes a larger structure only when it predicts
+better by more than ``margin`` and consistently over the days (a paired t statistic of at least
+``t_min``): an estimated share must earn its place. Then every room is fitted on the whole
 training period with its structure. Likelihood-ratio tests on the fit residuals were not used: the
 residuals of an output-error fit are strongly autocorrelated, which makes such tests pick the larger
 structure almost always.
@@ -90,18 +92,23 @@ def daily_errors(model: Any, history: History, selection: np.ndarray) -> dict[st
     return out
 
 
-def _beats(new: np.ndarray, old: np.ndarray, margin: float, share_of_days: float) -> bool:
-    """``new`` predicts better than ``old``: by more than ``margin`` on average, and on most days."""
+def _beats(new: np.ndarray, old: np.ndarray, margin: float, t_min: float) -> bool:
+    """``new`` predicts better than ``old``: by more than ``margin`` of the mean error, and consistently
+    (the paired t statistic of the daily improvements at least ``t_min``: a week of days decides
+    between structures, and one good day must not)."""
     ok = np.isfinite(new) & np.isfinite(old)
-    if ok.sum() < 2:
+    if ok.sum() < 3:
         return False
-    return bool(new[ok].mean() <= (1 - margin) * old[ok].mean() and (new[ok] < old[ok]).mean() >= share_of_days)
+    gain = old[ok] - new[ok]
+    sd = float(gain.std(ddof=1))
+    t = float(gain.mean() / (sd / np.sqrt(len(gain)))) if sd > 0 else (np.inf if gain.mean() > 0 else 0.0)
+    return bool(new[ok].mean() <= (1 - margin) * old[ok].mean() and t >= t_min)
 
 
 def select_structures(house: House, train: History, rooms: list[str], settings: FitSettings,
                       fit: Any, selection_fraction: float = 0.25, margin: float = 0.05,
-                      share_of_days: float = 2 / 3, min_days: float = 2.0
-                      ) -> tuple[dict[str, RoomStructure], pd.Timestamp | None]:
+                      t_min: float = 2.0, min_days: float = 3.0, max_selection_days: float = 14.0,
+                      max_fit_days: float = 42.0) -> tuple[dict[str, RoomStructure], pd.Timestamp | None]:
     """Choose each room's structure on the training history (see the module notes).
 
     Each room is judged on its own: the candidate house has this room's fit from the candidate
@@ -117,11 +124,16 @@ def select_structures(house: House, train: History, rooms: list[str], settings: 
         per-room fits (:func:`pems.calibration.calibrate.fit_house`).
     selection_fraction
         Share of the training days predicted to choose [-].
-    margin, share_of_days
+    margin, t_min
         A structure with more estimated shares must predict better than the simpler one by more
-        than ``margin`` of its mean error, and on at least ``share_of_days`` of the days [-].
+        than ``margin`` of its mean error, with a paired t statistic of its daily improvements of at
+        least ``t_min`` [-].
     min_days
         Fewer selection days than this: no choice, the house file's kind for every room.
+    max_selection_days, max_fit_days
+        At most this many selection days, and candidate fits on at most this many days before them
+        (a year of history chooses as well from six weeks and two as from all of it, at a fraction
+        of the cost).
 
     Returns
     -------
@@ -132,12 +144,15 @@ def select_structures(house: House, train: History, rooms: list[str], settings: 
 
     data = train.data
     days = (data.index[-1] - data.index[0]) / pd.Timedelta(days=1) if len(data) else 0.0
-    cut = (data.index[0] + pd.Timedelta(days=days * (1 - selection_fraction))).floor("D") if len(data) else None
+    sel_days = min(days * selection_fraction, max_selection_days)
+    cut = (data.index[-1] - pd.Timedelta(days=sel_days)).ceil("D") if len(data) else None
     if cut is None or (data.index[-1] - cut) / pd.Timedelta(days=1) < min_days:
         why = f"too little training data to choose ({days:.1f} days): the heating kind's shares"
         return {r: RoomStructure(r, "kind", why=why) for r in rooms}, None
-    fit_part = train.between(None, cut)
-    selection = np.asarray(data.index >= cut)
+    fit_part = train.between(cut - pd.Timedelta(days=max_fit_days), cut)
+    # the filter needs a week before the selection days to find the slabs' temperatures, not more
+    scored = train.between(cut - pd.Timedelta(days=7), None)
+    selection = np.asarray(scored.data.index >= cut)
     fits = {s.name: fit(house, fit_part, replace(settings, shares=s.shares), None)[0] for s in STRUCTURES}
 
     def errors(room: str | None, structure: str) -> dict[str, np.ndarray]:
@@ -145,7 +160,7 @@ def select_structures(house: House, train: History, rooms: list[str], settings: 
         if room is not None:
             chosen[room] = fits[structure][room]
         model = build_model(calibrated_house(house, chosen, combine_couplings(chosen)))
-        return daily_errors(model, train, selection)
+        return daily_errors(model, scored, selection)
 
     base = errors(None, "kind")
     out = {}
@@ -156,12 +171,12 @@ def select_structures(house: House, train: History, rooms: list[str], settings: 
         scores = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in daily.items()}
         chosen = "kind"
         for s in STRUCTURES[1:]:  # in order of size: each must beat the one chosen so far
-            if _beats(daily[s.name], daily[chosen], margin, share_of_days):
+            if _beats(daily[s.name], daily[chosen], margin, t_min):
                 chosen = s.name
         parts = ", ".join(f"{k} {v:.3f} K" for k, v in scores.items() if np.isfinite(v))
         n_days = int(np.isfinite(daily["kind"]).sum())
         why = (f"24 h-ahead RMSE over {n_days} selection days at the end of training: {parts}; a structure "
-               f"with more estimated shares is taken when it is better by more than {100 * margin:.0f} % "
-               f"and on at least {100 * share_of_days:.0f} % of the days")
+               f"with more estimated shares is taken when it is better by more than {100 * margin:.0f} %, "
+               f"consistently over the days (paired t ≥ {t_min:g})")
         out[r] = RoomStructure(r, chosen, scores, why)
     return out, cut

@@ -89,6 +89,8 @@ def calibration_json(result: CalibrationResult) -> dict:
         "structures": {r: {"chosen": st.chosen, "shares_estimated": list(st.shares), "selection_rmse_24h_k": st.scores,
                            "why": st.why} for r, st in result.structures.items()},
         "warnings": [w.to_dict() for w in result.warnings],
+        # share of each room's 24 h-ahead squared error its fitted daily gain profile removes [-]
+        "gain_profile_explains": result.gains_explained,
         "pv": None if result.pv is None else vars(result.pv) | {"performance_ratio": result.pv.performance_ratio},
         "battery": None if result.battery is None else vars(result.battery),
         "quality": {"score": q.score, "missing": q.missing, "trusted_days": q.trusted_days,
@@ -310,6 +312,17 @@ def _couplings_table(result: CalibrationResult) -> str:
                "and the value deserves a check (a measured door or wall, or a longer history).</p>"))
 
 
+def _gains_text(result: CalibrationResult) -> str:
+    g = {r: v for r, v in result.gains_explained.items() if np.isfinite(v)}
+    if not g:
+        return ""
+    parts = ", ".join(f"{html.escape(r)} {100 * v:.0f} %" for r, v in g.items())
+    return ("<p>Unmodelled gains (occupants, cooking, appliances): each room's fitted daily gain profile removes "
+            f"this share of its 24 h-ahead squared error on the validation days: {parts} (mean "
+            f"{100 * float(np.mean(list(g.values()))):.0f} %; the household's electricity, where the history has "
+            "it, is in the gains of both).</p>")
+
+
 def _share_text(result: CalibrationResult, room: str) -> str:
     p = next((r.params for r in result.house.rooms if r.id == room), None)
     if p is None:
@@ -376,7 +389,7 @@ def write_calibration(result: CalibrationResult, out: Path, source: str) -> None
     body = (f"{warn}<h2>Summary</h2><p>Mean over rooms on {s.get('validation_days', 0)} validation days: 24 h-ahead RMSE "
             f"<b>{s.get('rmse_24h_k_mean', float('nan')):.3f} K</b>, one-step RMSE {s.get('rmse_1step_k_mean', float('nan')):.3f} K. "
             f"Data quality score {result.quality.score:.2f}, {result.quality.trusted_days:.0f} trusted day{'' if round(result.quality.trusted_days) == 1 else 's'}. "
-            f"Calibration took {result.wall_s:.0f} s.</p>{rooms_table}{ashrae}"
+            f"Calibration took {result.wall_s:.0f} s.</p>{rooms_table}{_gains_text(result)}{ashrae}"
             f"<h2>Predictions on validation days</h2>{img(predictions_figure(result), 'predictions')}"
             f"{img(residuals_figure(result), 'residuals')}{img(heating_figure(result), 'heating')}"
             f"{structure_table}<h2>Parameters</h2>{params_table}{'<h2>PV and battery</h2>' + devices if devices else ''}"

@@ -12,7 +12,7 @@ real buildings: the extra freedom then absorbs what the model cannot explain (th
 
 As Bacher & Madsen (2011) select RC structures from the data, but with the criterion the twin is
 used for: each candidate is fitted on the first three quarters of the training period (at most the
-six weeks before the rest) and predicts the last quarter (at most two weeks) 24 h ahead: the
+four weeks before the rest) and predicts the last quarter (at most two weeks) 24 h ahead: the
 training period only, the final validation never takes part. Each room is judged on its own (its
 candidate beside every other room's kind), and takes a larger structure only when it predicts
 better by more than ``margin`` and consistently over the days (a paired t statistic of at least
@@ -108,7 +108,7 @@ def _beats(new: np.ndarray, old: np.ndarray, margin: float, t_min: float) -> boo
 def select_structures(house: House, train: History, rooms: list[str], settings: FitSettings,
                       fit: Any, selection_fraction: float = 0.25, margin: float = 0.05,
                       t_min: float = 2.0, min_days: float = 3.0, max_selection_days: float = 14.0,
-                      max_fit_days: float = 42.0) -> tuple[dict[str, RoomStructure], pd.Timestamp | None]:
+                      max_fit_days: float = 28.0) -> tuple[dict[str, RoomStructure], pd.Timestamp | None]:
     """Choose each room's structure on the training history (see the module notes).
 
     Each room is judged on its own: the candidate house has this room's fit from the candidate
@@ -132,7 +132,7 @@ def select_structures(house: House, train: History, rooms: list[str], settings: 
         Fewer selection days than this: no choice, the house file's kind for every room.
     max_selection_days, max_fit_days
         At most this many selection days, and candidate fits on at most this many days before them
-        (a year of history chooses as well from six weeks and two as from all of it, at a fraction
+        (a year of history chooses as well from four weeks and two as from all of it, at a fraction
         of the cost).
 
     Returns

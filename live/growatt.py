@@ -273,6 +273,11 @@ class GrowattModbus:
         would let a change made in the app pass for "unchanged", and a command would silently not
         take effect.
         """
+        if self.dry_run:
+            # nothing was written: the device differs from the plan because of that, not because of an
+            # app; the picture is the device's (a dry run then logs what a real run would write now)
+            self.guard.remember(holding)
+            return ()
         changed = []
         for name, value in holding.items():
             if not self.regmap[name].writable:

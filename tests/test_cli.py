@@ -448,7 +448,11 @@ def test_bad_input_exits_with_one_clear_message(runs, case):
 def test_a_calibration_prints_nothing_on_stderr(runs):
     r = runs[GOOD_CALIBRATE.name]
     assert r.returncode == 0, r.stderr
-    assert r.stderr == ""  # no blank lines, no matplotlib or numpy warnings
+    # no blank lines, no matplotlib or numpy warnings: only our own verdict on the fit (this history is
+    # sinusoids, not physics: the calibration says it is not a good fit, room by room)
+    lines = r.stderr.splitlines()
+    assert lines and lines[0].startswith("warning: not a good fit: "), r.stderr
+    assert all(ln.startswith(("  a: ", "  b: ")) for ln in lines[1:]), r.stderr
     assert (r.cwd / "out" / "house.toml").is_file()
 
 

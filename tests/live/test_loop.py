@@ -33,7 +33,7 @@ from pems.scenarios.kpis import compute_kpis  # noqa: E402
 from pems.scenarios.runner import run  # noqa: E402
 
 SPEED = 1000.0
-DAY_SPEED = 2500.0  # the day: 35 s of wall time plus the solves (which run at real time, see LoopSettings)
+DAY_SPEED = 1500.0  # the day: 58 s of wall time plus the solves (at 2500× a loaded machine shifted the relays enough to cost 5 %)
 
 
 def events(path: Path) -> list[dict]:
@@ -242,6 +242,9 @@ def test_dry_run_sends_nothing(prep, broker, tmp_path):
     evs = events(ev)
     cmds = kinds(evs, "command")
     assert cmds and all(not c["sent"] for c in cmds), {c["reason"] for c in cmds}
+    assert all("dry-run" in c["reason"] for c in cmds), {c["reason"] for c in cmds}
+    # the device differs from the plan because nothing was written, not because of the Growatt app
+    assert not kinds(evs, "inverter_changed"), kinds(evs, "inverter_changed")[:2]
     assert all(e["solver_ok"] for e in kinds(evs, "step"))
     assert (res.trajectory[["mode_pems__a", "mode_pems__b"]] == 0).all().all()
 

@@ -73,6 +73,16 @@ class Learner(Protocol):
 
 
 @runtime_checkable
+class Privileged(Protocol):
+    """A benchmark controller that may see what a real home never shows: the plant's true state
+    (``privileged``: ``forecast.extras["x_true"]``) and, with ``full_horizon``, a perfect forecast of
+    the whole remaining run (the oracle). The simulator's runner gives them; a live home cannot."""
+
+    privileged: bool
+    full_horizon: bool
+
+
+@runtime_checkable
 class Reporter(Protocol):
     """A controller that logs its own events (solver retries, fallbacks) for the run's log."""
 

@@ -100,6 +100,7 @@ class EconomicMPC:
     """
 
     name = "mpc"
+    full_horizon = False  # (Privileged) a forecast of its horizon only; the true state with use_true_state
 
     def __init__(self, model: HouseModel, step_s: float = 900.0, config: MpcConfig | None = None) -> None:
         t0 = time.perf_counter()

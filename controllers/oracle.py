@@ -138,7 +138,8 @@ class PerfectForesightOracle:
     """
 
     name = "oracle"
-    full_horizon = True
+    full_horizon = True  # (Privileged) the whole true future, and the true state
+    privileged = True
 
     def __init__(self, model: HouseModel, step_s: float = 900.0, weights: Weights | None = None) -> None:
         self.model = model

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pems.controllers import make_controller
-from pems.controllers.base import Controller, Learner, Reporter
+from pems.controllers.base import Controller, Learner, Privileged, Reporter
 from pems.scenarios.comfort import comfort_bands
 from pems.scenarios.forecast import ForecastProvider, forecast_provider
 from pems.scenarios.kpis import compute_kpis
@@ -137,8 +137,8 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
     n = prep.n_steps
     compute = np.zeros(n)
     # The oracle sees the whole true future of the run; privileged controllers see the true state.
-    full = getattr(ctrl, "full_horizon", False)
-    privileged = full or getattr(ctrl, "privileged", False)
+    full = isinstance(ctrl, Privileged) and ctrl.full_horizon
+    privileged = isinstance(ctrl, Privileged) and (full or ctrl.privileged)
 
     def decide(k: int, obs: Observation) -> tuple[Forecast, Action]:
         fc = truth_fc.perfect(k, n) if full else forecasts(k)

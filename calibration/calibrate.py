@@ -18,9 +18,9 @@ import pandas as pd
 from scipy.optimize import lsq_linear
 
 from pems.calibration.diagnose import FitWarning, diagnose
-from pems.calibration.fit import Estimate, FitSettings, RoomFit, RoomProblem
+from pems.calibration.fit import GAIN_PARAMS, SHARE_PARAMS, Estimate, FitSettings, RoomFit, RoomProblem
 from pems.calibration.history import History
-from pems.calibration.predict import HistoryFilter
+from pems.calibration.predict import HistoryFilter, day_ahead
 from pems.calibration.pv_battery import BatteryFit, PVFit, fit_battery, fit_pv
 from pems.calibration.quality import QualityReport, assess
 from pems.calibration.structure import BY_NAME, STRUCTURES, RoomStructure, select_structures
@@ -237,8 +237,7 @@ def combine_couplings(fits: dict[str, RoomFit]) -> dict[tuple[str, str], Couplin
     return out
 
 
-ROOM_KEYS = ("C_air", "C_mass", "H_am", "H_out", "H_ground", "A_sol", "eta_heat", "f_heat_mass", "f_sol_mass",
-             "g0", "g1c", "g1s", "g2c", "g2s")
+ROOM_KEYS = ("C_air", "C_mass", "H_am", "H_out", "H_ground", "A_sol", "eta_heat", *SHARE_PARAMS, *GAIN_PARAMS)
 
 
 def calibrated_house(house: House, fits: dict[str, RoomFit], couplings: dict[tuple[str, str], Estimate],
@@ -292,19 +291,14 @@ def validate(model: HouseModel, history: History, val: np.ndarray
     rooms = [r for r in model.rooms if f"T_room__{r}" in data]
     Y = data[[f"T_room__{r}" for r in model.rooms]].to_numpy(dtype=float)
     day = int(round(pd.Timedelta(days=1) / step))
-    local = data.index.tz_convert(model.house.site.timezone)
-    starts = [k for k in np.flatnonzero(val) if local[k].hour == 0 and local[k].minute == 0 and k + day <= len(data)]
-    preds, meas, times = [], [], []
-    for k in starts:
-        means, _ = f.simulate(filt.x_prior[k], filt.W[k:k + day])
-        preds.append(means[:, : model.n_rooms])
-        meas.append(Y[k:k + day])
-        times.append(data.index[k:k + day])
+    ahead = day_ahead(f, filt, data, val)
+    starts = ahead.starts
     metrics: dict[str, RoomMetrics] = {}
     pred_frames = []
-    P = np.vstack(preds) if preds else np.zeros((0, model.n_rooms))
-    M = np.vstack(meas) if meas else np.zeros((0, model.n_rooms))
-    T = np.concatenate(times) if times else np.array([], dtype="datetime64[ns]")
+    P = ahead.predicted.reshape(-1, model.n_rooms)
+    M = ahead.measured.reshape(-1, model.n_rooms)
+    T = (np.concatenate([data.index[k:k + day] for k in starts]) if starts
+         else np.array([], dtype="datetime64[ns]"))
     one = Y[val] - filt.y_pred[val]
     tau = _room_time_constants(model)
     for i, r in enumerate(model.rooms):
@@ -332,7 +326,7 @@ def gains_explained(house: House, history: History, val: np.ndarray) -> dict[str
     has it, is in the internal gains of both (a share of it ends as heat in the rooms)."""
     from pems.calibration.structure import daily_errors
 
-    zero = {k: 0.0 for k in ("g0", "g1c", "g1s", "g2c", "g2s")}
+    zero = dict.fromkeys(GAIN_PARAMS, 0.0)
     without = house.model_copy(update={"rooms": [r.model_copy(update={"params": r.params.model_copy(update=zero)})
                                                  for r in house.rooms]})
     with_g = daily_errors(build_model(house), history, val)

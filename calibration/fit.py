@@ -29,8 +29,10 @@ from pems.twin.model import HouseModel
 
 #: Parameters fitted in log space (multiplicative deviation from the prior).
 LOG_PARAMS = ("C_air", "C_mass", "H_am", "H_out", "H_ground", "H", "eta_heat")
+#: The daily internal-gain profile: its mean and two harmonics [W].
+GAIN_PARAMS = ("g0", "g1c", "g1s", "g2c", "g2s")
 #: Parameters fitted additively (can be zero): solar aperture and the daily gain profile.
-LIN_PARAMS = ("A_sol", "g0", "g1c", "g1s", "g2c", "g2s")
+LIN_PARAMS = ("A_sol", *GAIN_PARAMS)
 #: Shares in [0, 1], fitted additively: where the heater's output and the sun's go (the slab's share).
 SHARE_PARAMS = ("f_heat_mass", "f_sol_mass")
 

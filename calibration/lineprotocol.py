@@ -28,9 +28,15 @@ def _esc_meas(x: str) -> str:
     return x.replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ")
 
 
+def one_line(x: str) -> str:
+    """``x`` without line breaks: line protocol is line-based, a break inside a key or string would split
+    the record."""
+    return x.replace("\r", " ").replace("\n", " ")
+
+
 def tag_text(x: object) -> str:
-    """A tag key or value in line protocol: escaped, and without line breaks (which would split the record)."""
-    return _esc_key(str(x).replace("\r", " ").replace("\n", " "))
+    """A tag key or value in line protocol: escaped, on one line."""
+    return _esc_key(one_line(str(x)))
 
 
 def line_head(measurement: str, tags: Iterable[tuple[str, str]]) -> str:

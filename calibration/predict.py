@@ -121,6 +121,30 @@ class HistoryFilter:
         return means, ends
 
 
+@dataclass
+class DayAhead:
+    """24 h-ahead predictions from each local midnight of some steps (what validation scores)."""
+
+    starts: list[int]  # row of each midnight
+    predicted: np.ndarray  # (days, steps per day, n_rooms): step-mean air temperatures [°C]
+    measured: np.ndarray  # (days, steps per day, n_rooms) [°C]
+
+
+def day_ahead(f: HistoryFilter, filt: Filtered, data: pd.DataFrame, steps: np.ndarray) -> DayAhead:
+    """From the filtered state at every local midnight among ``steps`` (a boolean mask of rows) with a
+    whole day after it, the open-loop prediction of the day with the measured inputs."""
+    m = f.model
+    day = int(round(pd.Timedelta(days=1) / f.step))
+    local = data.index.tz_convert(m.house.site.timezone)
+    starts = [k for k in np.flatnonzero(steps) if local[k].hour == 0 and local[k].minute == 0 and k + day <= len(data)]
+    Y = data[[f"T_room__{r}" for r in m.rooms]].to_numpy(dtype=float)
+    pred = np.zeros((len(starts), day, m.n_rooms))
+    for j, k in enumerate(starts):
+        pred[j] = f.simulate(filt.x_prior[k], filt.W[k:k + day])[0][:, : m.n_rooms]
+    meas = np.array([Y[k:k + day] for k in starts]).reshape(len(starts), day, m.n_rooms)
+    return DayAhead(starts, pred, meas)
+
+
 def predict_ahead(model: HouseModel, data: pd.DataFrame, step: pd.Timedelta, start: pd.Timestamp,
                   hours: float) -> pd.DataFrame:
     """Estimate the state from ``data`` before ``start``, then predict ``hours`` ahead from the

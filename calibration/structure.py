@@ -71,25 +71,15 @@ class RoomStructure:
 def daily_errors(model: Any, history: History, selection: np.ndarray) -> dict[str, np.ndarray]:
     """Each room's 24 h-ahead RMSE per selection day [K] (days from the house's local midnight),
     from the Kalman-filtered state at each midnight, as the validation predicts."""
-    from pems.calibration.predict import HistoryFilter
+    from pems.calibration.predict import HistoryFilter, day_ahead
 
-    data, step = history.data, history.step
-    f = HistoryFilter(model, step)
-    filt = f.run(data)
-    day = int(round(pd.Timedelta(days=1) / step))
-    local = data.index.tz_convert(model.house.site.timezone)
-    starts = [k for k in np.flatnonzero(selection) if local[k].hour == 0 and local[k].minute == 0
-              and k + day <= len(data)]
-    Y = data[[f"T_room__{r}" for r in model.rooms]].to_numpy(dtype=float)
-    out = {r: np.full(len(starts), np.nan) for r in model.rooms}
-    for j, k in enumerate(starts):
-        means, _ = f.simulate(filt.x_prior[k], filt.W[k:k + day])
-        e = means[:, : model.n_rooms] - Y[k:k + day]
-        for i, r in enumerate(model.rooms):
-            ok = np.isfinite(e[:, i])
-            if ok.mean() > 0.5:
-                out[r][j] = float(np.sqrt(np.mean(e[ok, i] ** 2)))
-    return out
+    f = HistoryFilter(model, history.step)
+    ahead = day_ahead(f, f.run(history.data), history.data, selection)
+    e = ahead.predicted - ahead.measured  # (days, steps, rooms)
+    ok = np.isfinite(e)
+    mse = np.nansum(np.where(ok, e, 0.0) ** 2, axis=1) / np.maximum(ok.sum(axis=1), 1)
+    rmse = np.where(ok.mean(axis=1) > 0.5, np.sqrt(mse), np.nan)  # a day more than half unmeasured: none
+    return {r: rmse[:, i] for i, r in enumerate(model.rooms)}
 
 
 def _beats(new: np.ndarray, old: np.ndarray, margin: float, t_min: float) -> bool:

@@ -136,6 +136,15 @@ class Sample:
     inverter: InverterReadings | None
 
 
+def quietly(action: Callable[[], object], what: str) -> None:
+    """Run ``action``; an error is logged as ``what failed``, never raised (shutdown steps: none may
+    keep the next from running)."""
+    try:
+        action()
+    except Exception:  # noqa: BLE001
+        log.exception("%s failed", what)
+
+
 class HomeListener:
     """What a wrapper hears from inside a step (each a no-op unless overridden)."""
 
@@ -257,15 +266,9 @@ class LiveHome:
         self._thinking.close()
         self.guard.cancel_offs()
         self.guard.stop()
-        try:
-            self.bus.close()
-        except Exception:  # noqa: BLE001
-            log.exception("closing the room bus failed")
+        quietly(self.bus.close, "closing the room bus")
         if self.inverter is not None:
-            try:
-                self.inverter.close()
-            except Exception:  # noqa: BLE001
-                log.exception("closing the inverter connection failed")
+            quietly(self.inverter.close, "closing the inverter connection")
 
     # ------------------------------------------------------------------ the Plant protocol
     def first_step_mono(self) -> float:
@@ -369,9 +372,14 @@ class LiveHome:
         self.record = {"step": self.k, "mono_s": sample.mono}
         self._metered = self.k > 0 and any(i.ok for i in self._acc.inv)
         self._acc = _StepAccum()
-        if s.real_time_solve and isinstance(self.clock, Accelerated):
-            self._thinking.enter_context(self.clock.real_time())
+        self._thinking.enter_context(self._real_time())
         return obs
+
+    def _real_time(self) -> contextlib.AbstractContextManager[Any]:
+        """The clock held at real-time rate where it can be and should (``real_time_solve``)."""
+        if self.settings.real_time_solve and isinstance(self.clock, Accelerated):
+            return self.clock.real_time()
+        return contextlib.nullcontext()
 
     def metered(self) -> bool:
         """The inverter was read over the step that just ended (its powers in the observation are measured)."""
@@ -382,11 +390,9 @@ class LiveHome:
         a loop just connected has seen only retained messages, if any."""
         # Delivery latency is wall time: at 1000× a 50 ms delay would be most of a minute of the
         # home's time, so an accelerated clock runs at real time meanwhile (as during a solve).
-        accelerated = isinstance(self.clock, Accelerated)
-        speed = float((self.clock.speed if accelerated else None) or 1.0)
+        speed = float((self.clock.speed if isinstance(self.clock, Accelerated) else None) or 1.0)
         wall_end = time.monotonic() + max(2.0, (until_mono - self.clock.monotonic()) / speed)
-        hold = self.clock.real_time() if accelerated and self.settings.real_time_solve else contextlib.nullcontext()
-        with hold:
+        with self._real_time():
             while time.monotonic() < wall_end and not self.stop_event.is_set():
                 if all(math.isfinite(v) for v in self.bus.read().T_room.values()):
                     return

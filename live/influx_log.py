@@ -121,7 +121,7 @@ import pandas as pd
 import requests
 
 from pems.calibration.influx import InfluxSource, _credentials
-from pems.calibration.lineprotocol import line_head, relays_from_heat, series_key, stored, tag_text
+from pems.calibration.lineprotocol import line_head, one_line, relays_from_heat, series_key, stored, tag_text
 from pems.calibration.mapping import Mapping, Series, load_mapping
 from pems.live.spool import Spool, line_time, read_spool, record  # noqa: F401 (read_spool: re-exported)
 from pems.twin.house import House
@@ -180,11 +180,6 @@ class InfluxLogStatus:
 # ---------------------------------------------------------------------------------------------
 # line protocol
 # ---------------------------------------------------------------------------------------------
-def _clean(x: str) -> str:
-    # line protocol is line-based: a line break inside a key or string would split the record
-    return x.replace("\r", " ").replace("\n", " ")
-
-
 def _number(v) -> str | None:
     """A float in line protocol (shortest round-trip repr), or ``None`` when not finite."""
     try:
@@ -199,7 +194,7 @@ def _field_value(v: Value) -> str | None:
     if v is None:
         return None
     if isinstance(v, str):
-        return '"' + _clean(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return '"' + one_line(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
     return _number(v)
 
 

@@ -37,7 +37,7 @@ from pems.controllers.base import EstimatorState, Reporter, Stateful
 from pems.live.clock import Followed
 from pems.live.devices import Inverter, RoomBus
 from pems.live.event_log import EventLog
-from pems.live.home import HomeListener, LiveHome, LoopSettings
+from pems.live.home import HomeListener, LiveHome, LoopSettings, quietly
 from pems.live.learned import FALLBACK
 from pems.live.logged_home import LoggedHome
 from pems.live.safe_home import SafeHome
@@ -241,36 +241,24 @@ class LiveLoop(HomeListener):
             report = self.home.give_back(now)
         self.guard.stop()
         self.handed_back = report
-        for step in (lambda: self._save(now, now) if handback and self._started else None,
-                     lambda: self.events.write("stop", now, handback=report or False, steps=self.home.k,
-                                               overruns=self.overruns, unsent_repeats=self.home.unsent_repeats)):
-            try:
-                step()
-            except Exception:  # noqa: BLE001 - nothing after the hand-back may stop the shutdown
-                log.exception("shutdown bookkeeping failed")
+        # nothing after the hand-back may stop the shutdown
+        if handback and self._started:
+            quietly(lambda: self._save(now, now), "saving the state at shutdown")
+        quietly(lambda: self.events.write("stop", now, handback=report or False, steps=self.home.k,
+                                          overruns=self.overruns, unsent_repeats=self.home.unsent_repeats),
+                "the stop event")
         self.home.close()
         if isinstance(self.clock, Followed):
-            self.clock.close()
-        if self.influx is not None:
-            try:
-                if self.influx.status().connected:  # when down, the spool keeps it all
-                    self.influx.flush(5.0)
-            except Exception:  # noqa: BLE001 - the log must not stop the shutdown
-                log.exception("influx flush failed")
+            quietly(self.clock.close, "closing the emulator clock's connection")
+        if self.influx is not None:  # when down, the spool keeps it all
+            quietly(lambda: self.influx.status().connected and self.influx.flush(5.0), "influx flush")
         if self.store is not None:
-            try:
-                self.store.unlock()
-            except Exception:  # noqa: BLE001
-                log.exception("unlocking the state folder failed")
+            quietly(self.store.unlock, "unlocking the state folder")
         self.events.close()
         self._started = False
         return report
 
     # ------------------------------------------------------------------ running
-    def first_step_mono(self) -> float:
-        """Monotonic time of the first step: the next boundary of the calendar's step grid."""
-        return self.home.first_step_mono()
-
     def run(self, n_steps: int | None = None, first_mono: float | None = None) -> int:
         """Run control steps until :meth:`stop` (or ``n_steps``); returns the steps run.
 

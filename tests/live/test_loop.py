@@ -52,7 +52,9 @@ def check_no_gap(evs: list[dict], n: int, labels: bool = True) -> None:
     steps = kinds(evs, "step")
     assert [e["step"] for e in steps] == list(range(n))
     mono = [e["mono_s"] for e in steps]
-    assert all(abs(b - a - 900.0) < 120.0 for a, b in zip(mono, mono[1:]))  # one record per step
+    # one record per step: a skipped step shows as 1800 s, a doubled one as ~0 s; half a step of slack
+    # keeps a loaded machine's scheduling jitter (0.12 s of wall time at 1000x) from failing the test
+    assert all(abs(b - a - 900.0) < 450.0 for a, b in zip(mono, mono[1:]))
     if not labels:  # a calendar jump moves the labels (by design), never the schedule
         return
     t = pd.DatetimeIndex([e["time"] for e in steps])

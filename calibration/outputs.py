@@ -89,6 +89,8 @@ def calibration_json(result: CalibrationResult) -> dict:
         "structures": {r: {"chosen": st.chosen, "shares_estimated": list(st.shares), "selection_rmse_24h_k": st.scores,
                            "why": st.why} for r, st in result.structures.items()},
         "warnings": [w.to_dict() for w in result.warnings],
+        # the whole-house refinement after the per-room fits: its segments, fit RMSE before and after
+        "joint": result.summary.get("joint"),
         # share of each room's 24 h-ahead squared error its fitted daily gain profile removes [-]
         "gain_profile_explains": result.gains_explained,
         "pv": None if result.pv is None else vars(result.pv) | {"performance_ratio": result.pv.performance_ratio},
@@ -386,6 +388,14 @@ def write_calibration(result: CalibrationResult, out: Path, source: str) -> None
                        "judged by their 24 h-ahead predictions of the last quarter.</p><table><tr><th>room</th>"
                        "<th>structure</th><th>share into the slab: heat, sun</th><th>why</th></tr>"
                        + structure_rows + "</table>") if result.structures else ""
+    jf = result.joint
+    joint_text = "" if jf is None else (
+        f"<p>Whole-house refinement: all rooms fitted jointly from the per-room results on the "
+        f"{jf.n_segments} training days whose heating varied most; their fit RMSE {jf.rmse_start_k:.3f} K → "
+        f"<b>{jf.rmse_k:.3f} K</b> in {jf.iterations} iterations ({jf.wall_s:.0f} s); the largest change: "
+        f"{html.escape(jf.largest_change[0])} by {jf.largest_change[1]:.1f} standard deviations of its "
+        f"per-room estimate.</p>")
+    structure_table += joint_text
     body = (f"{warn}<h2>Summary</h2><p>Mean over rooms on {s.get('validation_days', 0)} validation days: 24 h-ahead RMSE "
             f"<b>{s.get('rmse_24h_k_mean', float('nan')):.3f} K</b>, one-step RMSE {s.get('rmse_1step_k_mean', float('nan')):.3f} K. "
             f"Data quality score {result.quality.score:.2f}, {result.quality.trusted_days:.0f} trusted day{'' if round(result.quality.trusted_days) == 1 else 's'}. "

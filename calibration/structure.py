@@ -98,7 +98,8 @@ def _beats(new: np.ndarray, old: np.ndarray, margin: float, t_min: float) -> boo
 def select_structures(house: House, train: History, rooms: list[str], settings: FitSettings,
                       fit: Any, selection_fraction: float = 0.25, margin: float = 0.05,
                       t_min: float = 2.0, min_days: float = 3.0, max_selection_days: float = 14.0,
-                      max_fit_days: float = 28.0) -> tuple[dict[str, RoomStructure], pd.Timestamp | None]:
+                      max_fit_days: float = 28.0
+                      ) -> tuple[dict[str, RoomStructure], pd.Timestamp | None, dict[str, dict[str, float]]]:
     """Choose each room's structure on the training history (see the module notes).
 
     Each room is judged on its own: the candidate house has this room's fit from the candidate
@@ -127,7 +128,8 @@ def select_structures(house: House, train: History, rooms: list[str], settings: 
 
     Returns
     -------
-    The choice per room, and where the selection days start (None: too little data to choose).
+    The choice per room, where the selection days start (None: too little data to choose), and per
+    room the parameter values of its chosen candidate's fit (where the final fit can start).
     """
     from pems.calibration.calibrate import calibrated_house, combine_couplings
     from pems.twin.model import build_model
@@ -138,7 +140,7 @@ def select_structures(house: House, train: History, rooms: list[str], settings: 
     cut = (data.index[-1] - pd.Timedelta(days=sel_days)).ceil("D") if len(data) else None
     if cut is None or (data.index[-1] - cut) / pd.Timedelta(days=1) < min_days:
         why = f"too little training data to choose ({days:.1f} days): the heating kind's shares"
-        return {r: RoomStructure(r, "kind", why=why) for r in rooms}, None
+        return {r: RoomStructure(r, "kind", why=why) for r in rooms}, None, {}
     fit_part = train.between(cut - pd.Timedelta(days=max_fit_days), cut)
     # the filter needs a week before the selection days to find the slabs' temperatures, not more
     scored = train.between(cut - pd.Timedelta(days=7), None)
@@ -169,4 +171,6 @@ def select_structures(house: House, train: History, rooms: list[str], settings: 
                f"with more estimated shares is taken when it is better by more than {100 * margin:.0f} %, "
                f"consistently over the days (paired t ≥ {t_min:g})")
         out[r] = RoomStructure(r, chosen, scores, why)
-    return out, cut
+    start = {r: {k: e.value for k, e in fits[out[r].chosen][r].estimates.items()}
+             for r in rooms if r in fits[out[r].chosen] and fits[out[r].chosen][r].n_segments > 0}
+    return out, cut, start

@@ -38,7 +38,8 @@ def make_history(house: House, start: str | pd.Timestamp, days: float, seed: int
                  spread: float = 0.3, sensor_noise_k: float = 0.05, quantum_k: float = 0.1,
                  occupancy_w: float = 80.0, weather: str = "amsterdam-iwec",
                  step: pd.Timedelta = pd.Timedelta(minutes=15), setback_k: float = 2.0,
-                 plant_step_s: float = 60.0, true_params: dict[str, float] | None = None) -> SyntheticHistory:
+                 plant_step_s: float = 60.0, true_params: dict[str, float] | None = None,
+                 occupancy_day_sd: float = 0.3) -> SyntheticHistory:
     """Simulate ``days`` of a home whose true parameters differ from ``house``'s priors.
 
     Parameters
@@ -48,6 +49,8 @@ def make_history(house: House, start: str | pd.Timestamp, days: float, seed: int
     occupancy_w
         Scale of the unmodelled gains: per room an evening-and-morning pattern with a random
         amplitude up to this value and day-to-day variation [W].
+    occupancy_day_sd
+        Day-to-day variation of that pattern: its daily scale is 1 + this × N(0, 1) [-].
     setback_k
         Night set-back of the thermostats [K] (22:00–06:00 local time).
     true_params
@@ -80,7 +83,7 @@ def make_history(house: House, start: str | pd.Timestamp, days: float, seed: int
     extra = {}
     for r in house.room_ids:
         amp = rng.uniform(0.2, 1.0) * occupancy_w
-        daily = 1.0 + 0.3 * rng.standard_normal(int(day.max()) + 1)
+        daily = 1.0 + occupancy_day_sd * rng.standard_normal(int(day.max()) + 1)
         extra[r] = amp * bump * np.clip(daily[day], 0.0, None)
         inputs[f"Q_int__{r}"] = inputs[f"Q_int__{r}"] + extra[r]
     # Thermostats with night set-back, as the home runs them.

@@ -100,11 +100,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not 0.2 <= args.train_fraction <= 0.95:
         raise InputError(CLI, "--train-fraction", f"{args.train_fraction:g}: expected a value between 0.2 and 0.95")
     step = model_step(args.step_minutes)
+    if not 0 <= args.joint <= 366:
+        raise InputError(CLI, "--joint", f"{args.joint}: expected a number of days between 0 (off) and 366")
     out = output_dir(args.out, writes=("house.toml", "calibration.json", "report.html"),
                      inputs={"--house": args.house, "--history": args.history})
     start, end = database_window(args.history, parse_time(args.start, "--start"), parse_time(args.end, "--end"))
     history = open_between(args.history, house, step, start, end, args.mapping, not args.no_cache)
     from pems.calibration.calibrate import calibrate
+    from pems.calibration.fit import FitSettings
     from pems.calibration.infer import house_from_history
     from pems.calibration.outputs import write_calibration
 
@@ -113,7 +116,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     check_rooms(history, house)
     prog, update = progress_bar(f"calibrating {house.name}", unit="rooms")
     with prog:
-        result = calibrate(house, history, train_fraction=args.train_fraction,
+        settings = FitSettings(joint=args.joint > 0, joint_segments=max(2, args.joint))
+        result = calibrate(house, history, settings, train_fraction=args.train_fraction,
                            progress=lambda room, i, n: update(i, n))
     write_calibration(result, out, str(args.history))
     s = result.summary
@@ -205,6 +209,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--start", help="first time (InfluxDB default: a year before --end; files: all)")
     c.add_argument("--end", help="end time (InfluxDB default: today 00:00 UTC; files: all)")
     c.add_argument("--no-cache", action="store_true", help="InfluxDB sources: query again, ignore the cache")
+    c.add_argument("--joint", type=int, metavar="DAYS", default=0,
+                   help="after the per-room fits, refine all rooms jointly on DAYS training days spread over the "
+                        "history (default 0: off; see docs/calibration.md for what it changed when measured)")
     c.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="estimate the state before START, predict every room H hours ahead")

@@ -1,6 +1,7 @@
 """Calibration speed: the 17-room reference house from one year of 15-minute history.
 
-The issue's target: at most 5 minutes on this machine. The history is made by the twin itself with
+Targets: at most 60 s on this machine with the structure selection ("Calibration that finds the
+house's structure"; five minutes before it, "Calibration from history"). The history is made by the twin itself with
 hidden parameters (±30 %), sensor noise, 0.1 K quantisation and unmodelled occupancy gains.
 """
 
@@ -26,5 +27,5 @@ def test_calibrate_reference_year(benchmark, year):
     res = benchmark.pedantic(lambda: calibrate(house, hist), rounds=1, iterations=1)
     s = res.summary
     benchmark.extra_info.update({k: round(v, 4) if isinstance(v, float) else v for k, v in s.items()})
-    assert benchmark.stats.stats.max < 300.0  # the target: five minutes
+    assert benchmark.stats.stats.max < 60.0
     assert s["rmse_24h_k_mean"] < 0.3

@@ -103,17 +103,16 @@ def calibrate(house: House, history: History, settings: FitSettings = FitSetting
     done = [0]
 
     def fit(h: House, hist: History, st: FitSettings, shares: dict[str, tuple[str, ...]] | None,
-            label: str = "", start: dict[str, dict[str, float]] | None = None
-            ) -> tuple[dict[str, RoomFit], dict[tuple[str, str], Coupling]]:
+            label: str = "") -> tuple[dict[str, RoomFit], dict[tuple[str, str], Coupling]]:
         base = done[0] * len(rooms)
         prog = None if progress is None else (
             lambda room, i, n: progress(room, min(base + i, passes * n), passes * n))
-        out = fit_house(h, hist, rooms, st, quality, shares, workers, prog, label, start)
+        out = fit_house(h, hist, rooms, st, quality, shares, workers, prog, label)
         done[0] += 1
         return out
 
     if settings.select_structure:
-        structures, _, _ = select_structures(house, train_hist, rooms, settings,
+        structures, _ = select_structures(house, train_hist, rooms, settings,
                                           lambda h, hist, st, sh: fit(h, hist, st, sh, f"structure {st.shares or 'kind'}"))
     else:
         fixed = next((x.name for x in STRUCTURES if x.shares == tuple(settings.shares)), "as given")
@@ -165,13 +164,11 @@ def calibrate(house: House, history: History, settings: FitSettings = FitSetting
 
 def fit_house(house: House, history: History, rooms: list[str], settings: FitSettings, quality: QualityReport,
               shares: dict[str, tuple[str, ...]] | None = None, workers: int | None = None,
-              progress: ProgressFn | None = None, label: str = "",
-              start: dict[str, dict[str, float]] | None = None
+              progress: ProgressFn | None = None, label: str = ""
               ) -> tuple[dict[str, RoomFit], dict[tuple[str, str], Coupling]]:
     """The per-room fits on ``history`` (trusted periods only) and the couplings combined from them.
 
-    ``shares``: room → the shares into the slab its fit estimates (default: ``settings.shares``);
-    ``start``: room → parameter values its search starts from (default: the house file's)."""
+    ``shares``: room → the shares into the slab its fit estimates (default: ``settings.shares``)."""
     data, step = history.data, history.step
     trusted = quality.trusted_mask(data.index)
     dist = measured_disturbances(house, data, step)
@@ -181,7 +178,7 @@ def fit_house(house: House, history: History, rooms: list[str], settings: FitSet
     per_room = {r: settings if shares is None else replace(settings, shares=tuple(shares.get(r, settings.shares)))
                 for r in rooms}
     prog = progress if not label or progress is None else (lambda room, i, n: progress(f"{label}: {room}" if room else "", i, n))
-    fits = _fit_rooms(house, rooms, table, ys, per_room, step.total_seconds(), workers, prog, start or {})
+    fits = _fit_rooms(house, rooms, table, ys, per_room, step.total_seconds(), workers, prog)
     return fits, combine_couplings(fits)
 
 
@@ -203,19 +200,19 @@ def with_values(fits: dict[str, RoomFit], couplings: dict[tuple[str, str], Coupl
 
 
 def _fit_one(house_json: str, room: str, table: pd.DataFrame, y: pd.Series, settings: FitSettings,
-             step_s: float, start: dict[str, float] | None = None) -> RoomFit:
+             step_s: float) -> RoomFit:
     """One room's fit, self-contained (a worker process builds its own symbolic problem)."""
     house = House.model_validate_json(house_json)
     prob = RoomProblem(build_model(house), room, settings, step_s)
     missing = [c for c in prob.input_names if c not in table]
     if missing:  # a neighbour or heater not logged: it cannot be fitted from this history
         return prob._unfitted(f"missing columns {missing}", time.perf_counter())
-    return prob.fit(table[prob.input_names], y, start)
+    return prob.fit(table[prob.input_names], y)
 
 
 def _fit_rooms(house: House, rooms: list[str], table: pd.DataFrame, ys: dict[str, pd.Series],
                settings: dict[str, FitSettings], step_s: float, workers: int | None,
-               progress: ProgressFn | None, start: dict[str, dict[str, float]]) -> dict[str, RoomFit]:
+               progress: ProgressFn | None) -> dict[str, RoomFit]:
     workers = min(len(rooms), workers or os.cpu_count() or 1)
     hj = house.model_dump_json()
     fits: dict[str, RoomFit] = {}
@@ -223,11 +220,11 @@ def _fit_rooms(house: House, rooms: list[str], table: pd.DataFrame, ys: dict[str
         for i, room in enumerate(rooms):
             if progress:
                 progress(room, i, len(rooms))
-            fits[room] = _fit_one(hj, room, table, ys[room], settings[room], step_s, start.get(room))
+            fits[room] = _fit_one(hj, room, table, ys[room], settings[room], step_s)
     else:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = {pool.submit(_fit_one, hj, r, table, ys[r], settings[r], step_s, start.get(r)): r for r in rooms}
+            futures = {pool.submit(_fit_one, hj, r, table, ys[r], settings[r], step_s): r for r in rooms}
             for i, fut in enumerate(as_completed(futures)):
                 fits[futures[fut]] = fut.result()
                 if progress:

@@ -257,9 +257,8 @@ class RoomProblem:
             return np.zeros((0, len(self.input_names), L)), np.zeros((0, L)), np.zeros(0), np.zeros(0, bool)
         return np.array(segs_v), np.array(segs_y), np.array(y0), np.array(follows)
 
-    def fit(self, inputs: pd.DataFrame, measured: pd.Series, start: dict[str, float] | None = None) -> RoomFit:
-        """Fit this room to its data (rows: model steps); the search starts at ``start`` (parameter
-        values by name, e.g. a fit on part of the data) where given, else at the priors."""
+    def fit(self, inputs: pd.DataFrame, measured: pd.Series) -> RoomFit:
+        """Fit this room to its data (rows: model steps)."""
         t_start = time.perf_counter()
         st = self.settings
         V, Y, y0, follows = self.segments(inputs, measured)
@@ -315,8 +314,7 @@ class RoomProblem:
 
         lbx = np.r_[[s[4] for s in self.specs], np.full(nv * n_seg, -np.inf)]
         ubx = np.r_[[s[5] for s in self.specs], np.full(nv * n_seg, np.inf)]
-        th0 = np.array([spec_theta(sp, start[sp[0]]) if start and sp[0] in start else 0.0 for sp in self.specs])
-        x0 = np.r_[th0, np.c_[y0, y0 + 1.0].ravel()]
+        x0 = np.r_[np.zeros(n_th), np.c_[y0, y0 + 1.0].ravel()]
         # the normal equations are an arrow: θ couples to all, a segment's [air, slab] to its own and
         # (by continuity) its neighbours' (within 3 of the diagonal)
         arrow = Arrow(n_th, 2 * nv - 1)

@@ -18,10 +18,6 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-import os
-
-_DEBUG = bool(os.environ.get("PEMS_LM_DEBUG"))
-
 
 @dataclass
 class Normal:
@@ -109,8 +105,6 @@ def levenberg_marquardt(fun: ResidualFn, x0: np.ndarray, lower: np.ndarray, uppe
         x, r, J, cost = x_new, r_new, J_new, cost_new
         H, g = _normal(J, r)
         mu = max(mu / 3, 1e-9)
-        if _DEBUG:
-            print(f"lm {it}: cost {cost:.6g} decrease {decrease:.3g} mu {mu:.2g} moved {moved:.3g} held {int(held.sum())}")
         if undamped and decrease < atol or moved < xtol:
             status = "Solve_Succeeded"
             break

@@ -98,8 +98,7 @@ def _beats(new: np.ndarray, old: np.ndarray, margin: float, t_min: float) -> boo
 def select_structures(house: House, train: History, rooms: list[str], settings: FitSettings,
                       fit: Any, selection_fraction: float = 0.25, margin: float = 0.05,
                       t_min: float = 2.0, min_days: float = 3.0, max_selection_days: float = 14.0,
-                      max_fit_days: float = 28.0
-                      ) -> tuple[dict[str, RoomStructure], pd.Timestamp | None, dict[str, dict[str, float]]]:
+                      max_fit_days: float = 28.0) -> tuple[dict[str, RoomStructure], pd.Timestamp | None]:
     """Choose each room's structure on the training history (see the module notes).
 
     Each room is judged on its own: the candidate house has this room's fit from the candidate
@@ -128,8 +127,7 @@ def select_structures(house: House, train: History, rooms: list[str], settings: 
 
     Returns
     -------
-    The choice per room, where the selection days start (None: too little data to choose), and per
-    room the parameter values of its chosen candidate's fit (where the final fit can start).
+    The choice per room, and where the selection days start (None: too little data to choose).
     """
     from pems.calibration.calibrate import calibrated_house, combine_couplings
     from pems.twin.model import build_model
@@ -140,26 +138,31 @@ def select_structures(house: House, train: History, rooms: list[str], settings: 
     cut = (data.index[-1] - pd.Timedelta(days=sel_days)).ceil("D") if len(data) else None
     if cut is None or (data.index[-1] - cut) / pd.Timedelta(days=1) < min_days:
         why = f"too little training data to choose ({days:.1f} days): the heating kind's shares"
-        return {r: RoomStructure(r, "kind", why=why) for r in rooms}, None, {}
+        return {r: RoomStructure(r, "kind", why=why) for r in rooms}, None
     fit_part = train.between(cut - pd.Timedelta(days=max_fit_days), cut)
     # the filter needs a week before the selection days to find the slabs' temperatures, not more
     scored = train.between(cut - pd.Timedelta(days=7), None)
     selection = np.asarray(scored.data.index >= cut)
     fits = {s.name: fit(house, fit_part, replace(settings, shares=s.shares), None)[0] for s in STRUCTURES}
 
-    def errors(room: str | None, structure: str) -> dict[str, np.ndarray]:
-        chosen = dict(fits["kind"])
-        if room is not None:
-            chosen[room] = fits[structure][room]
-        model = build_model(calibrated_house(house, chosen, combine_couplings(chosen)))
-        return daily_errors(model, scored, selection)
+    memo: dict[tuple[tuple[str, str], ...], dict[str, np.ndarray]] = {}
 
-    base = errors(None, "kind")
-    out = {}
-    for r in rooms:
-        daily = {"kind": base.get(r, np.zeros(0))}
+    def errors(context: dict[str, str], room: str | None = None, structure: str = "") -> dict[str, np.ndarray]:
+        """Daily errors with every room at its structure in ``context``, ``room`` at ``structure``."""
+        which = {r: context.get(r, "kind") for r in fits["kind"]}
+        if room is not None:
+            which[room] = structure
+        key = tuple(sorted(which.items()))
+        if key not in memo:
+            chosen = {r: fits[st][r] for r, st in which.items()}
+            model = build_model(calibrated_house(house, chosen, combine_couplings(chosen)))
+            memo[key] = daily_errors(model, scored, selection)
+        return memo[key]
+
+    def judge(r: str, context: dict[str, str]) -> RoomStructure:
+        daily = {"kind": errors(context, r, "kind").get(r, np.zeros(0))}
         for s in STRUCTURES[1:]:
-            daily[s.name] = errors(r, s.name).get(r, np.zeros(0))
+            daily[s.name] = errors(context, r, s.name).get(r, np.zeros(0))
         scores = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in daily.items()}
         chosen = "kind"
         for s in STRUCTURES[1:]:  # in order of size: each must beat the one chosen so far
@@ -170,7 +173,16 @@ def select_structures(house: House, train: History, rooms: list[str], settings: 
         why = (f"24 h-ahead RMSE over {n_days} selection days at the end of training: {parts}; a structure "
                f"with more estimated shares is taken when it is better by more than {100 * margin:.0f} %, "
                f"consistently over the days (paired t ≥ {t_min:g})")
-        out[r] = RoomStructure(r, chosen, scores, why)
-    start = {r: {k: e.value for k, e in fits[out[r].chosen][r].estimates.items()}
-             for r in rooms if r in fits[out[r].chosen] and fits[out[r].chosen][r].n_segments > 0}
-    return out, cut, start
+        return RoomStructure(r, chosen, scores, why)
+
+    # First every room beside its neighbours at the house file's kind; then, where a neighbour's
+    # structure changed, again beside the neighbours' choices: a neighbour predicted with the wrong
+    # structure spoils a room's own comparison (its air is the room's boundary in the prediction).
+    out = {r: judge(r, {}) for r in rooms}
+    changed = {r for r, st in out.items() if st.chosen != "kind"}
+    if changed:
+        context = {r: st.chosen for r, st in out.items()}
+        for r in rooms:
+            if changed & set(fits["kind"][r].neighbours):
+                out[r] = judge(r, context)
+    return out, cut

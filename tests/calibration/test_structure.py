@@ -41,6 +41,33 @@ def test_the_heaters_share_into_the_slab_is_recovered(share):
             assert "f_heat_mass" in st.shares and st.scores[st.chosen] < st.scores["kind"], st
 
 
+def _room_tau(model, room):
+    from pems.calibration.fit import FitSettings, RoomProblem
+
+    p = RoomProblem(model, room, FitSettings(), 900.0)
+    return np.sort(-1 / np.linalg.eigvals(np.asarray(p.A(np.zeros(len(p.specs))))).real / 3600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0], ids=["to the air", "split", "to the slab"])
+def test_time_constants_are_recovered_wherever_the_heat_goes(share):
+    """Both time constants of every room within 10 % of the truth, from the underfloor prior whatever
+    the truth, on five weeks with occupants' gains no file mentions (the same pattern every day).
+
+    Where the heat goes into the air the slab is seen only through the air, and its time constant
+    within 20 % (measured 0.82–0.98 over two seeds). Gains that also vary 30 % from day to day cost
+    up to 18 % on either (docs/calibration.md: the thermostats answer them, closed-loop data)."""
+    truth_house = house_from(PLAIN)
+    syn = make_history(truth_house, "2024-01-08", 35, seed=6, true_params={"f_heat_mass": share},
+                       occupancy_day_sd=0.0)
+    res = calibrate(truth_house, prepare_history(syn.data, "synthetic", truth_house), workers=1)
+    model = build_model(res.house)
+    for r in truth_house.room_ids:
+        fitted, true = _room_tau(model, r), _room_tau(syn.truth, r)
+        assert fitted[0] == pytest.approx(true[0], rel=0.10), (r, "air", fitted, true)
+        assert fitted[1] == pytest.approx(true[1], rel=0.10 if share > 0 else 0.20), (r, "slab", fitted, true)
+
+
 @pytest.mark.slow
 def test_a_wrong_heating_kind_in_the_house_file_does_not_ruin_the_fit():
     """Convectors (heat into the air) described as underfloor: the 24 h-ahead RMSE stays within 1.5×

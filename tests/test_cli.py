@@ -285,6 +285,8 @@ CASES = [
          ("command line", "--hours", "longer than the scenario")),
     Case("calibrate --train-fraction 2", ("calibrate", "--history", "history.csv", "--out", "out",
                                           "--train-fraction", "2"), ("command line", "--train-fraction"), history_case),
+    Case("calibrate --joint -3", ("calibrate", "--history", "history.csv", "--out", "out", "--joint", "-3"),
+         ("command line", "--joint", "between 0"), history_case),
     Case("calibrate: history file missing", ("calibrate", "--history", "nope.csv", "--out", "out"),
          ("nope.csv", "not found")),
     Case("predict --hours 0", (*PREDICT[:-1], "0", "--out", "out/p.parquet"), ("command line", "--hours"), history_case),

@@ -65,3 +65,25 @@ def test_from_the_truth_it_stays(clean):
     assert jf.n_segments == 7
     for name in ("H__a__b", "C_air__a", "C_air__b", "H_am__a", "H_out__b"):
         assert jf.values[name] == pytest.approx(syn.truth.param(name), rel=0.05), name
+
+
+@pytest.mark.slow
+def test_calibrate_with_the_refinement_reports_it(clean, tmp_path):
+    """``--joint DAYS`` runs it after the per-room fits: the calibrated house holds its values, the
+    summary, calibration.json and the report say what it did."""
+    import json
+
+    from pems.calibration.calibrate import calibrate
+    from pems.calibration.outputs import write_calibration
+
+    house, syn, hist = clean
+    res = calibrate(house, hist, FitSettings(joint=True, joint_segments=7), workers=1)
+    jf = res.joint
+    assert jf is not None and jf.n_segments == 7 and res.summary["joint"]["segments"] == 7
+    assert jf.rmse_k <= jf.rmse_start_k
+    model = build_model(res.house)
+    assert model.param("H__a__b") == pytest.approx(jf.values["H__a__b"], rel=1e-4)
+    assert res.couplings[("a", "b")].value == pytest.approx(jf.values["H__a__b"])
+    write_calibration(res, tmp_path, "synthetic")
+    assert json.loads((tmp_path / "calibration.json").read_text())["joint"]["segments"] == 7
+    assert "Whole-house refinement" in (tmp_path / "report.html").read_text()

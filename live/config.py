@@ -142,6 +142,15 @@ class LiveForecastSpec(_Strict):
     """A history table (CSV/Parquet) the learned forecasters start from, e.g. from ``pems history``."""
 
 
+class HomeAssistantSpec(_Strict):
+    """Home Assistant over MQTT discovery, on the broker of ``[mqtt]`` (with its credentials and TLS)."""
+
+    discovery_prefix: str = "homeassistant"
+    """Home Assistant's discovery prefix (its MQTT integration's setting)."""
+    name: str | None = None
+    """The home's device name in Home Assistant (default: the house's name); its topics are ``pems/<name>/…``."""
+
+
 class LiveConfig(_Strict):
     """A ``pems live --config`` file."""
 
@@ -170,6 +179,8 @@ class LiveConfig(_Strict):
     """The Growatt inverter (not set: the battery is not controlled)."""
     influx: InfluxSpec | None = None
     """The InfluxDB log (not set: no log to InfluxDB)."""
+    home_assistant: HomeAssistantSpec | None = None
+    """Publish the home's states, energy totals and plan to Home Assistant (not set: not published)."""
     forecast: LiveForecastSpec = Field(default_factory=LiveForecastSpec)
     """Where forecasts come from."""
     comfort: Comfort = Field(default_factory=Comfort)
@@ -477,9 +488,18 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
         influx = InfluxLog(s.influx.url, cfg.resolve_named(s.influx.mapping, builtin_mappings()),
                            spool_dir=cfg.resolve(s.influx.spool_dir), house=house, url_source=cfg.path,
                            url_key="influx.url", max_bytes=int(s.influx.spool_max_mb * 1e6))
+    ha = None
+    if s.home_assistant is not None and dry_run:
+        log.warning("%s: dry run: nothing is published to Home Assistant ([home_assistant])", cfg.path)
+    if s.home_assistant is not None and not dry_run:
+        from pems.live.home_assistant import HomeAssistant
+
+        ha = HomeAssistant(s.mqtt.host, s.mqtt.port, house=s.home_assistant.name or house.name, rooms=model.rooms,
+                           has_battery=model.has_battery, prefix=s.home_assistant.discovery_prefix,
+                           client_id=f"{s.mqtt.client_id}-ha" if s.mqtt.client_id else None, **mqtt_kw)
     try:
         return LiveLoop(model, controller, forecast, bus, inverter, clock, settings, cfg.safety_limits(),
-                        events_path if events_path is not None else events, state, influx)
+                        events_path if events_path is not None else events, state, influx, ha)
     except BaseException:
         if influx is not None:
             influx.close(0.5)

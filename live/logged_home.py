@@ -10,7 +10,9 @@ the Plant protocol:
   sees) and its plan;
 - the watchdog's transitions (``fallback``, ``recover``) are mirrored to InfluxDB as ``event``;
 - InfluxDB going down (it spools on disk) and coming back (it replays) is logged: it is not a
-  control fault, and nothing measured or commanded is lost.
+  control fault, and nothing measured or commanded is lost;
+- with Home Assistant configured, each step's readings, energy totals and plan are published to it
+  (:class:`~pems.live.home_assistant.HomeAssistant`).
 
 No logging error reaches the home: every write here is guarded.
 """
@@ -42,12 +44,14 @@ class LoggedHome(HomeListener):
     controller
         The controller whose estimate and plan are logged beside the commands (a
         :class:`~pems.controllers.base.Stateful` / :class:`~pems.controllers.base.Planner`).
+    home_assistant
+        Optional :class:`~pems.live.home_assistant.HomeAssistant` publisher.
     """
 
-    def __init__(self, home: Any, influx: Any = None, controller: Any = None) -> None:
+    def __init__(self, home: Any, influx: Any = None, controller: Any = None, home_assistant: Any = None) -> None:
         self.inner = home
         self.home: LiveHome = home.unwrapped
-        self.influx, self.controller = influx, controller
+        self.influx, self.controller, self.home_assistant = influx, controller, home_assistant
         self._obs: Observation | None = None
         self._log_up: bool | None = None  # the InfluxDB log's last known state
         self.home.listeners.append(self)
@@ -95,6 +99,7 @@ class LoggedHome(HomeListener):
                      "—" if bat is None else f"{bat['priority']} {bat.get('power_pct') or 0:.0f} %",
                      record.get("solve_s") or 0.0)
         self._influx_step(t, record)
+        self._home_assistant(record)
         self._watch_log(h.clock.now())
 
     def on_tick(self, sample: Sample) -> None:
@@ -126,6 +131,19 @@ class LoggedHome(HomeListener):
                 self.influx.write_plan(t, plan)
         except Exception:  # noqa: BLE001 - the log never stops the loop (it spools on its own)
             log.exception("influx write failed")
+
+    def _home_assistant(self, record: dict[str, Any]) -> None:
+        """The step's readings (the means of the step that just ended), totals and plan to Home Assistant."""
+        ha, obs = self.home_assistant, self._obs
+        if ha is None or obs is None:
+            return
+        try:
+            ctrl = self.controller
+            plan = ctrl.plan() if isinstance(ctrl, Planner) and record.get("solver_ok") else None
+            ha.observed(obs.time, obs.T_room, obs.T_out, obs.P_pv, obs.P_load, obs.P_grid, obs.P_bat, obs.soc,
+                        obs.P_heat, self.home.settings.step_s, str(record.get("state", "active")), plan)
+        except Exception:  # noqa: BLE001 - publishing never stops the loop
+            log.exception("Home Assistant publish failed")
 
     def _mirror(self, event: dict[str, Any]) -> None:
         """The watchdog's transitions into InfluxDB (the event log's listener)."""

@@ -107,12 +107,14 @@ class LiveLoop(HomeListener):
         Folder of the persistent state and its lock, or None (no persistence).
     influx
         Optional :class:`~pems.live.influx_log.InfluxLog` (measured, commanded, events).
+    home_assistant
+        Optional :class:`~pems.live.home_assistant.HomeAssistant` (states and plan over MQTT discovery).
     """
 
     def __init__(self, model: HouseModel, controller: Any, forecast: ForecastFn, rooms: RoomBus,
                  inverter: Inverter | None, clock: Any, settings: LoopSettings | None = None,
                  limits: SafetyLimits | None = None, events_path: str | Path | None = None,
-                 state_dir: str | Path | None = None, influx: Any = None) -> None:
+                 state_dir: str | Path | None = None, influx: Any = None, home_assistant: Any = None) -> None:
         self.model, self.controller, self.forecast, self.clock = model, controller, forecast, clock
         self.settings = settings or LoopSettings()
         self.rooms: tuple[str, ...] = tuple(model.rooms)
@@ -122,7 +124,8 @@ class LiveLoop(HomeListener):
         # (a problem found while opening the log is said at the first step, once the bus is connected)
         self.events.on_problem = self._announce_problem
         self.safe = SafeHome(self.home, limits)
-        self.plant = LoggedHome(self.safe, influx, controller)
+        self.plant = LoggedHome(self.safe, influx, controller, home_assistant)
+        self.home_assistant = home_assistant
         self.home.listeners.append(self)
         self.store = StateStore(state_dir) if state_dir is not None else None
         self.influx = influx
@@ -177,6 +180,8 @@ class LiveLoop(HomeListener):
                 resumed = self._restore(st)
             self.events.write("state", now, resumed=resumed, why=why)
         self.home.connect()
+        if self.home_assistant is not None:  # not waited for: Home Assistant is a view, never a condition
+            quietly(lambda: self.home_assistant.connect(wait_s=0), "connecting to Home Assistant's broker")
         self._inverter_baseline(now)
         self.events.write("start", now, dry_run=self.settings.dry_run, rooms=list(self.rooms),
                           step_s=self.settings.step_s, inner_s=self.settings.inner_s, resumed=resumed)
@@ -252,6 +257,8 @@ class LiveLoop(HomeListener):
             quietly(self.clock.close, "closing the emulator clock's connection")
         if self.influx is not None:  # when down, the spool keeps it all
             quietly(lambda: self.influx.status().connected and self.influx.flush(5.0), "influx flush")
+        if self.home_assistant is not None:  # says "offline" (the broker would, by its last will)
+            quietly(self.home_assistant.close, "closing the Home Assistant connection")
         if self.store is not None:
             quietly(self.store.unlock, "unlocking the state folder")
         self.events.close()

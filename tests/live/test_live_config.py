@@ -161,9 +161,21 @@ def test_live_config_runs_the_home_over_mqtt_and_modbus_and_hands_it_back(prep, 
     hist = home_history(house_from(BATTERY_HOUSE), "2023-12-10", 31, seed=2)  # up to the emulator's start
     hist.to_parquet(tmp_path / "history.parquet")
     ref = ModelRegistry(tmp_path / "models").register(LoadForecaster("Europe/Prague", "CZ").fit(hist), "load").ref
+    from test_loxone import Sniffer
+
+    sniff = Sniffer(broker.host, broker.port)  # Home Assistant's side of the broker
     rc, emu, ev_path = run_against_emulator(prep, broker, tmp_path, registry="models",
-                                            forecast={"learned": ["load"], "history": "history.parquet"})
+                                            forecast={"learned": ["load"], "history": "history.parquet"},
+                                            home_assistant={"name": "trial home"})
+    sniff.close()
     assert rc == 0
+    # Home Assistant saw the home: a discovery config per sensor, a state per step, then offline
+    configs = {t: json.loads(p) for t, p, _ in sniff.messages if t.startswith("homeassistant/sensor/pems_trial_home/")}
+    assert {c["value_template"] for c in configs.values()} >= {"{{ value_json.T_room__a }}", "{{ value_json.E_import }}",
+                                                                "{{ value_json.soc }}"}
+    states = [json.loads(p) for t, p, _ in sniff.messages if t == "pems/trial_home/state"]
+    assert len(states) == 6 and states[-1]["state"] == "active" and states[-1]["E_import"] >= states[0]["E_import"]
+    assert [p for t, p, _ in sniff.messages if t == "pems/trial_home/availability"][-1] == b"offline"
     evs = read_events(ev_path)
     steps = [e for e in evs if e["kind"] == "step"]
     assert len(steps) == 6 and all(e["state"] == "active" and e["solver_ok"] for e in steps)

@@ -17,7 +17,7 @@ from pems.errors import ExitCode, InputError, ServiceError
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pems`` parser with every sub-command."""
-    from pems.commands import forecast, history, live, models, simulate
+    from pems.commands import forecast, history, live, models, serve, simulate
 
     p = argparse.ArgumentParser(prog="pems", description="Physics-first digital twin of a home energy system.",
                                 epilog="Exit codes: 0 done, 1 internal error (a bug: please report it), 2 bad "
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_parsers(sub)
     forecast.add_parsers(sub)
     live.add_parsers(sub)
+    serve.add_parsers(sub)
     return p
 
 

@@ -151,6 +151,15 @@ class HomeAssistantSpec(_Strict):
     """The home's device name in Home Assistant (default: the house's name); its topics are ``pems/<name>/…``."""
 
 
+class WebSpec(_Strict):
+    """The live page (``pems live`` serves it while it runs)."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on: this machine only by default; another address makes the page visible on the network."""
+    port: Annotated[int, Field(ge=1, le=65535)] = 8766
+    """Port of the page: ``http://HOST:PORT/``."""
+
+
 class LiveConfig(_Strict):
     """A ``pems live --config`` file."""
 
@@ -181,6 +190,8 @@ class LiveConfig(_Strict):
     """The InfluxDB log (not set: no log to InfluxDB)."""
     home_assistant: HomeAssistantSpec | None = None
     """Publish the home's states, energy totals and plan to Home Assistant (not set: not published)."""
+    web: WebSpec | None = None
+    """The live page (not set: none, unless ``--web PORT``)."""
     forecast: LiveForecastSpec = Field(default_factory=LiveForecastSpec)
     """Where forecasts come from."""
     comfort: Comfort = Field(default_factory=Comfort)

@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from pems.controllers.base import EstimatorState, Reporter, Stateful
+from pems.controllers.base import EstimatorState, Planner, Reporter, Stateful
 from pems.live.clock import Followed
 from pems.live.devices import Inverter, RoomBus
 from pems.live.event_log import EventLog
@@ -43,6 +43,7 @@ from pems.live.logged_home import LoggedHome
 from pems.live.safe_home import SafeHome
 from pems.live.safety import SafetyLimits
 from pems.live.state import LoopState, StateStore
+from pems.live.view import LiveView
 from pems.twin.model import HouseModel
 from pems.twin.plant import closed_loop
 from pems.twin.signals import Action, Forecast, Observation
@@ -126,6 +127,11 @@ class LiveLoop(HomeListener):
         self.safe = SafeHome(self.home, limits)
         self.plant = LoggedHome(self.safe, influx, controller, home_assistant)
         self.home_assistant = home_assistant
+        # what the web page shows (pems.web): kept whether or not a page is open (microseconds a step)
+        self.view = LiveView(self.rooms, self.settings.step_s)
+        self.view.health = self.health
+        self.events.listeners.append(self.view.on_event)
+        self._last: tuple[Observation, Forecast | None] | None = None  # this step's observation and forecast
         self.home.listeners.append(self)
         self.store = StateStore(state_dir) if state_dir is not None else None
         self.influx = influx
@@ -305,6 +311,7 @@ class LiveLoop(HomeListener):
         except Exception as exc:  # noqa: BLE001 - a forecast source that fails is a solver fault
             log.exception("forecast failed")
             reason = f"forecast failed: {exc}"
+        self._last = (obs, fc)
         if fc is not None:
             try:
                 action = self.controller.act(obs, fc)
@@ -349,6 +356,34 @@ class LiveLoop(HomeListener):
     # ------------------------------------------------------------------ the home's listener
     def on_commanded(self, t: pd.Timestamp, record: dict[str, Any]) -> None:
         self._save(self.clock.now(), t)
+        if self._last is not None:
+            obs, fc = self._last
+            try:
+                ctrl = self.controller
+                plan = ctrl.plan() if isinstance(ctrl, Planner) and record.get("solver_ok") else None
+                self.view.on_step(obs, record, plan, fc)
+            except Exception:  # noqa: BLE001 - the page's data never costs the control of the home
+                log.exception("recording the step for the web page failed")
+
+    def health(self) -> dict[str, Any]:
+        """The adapters' and the watchdog's state, for the web page (read from its threads)."""
+        last = self.home.last
+        out: dict[str, Any] = {
+            "watchdog": self.watchdog.state, "mode": self.mode, "steps": self.home.k, "late_steps": self.overruns,
+            "dry_run": self.settings.dry_run, "last_reading": None if last is None else last.now.isoformat(),
+        }
+        if last is not None:
+            ages = [a for a in last.rooms.age_s.values() if math.isfinite(a)]
+            out["rooms_bus"] = {"connected": bool(last.rooms.connected), "gateway_online": last.rooms.gateway_online,
+                                "oldest_reading_s": round(max(ages), 1) if ages else None}
+            if self.inverter is not None:
+                out["inverter"] = {"ok": bool(last.inverter is not None and last.inverter.ok)}
+        if self.influx is not None:
+            st = self.influx.status()
+            out["influx"] = {"connected": bool(st.connected), "pending_lines": st.pending_lines}
+        if self.home_assistant is not None:
+            out["home_assistant"] = {"connected": bool(self.home_assistant.connected)}
+        return out
 
     def _save(self, now: pd.Timestamp, t: pd.Timestamp) -> None:
         if self.store is None:

@@ -236,6 +236,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     except BaseException:
         _close_log(influx)
         raise
+    web = _start_web(run.loop, "127.0.0.1", args.web, f"PEMS live · emulated {sc.name}") if args.web else None
     try:
         _follow(run.emu)
     except KeyboardInterrupt:
@@ -244,6 +245,8 @@ def cmd_live(args: argparse.Namespace) -> int:
         result = run.finish()
     finally:
         _close_log(influx)
+        if web is not None:
+            web.stop()
     write_result(result, out)
     # events.jsonl is the loop's log (every command sent or refused, every fallback and its reason);
     # what the emulated home received is kept beside it as home_events.jsonl.
@@ -257,6 +260,20 @@ def cmd_live(args: argparse.Namespace) -> int:
     print(f"wrote {out}/trajectory.parquet, kpis.json (the emulated home's truth), events.jsonl (the loop's log) "
           "and home_events.jsonl (what the home received)")
     return 0
+
+
+def _start_web(loop, host: str, port: int, title: str):
+    """The live page of ``loop`` on ``host:port`` in a thread (a port in use is bad input, exit 2)."""
+    from pems.web.live_app import Server, live_app
+
+    if not 0 < port < 65536:
+        raise InputError(CLI, "--web", f"{port}: expected a port 1–65535")
+    try:
+        server = Server(live_app(loop.view, title), host, port).start()
+    except OSError as exc:
+        raise InputError(CLI, "--web", f"{host}:{port}: {exc}") from None
+    print(f"live page: {server.url}", flush=True)
+    return server
 
 
 def _close_log(influx) -> None:
@@ -313,6 +330,14 @@ def cmd_live_config(args: argparse.Namespace) -> int:
 
     for sig in stop_signals:
         signal.signal(sig, _stop)
+    web = None
+    if args.web or s.web is not None:
+        try:
+            web = _start_web(loop, s.web.host if s.web else "127.0.0.1", args.web or s.web.port,
+                             f"PEMS live · {cfg.house.name}")
+        except BaseException:
+            loop.close(handback=False)  # nothing was commanded yet: it never held the home
+            raise
     try:
         steps = loop.run(n_steps=n_steps)
     except StateLocked as exc:
@@ -324,6 +349,8 @@ def cmd_live_config(args: argparse.Namespace) -> int:
         try:
             loop.close(handback=True)
             _close_log(loop.influx)
+            if web is not None:
+                web.stop()
         finally:
             for sig, h in previous.items():
                 signal.signal(sig, h)
@@ -358,6 +385,8 @@ def add_live_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     lv.add_argument("--allow-remote-broker", action="store_true",
                     help="--emulate: publish the emulated home to a broker that is not on this machine")
     lv.add_argument("--out", help="--emulate: output folder (default out/live)")
+    lv.add_argument("--web", type=int, metavar="PORT",
+                    help="the live page on http://127.0.0.1:PORT/ (--config: or its [web] table)")
     lv.set_defaults(func=cmd_live)
     return lv
 

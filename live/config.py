@@ -158,6 +158,8 @@ class WebSpec(_Strict):
     """Address to listen on: this machine only by default; another address makes the page visible on the network."""
     port: Annotated[int, Field(ge=1, le=65535)] = 8766
     """Port of the page: ``http://HOST:PORT/``."""
+    credentials_file: str | None = None
+    """``USERNAME=…``/``PASSWORD=…`` lines (``chmod 600``) for the page's overrides; ``PEMS_WEB_USERNAME`` and ``PEMS_WEB_PASSWORD`` win. Without them the page takes no overrides."""
 
 
 class LiveConfig(_Strict):
@@ -308,6 +310,8 @@ def load_live_config(path: str | Path) -> LoadedLiveConfig:
     warn_comfort(spec.comfort, house, p)
     if spec.mqtt.credentials_file is not None and not cfg.resolve(spec.mqtt.credentials_file).is_file():
         raise InputError(p, "mqtt.credentials_file", f"{cfg.resolve(spec.mqtt.credentials_file)} not found")
+    if spec.web is not None and spec.web.credentials_file is not None and not cfg.resolve(spec.web.credentials_file).is_file():
+        raise InputError(p, "web.credentials_file", f"{cfg.resolve(spec.web.credentials_file)} not found")
     if spec.modbus is not None and house.battery is None:
         raise InputError(p, "modbus", f"house {house.name!r} has no battery to control; remove [modbus]")
     if spec.controller == "mpc+correctors":

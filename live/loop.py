@@ -40,6 +40,7 @@ from pems.live.event_log import EventLog
 from pems.live.home import HomeListener, LiveHome, LoopSettings, quietly
 from pems.live.learned import FALLBACK
 from pems.live.logged_home import LoggedHome
+from pems.live.overrides import Overrides
 from pems.live.safe_home import SafeHome
 from pems.live.safety import SafetyLimits
 from pems.live.state import LoopState, StateStore
@@ -132,6 +133,10 @@ class LiveLoop(HomeListener):
         self.view.health = self.health
         self.events.listeners.append(self.view.on_event)
         self._last: tuple[Observation, Forecast | None] | None = None  # this step's observation and forecast
+        # what the people of the home asked for by hand (the web page), kept in the state folder
+        self.overrides = Overrides(self.rooms, None if state_dir is None else Path(state_dir) / "overrides.json",
+                                   self.events)
+        self.view.overrides = self.overrides.as_list
         self.home.listeners.append(self)
         self.store = StateStore(state_dir) if state_dir is not None else None
         self.influx = influx
@@ -311,8 +316,13 @@ class LiveLoop(HomeListener):
         except Exception as exc:  # noqa: BLE001 - a forecast source that fails is a solver fault
             log.exception("forecast failed")
             reason = f"forecast failed: {exc}"
-        self._last = (obs, fc)
+        paused = self.overrides.paused(t)
         if fc is not None:
+            fc = self.overrides.apply(fc, t)  # a boosted or re-banded room: the band the controller plans with
+        self._last = (obs, fc)
+        if paused is not None:  # the home's own logic runs it, as on a fault, with the reason
+            reason = f"paused by {paused.by or 'the user'} until {paused.until}"
+        elif fc is not None:
             try:
                 action = self.controller.act(obs, fc)
             except Exception as exc:  # noqa: BLE001 - any controller failure is a solver fault

@@ -89,6 +89,7 @@ class LiveView:
         self.version = 0  # grows with every step or event recorded (the page's stream waits on it)
         self.changed = threading.Condition(self._lock)
         self.health: Callable[[], dict[str, Any]] | None = None  # set by the loop: adapters and watchdog
+        self.overrides: Callable[[], list[dict[str, Any]]] | None = None  # set by the loop: the overrides in force
 
     # ------------------------------------------------------------------ from the loop
     def on_step(self, obs: Observation, record: dict[str, Any], plan: pd.DataFrame | None,
@@ -151,8 +152,9 @@ class LiveView:
                 health = self.health()
             except Exception as exc:  # noqa: BLE001 - the page shows it, the loop never sees it
                 health = {"error": str(exc)}
+        overrides = self.overrides() if self.overrides is not None else []
         return {"version": version, "rooms": self.rooms, "step_s": self.step_s, "steps": steps, "ahead": ahead,
-                "events": events, "health": health}
+                "events": events, "health": health, "overrides": overrides}
 
     def wait(self, version: int, timeout: float) -> int:
         """Block until something newer than ``version`` is recorded (or ``timeout`` [s]); the version now."""

@@ -262,17 +262,23 @@ def cmd_live(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_web(loop, host: str, port: int, title: str):
-    """The live page of ``loop`` on ``host:port`` in a thread (a port in use is bad input, exit 2)."""
+def _start_web(loop, host: str, port: int, title: str, credentials_file: Path | None = None):
+    """The live page of ``loop`` on ``host:port`` in a thread (a port in use is bad input, exit 2);
+    overrides need the page's credentials (``PEMS_WEB_USERNAME``/``PEMS_WEB_PASSWORD`` or the file)."""
+    from pems.live.mqtt import credentials_from
     from pems.web.live_app import Server, live_app
 
     if not 0 < port < 65536:
         raise InputError(CLI, "--web", f"{port}: expected a port 1–65535")
+    creds = credentials_from("PEMS_WEB_", credentials_file)
+    password = creds.password
+    pair = (creds.username, password) if creds.username and password else None
     try:
-        server = Server(live_app(loop.view, title), host, port).start()
+        server = Server(live_app(loop.view, title, loop.overrides, pair, loop.clock.now), host, port).start()
     except OSError as exc:
         raise InputError(CLI, "--web", f"{host}:{port}: {exc}") from None
-    print(f"live page: {server.url}", flush=True)
+    print(f"live page: {server.url}" + ("" if pair else " (overrides off: set PEMS_WEB_USERNAME and PEMS_WEB_PASSWORD)"),
+          flush=True)
     return server
 
 
@@ -334,7 +340,8 @@ def cmd_live_config(args: argparse.Namespace) -> int:
     if args.web or s.web is not None:
         try:
             web = _start_web(loop, s.web.host if s.web else "127.0.0.1", args.web or s.web.port,
-                             f"PEMS live · {cfg.house.name}")
+                             f"PEMS live · {cfg.house.name}",
+                             cfg.resolve(s.web.credentials_file) if s.web and s.web.credentials_file else None)
         except BaseException:
             loop.close(handback=False)  # nothing was commanded yet: it never held the home
             raise

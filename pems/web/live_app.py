@@ -12,15 +12,32 @@ from __future__ import annotations
 import asyncio
 import html
 import json
+import secrets
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import asdict
 from functools import lru_cache
 
-from fastapi import FastAPI, Query, Request
+import pandas as pd
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+from pydantic import BaseModel
 
+from pems.live.overrides import Overrides, OverrideError
 from pems.live.view import LiveView
 from pems.reporting import CSS
+
+
+class OverrideRequest(BaseModel):
+    """An override as the page sends it."""
+
+    kind: str
+    hours: float
+    room: str | None = None
+    low: float | None = None
+    high: float | None = None
 
 #: Seconds between keep-alive comments on an idle stream (proxies close silent connections).
 KEEPALIVE_S = 15.0
@@ -33,9 +50,48 @@ def _plotly_js() -> str:
     return get_plotlyjs()
 
 
-def live_app(view: LiveView, title: str = "PEMS live") -> FastAPI:
-    """The app of one live home (see the module notes)."""
+def live_app(view: LiveView, title: str = "PEMS live", overrides: Overrides | None = None,
+             credentials: tuple[str, str] | None = None, now: Callable[[], pd.Timestamp] | None = None) -> FastAPI:
+    """The app of one live home (see the module notes).
+
+    ``overrides``: the loop's (:class:`~pems.live.overrides.Overrides`), taken and cancelled with
+    HTTP basic authentication against ``credentials`` (user name, password; the user is recorded
+    with the override); without them overrides are refused (no default credentials). ``now``: the
+    loop's clock."""
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
+    basic = HTTPBasic(auto_error=False)
+    clock = now or (lambda: pd.Timestamp.now(tz="UTC"))
+
+    def user(cred: HTTPBasicCredentials | None = Depends(basic)) -> str:
+        if overrides is None:
+            raise HTTPException(404, "this loop takes no overrides")
+        if not credentials or not credentials[1]:
+            raise HTTPException(403, "overrides are off: no password is set for the page (PEMS_WEB_USERNAME and "
+                                     "PEMS_WEB_PASSWORD, or [web] credentials_file)")
+        ok = cred is not None and secrets.compare_digest(cred.username.encode(), credentials[0].encode()) \
+            and secrets.compare_digest(cred.password.encode(), credentials[1].encode())
+        if not ok:
+            raise HTTPException(401, "wrong or missing user name or password",
+                                headers={"WWW-Authenticate": 'Basic realm="pems"'})
+        return cred.username
+
+    @app.get("/api/overrides")
+    def list_overrides() -> JSONResponse:
+        return JSONResponse(overrides.as_list() if overrides is not None else [])
+
+    @app.post("/api/overrides")
+    def add_override(body: OverrideRequest, who: str = Depends(user)) -> JSONResponse:
+        try:
+            o = overrides.add(clock(), body.kind, body.hours, body.room, body.low, body.high, by=who)
+        except OverrideError as exc:
+            raise HTTPException(422, str(exc)) from None
+        return JSONResponse(asdict(o), status_code=201)
+
+    @app.delete("/api/overrides/{oid}")
+    def cancel_override(oid: str, who: str = Depends(user)) -> JSONResponse:
+        if not overrides.cancel(clock(), oid, by=who):
+            raise HTTPException(404, f"no override {oid}")
+        return JSONResponse({"cancelled": oid})
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
@@ -116,6 +172,14 @@ PAGE = """<!DOCTYPE html>
 <h2>Battery and price</h2><div id="battery_plot" class="plot"></div>
 <div class="cols"><div><h2>Rooms now</h2><table id="rooms"></table></div>
 <div><h2>Health</h2><table id="health"></table></div></div>
+<h2>Overrides</h2><table id="overrides"></table>
+<form id="override_form" class="bar"><select id="o_kind"><option value="boost">boost a room</option>
+<option value="band">set a room's band</option><option value="pause">pause the optimiser</option></select>
+<select id="o_room"></select> for <input id="o_hours" type="number" value="2" min="0.25" step="0.25" style="width:5em"> h
+band <input id="o_low" type="number" value="21" step="0.5" style="width:4em">–<input id="o_high" type="number" value="23" step="0.5" style="width:4em"> °C
+user <input id="o_user" autocomplete="username" style="width:6em">
+password <input id="o_pass" type="password" autocomplete="current-password" style="width:8em">
+<button type="submit">apply</button> <span id="o_msg"></span></form>
 <h2>Recent events</h2><ul id="events"></ul>
 <script>
 const S = {steps: [], ahead: {}, events: [], health: {}, rooms: [], version: -1};
@@ -126,6 +190,7 @@ function merge(snap) {
   S.steps.sort((a, b) => a.time < b.time ? -1 : 1);
   if (snap.ahead && Object.keys(snap.ahead).length) S.ahead = snap.ahead;
   S.events = snap.events; S.health = snap.health; S.rooms = snap.rooms; S.version = snap.version;
+  S.overrides = snap.overrides;
 }
 function col(key, i) { return S.steps.map(s => i === undefined ? s[key] : (s[key] || [])[i]); }
 function draw() {
@@ -160,10 +225,26 @@ function draw() {
     S.rooms.map((r, j) => `<tr><td>${r}</td><td>${(last.T_room || [])[j] ?? '–'}</td><td>${(last.low || [])[j] ?? '–'}–${(last.high || [])[j] ?? '–'}</td><td>${(last.P_heat || [])[j] ?? '–'}</td></tr>`).join('');
   document.getElementById('health').innerHTML = Object.entries(S.health || {}).map(([k, v]) =>
     `<tr><th>${k}</th><td>${typeof v === 'object' && v !== null ? Object.entries(v).map(([a, b]) => a + ': ' + b).join(', ') : v}</td></tr>`).join('');
+  const oRoom = document.getElementById('o_room');
+  if (!oRoom.options.length) S.rooms.forEach(r => oRoom.add(new Option(r, r)));
+  document.getElementById('overrides').innerHTML = '<tr><th>what</th><th>room</th><th>until</th><th>by</th><th></th></tr>' +
+    (S.overrides || []).map(o => `<tr><td>${o.kind}${o.kind === 'band' ? ' ' + o.low + '–' + o.high + ' °C' : ''}</td><td>${o.room || '–'}</td>` +
+      `<td>${o.until}</td><td>${o.by}</td><td><button onclick="cancelOverride('${o.id}')">end</button></td></tr>`).join('');
   document.getElementById('events').innerHTML = (S.events || []).slice(0, 30).map(e =>
     `<li><b>${e.kind}</b> ${e.time} ${e.reason || e.why || e.state || ''}</li>`).join('');
 }
 roomSel.onchange = draw;
+function auth() { return {'Authorization': 'Basic ' + btoa(o_user.value + ':' + o_pass.value)}; }
+async function said(r) { const m = document.getElementById('o_msg');
+  m.textContent = r.ok ? 'done' : (r.status + ': ' + ((await r.json()).detail || '')); return r.ok; }
+async function refresh() { S.overrides = await (await fetch('/api/overrides')).json(); draw(); }
+async function cancelOverride(id) { if (await said(await fetch('/api/overrides/' + id, {method: 'DELETE', headers: auth()}))) refresh(); }
+document.getElementById('override_form').onsubmit = async e => {
+  e.preventDefault();
+  const body = {kind: o_kind.value, hours: +o_hours.value, room: o_room.value, low: +o_low.value, high: +o_high.value};
+  if (await said(await fetch('/api/overrides', {method: 'POST', headers: {...auth(), 'Content-Type': 'application/json'},
+                                                body: JSON.stringify(body)}))) refresh();
+};
 fetch('/api/state').then(r => r.json()).then(snap => {
   merge(snap); draw();
   const es = new EventSource('/api/stream?since=' + S.version);

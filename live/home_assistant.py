@@ -244,7 +244,13 @@ class HomeAssistant(MqttEndpoint):
         self._announce(client)
 
     def _before_close(self, client: Any) -> None:
-        client.publish(f"{self.base}/availability", "offline", qos=1, retain=True)
+        # delivered before the disconnect (retained: what Home Assistant finds later too); at most
+        # two seconds when the broker is gone (the home was handed back before this)
+        info = client.publish(f"{self.base}/availability", "offline", qos=1, retain=True)
+        try:
+            info.wait_for_publish(2.0)
+        except (RuntimeError, ValueError):  # not connected: the last will says it instead
+            pass
 
     def _announce(self, client: Any) -> None:
         for topic, cfg in self.configs.items():

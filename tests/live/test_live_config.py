@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,10 @@ def test_live_config_runs_the_home_over_mqtt_and_modbus_and_hands_it_back(prep, 
     rc, emu, ev_path = run_against_emulator(prep, broker, tmp_path, registry="models",
                                             forecast={"learned": ["load"], "history": "history.parquet"},
                                             home_assistant={"name": "trial home"})
+    end = time.monotonic() + 5
+    while time.monotonic() < end and not any(t == "pems/trial_home/availability" and p == b"offline"
+                                              for t, p, _ in sniff.messages):
+        time.sleep(0.05)
     sniff.close()
     assert rc == 0
     # Home Assistant saw the home: a discovery config per sensor, a state per step, then offline

@@ -208,7 +208,8 @@ class HomeAssistant(MqttEndpoint):
     currency
         The prices' currency (ISO 4217): with it, the grid bill so far is published.
     price
-        ``time → import/export price [currency per kWh]`` of the step starting then (None: no bill).
+        ``time → (import, export) price [currency per kWh]`` of the step starting then, or None when
+        not known; the live loop gives its own (the prices its forecast had for each step).
     prefix
         Home Assistant's discovery prefix.
     """
@@ -222,7 +223,7 @@ class HomeAssistant(MqttEndpoint):
         self.node = _slug(house)
         self.base = f"pems/{self.node}"
         self.rooms = list(rooms)
-        self.sensors = sensors(rooms, has_battery, currency if price is not None else None)
+        self.sensors = sensors(rooms, has_battery, currency)
         self.configs = discovery(house, self.sensors, prefix, self.base, version)
         self.price = price
         self.totals = {"E_import": 0.0, "E_export": 0.0, "E_pv": 0.0, "E_heat": 0.0, "cost": 0.0}
@@ -270,8 +271,9 @@ class HomeAssistant(MqttEndpoint):
         self.totals["E_export"] += exp * h / 1000
         self.totals["E_pv"] += max(P_pv, 0.0) * h / 1000
         self.totals["E_heat"] += float(heat.sum()) * h / 1000
-        if self.price is not None:
-            p_imp, p_exp = self.price(time - pd.Timedelta(seconds=step_s))
+        prices = self.price(time - pd.Timedelta(seconds=step_s)) if self.price is not None else None
+        if prices is not None:
+            p_imp, p_exp = prices
             self.totals["cost"] += (imp * p_imp - exp * p_exp) * h / 1000
         self.state = state if state in LOOP_STATES else "active"
         msg: dict[str, Any] = {f"T_room__{r}": round(float(v), 2) for r, v in zip(self.rooms, T_room)}

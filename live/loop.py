@@ -133,6 +133,9 @@ class LiveLoop(HomeListener):
         self.view.health = self.health
         self.events.listeners.append(self.view.on_event)
         self._last: tuple[Observation, Forecast | None] | None = None  # this step's observation and forecast
+        self._prices: dict[pd.Timestamp, tuple[float, float]] = {}  # the last steps' prices, as forecast then
+        if home_assistant is not None and home_assistant.price is None:
+            home_assistant.price = self.price_of  # the grid bill in Home Assistant, at the prices planned with
         # what the people of the home asked for by hand (the web page), kept in the state folder
         self.overrides = Overrides(self.rooms, None if state_dir is None else Path(state_dir) / "overrides.json",
                                    self.events)
@@ -316,6 +319,10 @@ class LiveLoop(HomeListener):
         except Exception as exc:  # noqa: BLE001 - a forecast source that fails is a solver fault
             log.exception("forecast failed")
             reason = f"forecast failed: {exc}"
+        if fc is not None:
+            self._prices[t] = (float(fc.price_import[0]), float(fc.price_export[0]))
+            for old in sorted(self._prices)[:-8]:
+                del self._prices[old]
         paused = self.overrides.paused(t)
         if fc is not None:
             fc = self.overrides.apply(fc, t)  # a boosted or re-banded room: the band the controller plans with
@@ -374,6 +381,11 @@ class LiveLoop(HomeListener):
                 self.view.on_step(obs, record, plan, fc)
             except Exception:  # noqa: BLE001 - the page's data never costs the control of the home
                 log.exception("recording the step for the web page failed")
+
+    def price_of(self, t: pd.Timestamp) -> tuple[float, float] | None:
+        """Import and export price [currency per kWh] of the step starting at ``t``, as the forecast
+        had them when it was planned (None: not known)."""
+        return self._prices.get(t)
 
     def health(self) -> dict[str, Any]:
         """The adapters' and the watchdog's state, for the web page (read from its threads)."""

@@ -180,6 +180,10 @@ def test_live_config_runs_the_home_over_mqtt_and_modbus_and_hands_it_back(prep, 
                                                                 "{{ value_json.soc }}"}
     states = [json.loads(p) for t, p, _ in sniff.messages if t == "pems/trial_home/state"]
     assert len(states) == 6 and states[-1]["state"] == "active" and states[-1]["E_import"] >= states[0]["E_import"]
+    # the bill at the prices planned with: the two-rate tariff's, in its currency
+    money = next(c for c in configs.values() if c.get("device_class") == "monetary")
+    assert money["unit_of_measurement"] == "EUR" and money["state_class"] == "total"
+    assert "cost" in states[-1] and states[-1]["cost"] > 0
     assert [p for t, p, _ in sniff.messages if t == "pems/trial_home/availability"][-1] == b"offline"
     evs = read_events(ev_path)
     steps = [e for e in evs if e["kind"] == "step"]

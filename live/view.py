@@ -145,7 +145,7 @@ class LiveView:
                     self._ahead = ahead
         if days is not None and steps:
             n = int(days * 86400 / self.step_s)
-            steps = steps[-n:]
+            steps = steps[-n:] if n > 0 else []  # (steps[-0:] would be all of them)
         health: dict[str, Any] = {}
         if self.health is not None:
             try:

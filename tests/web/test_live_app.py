@@ -53,6 +53,8 @@ def test_the_page_gets_what_the_loop_recorded():
     assert s["ahead"]["P_heat__a"][0] == 800.0 and s["ahead"]["soc"][0] == 55.0
     assert s["events"][0]["kind"] == "fallback" and s["health"]["watchdog"] == "active"
     assert c.get("/api/state", params={"days": 0}).status_code == 422
+    assert c.get("/api/state", params={"days": 0.001}).json()["steps"] == []  # less than a step: none
+    assert len(c.get("/api/state", params={"days": 0.011}).json()["steps"]) == 1
 
 
 def test_a_step_recorded_reaches_an_open_stream():

@@ -163,6 +163,18 @@ def spec_theta(spec: Spec, value: float) -> float:
     return float(np.clip(t, lo, hi))
 
 
+def complete_segments(V: np.ndarray, Y: np.ndarray, L: int, min_measured: float = 0.8
+                      ) -> tuple[list[int], np.ndarray]:
+    """The first rows of the ``L``-step segments a fit can use, and whether each directly follows the
+    previous one: inputs ``V`` (rows × inputs) complete, the first measurement of ``Y`` (rows, or
+    rows × rooms) there in every room, and at least ``min_measured`` of the segment measured."""
+    starts = [a for a in range(0, len(Y) - L + 1, L)
+              if np.isfinite(V[a:a + L]).all() and np.isfinite(Y[a]).all()
+              and np.isfinite(Y[a:a + L]).mean() >= min_measured]
+    follows = np.array([i > 0 and starts[i] == starts[i - 1] + L for i in range(len(starts))], dtype=bool)
+    return starts, follows
+
+
 class RoomProblem:
     """One room's two equations from the declaration, parameters to fit, and its data layout."""
 
@@ -243,19 +255,11 @@ class RoomProblem:
         L = int(round(self.settings.segment_hours * 3600 / self.step_s))
         V = inputs[self.input_names].to_numpy(dtype=float)
         Y = measured.to_numpy(dtype=float)
-        segs_v, segs_y, y0, follows, last = [], [], [], [], None
-        for a in range(0, len(Y) - L + 1, L):
-            v, y = V[a:a + L], Y[a:a + L]
-            if not np.isfinite(v).all() or not np.isfinite(y[0]) or np.isfinite(y).mean() < 0.8:
-                continue
-            segs_v.append(v.T)
-            segs_y.append(y)
-            y0.append(y[0])
-            follows.append(last is not None and a == last + L)
-            last = a
-        if not segs_v:
-            return np.zeros((0, len(self.input_names), L)), np.zeros((0, L)), np.zeros(0), np.zeros(0, bool)
-        return np.array(segs_v), np.array(segs_y), np.array(y0), np.array(follows)
+        starts, follows = complete_segments(V, Y, L)
+        if not starts:
+            return np.zeros((0, len(self.input_names), L)), np.zeros((0, L)), np.zeros(0), follows
+        return (np.array([V[a:a + L].T for a in starts]), np.array([Y[a:a + L] for a in starts]),
+                Y[starts], follows)
 
     def fit(self, inputs: pd.DataFrame, measured: pd.Series) -> RoomFit:
         """Fit this room to its data (rows: model steps)."""
@@ -280,13 +284,13 @@ class RoomProblem:
             preds.append(pred)
         r = (ca.hcat(preds) - Ys) * Ws / st.sensor_sigma_k  # exact step-mean air temperature
         xs = ca.vertcat(self.theta, z0)
-        shared = ([True] + [False] * 4, [False] * 4)  # θ the same for all segments; nothing summed
+        shared_theta = [True] + [False] * 4  # θ the same for all segments (outputs: one per segment)
         seg = NumpyFunction(ca.Function("seg", [self.theta, z0, Vs, Ys, Ws],
                                         [r, z, ca.densify(ca.jacobian(r.T, xs)), ca.densify(ca.jacobian(z, xs))])
-                            .map(n_seg, *shared))
+                            .map(n_seg, shared_theta, [False] * 4))
         # a trial step needs the residuals only: several times cheaper than with the Jacobian
-        seg_r = NumpyFunction(ca.Function("seg_r", [self.theta, z0, Vs, Ys, Ws], [r, z, ca.DM(0), ca.DM(0)])
-                              .map(n_seg, *shared))
+        seg_r = NumpyFunction(ca.Function("seg_r", [self.theta, z0, Vs, Ys, Ws], [r, z])
+                              .map(n_seg, shared_theta, [False] * 2))
         W = np.isfinite(Y).astype(float)
         Vcat, Ycat, Wcat = np.hstack(list(V)), np.nan_to_num(Y).reshape(1, -1), W.reshape(1, -1)
         # Multiple shooting: where a segment follows the previous one, it starts (softly) where the
@@ -297,19 +301,19 @@ class RoomProblem:
         seg_sig = np.array([st.sensor_sigma_k, st.slab_sigma_k])
         seg_mean = np.c_[y0, y0].T  # their prior means
         sig = np.array([s[3] if s[1] == "log" else 1.0 for s in self.specs])
-        jac = _ShootingJacobian(n_th, n_seg, L, nxt, nv)
+        jac = _ShootingJacobian(n_th, n_seg, L, nxt)
 
         def residuals(x: np.ndarray, with_jacobian: bool = True):
             th, Z0 = x[:n_th], x[n_th:].reshape(n_seg, nv).T
             out = (seg if with_jacobian else seg_r)(th, Z0, Vcat, Ycat, Wcat)
             rd, z_end = out[0].ravel(), out[1]
-            cont = ((Z0[:2, nxt] - z_end[:, nxt - 1]) / sc[:, None]).T.ravel()
+            cont = ((Z0[:, nxt] - z_end[:, nxt - 1]) / sc[:, None]).T.ravel()
             own = ((Z0 - seg_mean) / seg_sig[:, None]).T.ravel()
             r_all = np.r_[rd, cont, own, th / sig]
             if not with_jacobian:
                 return r_all, None
-            Jr = out[2].reshape(L, n_seg, n_th + nv).transpose(1, 0, 2)  # (seg, step, θ+vars)
-            Je = out[3].reshape(2, n_seg, n_th + nv).transpose(1, 0, 2)  # (seg, state, θ+vars)
+            Jr = out[2].reshape(L, n_seg, n_th + nv).transpose(1, 0, 2)  # (seg, step, θ+z0)
+            Je = out[3].reshape(2, n_seg, n_th + nv).transpose(1, 0, 2)  # (seg, state, θ+z0)
             return r_all, jac.matrix(Jr, Je, sc, seg_sig, sig)
 
         lbx = np.r_[[s[4] for s in self.specs], np.full(nv * n_seg, -np.inf)]
@@ -357,31 +361,30 @@ class RoomProblem:
 
 class _ShootingJacobian:
     """The sparse Jacobian of a multiple-shooting fit: residuals [data of every segment, continuity
-    between consecutive segments, priors of every segment's own variables, parameters' priors] by
-    variables [θ, then per segment its initial state (``nz``) and its gain effects (``ne``)]; its
-    pattern is fixed, only the values change."""
+    between consecutive segments, priors of every segment's initial state, parameters' priors] by
+    variables [θ, then each segment's initial state (``nz``)]; its pattern is fixed, only the values
+    change."""
 
-    def __init__(self, n_th: int, n_seg: int, L: int, nxt: np.ndarray, nz: int = 2, ne: int = 0) -> None:
-        nv = nz + ne  # variables per segment
-        self.shape = (n_seg * L + nz * len(nxt) + nv * n_seg + n_th, n_th + nv * n_seg)
-        seg, step, col = np.meshgrid(np.arange(n_seg), np.arange(L), np.arange(n_th + nv), indexing="ij")
-        # data rows: each against θ and its own segment's variables
+    def __init__(self, n_th: int, n_seg: int, L: int, nxt: np.ndarray, nz: int = 2) -> None:
+        self.shape = (n_seg * L + nz * len(nxt) + nz * n_seg + n_th, n_th + nz * n_seg)
+        seg, step, col = np.meshgrid(np.arange(n_seg), np.arange(L), np.arange(n_th + nz), indexing="ij")
+        # data rows: each against θ and its own segment's initial state
         rows = [(seg * L + step).ravel()]
-        cols = [np.where(col < n_th, col, n_th + nv * seg + col - n_th).ravel()]
-        # continuity rows: z0[k] − z_end[k−1](θ, variables of k−1)
+        cols = [np.where(col < n_th, col, n_th + nz * seg + col - n_th).ravel()]
+        # continuity rows: z0[k] − z_end[k−1](θ, z0[k−1])
         r0 = n_seg * L
-        i, s_, c = np.meshgrid(np.arange(len(nxt)), np.arange(nz), np.arange(n_th + nv), indexing="ij")
+        i, s_, c = np.meshgrid(np.arange(len(nxt)), np.arange(nz), np.arange(n_th + nz), indexing="ij")
         k = nxt[i]
         rows.append((r0 + nz * i + s_).ravel())
-        cols.append(np.where(c < n_th, c, n_th + nv * (k - 1) + c - n_th).ravel())
+        cols.append(np.where(c < n_th, c, n_th + nz * (k - 1) + c - n_th).ravel())
         ii, ss = np.meshgrid(np.arange(len(nxt)), np.arange(nz), indexing="ij")
         rows.append((r0 + nz * ii + ss).ravel())
-        cols.append((n_th + nv * nxt[ii] + ss).ravel())
-        # priors of the segments' variables and of the parameters: diagonal
+        cols.append((n_th + nz * nxt[ii] + ss).ravel())
+        # priors of the initial states and of the parameters: diagonal
         r1 = r0 + nz * len(nxt)
-        rows.append(r1 + np.arange(nv * n_seg))
-        cols.append(n_th + np.arange(nv * n_seg))
-        r2 = r1 + nv * n_seg
+        rows.append(r1 + np.arange(nz * n_seg))
+        cols.append(n_th + np.arange(nz * n_seg))
+        r2 = r1 + nz * n_seg
         rows.append(r2 + np.arange(n_th))
         cols.append(np.arange(n_th))
         self.rows, self.cols = np.concatenate(rows), np.concatenate(cols)
@@ -389,8 +392,8 @@ class _ShootingJacobian:
 
     def matrix(self, Jr: np.ndarray, Je: np.ndarray, sc: np.ndarray, seg_sig: np.ndarray,
                sig: np.ndarray) -> sp.csr_matrix:
-        """Jr (seg, step, θ+vars), Je (seg, state, θ+vars): the segment Jacobians of data and end
-        state; ``sc``: σ of the continuity per state, ``seg_sig``: σ of each segment variable's prior."""
+        """Jr (seg, step, θ+z0), Je (seg, state, θ+z0): the segment Jacobians of data and end state;
+        ``sc``: σ of the continuity per state, ``seg_sig``: σ of each initial state's prior."""
         nxt = self.nxt
         vals = [Jr.ravel(),
                 (-Je[nxt - 1] / sc[None, :, None]).ravel(),

@@ -27,7 +27,8 @@ import casadi as ca
 import numpy as np
 import pandas as pd
 
-from pems.calibration.fit import FitSettings, Spec, parameter_spec, spec_theta, spec_values, substituted_parameters
+from pems.calibration.fit import (FitSettings, Spec, complete_segments, parameter_spec, spec_theta, spec_values,
+                                  substituted_parameters)
 from pems.calibration.gauss_newton import Arrow, Normal, NumpyFunction, levenberg_marquardt
 from pems.calibration.predict import HistoryFilter
 from pems.twin.model import HouseModel
@@ -133,12 +134,12 @@ def refine_jointly(prior: HouseModel, start: HouseModel, data: pd.DataFrame, ste
     start_values = spec_values(specs, theta0)
 
     # data: segments with complete inputs and mostly complete measurements in every room
-    U, D = HistoryFilter(start, step).inputs(data)
+    hf = HistoryFilter(start, step)
+    U, D = hf.inputs(data)
     V = np.hstack([U, D])
     Y = np.where(trusted[:, None], data[[f"T_room__{r}" for r in prior.rooms]].to_numpy(dtype=float), np.nan)
     L = int(round(settings.segment_hours * 3600 / h))
-    rows = [a for a in range(0, len(Y) - L + 1, L)
-            if np.isfinite(V[a:a + L]).all() and np.isfinite(Y[a]).all() and np.isfinite(Y[a:a + L]).mean() >= 0.8]
+    rows, _ = complete_segments(V, Y, L)
     if len(rows) < 2 or m == 0:
         return JointFit(start_values, start_values, len(rows), float("nan"), float("nan"),
                         "too little complete data", 0, time.perf_counter() - t0)
@@ -146,8 +147,8 @@ def refine_jointly(prior: HouseModel, start: HouseModel, data: pd.DataFrame, ste
     if len(rows) > limit:  # evenly spread over the history: every season, as the per-room fits saw it
         rows = [rows[i] for i in np.unique(np.linspace(0, len(rows) - 1, limit).round().astype(int))]
     n_seg = len(rows)
-    follows = np.array([i > 0 and rows[i] == rows[i - 1] + L for i in range(n_seg)])
-    x_filt = HistoryFilter(start, step).run(data.iloc[: rows[-1] + L]).x_prior
+    follows = np.array([i > 0 and rows[i] == rows[i - 1] + L for i in range(n_seg)])  # of those kept
+    x_filt = hf.run(data.iloc[: rows[-1] + L]).x_prior
     Z0_start = np.array([x_filt[a, :n] for a in rows])  # (n_seg, n) filtered initial states
 
     # symbolic pieces: A(θ) and ∂A/∂θ; w(v, θ) and the nonzeros of ∂w/∂θ
@@ -227,7 +228,7 @@ def refine_jointly(prior: HouseModel, start: HouseModel, data: pd.DataFrame, ste
         r = np.r_[r_data, cont, own, (thv - mean) / sig]
         if not jac:
             return r, None
-        for i, sg in enumerate(nxt):
+        for sg in nxt:
             c = (Z0[sg] - Zk[sg - 1]) / cont_sig
             idx = np.r_[np.arange(m), m + n * (sg - 1) + np.arange(n), m + n * sg + np.arange(n)]
             Jc = np.hstack([-S[sg - 1], -T, np.eye(n)]) / cont_sig[:, None]

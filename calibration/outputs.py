@@ -391,7 +391,7 @@ def write_calibration(result: CalibrationResult, out: Path, source: str) -> None
     jf = result.joint
     joint_text = "" if jf is None else (
         f"<p>Whole-house refinement: all rooms fitted jointly from the per-room results on the "
-        f"{jf.n_segments} training days whose heating varied most; their fit RMSE {jf.rmse_start_k:.3f} K → "
+        f"{jf.n_segments} training days spread over the training period; their fit RMSE {jf.rmse_start_k:.3f} K → "
         f"<b>{jf.rmse_k:.3f} K</b> in {jf.iterations} iterations ({jf.wall_s:.0f} s); the largest change: "
         f"{html.escape(jf.largest_change[0])} by {jf.largest_change[1]:.1f} standard deviations of its "
         f"per-room estimate.</p>")

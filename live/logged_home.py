@@ -53,6 +53,7 @@ class LoggedHome(HomeListener):
         self.home: LiveHome = home.unwrapped
         self.influx, self.controller, self.home_assistant = influx, controller, home_assistant
         self._obs: Observation | None = None
+        self._plan: tuple[Any, pd.DataFrame | None] = (None, None)  # (step, the controller's plan for it)
         self._log_up: bool | None = None  # the InfluxDB log's last known state
         self.home.listeners.append(self)
         self.home.events.listeners.append(self._mirror)
@@ -126,11 +127,21 @@ class LoggedHome(HomeListener):
                 if m.has_battery:
                     est["soc"] = float(x[m.i_soc])
                 self.influx.write(t, est, "estimated")
-            plan = ctrl.plan() if isinstance(ctrl, Planner) else None
+            plan = self.step_plan(record)
             if plan is not None:
                 self.influx.write_plan(t, plan)
         except Exception:  # noqa: BLE001 - the log never stops the loop (it spools on its own)
             log.exception("influx write failed")
+
+    def step_plan(self, record: dict[str, Any]) -> pd.DataFrame | None:
+        """The controller's plan behind the step of ``record`` (None: no plan, or the solve failed),
+        made once per step for the InfluxDB log, Home Assistant and the web page alike."""
+        key = record.get("step")
+        if self._plan[0] != key or key is None:
+            ctrl = self.controller
+            plan = ctrl.plan() if isinstance(ctrl, Planner) and record.get("solver_ok") else None
+            self._plan = (key, plan)
+        return self._plan[1]
 
     def _home_assistant(self, record: dict[str, Any]) -> None:
         """The step's readings (the means of the step that just ended), totals and plan to Home Assistant."""
@@ -138,10 +149,9 @@ class LoggedHome(HomeListener):
         if ha is None or obs is None:
             return
         try:
-            ctrl = self.controller
-            plan = ctrl.plan() if isinstance(ctrl, Planner) and record.get("solver_ok") else None
             ha.observed(obs.time, obs.T_room, obs.T_out, obs.P_pv, obs.P_load, obs.P_grid, obs.P_bat, obs.soc,
-                        obs.P_heat, self.home.settings.step_s, str(record.get("state", "active")), plan)
+                        obs.P_heat, self.home.settings.step_s, str(record.get("state", "active")),
+                        self.step_plan(record))
         except Exception:  # noqa: BLE001 - publishing never stops the loop
             log.exception("Home Assistant publish failed")
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from pems.controllers.base import EstimatorState, Planner, Reporter, Stateful
+from pems.controllers.base import EstimatorState, Reporter, Stateful
 from pems.live.clock import Followed
 from pems.live.devices import Inverter, RoomBus
 from pems.live.event_log import EventLog
@@ -376,9 +376,7 @@ class LiveLoop(HomeListener):
         if self._last is not None:
             obs, fc = self._last
             try:
-                ctrl = self.controller
-                plan = ctrl.plan() if isinstance(ctrl, Planner) and record.get("solver_ok") else None
-                self.view.on_step(obs, record, plan, fc)
+                self.view.on_step(obs, record, self.plant.step_plan(record), fc)
             except Exception:  # noqa: BLE001 - the page's data never costs the control of the home
                 log.exception("recording the step for the web page failed")
 

@@ -431,6 +431,7 @@ class HorizonLP:
         cost[(K - 1) * self.nbc + self.nz + np.arange(nx)] -= np.asarray(self._terminal(p_el, p_heat)).ravel()
         changed = np.flatnonzero(values != self.values)
         self.cost, self.offset, self.x0, self.values = cost, offset, x0.copy(), values
+        soc_bounds = self._soc_floor(x0, fc.extras.get("soc_floor"))
         self.row_lower = np.where(self._is_eq, rhs, -highspy.kHighsInf)
         self.row_upper = rhs
         if not self._passed:  # HiGHS gets the whole LP at the first solve
@@ -441,6 +442,25 @@ class HorizonLP:
         h.changeColsCost(self.n_col, self._all_cols, cost)
         h.changeRowsBounds(self.n_row, self._all_rows, self.row_lower, self.row_upper)
         h.changeObjectiveOffset(offset)
+        if soc_bounds is not None:
+            cols, lower = soc_bounds
+            h.changeColsBounds(cols.size, cols, lower, self.col_upper[cols])
+
+    def _soc_floor(self, x0: np.ndarray, floor: float | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The SOC's lower bound at every stage's end under a reserve ``floor`` [0–1] (None: the
+        battery's own minimum): the reserve, or the SOC now when it is below the reserve (the plan
+        may not discharge below either; it need not charge up to the reserve). Sets
+        :attr:`col_lower`; returns the SOC columns and their bounds when they changed."""
+        m = self.model
+        if not m.has_battery:
+            return None
+        lim = m.limits
+        lo = lim.soc_min if floor is None else min(max(lim.soc_min, min(float(floor), float(x0[m.i_soc]))), lim.soc_max)
+        cols = (np.arange(self.blocking.n_stages) * self.nbc + self.nz + m.i_soc).astype(np.int32)
+        if np.all(self.col_lower[cols] == lo):
+            return None
+        self.col_lower[cols] = lo
+        return cols, self.col_lower[cols]
 
     # ------------------------------------------------------------------ solve
     def solve(self, time_limit: float | None = None, hot: bool = True) -> OcpSolution:

@@ -411,6 +411,8 @@ class LiveForecast:
 
         tab, low, high, sources = self.table(t)
         extras: dict[str, Any] = {"sources": sources} if sources else {}
+        if self.learned is not None and self.learned.quantiles:  # the learned forecasters' own P10–P90
+            extras["quantiles"] = dict(self.learned.quantiles)  # (only the columns a champion made this step)
         return Forecast(index=tab.index, d=tab[list(self.d_names)].to_numpy(dtype=float), d_names=self.d_names,
                         price_import=tab["price_import"].to_numpy(dtype=float),
                         price_export=tab["price_export"].to_numpy(dtype=float), low=low.to_numpy(dtype=float),
@@ -515,7 +517,8 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
                            client_id=f"{s.mqtt.client_id}-ha" if s.mqtt.client_id else None, **mqtt_kw)
     try:
         return LiveLoop(model, controller, forecast, bus, inverter, clock, settings, cfg.safety_limits(),
-                        events_path if events_path is not None else events, state, influx, ha)
+                        events_path if events_path is not None else events, state, influx, ha,
+                        currency=s.forecast.tariff.currency)
     except BaseException:
         if influx is not None:
             influx.close(0.5)

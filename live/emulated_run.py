@@ -115,7 +115,8 @@ class EmulatedRun:
         bus, inverter, loop_clock, settings = self.devices()
         return LiveLoop(self.prep.model, self.controller, self._forecast, bus, inverter, loop_clock, settings,
                         self.limits, events_path if events_path is not None else self.events_path,
-                        state_dir if state_dir is not None else self.state_dir, self.influx)
+                        state_dir if state_dir is not None else self.state_dir, self.influx,
+                        currency=self.prep.scenario.spec.tariff.currency)
 
     def new_home(self, events_path: str | Path | None = None) -> LiveHome:
         """A bare :class:`~pems.live.home.LiveHome` on this run's emulated home (no safety or logging layer)."""

@@ -201,6 +201,7 @@ class LearnedForecasts:
         self.history = history
         self.models: dict[str, tuple[str, Any]] = {}
         self._checked_day: Any = None  # the local date of the last drift check
+        self.quantiles: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # column → (P10, P90) of the last table
         for role in roles:
             card = reg.champion(role)
             if card is None:
@@ -238,6 +239,7 @@ class LearnedForecasts:
         """
         data = self._data(tab, t)
         used: dict[str, str] = {}
+        self.quantiles: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # column → (P10, P90) of this table
         for role, (ref, model) in self.models.items():
             col = ROLES[role]
             try:
@@ -246,7 +248,8 @@ class LearnedForecasts:
                     if share < MIN_LOAD_SHARE:  # (the reason stays the same while the week fills)
                         raise ValueError(f"less than {100 * MIN_LOAD_SHARE:.0f} % of the last "
                                          f"{MIN_LOAD_HISTORY.days} days of household load measured")
-                p50 = np.asarray(model.predict(data, t, pd.DatetimeIndex(tab.index)).median, dtype=float)
+                qf = model.predict(data, t, pd.DatetimeIndex(tab.index))
+                p50 = np.asarray(qf.median, dtype=float)
                 if p50.shape != (len(tab),) or not np.isfinite(p50).all():
                     raise ValueError("a non-finite forecast")
             except Exception as exc:  # noqa: BLE001 - a learned forecast that fails leaves the configured one
@@ -254,6 +257,10 @@ class LearnedForecasts:
                 continue
             tab[col] = np.maximum(p50, 0.0)
             used[role] = ref
+            try:  # its own P10–P90 for the live page (a forecaster without those levels has none)
+                self.quantiles[col] = (np.maximum(qf.q(0.1), 0.0), np.maximum(qf.q(0.9), 0.0))
+            except (KeyError, AttributeError):
+                pass
             self._keep_day_ahead(col, tab[col], t)
         return used
 

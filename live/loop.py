@@ -35,6 +35,7 @@ import pandas as pd
 
 from pems.controllers.base import EstimatorState, Reporter, Stateful
 from pems.live.clock import Followed
+from pems.live.counterfactual import SAVINGS_FILE, Counterfactual
 from pems.live.devices import Inverter, RoomBus
 from pems.live.event_log import EventLog
 from pems.live.home import HomeListener, LiveHome, LoopSettings, quietly
@@ -111,12 +112,15 @@ class LiveLoop(HomeListener):
         Optional :class:`~pems.live.influx_log.InfluxLog` (measured, commanded, events).
     home_assistant
         Optional :class:`~pems.live.home_assistant.HomeAssistant` (states and plan over MQTT discovery).
+    currency
+        The tariff's currency (the savings on the web page).
     """
 
     def __init__(self, model: HouseModel, controller: Any, forecast: ForecastFn, rooms: RoomBus,
                  inverter: Inverter | None, clock: Any, settings: LoopSettings | None = None,
                  limits: SafetyLimits | None = None, events_path: str | Path | None = None,
-                 state_dir: str | Path | None = None, influx: Any = None, home_assistant: Any = None) -> None:
+                 state_dir: str | Path | None = None, influx: Any = None, home_assistant: Any = None,
+                 currency: str = "") -> None:
         self.model, self.controller, self.forecast, self.clock = model, controller, forecast, clock
         self.settings = settings or LoopSettings()
         self.rooms: tuple[str, ...] = tuple(model.rooms)
@@ -140,6 +144,11 @@ class LiveLoop(HomeListener):
         self.overrides = Overrides(self.rooms, None if state_dir is None else Path(state_dir) / "overrides.json",
                                    self.events)
         self.view.overrides = self.overrides.as_list
+        # what the home would have paid under its own logic: the rule-based twin beside it (the page's savings)
+        self.counterfactual = Counterfactual(model, self.settings.step_s,
+                                             None if state_dir is None else Path(state_dir) / SAVINGS_FILE,
+                                             currency, self._estimate)
+        self.view.savings = self.counterfactual.summary
         self.home.listeners.append(self)
         self.store = StateStore(state_dir) if state_dir is not None else None
         self.influx = influx
@@ -331,7 +340,7 @@ class LiveLoop(HomeListener):
             reason = f"paused by {paused.by or 'the user'} until {paused.until}"
         elif fc is not None:
             try:
-                action = self.controller.act(obs, fc)
+                action = self.overrides.limit(self.controller.act(obs, fc), obs.soc, t)
             except Exception as exc:  # noqa: BLE001 - any controller failure is a solver fault
                 log.exception("controller failed")
                 reason = f"controller raised {type(exc).__name__}: {exc}"
@@ -376,9 +385,15 @@ class LiveLoop(HomeListener):
         if self._last is not None:
             obs, fc = self._last
             try:
-                self.view.on_step(obs, record, self.plant.step_plan(record), fc)
+                self.counterfactual.on_step(obs, fc)
+                self.view.on_step(obs, record, self.plant.step_plan(record), fc, saved=self.counterfactual.saved)
             except Exception:  # noqa: BLE001 - the page's data never costs the control of the home
                 log.exception("recording the step for the web page failed")
+
+    def _estimate(self) -> np.ndarray | None:
+        """The controller's state estimate now (None: it keeps none)."""
+        snap = self.controller.snapshot() if isinstance(self.controller, Stateful) else None
+        return None if snap is None else np.asarray(snap.x, dtype=float)
 
     def price_of(self, t: pd.Timestamp) -> tuple[float, float] | None:
         """Import and export price [currency per kWh] of the step starting at ``t``, as the forecast

@@ -1,11 +1,16 @@
-"""What the people of the home ask for by hand: a room warmer or a different band until a time, or the
-optimiser paused (the home's own logic runs it). Every override has an expiry, is an event in the
+"""What the people of the home ask for by hand: a room warmer or a different band until a time, a
+battery reserve, or the optimiser paused (the home's own logic runs it). Every override has an expiry, is an event in the
 loop's log, shows on the live page, and survives a restart (``overrides.json`` in the state folder,
 written atomically).
 
 They act where the controller's wishes come from: a boost or a band replaces the room's comfort
 band in the forecast the controller plans with (so the MPC heats ahead for it, as for any band);
-a pause hands the home back for the step, with the reason, as the safety layer does.
+a pause hands the home back for the step, with the reason, as the safety layer does. A battery
+reserve is a floor on the state of charge the plan may not go below (``Forecast.extras["soc_floor"]``,
+which the MPC's LP takes as the SOC's lower bound), and the commanded discharge stops at it whatever
+the controller asked (:meth:`Overrides.limit`). Below the reserve the battery is not discharged, and
+is charged when the plan finds it worth it. A home handed back (a pause, a fault) runs on the
+inverter's own discharge limit, which PEMS does not change.
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pems.twin.signals import Forecast
+from pems.twin.signals import Action, Forecast
 
-KINDS = ("boost", "band", "pause")
+KINDS = ("boost", "band", "pause", "reserve")
 #: A boost: the room's band raised to this much above its usual lower bound, at least to 22 °C [K].
 BOOST_K = 2.0
 MAX_HOURS = 7 * 24  # the longest an override may last [h]
@@ -38,13 +43,14 @@ class Override:
     """One override."""
 
     id: str
-    kind: str  # boost | band | pause
+    kind: str  # boost | band | pause | reserve
     until: str  # ISO 8601 UTC: it ends then
     created: str
     room: str | None = None  # boost, band
     low: float | None = None  # band [°C]
     high: float | None = None  # band [°C]
     by: str = ""  # who asked (the page's user)
+    soc: float | None = None  # reserve: the floor on the state of charge [%]
 
     @property
     def end(self) -> pd.Timestamp:
@@ -79,8 +85,10 @@ class Overrides:
 
     # ------------------------------------------------------------------ changes (the page)
     def add(self, now: pd.Timestamp, kind: str, hours: float, room: str | None = None, low: float | None = None,
-            high: float | None = None, by: str = "") -> Override:
-        """Take an override lasting ``hours`` from ``now``; :class:`OverrideError` says why not."""
+            high: float | None = None, by: str = "", soc: float | None = None) -> Override:
+        """Take an override lasting ``hours`` from ``now``; :class:`OverrideError` says why not.
+
+        ``soc``: the reserve's floor [%] (``kind="reserve"``)."""
         if kind not in KINDS:
             raise OverrideError(f"kind {kind!r}: expected one of {', '.join(KINDS)}")
         if not (isinstance(hours, (int, float)) and 0 < hours <= MAX_HOURS):
@@ -90,9 +98,11 @@ class Overrides:
         if kind == "band":
             if low is None or high is None or not (5.0 <= low < high <= 30.0):
                 raise OverrideError("a band needs low < high, both within 5–30 °C")
+        if kind == "reserve" and not (isinstance(soc, (int, float)) and 0 < soc <= 100):
+            raise OverrideError(f"soc {soc!r}: a reserve needs a state of charge above 0 and at most 100 %")
         o = Override(uuid.uuid4().hex[:8], kind, (now + pd.Timedelta(hours=hours)).isoformat(), now.isoformat(),
-                     room if kind != "pause" else None, low if kind == "band" else None,
-                     high if kind == "band" else None, by)
+                     room if kind in ("boost", "band") else None, low if kind == "band" else None,
+                     high if kind == "band" else None, by, float(soc) if kind == "reserve" else None)
         with self._lock:
             self._items = [x for x in self._items if not _same_target(x, o)] + [o]
             self._save()
@@ -125,9 +135,19 @@ class Overrides:
     def paused(self, now: pd.Timestamp) -> Override | None:
         return next((o for o in self.active(now) if o.kind == "pause"), None)
 
+    def reserve(self, now: pd.Timestamp) -> float | None:
+        """The battery reserve in force at ``now`` [fraction 0–1], or None."""
+        o = next((o for o in self.active(now) if o.kind == "reserve"), None)
+        return None if o is None or o.soc is None else o.soc / 100.0
+
     def apply(self, fc: Forecast, now: pd.Timestamp) -> Forecast:
-        """``fc`` with the bands of boosted or re-banded rooms replaced while their overrides last."""
-        items = [o for o in self.active(now) if o.kind in ("boost", "band") and o.room in fc.rooms]
+        """``fc`` with the bands of boosted or re-banded rooms replaced while their overrides last, and
+        a battery reserve as ``extras["soc_floor"]`` [fraction 0–1]."""
+        active = self.active(now)
+        reserve = next((o.soc / 100.0 for o in active if o.kind == "reserve" and o.soc is not None), None)
+        if reserve is not None:
+            fc = replace(fc, extras={**fc.extras, "soc_floor": reserve})
+        items = [o for o in active if o.kind in ("boost", "band") and o.room in fc.rooms]
         if not items:
             return fc
         low, high = fc.low.copy(), fc.high.copy()
@@ -142,6 +162,14 @@ class Overrides:
                 low[on, j] = target
                 high[on, j] = np.maximum(high[on, j], target + 1.0)
         return replace(fc, low=low, high=high)
+
+    def limit(self, action: Action, soc: float | None, now: pd.Timestamp) -> Action:
+        """``action`` with no discharge commanded once the battery is at or below the reserve
+        (whatever the controller asked: an NLP fallback or a plan on a mistaken estimate)."""
+        floor = self.reserve(now)
+        if floor is None or soc is None or action.bat_w is None or action.bat_w >= 0 or soc > floor:
+            return action
+        return replace(action, bat_w=0.0)
 
     def as_list(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -165,7 +193,7 @@ class Overrides:
     def _event(self, kind: str, now: pd.Timestamp, o: Override, **extra: Any) -> None:
         if self.events is not None:
             self.events.write(kind, now, override=o.kind, id=o.id, room=o.room, until=o.until, low=o.low,
-                              high=o.high, by=o.by, **extra)
+                              high=o.high, soc=o.soc, by=o.by, **extra)
 
 
 def _same_target(a: Override, b: Override) -> bool:

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pems.live.forecast_bands import COLUMNS as BAND_COLUMNS
+from pems.live.forecast_bands import ForecastErrors
 from pems.twin.signals import Forecast, Observation
 
 
@@ -33,17 +35,33 @@ def _list(a: Any, digits: int = 2) -> list[float | None]:
     return a.tolist() if ok.all() else [float(v) if f else None for v, f in zip(a, ok)]
 
 
-def _ahead(plan: pd.DataFrame | None, forecast: Forecast | None, rooms: list[str]) -> dict[str, Any]:
-    """The plan and the forecast ahead as the page's lists."""
+def _forecast_columns(forecast: Forecast) -> dict[str, np.ndarray]:
+    return {c: forecast.column(c) for c in BAND_COLUMNS if c in forecast.d_names}
+
+
+def _ahead(plan: pd.DataFrame | None, forecast: Forecast | None, rooms: list[str],
+           errors: ForecastErrors | None = None) -> dict[str, Any]:
+    """The plan and the forecast ahead as the page's lists, with the forecasts' P10–P90 bands (a
+    learned forecaster's own, else the loop's past errors by lead) and why the plan does what it does."""
     out: dict[str, Any] = {}
     if forecast is not None:
-        n = len(forecast.index)
         out = {"time": _iso(forecast.index), "price_import": _list(forecast.price_import, 4),
                "low": {r: _list(forecast.low[:, j]) for j, r in enumerate(forecast.rooms) if r in rooms},
                "high": {r: _list(forecast.high[:, j]) for j, r in enumerate(forecast.rooms) if r in rooms}}
-        for col in ("P_pv", "P_load", "T_out"):
-            if col in forecast.d_names:
-                out[col] = _list(forecast.column(col)[:n], 1)
+        cols = _forecast_columns(forecast)
+        for col, v in cols.items():
+            out[col] = _list(v, 1)
+        bands = errors.bands(forecast.index[0], cols) if errors is not None else {}
+        learned = forecast.extras.get("quantiles") or {}
+        out["bands"] = {}
+        for col in cols:
+            if col in learned:
+                p10, p90 = learned[col]
+                out["bands"][col] = {"p10": _list(p10, 1), "p90": _list(p90, 1), "source": "learned forecaster"}
+            elif col in bands and np.isfinite(bands[col]["p90"]).any():
+                out["bands"][col] = {"p10": _list(bands[col]["p10"], 1), "p90": _list(bands[col]["p90"], 1),
+                                     "source": "this loop's past errors", "samples": bands[col]["samples"]}
+        out["why"] = plan_why(plan, forecast)
     if plan is not None and len(plan):
         out["plan_time"] = _iso(pd.DatetimeIndex(plan.index))
         for col in plan.columns:
@@ -60,6 +78,54 @@ def _num(v: Any, digits: int = 2) -> float | None:
     except (TypeError, ValueError):
         return None
     return round(f, digits) if math.isfinite(f) else None
+
+
+def plan_why(plan: pd.DataFrame | None, forecast: Forecast | None) -> dict[str, Any]:
+    """Why the plan does what it does, in the prices it plans with: when it heats and when it moves
+    the battery, against the mean price over the plan.
+
+    The plan's heating and battery energy are weighted by the import price of their steps: heating
+    at a mean price below the plan's is heating moved into cheap hours (or onto PV), charging cheap
+    and discharging dear is the battery's arbitrage. Returns the numbers and a sentence (empty
+    without a plan)."""
+    if plan is None or forecast is None or not len(plan):
+        return {}
+    n = min(len(plan), len(forecast))
+    if n == 0:
+        return {}
+    step_h = (plan.index[1] - plan.index[0]).total_seconds() / 3600 if len(plan) > 1 else 0.25
+    price = np.asarray(forecast.price_import[:n], dtype=float)
+    heat = plan[[c for c in plan.columns if c.startswith("P_heat__")]].to_numpy(dtype=float)[:n].sum(axis=1)
+    out: dict[str, Any] = {"hours": round(n * step_h, 1), "mean_price": round(float(price.mean()), 4),
+                           "cheapest_price": round(float(price.min()), 4), "dearest_price": round(float(price.max()), 4)}
+    e_heat = float(heat.sum() * step_h / 1000)
+    words = []
+    out["heating_kWh"] = round(e_heat, 1)
+    if e_heat > 0.05:
+        p_heat = float((heat * price).sum() / heat.sum())
+        out["heating_price"] = round(p_heat, 4)
+        rel = 100 * (1 - p_heat / out["mean_price"]) if out["mean_price"] > 0 else 0.0
+        words.append(f"heats {e_heat:.1f} kWh over the next {out['hours']:g} h at a mean {p_heat:.3f} per kWh, "
+                     + (f"{rel:.0f} % below the mean price of those hours ({out['mean_price']:.3f}): "
+                        "the heat is moved into the cheap hours, the slabs and rooms storing it"
+                        if rel >= 1 else "about the mean price of those hours: the heat is needed when it is given"))
+    else:
+        words.append(f"needs no heating over the next {out['hours']:g} h")
+    if "P_bat" in plan:
+        pb = plan["P_bat"].to_numpy(dtype=float)[:n]
+        ch, dis = np.maximum(pb, 0.0), np.maximum(-pb, 0.0)
+        e_ch, e_dis = float(ch.sum() * step_h / 1000), float(dis.sum() * step_h / 1000)
+        out["battery_charge_kWh"], out["battery_discharge_kWh"] = round(e_ch, 1), round(e_dis, 1)
+        part = []
+        if e_ch > 0.05:
+            out["charge_price"] = round(float((ch * price).sum() / ch.sum()), 4)
+            part.append(f"charges the battery with {e_ch:.1f} kWh when a kWh costs {out['charge_price']:.3f} on average")
+        if e_dis > 0.05:
+            out["discharge_price"] = round(float((dis * price).sum() / dis.sum()), 4)
+            part.append(f"gives back {e_dis:.1f} kWh when it would cost {out['discharge_price']:.3f}")
+        words.append(" and ".join(part) if part else "leaves the battery as it is")
+    out["sentence"] = "The plan " + "; it ".join(words) + "."
+    return out
 
 
 class LiveView:
@@ -90,12 +156,15 @@ class LiveView:
         self.changed = threading.Condition(self._lock)
         self.health: Callable[[], dict[str, Any]] | None = None  # set by the loop: adapters and watchdog
         self.overrides: Callable[[], list[dict[str, Any]]] | None = None  # set by the loop: the overrides in force
+        self.savings: Callable[[], dict[str, Any]] | None = None  # set by the loop: against the rule-based twin
+        self.errors = ForecastErrors(step_s)  # the forecasts' errors by lead: their P10–P90 bands
 
     # ------------------------------------------------------------------ from the loop
     def on_step(self, obs: Observation, record: dict[str, Any], plan: pd.DataFrame | None,
-                forecast: Forecast | None) -> None:
+                forecast: Forecast | None, saved: float | None = None) -> None:
         """One control step: ``obs`` at its start (powers: the means of the step before), what
-        ``record`` says was commanded, the plan and the forecast it was made with."""
+        ``record`` says was commanded, the plan and the forecast it was made with, and the savings so
+        far against the rule-based twin [currency]."""
         heat = np.zeros(len(self.rooms)) if obs.P_heat is None else np.asarray(obs.P_heat, dtype=float)
         step: dict[str, Any] = {
             "time": obs.time.isoformat(), "state": str(record.get("state", "")),
@@ -103,13 +172,15 @@ class LiveView:
             "T_out": _num(obs.T_out), "P_pv": _num(obs.P_pv, 0), "P_load": _num(obs.P_load, 0),
             "P_grid": _num(obs.P_grid, 0), "P_bat": _num(obs.P_bat, 0),
             "soc": None if obs.soc is None else _num(100 * obs.soc, 1),
-            "solve_s": _num(record.get("solve_s"), 3),
+            "solve_s": _num(record.get("solve_s"), 3), "saved": _num(saved, 3),
         }
         if forecast is not None:
             step["price"] = _num(forecast.price_import[0], 4)
             step["low"] = [_num(v) for v in forecast.low[0]]
             step["high"] = [_num(v) for v in forecast.high[0]]
+        measured = {"P_pv": obs.P_pv, "P_load": obs.P_load, "T_out": obs.T_out}
         with self._lock:
+            self.errors.record(obs.time, {} if forecast is None else _forecast_columns(forecast), measured)
             self._steps.append(step)
             if plan is not None or forecast is not None:
                 # kept as they are: turned into the page's lists only when a page asks (the loop's
@@ -138,8 +209,9 @@ class LiveView:
             steps = list(self._steps)
             events, version = list(self._events)[::-1], self.version
             ahead, raw = self._ahead, self._ahead_raw
+            errors = self.errors.copy() if ahead is None else None
         if ahead is None:
-            ahead = _ahead(*raw, self.rooms)
+            ahead = _ahead(*raw, self.rooms, errors)
             with self._lock:
                 if self._ahead_raw is raw:
                     self._ahead = ahead
@@ -153,8 +225,9 @@ class LiveView:
             except Exception as exc:  # noqa: BLE001 - the page shows it, the loop never sees it
                 health = {"error": str(exc)}
         overrides = self.overrides() if self.overrides is not None else []
+        savings = self.savings() if self.savings is not None else {}
         return {"version": version, "rooms": self.rooms, "step_s": self.step_s, "steps": steps, "ahead": ahead,
-                "events": events, "health": health, "overrides": overrides}
+                "events": events, "health": health, "overrides": overrides, "savings": savings}
 
     def wait(self, version: int, timeout: float) -> int:
         """Block until something newer than ``version`` is recorded (or ``timeout`` [s]); the version now."""

@@ -200,6 +200,28 @@ class SimulatedHome:
             self._M_const, self._g_const = M, g
         return M, g
 
+    def next_step(self, time: pd.Timestamp, d: np.ndarray) -> None:
+        """Give the next step's disturbances as the step comes, for a home driven by what is measured
+        as it happens rather than by a table known ahead (the live loop's counterfactual twin).
+
+        Only for a home built on a one-row table: that row (and the step's start) is replaced and
+        reused; the state carries on. The per-step log keeps the last step only.
+        """
+        if len(self.D) != 1:
+            raise RuntimeError("next_step drives a home built on a one-row disturbance table")
+        d = np.asarray(d, dtype=float)
+        if d.shape != (self.D.shape[1],) or not np.isfinite(d).all():
+            raise ValueError(f"a step's disturbances must be {self.D.shape[1]} finite numbers")
+        if not self.D.flags.writeable:  # (a view of the table it was built on)
+            self.D = self.D.copy()
+        self.D[0] = d
+        self.index = pd.DatetimeIndex([time])
+        self._c[0] = self._form.c(self.D[:1])[0]
+        self._Mc[0] = self._c[0] @ self._Mw.T
+        self._grid0[0] = self._form.y0(self.D[:1])[0, self._i_grid]
+        self.log.events.clear()
+        self.k = 0
+
     # ------------------------------------------------------------------ protocol
     def reset(self) -> Observation:
         self.k = 0

@@ -1,5 +1,7 @@
-"""The live home's page: rooms against their comfort bands, power, battery and prices, the plan ahead,
-the adapters' and the watchdog's health, recent events — updated as the loop steps, without reloading.
+"""The live home's page: rooms against their comfort bands, power, battery and prices, the plan ahead
+with the forecasts' P10–P90 bands and why it does what it does, the savings against the rule-based
+twin, the adapters' and the watchdog's health, recent events — updated as the loop steps, without
+reloading.
 
 The page is one HTML document with plotly (served from the installed ``plotly`` package: no
 network) that reads ``/api/state`` once and then listens to ``/api/stream`` (server-sent events): a
@@ -38,6 +40,8 @@ class OverrideRequest(BaseModel):
     room: str | None = None
     low: float | None = None
     high: float | None = None
+    soc: float | None = None  # a reserve [%]
+
 
 #: Seconds between keep-alive comments on an idle stream (proxies close silent connections).
 KEEPALIVE_S = 15.0
@@ -82,7 +86,7 @@ def live_app(view: LiveView, title: str = "PEMS live", overrides: Overrides | No
     @app.post("/api/overrides")
     def add_override(body: OverrideRequest, who: str = Depends(user)) -> JSONResponse:
         try:
-            o = overrides.add(clock(), body.kind, body.hours, body.room, body.low, body.high, by=who)
+            o = overrides.add(clock(), body.kind, body.hours, body.room, body.low, body.high, by=who, soc=body.soc)
         except OverrideError as exc:
             raise HTTPException(422, str(exc)) from None
         return JSONResponse(asdict(o), status_code=201)
@@ -170,13 +174,20 @@ PAGE = """<!DOCTYPE html>
 <h2>Room temperature and comfort band</h2><div id="room_plot" class="plot"></div>
 <h2>Power</h2><div id="power_plot" class="plot"></div>
 <h2>Battery and price</h2><div id="battery_plot" class="plot"></div>
+<h2>Why the plan does what it does</h2><p id="why_plan">—</p>
+<h2>Savings against the rule-based home</h2>
+<p class="sub">The home's own logic (room thermostats, the inverter's load first) run by the twin beside it, on
+the same weather, load, PV, prices and bands; both bills at the prices each step was planned with.</p>
+<p id="why_saved">—</p><table id="savings"></table><div id="savings_plot" class="plot" style="height:220px"></div>
 <div class="cols"><div><h2>Rooms now</h2><table id="rooms"></table></div>
 <div><h2>Health</h2><table id="health"></table></div></div>
 <h2>Overrides</h2><table id="overrides"></table>
 <form id="override_form" class="bar"><select id="o_kind"><option value="boost">boost a room</option>
-<option value="band">set a room's band</option><option value="pause">pause the optimiser</option></select>
+<option value="band">set a room's band</option><option value="reserve">keep a battery reserve</option>
+<option value="pause">pause the optimiser</option></select>
 <select id="o_room"></select> for <input id="o_hours" type="number" value="2" min="0.25" step="0.25" style="width:5em"> h
 band <input id="o_low" type="number" value="21" step="0.5" style="width:4em">–<input id="o_high" type="number" value="23" step="0.5" style="width:4em"> °C
+reserve <input id="o_soc" type="number" value="50" min="1" max="100" step="5" style="width:4em"> %
 user <input id="o_user" autocomplete="username" style="width:6em">
 password <input id="o_pass" type="password" autocomplete="current-password" style="width:8em">
 <button type="submit">apply</button> <span id="o_msg"></span></form>
@@ -190,12 +201,17 @@ function merge(snap) {
   S.steps.sort((a, b) => a.time < b.time ? -1 : 1);
   if (snap.ahead && Object.keys(snap.ahead).length) S.ahead = snap.ahead;
   S.events = snap.events; S.health = snap.health; S.rooms = snap.rooms; S.version = snap.version;
-  S.overrides = snap.overrides;
+  S.overrides = snap.overrides; S.savings = snap.savings;
 }
 function col(key, i) { return S.steps.map(s => i === undefined ? s[key] : (s[key] || [])[i]); }
 function draw() {
   if (!roomSel.options.length) S.rooms.forEach((r, i) => roomSel.add(new Option(r, i)));
   const i = +roomSel.value || 0, r = S.rooms[i], t = col('time'), A = S.ahead, L = {margin: {t: 10, r: 50}, legend: {orientation: 'h'}};
+  const B = A.bands || {};
+  const bandOf = (c, name, color) => B[c] ? [
+    {x: A.time, y: B[c].p10, mode: 'lines', line: {width: 0, shape: 'hv'}, showlegend: false, hoverinfo: 'skip', name: name + ' P10'},
+    {x: A.time, y: B[c].p90, mode: 'lines', fill: 'tonexty', fillcolor: color, line: {width: 0, shape: 'hv'},
+     name: name + ' P10–P90 (' + B[c].source + ')'}] : [];
   const band = [
     {x: t, y: col('low', i), name: 'band low', line: {width: 0}, mode: 'lines', showlegend: false, line: {shape: 'hv', width: 0}},
     {x: t, y: col('high', i), name: 'comfort band', fill: 'tonexty', fillcolor: 'rgba(60,160,90,0.15)', line: {shape: 'hv', width: 0}, mode: 'lines'},
@@ -204,8 +220,11 @@ function draw() {
     {x: A.time || [], y: (A.low || {})[r] || [], name: 'band ahead', line: {shape: 'hv', dash: 'dash', width: 1}, mode: 'lines'},
     {x: t, y: col('P_heat', i), name: 'heating [W]', yaxis: 'y2', line: {shape: 'hv', width: 1}, mode: 'lines'},
     {x: A.plan_time || [], y: A['P_heat__' + r] || [], name: 'planned heating [W]', yaxis: 'y2', line: {shape: 'hv', dash: 'dot', width: 1}, mode: 'lines'}];
+  band.push({x: t, y: col('T_out'), name: 'outdoor', line: {color: '#888', width: 1}, mode: 'lines'},
+            ...bandOf('T_out', 'outdoor', 'rgba(130,130,130,0.15)'),
+            {x: A.time || [], y: A.T_out || [], name: 'outdoor forecast', line: {color: '#888', width: 1, dash: 'dot'}, mode: 'lines'});
   Plotly.react('room_plot', band, {...L, yaxis: {title: '°C'}, yaxis2: {title: 'W', overlaying: 'y', side: 'right'}});
-  Plotly.react('power_plot', [
+  Plotly.react('power_plot', [...bandOf('P_pv', 'PV', 'rgba(240,180,0,0.18)'), ...bandOf('P_load', 'load', 'rgba(90,120,220,0.15)'),
     {x: t, y: col('P_pv'), name: 'PV', line: {shape: 'hv'}}, {x: t, y: col('P_load'), name: 'load', line: {shape: 'hv'}},
     {x: t, y: col('P_grid'), name: 'grid (import +)', line: {shape: 'hv'}}, {x: t, y: col('P_bat'), name: 'battery (charge +)', line: {shape: 'hv'}},
     {x: A.time || [], y: A.P_pv || [], name: 'PV forecast', line: {dash: 'dot', shape: 'hv'}},
@@ -216,6 +235,15 @@ function draw() {
     {x: t, y: col('price'), name: 'import price', yaxis: 'y2', line: {shape: 'hv'}},
     {x: A.time || [], y: A.price_import || [], name: 'price ahead', yaxis: 'y2', line: {shape: 'hv', dash: 'dot'}}],
     {...L, yaxis: {title: '%'}, yaxis2: {title: 'per kWh', overlaying: 'y', side: 'right'}});
+  document.getElementById('why_plan').textContent = (A.why || {}).sentence || 'no plan yet (the optimiser is paused, falling back, or starting)';
+  const V = S.savings || {};
+  document.getElementById('why_saved').innerHTML = V.steps ? V.why + '.' : 'nothing compared yet (after the first full step)';
+  document.getElementById('savings').innerHTML = V.steps ? `<tr><th></th><th>PEMS</th><th>rule-based (twin)</th></tr>` +
+    `<tr><td>bill since ${V.since} [${V.currency}]</td><td>${V.cost}</td><td>${V.cost_rule_based}</td></tr>` +
+    `<tr><td>heating [kWh]</td><td>${V.heating_kWh}</td><td>${V.heating_kWh_rule_based}</td></tr>` +
+    `<tr><td>discomfort [K·h per room]</td><td>${V.discomfort_Kh_per_room}</td><td>${V.discomfort_Kh_per_room_rule_based}</td></tr>` : '';
+  Plotly.react('savings_plot', [{x: t, y: col('saved'), name: 'saved so far', line: {shape: 'hv'}, fill: 'tozeroy'}],
+    {...L, yaxis: {title: V.currency || 'saved'}, showlegend: false});
   const last = S.steps[S.steps.length - 1] || {};
   const st = document.getElementById('state'); const w = (S.health || {}).watchdog || last.state || 'starting';
   st.textContent = w; st.className = 'badge ' + w;
@@ -228,7 +256,7 @@ function draw() {
   const oRoom = document.getElementById('o_room');
   if (!oRoom.options.length) S.rooms.forEach(r => oRoom.add(new Option(r, r)));
   document.getElementById('overrides').innerHTML = '<tr><th>what</th><th>room</th><th>until</th><th>by</th><th></th></tr>' +
-    (S.overrides || []).map(o => `<tr><td>${o.kind}${o.kind === 'band' ? ' ' + o.low + '–' + o.high + ' °C' : ''}</td><td>${o.room || '–'}</td>` +
+    (S.overrides || []).map(o => `<tr><td>${o.kind}${o.kind === 'band' ? ' ' + o.low + '–' + o.high + ' °C' : ''}${o.kind === 'reserve' ? ' ' + o.soc + ' %' : ''}</td><td>${o.room || '–'}</td>` +
       `<td>${o.until}</td><td>${o.by}</td><td><button onclick="cancelOverride('${o.id}')">end</button></td></tr>`).join('');
   document.getElementById('events').innerHTML = (S.events || []).slice(0, 30).map(e =>
     `<li><b>${e.kind}</b> ${e.time} ${e.reason || e.why || e.state || ''}</li>`).join('');
@@ -241,7 +269,7 @@ async function refresh() { S.overrides = await (await fetch('/api/overrides')).j
 async function cancelOverride(id) { if (await said(await fetch('/api/overrides/' + id, {method: 'DELETE', headers: auth()}))) refresh(); }
 document.getElementById('override_form').onsubmit = async e => {
   e.preventDefault();
-  const body = {kind: o_kind.value, hours: +o_hours.value, room: o_room.value, low: +o_low.value, high: +o_high.value};
+  const body = {kind: o_kind.value, hours: +o_hours.value, room: o_room.value, low: +o_low.value, high: +o_high.value, soc: +o_soc.value};
   if (await said(await fetch('/api/overrides', {method: 'POST', headers: {...auth(), 'Content-Type': 'application/json'},
                                                 body: JSON.stringify(body)}))) refresh();
 };

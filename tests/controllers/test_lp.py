@@ -292,3 +292,33 @@ def test_the_plan_of_a_blocked_horizon_has_a_row_per_step(small):
     assert np.ptp(plan["P_heat__a"].to_numpy()[last]) == 0.0
     # the coarse stages start on the clock's hours
     assert all(t.minute == 0 for t in plan.index[starts[mpc.blocking.n_fine + 1:]])
+
+
+def test_a_battery_reserve_is_a_floor_the_plan_keeps(small):
+    """A reserve (the live page's override, ``extras["soc_floor"]``) on prices that make emptying the
+    battery worth it: without it the plan goes down to the battery's minimum; with it the plan never goes
+    below the reserve, and from below the reserve it never discharges. Taken off, the next solve of
+    the same (hot) LP empties the battery again."""
+    model, fc, x = small
+    pi = np.where(np.arange(len(fc)) < 48, 0.6, 0.05)  # dear for 12 h, cheap after: empty the battery first
+    fc = dataclasses.replace(fc, price_import=pi, price_export=np.full(len(fc), 0.0))
+    soc_min = model.limits.soc_min
+
+    def plan(soc0: float, floor: float | None):
+        x0 = x.copy()
+        x0[model.i_soc] = soc0
+        extras = {"x_true": x0} | ({} if floor is None else {"soc_floor": floor})
+        f = dataclasses.replace(fc, extras=extras)
+        a = mpc.act(observe(model, x0, f), f)
+        assert mpc.last_solution is not None and mpc.last_solution.solver == "highs"
+        return a, mpc.plan()
+
+    mpc = EconomicMPC(model, 900.0, MpcConfig(use_true_state=True))
+    _, free = plan(0.8, None)
+    assert free["soc"].min() < soc_min + 0.01
+    a, kept = plan(0.8, 0.5)
+    assert kept["soc"].min() >= 0.5 - 1e-6 and a.bat_w < 0  # it still discharges, down to the reserve
+    a, below = plan(0.3, 0.5)
+    assert below["soc"].min() >= 0.3 - 1e-6 and a.bat_w >= -1e-6 and (below["P_bat"] >= -1e-3).all()
+    _, again = plan(0.8, None)
+    assert again["soc"].min() < soc_min + 0.01

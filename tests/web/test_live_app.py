@@ -109,7 +109,12 @@ def test_the_page_renders_and_keeps_updating_while_the_emulated_home_runs(prep, 
             n_meas = page.evaluate("document.getElementById('room_plot').data[2].x.length")
             n_plan = page.evaluate("document.getElementById('room_plot').data[3].x.length")
             assert n_meas >= 2 and n_plan > 0, (n_meas, n_plan)
-            assert page.evaluate("document.getElementById('power_plot').data[0].y.filter(v => v !== null).length") >= 2
+            assert page.evaluate("document.getElementById('power_plot').data.find(d => d.name === 'PV')"
+                                 ".y.filter(v => v !== null).length") >= 2
+            # why the plan does what it does, and the savings against the rule-based twin so far
+            assert page.evaluate("document.getElementById('why_plan').textContent").startswith("The plan heats")
+            assert page.evaluate("document.querySelectorAll('#savings tr').length") == 4
+            assert "rule-based home (twin)" in page.evaluate("document.getElementById('why_saved').textContent")
             assert page.evaluate("document.getElementById('state').textContent") == "active"
             assert page.evaluate("document.getElementById('live').textContent") == "live"
             # it keeps updating while the emulated clock runs, without a reload

@@ -1,4 +1,5 @@
-"""Overrides from the live page: boost a room, change its band, pause the optimiser — with an expiry,
+"""Overrides from the live page: boost a room, change its band, set a battery reserve, pause the
+optimiser — with an expiry,
 an event each, on the page, across a restart, and only with the page's password."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from fastapi.testclient import TestClient
 from pems.live.event_log import EventLog
 from pems.live.overrides import BOOST_K, OverrideError, Overrides
 from pems.live.view import LiveView
-from pems.twin.signals import Forecast
+from pems.twin.signals import Action, Forecast
 from pems.web.live_app import live_app
 
 T0 = pd.Timestamp("2024-01-10T06:00Z")
@@ -59,6 +60,24 @@ def test_a_band_and_a_pause_and_what_is_refused(tmp_path):
                      ({"kind": "heat", "hours": 1}, "kind 'heat'")):
         with pytest.raises(OverrideError, match=what):
             ov.add(T0, **kw)
+
+
+def test_a_reserve_floors_the_plan_and_stops_the_discharge_at_it(tmp_path):
+    ov = Overrides(["a", "b"], tmp_path / "o.json")
+    assert "soc_floor" not in ov.apply(_forecast(T0), T0).extras and ov.reserve(T0) is None
+    ov.add(T0, "reserve", 3.0, soc=40)
+    assert ov.apply(_forecast(T0), T0).extras["soc_floor"] == pytest.approx(0.4)
+    assert ov.reserve(T0) == pytest.approx(0.4)
+    out = Action(heat_w=np.zeros(2), bat_w=-2500.0)
+    assert ov.limit(out, 0.41, T0).bat_w == -2500.0  # above it: the controller's command
+    assert ov.limit(out, 0.40, T0).bat_w == 0.0 and ov.limit(out, 0.2, T0).bat_w == 0.0
+    assert ov.limit(Action(bat_w=1500.0), 0.2, T0).bat_w == 1500.0  # charging is never stopped
+    assert ov.limit(Action(), 0.2, T0).bat_w is None  # the inverter's own logic: not PEMS's to change
+    later = T0 + pd.Timedelta(hours=3)
+    assert ov.limit(out, 0.2, later).bat_w == -2500.0 and "soc_floor" not in ov.apply(_forecast(later), later).extras
+    for soc in (None, 0, 120):
+        with pytest.raises(OverrideError, match="state of charge"):
+            ov.add(T0, "reserve", 1.0, soc=soc)
 
 
 def _client(tmp_path, credentials=("anna", "s3cret")):

@@ -7,8 +7,9 @@ The 10th and 90th percentiles of the errors at each lead (pooled in lead bands: 
 3–6, 6–12, 12–24 and 24–48 h) added to today's forecast give an empirical band, for any source. It
 is an honest band: it is what this loop's forecasts actually missed by, here, lately (the last
 :data:`KEEP_DAYS` days); a lead band with fewer than :data:`MIN_SAMPLES` errors has no band yet.
-PV's errors are taken only where the sun was forecast to be up, and its band only there, kept
-within zero and the largest PV measured (a band at night would be an artefact of pooling).
+PV's errors are taken only where the sun was forecast to be up; where it is not, the band is zero
+(pooled errors would put a band at night), and elsewhere it is kept within zero and the largest PV
+measured.
 
 A learned forecaster's own P10/P90 (:mod:`pems.live.learned`, ``Forecast.extras["quantiles"]``) is
 taken instead where there is one.
@@ -123,7 +124,7 @@ class ForecastErrors:
                 top = max(meas.values()) if meas else np.inf
                 night = f <= 0.0
                 lo, hi = np.clip(lo, 0.0, top), np.clip(hi, 0.0, top)
-                lo[night], hi[night] = np.nan, np.nan
+                lo[night], hi[night] = 0.0, 0.0  # no sun forecast: none, surely (not a pooled artefact)
             elif c == "P_load":
                 lo, hi = np.maximum(lo, 0.0), np.maximum(hi, 0.0)
             out[c] = {"p10": lo, "p90": hi, "samples": [0 if qb is None else qb[1] for qb in q]}

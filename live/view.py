@@ -105,10 +105,17 @@ def plan_why(plan: pd.DataFrame | None, forecast: Forecast | None) -> dict[str, 
         p_heat = float((heat * price).sum() / heat.sum())
         out["heating_price"] = round(p_heat, 4)
         rel = 100 * (1 - p_heat / out["mean_price"]) if out["mean_price"] > 0 else 0.0
-        words.append(f"heats {e_heat:.1f} kWh over the next {out['hours']:g} h at a mean {p_heat:.3f} per kWh, "
-                     + (f"{rel:.0f} % below the mean price of those hours ({out['mean_price']:.3f}): "
-                        "the heat is moved into the cheap hours, the slabs and rooms storing it"
-                        if rel >= 1 else "about the mean price of those hours: the heat is needed when it is given"))
+        head = f"heats {e_heat:.1f} kWh over the next {out['hours']:g} h at a mean {p_heat:.3f} per kWh, "
+        mean = f"the mean price of those hours ({out['mean_price']:.3f})"
+        if rel >= 10:
+            tail = f"{rel:.0f} % below {mean}: the heat is moved into the cheap hours, the slabs and rooms storing it"
+        elif rel >= 1:
+            tail = f"{rel:.0f} % below {mean}: a little of the heat is moved into cheaper hours"
+        elif rel <= -1:
+            tail = f"{-rel:.0f} % above {mean}: the heat is needed when it is given"
+        else:
+            tail = f"about {mean}: the heat is needed when it is given"
+        words.append(head + tail)
     else:
         words.append(f"needs no heating over the next {out['hours']:g} h")
     if "P_bat" in plan:

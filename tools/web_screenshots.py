@@ -3,7 +3,8 @@
 - ``docs/web-results.png``: ``pems serve`` on a results folder (default ``out/demo``, from ``make demo``);
 - ``docs/web-live.png``: the live page of the loop running the built-in winter week's emulated home
   (MPC, a real mosquitto on 127.0.0.1 from Debian's package, the emulated clock at 1500×), taken
-  after a day and a half of the home's time::
+  after a day and a half of the home's time, and ``docs/web-live-why.png``: why the plan does what it
+  does and the savings against the rule-based twin, below it on the same page::
 
     python tools/web_screenshots.py                 # both
     python tools/web_screenshots.py --results out/bench-peers --docs /tmp/pics
@@ -67,6 +68,8 @@ def live_picture(out: Path, hours: float = 36.0) -> None:
                 page.evaluate("document.getElementById('room').value = 0")
                 time.sleep(1.0)
                 page.screenshot(out, selector="h1", until="#battery_plot", scale=0.6)
+                page.screenshot(out.with_name(out.stem + "-why.png"), selector="#why_head", until="#savings_plot",
+                                scale=0.6)
         finally:
             server.stop()
             run.finish()
@@ -95,7 +98,7 @@ def main() -> int:
                 print(f"web_screenshots: {exc}", file=sys.stderr)
                 return 2
             raise
-        print(f"wrote {args.docs / 'web-live.png'}")
+        print(f"wrote {args.docs / 'web-live.png'} and {args.docs / 'web-live-why.png'}")
     return 0
 
 

@@ -174,7 +174,7 @@ PAGE = """<!DOCTYPE html>
 <h2>Room temperature and comfort band</h2><div id="room_plot" class="plot"></div>
 <h2>Power</h2><div id="power_plot" class="plot"></div>
 <h2>Battery and price</h2><div id="battery_plot" class="plot"></div>
-<h2>Why the plan does what it does</h2><p id="why_plan">—</p>
+<h2 id="why_head">Why the plan does what it does</h2><p id="why_plan">—</p>
 <h2>Savings against the rule-based home</h2>
 <p class="sub">The home's own logic (room thermostats, the inverter's load first) run by the twin beside it, on
 the same weather, load, PV, prices and bands; both bills at the prices each step was planned with.</p>

@@ -47,7 +47,7 @@ def test_the_bands_are_the_errors_quantiles_by_lead_and_cover_eighty_percent():
     assert "T_out" in b and np.isnan(b["T_out"]["p10"]).all()  # no outdoor readings: no band
 
 
-def test_no_band_before_enough_errors_and_none_at_night_for_pv():
+def test_no_band_before_enough_errors_and_a_zero_one_at_night_for_pv():
     errors = ForecastErrors(900.0, horizon_h=24.0)
     n = errors.n
     assert np.isnan(errors.bands(T0, {"P_load": np.full(n, 400.0)})["P_load"]["p90"]).all()
@@ -60,7 +60,7 @@ def test_no_band_before_enough_errors_and_none_at_night_for_pv():
     f = np.array([sun(5 * 96 + j) for j in range(n)])
     b = errors.bands(T0 + 5 * 96 * STEP, {"P_pv": f})["P_pv"]
     night, day = f <= 0, f > 500
-    assert np.isnan(b["p10"][night]).all() and np.isnan(b["p90"][night]).all()
+    assert (b["p10"][night] == 0).all() and (b["p90"][night] == 0).all()  # no sun, no spread
     assert np.isfinite(b["p90"][day]).all() and (b["p10"][day] <= f[day]).all() and (b["p90"][day] >= f[day]).all()
     assert (b["p90"][day] <= 3000.0 + 1e-9).all() and (b["p10"][day] >= 0).all()  # within 0 and the largest measured
     assert min(s for s in b["samples"] if s) >= MIN_SAMPLES
@@ -81,7 +81,7 @@ def test_why_the_plan_weighs_its_heating_and_battery_by_the_prices_of_their_hour
     why = plan_why(pd.DataFrame({"P_heat__a": heat, "P_bat": bat}, index=idx), _forecast(price))
     assert why["heating_kWh"] == pytest.approx(8.0) and why["heating_price"] == pytest.approx(0.1)
     assert why["mean_price"] == pytest.approx(0.3) and "33 % below" not in why["sentence"]
-    assert "67 % below the mean price" in why["sentence"]
+    assert "67 % below the mean price" in why["sentence"] and "moved into the cheap hours" in why["sentence"]
     assert why["charge_price"] == pytest.approx(0.1) and why["discharge_price"] == pytest.approx(0.5)
     flat = plan_why(pd.DataFrame({"P_heat__a": np.full(32, 500.0)}, index=idx), _forecast(np.full(32, 0.3)))
     assert flat["heating_price"] == pytest.approx(0.3) and "about the mean price" in flat["sentence"]

@@ -253,7 +253,10 @@ ProgressFn = Callable[[int, int], None]
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("PEMS_CACHE", Path.home() / ".cache" / "pems")) / "history"
+    """``$PEMS_CACHE/history``, else ``history`` in systemd's or XDG's cache folder (:mod:`pems.paths`)."""
+    from pems.paths import cache_root
+
+    return (Path(os.environ["PEMS_CACHE"]) if os.environ.get("PEMS_CACHE") else cache_root()) / "history"
 
 
 def _chunks(start: pd.Timestamp, stop: pd.Timestamp, chunk: pd.Timedelta) -> list[tuple[pd.Timestamp, pd.Timestamp]]:

@@ -110,8 +110,8 @@ class InfluxSpec(_Strict):
     """``influx://HOST:PORT/DB`` (the 1.x API) or ``influx2://HOST:PORT?org=ORG`` (the 2.x API; the mapping names the buckets)."""
     mapping: str = "loxone-growatt"
     """Mapping preset or file: which measurement and field each value is written to."""
-    spool_dir: str = "spool"
-    """Folder of the disk spool that keeps points while the server is down."""
+    spool_dir: str | None = None
+    """Folder of the disk spool that keeps points while the server is down (default: ``influx-spool`` in the state folder)."""
     spool_max_mb: Annotated[float, Field(ge=1)] = 1000.0
     """Most disk the spool may take; beyond it the oldest unsent points are dropped, and the log says which [MB]."""
 
@@ -170,7 +170,8 @@ class LiveConfig(_Strict):
     controller: Literal["mpc", "mpc+correctors", "rule-based"] = "mpc"
     """The controller; ``mpc+correctors`` takes the registry's champion corrector, learned for this house's rooms."""
     registry: str | None = None
-    """The model registry of the champion corrector and learned forecasters (default: ``$PEMS_MODELS`` or ``./models``)."""
+    """The model registry of the champion corrector and learned forecasters (default: ``$PEMS_MODELS``, else
+    ``$STATE_DIRECTORY/models`` under systemd, else ``$XDG_DATA_HOME/pems/models``)."""
     step_minutes: StepMinutes = 15
     """Control step; divides the day (e.g. 5, 10, 15, 30, 60) [min]."""
     inner_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
@@ -180,10 +181,15 @@ class LiveConfig(_Strict):
     home back; not set: half a control step [s]."""
     clock: Literal["wall", "emulator"] = "wall"
     """``emulator``: follow the clock ``pems emulate`` announces on the broker (accelerated trials)."""
-    state_dir: str = "state"
-    """Folder of the loop's saved state and lock."""
-    events: str = "events.jsonl"
-    """The loop's log of steps, commands and fallbacks."""
+    state_dir: str | None = None
+    """Folder of the loop's saved state and lock (default: ``$STATE_DIRECTORY`` under systemd, else
+    ``$XDG_STATE_HOME/pems/<this file's name>``, e.g. ``~/.local/state/pems/home`` for ``home.toml``)."""
+    cache_dir: str | None = None
+    """Folder of what can be fetched again: forecasts (default: ``$CACHE_DIRECTORY`` under systemd, else
+    ``$XDG_CACHE_HOME/pems/<this file's name>``)."""
+    events: str | None = None
+    """The loop's log of steps, commands and fallbacks (default: ``events.jsonl`` in ``$LOGS_DIRECTORY`` under
+    systemd, else in the state folder)."""
     mqtt: MqttSpec
     """The Loxone side: the MQTT broker."""
     modbus: ModbusSpec | None = None
@@ -249,8 +255,40 @@ class LoadedLiveConfig:
 
         check_sources(self.spec.forecast, self.base_dir, self.path, "forecast.", must_exist)
 
+    @property
+    def home_name(self) -> str:
+        """The name of this home's folders when none is given (the file's name without ``.toml``)."""
+        return self.path.stem
+
+    def state_dir(self) -> Path:
+        """``state_dir``, else systemd's or XDG's state folder (:mod:`pems.paths`): never next to this file."""
+        from pems.paths import state_dir
+
+        return self.resolve(self.spec.state_dir) if self.spec.state_dir is not None else state_dir(self.home_name)
+
+    def cache_dir(self) -> Path:
+        """``cache_dir``, else systemd's or XDG's cache folder (:mod:`pems.paths`)."""
+        from pems.paths import cache_dir
+
+        return self.resolve(self.spec.cache_dir) if self.spec.cache_dir is not None else cache_dir(self.home_name)
+
+    def events_path(self) -> Path:
+        """``events``, else ``events.jsonl`` in systemd's logs folder or the state folder."""
+        from pems.paths import logs_dir
+
+        if self.spec.events is not None:
+            return self.resolve(self.spec.events)
+        return (logs_dir(self.home_name) if self.spec.state_dir is None else self.state_dir()) / "events.jsonl"
+
+    def spool_dir(self) -> Path | None:
+        """The InfluxDB log's spool: ``influx.spool_dir``, else ``influx-spool`` in the state folder."""
+        if self.spec.influx is None:
+            return None
+        sd = self.spec.influx.spool_dir
+        return self.resolve(sd) if sd is not None else self.state_dir() / "influx-spool"
+
     def registry_root(self) -> Path:
-        """``registry`` relative to the file's folder; default ``$PEMS_MODELS`` or ``./models``."""
+        """``registry`` relative to the file's folder; default :func:`pems.paths.models_dir`."""
         from pems.controllers.forecast.registry import default_root
 
         return self.resolve(self.spec.registry) if self.spec.registry is not None else default_root()
@@ -474,8 +512,8 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
         inverter = GrowattModbus(m.host, m.port, m.device_id, map=cfg.resolve_named(m.map, builtin_maps()),
                                  timezone=house.site.timezone, dry_run=dry_run, timeout=m.timeout_s,
                                  clock=clock.monotonic, now=clock.now, sleep=clock_sleep)
-    events = cfg.resolve(s.events)
-    state = cfg.resolve(s.state_dir)
+    events = cfg.events_path()
+    state = cfg.state_dir()
     seeds: tuple[Path, ...] = ()
     if dry_run:
         # A dry run keeps its own log and state (it never held the home: a later real run must
@@ -503,7 +541,7 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
         from pems.live.influx_log import InfluxLog
 
         influx = InfluxLog(s.influx.url, cfg.resolve_named(s.influx.mapping, builtin_mappings()),
-                           spool_dir=cfg.resolve(s.influx.spool_dir), house=house, url_source=cfg.path,
+                           spool_dir=cfg.spool_dir(), house=house, url_source=cfg.path,
                            url_key="influx.url", max_bytes=int(s.influx.spool_max_mb * 1e6))
     ha = None
     if s.home_assistant is not None and dry_run:

@@ -293,8 +293,10 @@ class _Transport:
 # the log
 # ---------------------------------------------------------------------------------------------
 def default_spool_dir() -> Path:
-    """``$PEMS_SPOOL``, else ``~/.local/state/pems/influx-spool``."""
-    return Path(os.environ.get("PEMS_SPOOL") or Path.home() / ".local" / "state" / "pems" / "influx-spool")
+    """``$PEMS_SPOOL``, else ``influx-spool`` in systemd's or XDG's state folder (:mod:`pems.paths`)."""
+    from pems.paths import state_root
+
+    return Path(os.environ.get("PEMS_SPOOL") or state_root() / "influx-spool")
 
 
 @dataclass

@@ -39,7 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pems.threads import limit_threads
     from pems.quiet import command_logging, quiet_libraries
 
+    from pems.paths import library_caches
+
     limit_threads()  # before the solvers load: their runtimes read the limit then
+    library_caches()  # before matplotlib loads: it picks its folder then
     quiet_libraries()
     command_logging()
     from pems.commands.arguments import forget_outputs, remove_unused_folders, written_output

@@ -28,3 +28,14 @@ def two_rooms_battery() -> House:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)
+
+
+@pytest.fixture(autouse=True)
+def _own_folders(tmp_path_factory, monkeypatch):
+    """Nothing a test runs writes to the user's own state, cache, data or log folders (XDG's or a
+    service's): each test session gets its own (see pems.paths)."""
+    base = tmp_path_factory.getbasetemp() / "xdg"
+    for var, sub in (("XDG_STATE_HOME", "state"), ("XDG_CACHE_HOME", "cache"), ("XDG_DATA_HOME", "data")):
+        monkeypatch.setenv(var, str(base / sub))
+    for var in ("STATE_DIRECTORY", "CACHE_DIRECTORY", "LOGS_DIRECTORY"):
+        monkeypatch.delenv(var, raising=False)

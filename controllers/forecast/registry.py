@@ -19,7 +19,6 @@ level measured when it was fitted; when their mean has risen persistently the ca
 from __future__ import annotations
 
 import json
-import os
 import platform
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -47,8 +46,11 @@ def library_versions() -> dict[str, str]:
 
 
 def default_root() -> Path:
-    """``$PEMS_MODELS`` or ``./models``."""
-    return Path(os.environ.get("PEMS_MODELS", "models"))
+    """``$PEMS_MODELS``, else ``$STATE_DIRECTORY/models`` under systemd, else ``$XDG_DATA_HOME/pems/models``
+    (``~/.local/share/pems/models``): see :mod:`pems.paths`."""
+    from pems.paths import models_dir
+
+    return models_dir()
 
 
 @dataclass

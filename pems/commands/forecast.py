@@ -53,7 +53,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--history", required=True,
                      help=f"the home's history: CSV/Parquet (the columns of {HISTORY_DOC}) or {URL_FORMS}")
     fit.add_argument("--house", required=True, help="house file or built-in name (site, time zone, holidays)")
-    fit.add_argument("--registry", help="model registry (default $PEMS_MODELS or ./models)")
+    fit.add_argument("--registry", help="model registry (default: $PEMS_MODELS, else ~/.local/share/pems/models)")
     fit.add_argument("--name", help="model name in the registry (default: the house's name)")
     fit.add_argument("--promote", action="store_true", help="make it the champion of its role (the first one is)")
     fit.add_argument("--days", type=int,

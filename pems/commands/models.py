@@ -13,7 +13,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Add ``models list|show|promote|drift`` to the ``pems`` sub-commands."""
     m = sub.add_parser("models", help="the model registry: list, show, promote, check drift")
     m.add_argument("--registry", type=Path, default=None,
-                   help="registry folder (default: $PEMS_MODELS or ./models)")
+                   help="registry folder (default: $PEMS_MODELS, else ~/.local/share/pems/models)")
     ms = m.add_subparsers(dest="models_cmd", required=True)
     ls = ms.add_parser("list", help="every model version; * marks the champion of its role")
     ls.add_argument("--role", help="only this role (pv, load, price, corrector)")

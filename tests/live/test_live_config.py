@@ -137,6 +137,9 @@ def run_against_emulator(prep, broker, tmp_path: Path, *extra: str, hours: float
     emu = Emulator(prep, broker.host, broker.port, modbus_port=0, speed=400.0, hours=hours + 1.5,
                    mqtt_options=FAST)
     emu.start()
+    keys.setdefault("state_dir", "state")  # (beside the config: where these tests look)
+    keys.setdefault("events", "events.jsonl")
+    keys = {k: v for k, v in keys.items() if v is not None}  # None: the default folders
     try:
         path = write_config(tmp_path, clock="emulator", mqtt={"port": broker.port},
                             modbus={"host": "127.0.0.1", "port": emu.modbus_port, "timeout_s": 1.0}, **keys)
@@ -144,6 +147,30 @@ def run_against_emulator(prep, broker, tmp_path: Path, *extra: str, hours: float
     finally:
         emu.stop()
     return rc, emu, tmp_path / "events.jsonl"
+
+
+@pytest.mark.service
+def test_as_a_service_the_loop_writes_in_its_state_directory_and_nowhere_else(prep, broker, tmp_path, monkeypatch):
+    """systemd's ``StateDirectory=`` and ``CacheDirectory=`` and a config that names no folder: the
+    state and the event log go to the state directory, matplotlib's font cache to the cache one;
+    nothing beside the config, in the working folder, in the home folder or in XDG's folders."""
+    svc, cache, etc, cwd, home = (tmp_path / d for d in ("var-lib-pems", "var-cache-pems", "etc-pems", "cwd", "home"))
+    for d in (svc, cache, etc, cwd, home):
+        d.mkdir()
+    monkeypatch.setenv("STATE_DIRECTORY", str(svc))
+    monkeypatch.setenv("CACHE_DIRECTORY", str(cache))
+    monkeypatch.delenv("MPLCONFIGDIR", raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg-state"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg-data"))
+    monkeypatch.chdir(cwd)
+    rc, _, _ = run_against_emulator(prep, broker, etc, hours=0.5, state_dir=None, events=None)
+    assert rc == 0
+    assert {"events.jsonl", "state.json", "state.lock"} <= {p.name for p in svc.iterdir()}
+    assert any(json.loads(x)["kind"] == "step" for x in (svc / "events.jsonl").read_text().splitlines())
+    assert sorted(p.name for p in etc.iterdir()) == ["house.toml", "live.toml"]
+    assert list(cwd.iterdir()) == [] and list(home.iterdir()) == []
+    assert not (tmp_path / "xdg-state").exists() and not (tmp_path / "xdg-data").exists()
 
 
 def read_events(path: Path) -> list[dict]:
@@ -249,8 +276,8 @@ def test_the_loop_falls_back_when_the_emulator_it_follows_stops(prep, broker, tm
     stopper = threading.Thread(target=lambda: (emu.wait_until(t_stop, timeout=60), emu.stop()), daemon=True)
     stopper.start()
     try:
-        path = write_config(tmp_path, clock="emulator", mqtt={"port": broker.port},
-                            modbus={"host": "127.0.0.1", "port": emu.modbus_port, "timeout_s": 1.0})
+        path = write_config(tmp_path, clock="emulator", mqtt={"port": broker.port}, state_dir="state",
+                            events="events.jsonl", modbus={"host": "127.0.0.1", "port": emu.modbus_port, "timeout_s": 1.0})
         rc = main(["live", "--config", str(path), "--hours", "1.5"])
     finally:
         emu.stop()

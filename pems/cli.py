@@ -15,6 +15,43 @@ from pems import __version__
 from pems.errors import ExitCode, InputError, ServiceError
 
 
+def versions() -> list[tuple[str, str]]:
+    """PEMS's version and those of what its numbers depend on: the solvers (CasADi, IPOPT as CasADi
+    bundles it, HiGHS) and the numerical libraries; "not installed" where one is missing."""
+    import glob
+    import os
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    def pkg(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    out = [("pems", __version__), ("python", platform.python_version())]
+    out += [(n, pkg(n)) for n in ("casadi", "highspy", "do-mpc", "numpy", "scipy", "pandas", "pvlib",
+                                  "scikit-learn", "pymodbus", "paho-mqtt", "influxdb-client")]
+    try:  # IPOPT is a shared library inside CasADi's wheel: its file name carries the version
+        import casadi
+
+        libs = glob.glob(os.path.join(os.path.dirname(casadi.__file__), "libipopt.so.*.*"))
+        ipopt = max((p.rsplit("libipopt.so.", 1)[1] for p in libs), default="bundled with casadi")
+    except ImportError:
+        ipopt = "not installed"
+    out.insert(3, ("ipopt", ipopt))
+    return out
+
+
+class _Versions(argparse.Action):
+    """``--version``: every version on its own line, then exit."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                  option_string: str | None = None) -> None:
+        print("\n".join(f"{name} {v}" for name, v in versions()))
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pems`` parser with every sub-command."""
     from pems.commands import forecast, history, live, models, serve, simulate
@@ -23,7 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog="Exit codes: 0 done, 1 internal error (a bug: please report it), 2 bad "
                                        "input, 3 a service did not answer, 4 drift found (models drift), "
                                        "130 interrupted; see docs/reference/exit-codes.md.")
-    p.add_argument("--version", action="version", version=f"pems {__version__}")
+    p.add_argument("--version", action=_Versions, nargs=0, help="the versions of pems, its solvers and libraries")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help="the least level logged on stderr (default: warning; info for pems live --config)")
+    p.add_argument("--log-json", action="store_true",
+                   help="log one JSON object a line (time, level, logger, message) for journald or a log shipper")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     simulate.add_parsers(sub)
     history.add_parsers(sub)
@@ -48,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pems.commands.arguments import forget_outputs, remove_unused_folders, written_output
 
     args = build_parser().parse_args(argv)
+    from pems.quiet import ask
+
+    ask(args.log_level, args.log_json)
+    command_logging()
     forget_outputs()
     try:
         return int(args.func(args))

@@ -20,6 +20,34 @@ class _OneLine(logging.Formatter):
         return f"pems: {record.levelname.lower()}: {record.getMessage()}"
 
 
+class _Json(logging.Formatter):
+    """One JSON object a line (``--log-json``): for journald's and log shippers' structured fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+        from datetime import datetime, timezone
+
+        out = {"time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+               "level": record.levelname.lower(), "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+#: What the command line asked for (``--log-level``, ``--log-json``): wins over a command's own choice.
+_ASKED: dict[str, object] = {}
+
+
+def ask(level: str | None = None, json_lines: bool = False) -> None:
+    """The command line's ``--log-level`` (a name: ``debug``, ``info``, ``warning``, ``error``) and
+    ``--log-json``, kept for :func:`command_logging`."""
+    _ASKED.clear()
+    if level is not None:
+        _ASKED["level"] = getattr(logging, level.upper())
+    if json_lines:
+        _ASKED["json"] = True
+
+
 class _Stderr(logging.StreamHandler):
     """A handler on whatever ``sys.stderr`` is when a record comes (tests swap it)."""
 
@@ -43,6 +71,8 @@ def command_logging(level: int = logging.WARNING, fmt: str | None = None) -> Non
         The least level shown (``pems live --config`` shows INFO).
     fmt
         A :mod:`logging` format instead of the one-line shape (a home's log wants times and sources).
+
+    The command line's ``--log-level`` and ``--log-json`` (:func:`ask`) win over both.
     """
     root = logging.getLogger()
     handler = next((h for h in root.handlers if h.get_name() == "pems"), None)
@@ -50,8 +80,11 @@ def command_logging(level: int = logging.WARNING, fmt: str | None = None) -> Non
         handler = _Stderr()
         handler.set_name("pems")
         root.addHandler(handler)
-    handler.setFormatter(logging.Formatter(fmt) if fmt else _OneLine())
-    root.setLevel(level)
+    if _ASKED.get("json"):
+        handler.setFormatter(_Json())
+    else:
+        handler.setFormatter(logging.Formatter(fmt) if fmt else _OneLine())
+    root.setLevel(int(_ASKED.get("level", level)))  # type: ignore[call-overload]
 
 
 def quiet_libraries() -> None:

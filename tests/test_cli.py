@@ -523,3 +523,39 @@ def test_a_disk_that_refuses_an_output_is_one_line_and_a_bug_is_a_traceback(tmp_
     monkeypatch.setattr(outputs, "write_run", bug)
     with pytest.raises(FileNotFoundError):
         main(["simulate", "sc.toml", "--out", "out/run"])
+
+
+def test_version_names_pems_and_the_solvers_from_one_source(capsys):
+    """``pems --version``: PEMS's version (the package's metadata, from pems/__init__.py alone), then
+    the solvers and libraries the numbers depend on."""
+    from importlib.metadata import version
+
+    from pems import __version__
+    from pems.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    lines = dict(line.split(" ", 1) for line in capsys.readouterr().out.splitlines())
+    assert lines["pems"] == __version__ == version("pems")
+    assert lines["casadi"] == version("casadi") and lines["highspy"] == version("highspy")
+    assert lines["ipopt"].startswith("3.") and "do-mpc" in lines and "pvlib" in lines
+
+
+def test_log_level_and_json_lines(tmp_path, capsys):
+    """``--log-level`` and ``--log-json``: the command's log, one JSON object a line, at the level asked."""
+    import logging
+
+    from pems.cli import main
+
+    assert main(["--log-level", "debug", "--log-json", "models", "--registry", str(tmp_path), "list"]) == 0
+    capsys.readouterr()
+    logging.getLogger("pems.test").debug("the %s", "detail")
+    rec = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    assert rec["level"] == "debug" and rec["logger"] == "pems.test" and rec["message"] == "the detail"
+    assert pd.Timestamp(rec["time"]).tzinfo is not None
+    assert main(["models", "--registry", str(tmp_path), "list"]) == 0  # without them: warnings, one line each
+    capsys.readouterr()
+    logging.getLogger("pems.test").info("not shown")
+    logging.getLogger("pems.test").warning("shown")
+    assert capsys.readouterr().err == "pems: warning: shown\n"

@@ -162,6 +162,24 @@ class WebSpec(_Strict):
     """``USERNAME=…``/``PASSWORD=…`` lines (``chmod 600``) for the page's overrides; ``PEMS_WEB_USERNAME`` and ``PEMS_WEB_PASSWORD`` win. Without them the page takes no overrides."""
 
 
+class EventLogSpec(_Strict):
+    """How ``events.jsonl`` is kept over the years: rotated by size (and by day), the oldest removed."""
+
+    rotate_mb: Annotated[float, Field(gt=0)] = 50.0
+    """Size at which the file is rotated to ``events.jsonl.1`` (the newest) … [MB]."""
+    daily: bool = False
+    """Also rotate at the first event of each day (UTC): a file a day."""
+    keep: Annotated[int, Field(ge=1, le=10000)] = 30
+    """Rotated files kept at most."""
+    max_total_mb: Annotated[float, Field(gt=0)] = 1000.0
+    """The most the log and its rotated files may take together; the oldest go first [MB]."""
+
+    def options(self) -> dict[str, Any]:
+        """:class:`~pems.live.event_log.EventLog`'s keyword arguments."""
+        return {"max_bytes": int(self.rotate_mb * 1e6), "keep": self.keep, "daily": self.daily,
+                "max_total_bytes": int(self.max_total_mb * 1e6)}
+
+
 class LiveConfig(_Strict):
     """A ``pems live --config`` file."""
 
@@ -190,6 +208,8 @@ class LiveConfig(_Strict):
     events: str | None = None
     """The loop's log of steps, commands and fallbacks (default: ``events.jsonl`` in ``$LOGS_DIRECTORY`` under
     systemd, else in the state folder)."""
+    log: EventLogSpec = Field(default_factory=EventLogSpec)
+    """How the event log is rotated and capped."""
     mqtt: MqttSpec
     """The Loxone side: the MQTT broker."""
     modbus: ModbusSpec | None = None
@@ -556,7 +576,7 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
     try:
         return LiveLoop(model, controller, forecast, bus, inverter, clock, settings, cfg.safety_limits(),
                         events_path if events_path is not None else events, state, influx, ha,
-                        currency=s.forecast.tariff.currency)
+                        currency=s.forecast.tariff.currency, events_options=s.log.options())
     except BaseException:
         if influx is not None:
             influx.close(0.5)

@@ -9,8 +9,9 @@ must neither stop the loop nor delay a hand-back. :class:`EventLog` therefore ne
   :attr:`EventLog.dropped`, says so once on stderr (``logging``) and to ``on_problem`` (the loop
   puts it on the bus), and the next write tries again: when it succeeds, the log says how many
   events it missed;
-- the file is rotated at ``max_bytes`` (``events.jsonl.1`` … ``.keep``), so a loop that runs for
-  years does not fill the disk itself.
+- the file is rotated at ``max_bytes``, and with ``daily`` also at the first event of each new day
+  (UTC), to ``events.jsonl.1`` (the newest) … ``.keep``; the oldest are removed beyond ``keep`` files
+  or ``max_total_bytes`` in all, so a loop that runs for years does not fill the disk itself.
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ import numpy as np
 import pandas as pd
 
 log = logging.getLogger(__name__)
+
+
+def _utc_date(t: Any) -> Any:
+    try:
+        ts = pd.Timestamp(t)
+        return (ts.tz_convert("UTC") if ts.tzinfo is not None else ts).date()
+    except (TypeError, ValueError):
+        return None
 
 
 def jsonable(v: Any) -> Any:
@@ -57,7 +66,12 @@ class EventLog:
     max_bytes
         Size at which the file is rotated [bytes].
     keep
-        Rotated files kept (``events.jsonl.1`` is the newest).
+        Rotated files kept at most (``events.jsonl.1`` is the newest).
+    daily
+        Also rotate at the first event of each new day (UTC): a file per day.
+    max_total_bytes
+        The most the log and its rotated files may take together [bytes]; the oldest rotated files
+        go first (None: only ``keep`` limits them).
     keep_in_memory
         Events kept in :attr:`records` (the newest).
     on_problem
@@ -65,9 +79,15 @@ class EventLog:
     """
 
     def __init__(self, path: str | Path | None, max_bytes: int = 50 * 2**20, keep: int = 5,
-                 keep_in_memory: int = 1000, on_problem: Callable[[str], None] | None = None) -> None:
+                 keep_in_memory: int = 1000, on_problem: Callable[[str], None] | None = None,
+                 daily: bool = False, max_total_bytes: int | None = None) -> None:
         self.path = Path(path) if path is not None else None
         self.max_bytes, self.keep = int(max_bytes), max(1, int(keep))
+        self.daily, self.max_total_bytes = bool(daily), max_total_bytes
+        if max_total_bytes is not None:  # the file being written stays within the cap too
+            self.max_bytes = min(self.max_bytes, max(1, int(max_total_bytes) // 2))
+        self._rotated_bytes = 0  # what the rotated files take (as of the last check)
+        self._day: Any = None  # the UTC date of the current file's events (daily rotation)
         self.records: deque[dict[str, Any]] = deque(maxlen=keep_in_memory)
         self.on_problem = on_problem
         self.listeners: list[Callable[[dict[str, Any]], None]] = []  # told of every event (never raise here)
@@ -79,6 +99,7 @@ class EventLog:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._open()
+                self._cap()
             except OSError as exc:
                 self._failed(exc)
 
@@ -103,10 +124,18 @@ class EventLog:
                 if self._f is None:
                     self._open()
                 assert self._f is not None
+                day = _utc_date(time) if self.daily else None
+                if day is not None:
+                    if self._day is not None and day > self._day and self._f.tell() > 0:
+                        self._rotate()
+                    self._day = day if self._day is None else max(self._day, day)
                 self._f.write(line)
                 self._f.flush()
-                if self._f.tell() >= self.max_bytes:
+                size = self._f.tell()
+                if size >= self.max_bytes:
                     self._rotate()
+                elif self.max_total_bytes is not None and self._rotated_bytes + size > self.max_total_bytes:
+                    self._cap()
             except (OSError, ValueError) as exc:  # ValueError: a file closed under us
                 self.dropped += 1
                 self._close_quietly()
@@ -137,6 +166,34 @@ class EventLog:
                 older.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
         self.path.replace(self.path.with_name(f"{self.path.name}.1"))
         self._open()
+        self._day = None
+        self._cap()
+
+    def rotated(self) -> list[Path]:
+        """The rotated files, newest first."""
+        if self.path is None:
+            return []
+        out = []
+        for f in self.path.parent.glob(f"{self.path.name}.*"):
+            suffix = f.name[len(self.path.name) + 1:]
+            if suffix.isdigit():
+                out.append((int(suffix), f))
+        return [f for _, f in sorted(out)]
+
+    def _cap(self) -> None:
+        """Remove the oldest rotated files beyond ``keep`` or ``max_total_bytes``."""
+        files = self.rotated()
+        for f in files[self.keep:]:
+            f.unlink(missing_ok=True)
+        files = files[: self.keep]
+        rotated = sum(f.stat().st_size for f in files)
+        if self.max_total_bytes is not None:
+            current = self.path.stat().st_size if self.path.exists() else 0
+            while files and rotated + current > self.max_total_bytes:
+                oldest = files.pop()
+                rotated -= oldest.stat().st_size
+                oldest.unlink(missing_ok=True)
+        self._rotated_bytes = rotated
 
     def _close_quietly(self) -> None:
         f, self._f = self._f, None

@@ -114,18 +114,21 @@ class LiveLoop(HomeListener):
         Optional :class:`~pems.live.home_assistant.HomeAssistant` (states and plan over MQTT discovery).
     currency
         The tariff's currency (the savings on the web page).
+    events_options
+        :class:`~pems.live.event_log.EventLog`'s rotation and cap (``max_bytes``, ``keep``, ``daily``,
+        ``max_total_bytes``).
     """
 
     def __init__(self, model: HouseModel, controller: Any, forecast: ForecastFn, rooms: RoomBus,
                  inverter: Inverter | None, clock: Any, settings: LoopSettings | None = None,
                  limits: SafetyLimits | None = None, events_path: str | Path | None = None,
                  state_dir: str | Path | None = None, influx: Any = None, home_assistant: Any = None,
-                 currency: str = "") -> None:
+                 currency: str = "", events_options: dict[str, Any] | None = None) -> None:
         self.model, self.controller, self.forecast, self.clock = model, controller, forecast, clock
         self.settings = settings or LoopSettings()
         self.rooms: tuple[str, ...] = tuple(model.rooms)
         self._announced: tuple[str, int] | None = None  # the problem text on the bus, and on which connection
-        self.events = EventLog(events_path)
+        self.events = EventLog(events_path, **(events_options or {}))
         self.home = LiveHome(model, rooms, inverter, clock, lambda t: self.forecast(t), self.events, self.settings)
         # (a problem found while opening the log is said at the first step, once the bus is connected)
         self.events.on_problem = self._announce_problem

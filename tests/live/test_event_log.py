@@ -38,6 +38,30 @@ def test_rotation_keeps_the_newest_files(tmp_path):
     assert steps == list(range(steps[0], 100))  # consecutive: nothing lost between the kept files
 
 
+def test_daily_rotation_a_file_a_day_and_a_cap_on_the_total(tmp_path):
+    """A file per UTC day (the loop's own times, not the machine's), the oldest removed once the
+    log and its rotated files would take more than the cap; nothing lost between the kept files."""
+    p = tmp_path / "events.jsonl"
+    log = EventLog(p, max_bytes=10**9, keep=100, daily=True, max_total_bytes=20_000)
+    for k in range(10 * 96):  # ten days of 15-minute steps, about 8.4 kB a day
+        log.write("step", T + pd.Timedelta(minutes=15 * k), step=k, pad="x" * 10)
+    log.close()
+    files = [p, *log.rotated()]
+    total = sum(f.stat().st_size for f in files)
+    assert total <= 20_000 < total + files[-1].stat().st_size  # one more day would be over the cap
+    days = [{json.loads(x)["time"][:10] for x in f.read_text().splitlines()} for f in files]
+    assert all(len(d) == 1 for d in days) and len(files) == 2
+    assert all(len(f.read_text().splitlines()) == 96 for f in files)  # whole days
+    assert [d.pop() for d in days] == [f"2024-01-{19 - i}" for i in range(len(files))]  # the newest days
+    steps = [json.loads(x)["step"] for f in reversed(files) for x in f.read_text().splitlines()]
+    assert steps == list(range(steps[0], 10 * 96))
+    # a loop restarted the same day appends to that day's file
+    log = EventLog(p, daily=True)
+    log.write("start", T + pd.Timedelta(days=9, hours=23, minutes=59))
+    log.close()
+    assert len(log.rotated()) == len(files) - 1 and json.loads(p.read_text().splitlines()[-1])["kind"] == "start"
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full")
 def test_a_full_disk_is_said_once_and_the_log_recovers(tmp_path, caplog):
     said: list[str] = []

@@ -46,6 +46,7 @@ from pems.live.safe_home import SafeHome
 from pems.live.safety import SafetyLimits
 from pems.live.state import LoopState, StateStore
 from pems.live.view import LiveView
+from pems.sdnotify import Notifier
 from pems.twin.model import HouseModel
 from pems.twin.plant import closed_loop
 from pems.twin.signals import Action, Forecast, Observation
@@ -158,6 +159,9 @@ class LiveLoop(HomeListener):
         self._sources: dict[str, str] = {}  # where the learned forecast columns came from last step
         self._started = False
         self.handed_back: dict[str, str] = {}  # what the last close() handed back, per device
+        # systemd (deploy/pems.service, Type=notify): ready once connected, a watchdog ping every inner
+        # tick from this loop's own thread (a hung loop stops pinging and is restarted), stopping at close
+        self.systemd = Notifier()
 
     # what the parts hold, for callers and tests
     @property
@@ -211,6 +215,7 @@ class LiveLoop(HomeListener):
         self._inverter_baseline(now)
         self.events.write("start", now, dry_run=self.settings.dry_run, rooms=list(self.rooms),
                           step_s=self.settings.step_s, inner_s=self.settings.inner_s, resumed=resumed)
+        self.systemd.ready(f"connected{' (dry run)' if self.settings.dry_run else ''}; resumed: {resumed}")
         if not resumed:
             # A fresh start: whatever an earlier loop left behind, the home runs itself until the
             # first healthy step takes over (idempotent when it already does).
@@ -267,6 +272,7 @@ class LiveLoop(HomeListener):
         """
         now = self.clock.now()
         report: dict[str, str] = {}
+        self.systemd.stopping("handing the home back" if handback and self._started else "stopping")
         self.guard.cancel_offs()
         if handback and self._started:
             report = self.home.give_back(now)
@@ -383,7 +389,11 @@ class LiveLoop(HomeListener):
                             rep.get("recent_mae", math.nan), rep.get("reference_mae", math.nan))
 
     # ------------------------------------------------------------------ the home's listener
+    def on_tick(self, sample: Any) -> None:
+        self.systemd.alive()
+
     def on_commanded(self, t: pd.Timestamp, record: dict[str, Any]) -> None:
+        self.systemd.status(f"step {t.isoformat()}: {record.get('state', '')}")
         self._save(self.clock.now(), t)
         if self._last is not None:
             obs, fc = self._last

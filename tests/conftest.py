@@ -37,5 +37,5 @@ def _own_folders(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.getbasetemp() / "xdg"
     for var, sub in (("XDG_STATE_HOME", "state"), ("XDG_CACHE_HOME", "cache"), ("XDG_DATA_HOME", "data")):
         monkeypatch.setenv(var, str(base / sub))
-    for var in ("STATE_DIRECTORY", "CACHE_DIRECTORY", "LOGS_DIRECTORY"):
+    for var in ("STATE_DIRECTORY", "CACHE_DIRECTORY", "LOGS_DIRECTORY", "NOTIFY_SOCKET", "WATCHDOG_USEC"):
         monkeypatch.delenv(var, raising=False)

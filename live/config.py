@@ -124,10 +124,12 @@ class InfluxSpec(_Strict):
 class LiveForecastSpec(_Strict):
     """Forecast sources (names as in a scenario file; CSVs are re-read when they change)."""
 
-    weather: str = "amsterdam-iwec"
-    """A built-in weather set or a CSV file (re-read every step): ``time, T_out, ghi [, dni, dhi, wind_speed]``."""
-    prices: str = "two-rate"
-    """A built-in price model or a CSV file: ``time, price_import, price_export``."""
+    weather: str
+    """A built-in weather set or a CSV file (re-read every step): ``time, T_out, ghi [, dni, dhi, wind_speed]``.
+    Required: a built-in set is a typical year (climatology), which a home must choose knowingly."""
+    prices: str
+    """A built-in price model or a CSV file: ``time, price_import, price_export``. Required: a home's
+    tariff is its own."""
     load: str = "h25"
     """A built-in household-load profile or a CSV file: ``time, P_load``."""
     load_kwh_per_year: Annotated[float, Field(ge=0)] = 4000.0
@@ -220,8 +222,8 @@ class LiveConfig(_Strict):
     """Publish the home's states, energy totals and plan to Home Assistant (not set: not published)."""
     web: WebSpec | None = None
     """The live page (not set: none, unless ``--web PORT``)."""
-    forecast: LiveForecastSpec = Field(default_factory=LiveForecastSpec)
-    """Where forecasts come from."""
+    forecast: LiveForecastSpec
+    """Where forecasts come from (required: weather and prices are the home's own choice)."""
     comfort: Comfort = Field(default_factory=Comfort)
     """Comfort bands and their schedule, as in a scenario file."""
     mpc: MpcSpec = Field(default_factory=MpcSpec)
@@ -430,7 +432,10 @@ class LiveForecast:
         from pems.twin.inputs import build_inputs, internal_gain_columns
 
         t0 = t.floor(self.step)
-        tab = build_inputs(self.cfg.house, self.input_spec, t0, self.h, self.step, required_steps=1)
+        try:
+            tab = build_inputs(self.cfg.house, self.input_spec, t0, self.h, self.step, required_steps=1)
+        except InputError as exc:
+            raise self._named(exc) from None
         sources: dict[str, str] = {}
         if self.learned is not None:
             # the weather as forecast for this step: what the PV correction later compares the yield with
@@ -443,6 +448,17 @@ class LiveForecast:
             self.history.save()  # once a step, with what this forecast added
         low, high = comfort_bands(self.cfg.spec.comfort, self.cfg.house, tab.index)
         return tab, low, high, sources
+
+    def _named(self, exc: InputError) -> InputError:
+        """A source's problem said as this config's: its file and ``forecast.<key>``, and what to do."""
+        p = exc.problems[0]
+        key = p.key if p.key in ("weather", "prices", "load") else "weather"
+        value = getattr(self.cfg.spec.forecast, key)
+        builtin = not str(value).lower().endswith((".csv", ".csv.gz", ".parquet"))
+        hint = ("; a built-in source does not move with the calendar: name a file that a job of yours keeps "
+                "up to date" if builtin else "; is the job that refreshes it running?")
+        msg = p.message.replace("the scenario needs", "the loop needs")
+        return InputError(self.cfg.path, f"forecast.{key}", f"{value!r} ({p.source}): {msg}{hint}")
 
     def on_start(self) -> None:
         """The loop holds its state folder: the history may be written from now on."""

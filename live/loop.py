@@ -46,7 +46,7 @@ from pems.live.safe_home import SafeHome
 from pems.live.safety import SafetyLimits
 from pems.live.state import LoopState, StateStore
 from pems.live.view import LiveView
-from pems.sdnotify import Notifier
+from pems.live.sdnotify import Notifier
 from pems.twin.model import HouseModel
 from pems.twin.plant import closed_loop
 from pems.twin.signals import Action, Forecast, Observation

@@ -301,7 +301,15 @@ class MqttEndpoint:
             client.connect(self.host, self.port, self.keepalive_s)
         except ssl.SSLError as exc:
             self._client = None
-            raise MqttConnectError(f"TLS with the MQTT broker {self.where} failed: {exc.reason or exc}") from None
+            raise MqttConnectError(f"TLS with the MQTT broker {self.where} failed: {exc.reason or exc}"
+                                   f"{self._tls_hint()}") from None
+        except ConnectionResetError as exc:
+            if self.tls is None:
+                raise
+            # a broker's plain port hangs up on a TLS hello: "Connection reset by peer" says nothing of that
+            self._client = None
+            raise MqttConnectError(f"TLS with the MQTT broker {self.where} failed: {exc.strerror or exc}"
+                                   f"{self._tls_hint()}") from None
         except OSError as exc:
             # ... while a broker that is down is retried in the background with the backoff
             log.warning("MQTT broker %s not reachable (%s); retrying", self.where, exc.strerror or exc)
@@ -311,12 +319,17 @@ class MqttEndpoint:
             return
         if not self._first.wait(wait):
             self._stop()
-            raise MqttConnectError(f"no answer from the MQTT broker {self.where} within {wait:g} s")
+            hint = ("; if that port speaks TLS (often 8883), set [mqtt.tls]" if self.tls is None else "")
+            raise MqttConnectError(f"no answer from the MQTT broker {self.where} within {wait:g} s{hint}")
         if self._refused is not None:
             reason = self._refused
             self._stop()
             who = f" as user {self.username!r}" if self.username else " without credentials"
             raise MqttConnectError(f"the MQTT broker {self.where} refused the connection{who}: {reason}")
+
+    def _tls_hint(self) -> str:
+        return (f"; is port {self.port} the broker's TLS port (often 8883; plain MQTT is 1883)? Without TLS there, "
+                "remove [mqtt.tls]")
 
     def close(self) -> None:
         """Disconnect cleanly and stop the network thread (idempotent)."""

@@ -335,6 +335,13 @@ CASES = [
     Case("live --config: a forecast file missing", ("live", "--config", "live.toml", "--hours", "0.1"),
          ("live.toml: forecast.weather:", "fc.csv: file not found"),
          lambda d: (live_config(d), replace_in(d, "live.toml", '"greensboro-tmy3"', '"fc.csv"'))),
+    Case("live --config: built-in prices that ended before today", ("live", "--config", "live.toml", "--hours", "0.1"),
+         ("live.toml: forecast.prices:", "'cz-spot-2024'", "2024-12-31", "does not move with the calendar"),
+         lambda d: (live_config(d), replace_in(d, "live.toml", '"two-rate"', '"cz-spot-2024"'))),
+    Case("live --config without [forecast]", ("live", "--config", "live.toml", "--hours", "0.1"),
+         ("live.toml: forecast: required key is missing",),
+         lambda d: (live_config(d), replace_in(d, "live.toml", '[forecast]\nweather = "greensboro-tmy3"\nload = "h25"\n'
+                                                              'prices = "two-rate"\n', ""))),
     Case("live --config: an InfluxDB URL that cannot be read", ("live", "--config", "live.toml", "--hours", "0.1"),
          ("live.toml: influx.url:", "'garbage'"),
          lambda d: (live_config(d), (d / "live.toml").write_text((d / "live.toml").read_text(encoding="utf-8")

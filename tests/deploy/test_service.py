@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from pems.sdnotify import Notifier
+from pems.live.sdnotify import Notifier
 
 ROOT = Path(__file__).parents[2]
 UNIT = ROOT / "deploy" / "pems.service"
@@ -181,4 +181,11 @@ def test_the_image_copies_every_package_the_project_installs(tmp_path):
         (whl,) = out.glob("pems-*.whl")
         return {n for n in zipfile.ZipFile(whl).namelist() if ".dist-info/" not in n}
 
-    assert wheel_files(src, tmp_path / "image") == wheel_files(ROOT, tmp_path / "project")
+    # the project as a clean clone has it (a build in the work tree would reuse its stale build/ folder)
+    project = tmp_path / "project"
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        if (ROOT / name).is_file():
+            (project / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, project / name)
+    assert wheel_files(src, tmp_path / "image") == wheel_files(project, tmp_path / "project-dist")

@@ -480,8 +480,12 @@ def test_tls_with_a_private_ca(tmp_path):
             home.close()
         with pytest.raises(MqttConnectError, match="TLS"):  # the system's CAs do not know ours
             LoxoneMqtt(b.host, b.port, ROOMS, tls=TLSConfig(), **FAST).connect()
-        with pytest.raises(MqttConnectError):  # plain MQTT on a TLS listener: no CONNACK
+        with pytest.raises(MqttConnectError, match=r"set \[mqtt.tls\]"):  # plain MQTT on a TLS listener: no CONNACK
             LoxoneMqtt(b.host, b.port, ROOMS, **{**FAST, "connect_timeout_s": 1.0}).connect()
+    (tmp_path / "plain").mkdir()
+    with mosquitto(tmp_path / "plain") as b:  # TLS to a plain port: the broker hangs up, and the message says why
+        with pytest.raises(MqttConnectError, match=r"TLS port .*remove \[mqtt.tls\]"):
+            LoxoneMqtt(b.host, b.port, ROOMS, tls=TLSConfig(ca_file=files["ca_file"]), **FAST).connect()
     with pytest.raises(InputError, match="not found"):
         TLSConfig(ca_file=tmp_path / "nope.crt").check()
 

@@ -156,7 +156,8 @@ def test_pems_forecast_fit_correctors_learns_the_homes_missing_heat_and_register
 
     cfg = tmp_path / "live.toml"
     cfg.write_text(tomli_w.dumps({"house": "house.toml", "controller": "mpc+correctors", "registry": "models",
-                                  "mqtt": {"host": "127.0.0.1"}}), encoding="utf-8")
+                                  "mqtt": {"host": "127.0.0.1"},
+                                  "forecast": {"weather": "greensboro-tmy3", "prices": "two-rate"}}), encoding="utf-8")
     assert tuple(load_live_config(cfg).champion_corrector().model.rooms) == ("a", "b")
     # too short a history for learning and scoring: one line, exit 2
     data.iloc[: 20 * 96].to_parquet(tmp_path / "short.parquet")

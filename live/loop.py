@@ -397,11 +397,26 @@ class LiveLoop(HomeListener):
         self._save(self.clock.now(), t)
         if self._last is not None:
             obs, fc = self._last
+            self._log_band(t, fc)
             try:
                 self.counterfactual.on_step(obs, fc)
                 self.view.on_step(obs, record, self.plant.step_plan(record), fc, saved=self.counterfactual.saved)
             except Exception:  # noqa: BLE001 - the page's data never costs the control of the home
                 log.exception("recording the step for the web page failed")
+
+    def _log_band(self, t: pd.Timestamp, fc: Forecast | None) -> None:
+        """The comfort band (overrides applied) and the prices the step was planned with, into InfluxDB
+        (``kind=planned``, ``horizon=0``: the dashboard's rooms against their bands, and its prices)."""
+        if self.influx is None or fc is None or len(fc) == 0:
+            return
+        try:
+            values: dict[str, float] = {"price_import": float(fc.price_import[0]),
+                                        "price_export": float(fc.price_export[0])}
+            for j, r in enumerate(fc.rooms):
+                values[f"T_low__{r}"], values[f"T_high__{r}"] = float(fc.low[0, j]), float(fc.high[0, j])
+            self.influx.write(t, values, "planned", tags={"horizon": "0"})
+        except Exception:  # noqa: BLE001 - the log never stops the loop
+            log.exception("influx write of the band failed")
 
     def _estimate(self) -> np.ndarray | None:
         """The controller's state estimate now (None: it keeps none)."""

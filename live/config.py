@@ -22,7 +22,7 @@ Measurements (room and outdoor temperatures, PV, load, SOC) always come from the
 from __future__ import annotations
 
 import logging
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -121,12 +121,31 @@ class InfluxSpec(_Strict):
         return _refuse_secrets(data, "set PEMS_INFLUX_USERNAME / PEMS_INFLUX_PASSWORD or PEMS_INFLUX_TOKEN")
 
 
+#: Forecast sources the loop fetches itself (:mod:`pems.live.fetched`), by the key they feed.
+FETCHED = {"weather": ("open-meteo",), "prices": ()}
+
+
+class OpenMeteoSpec(_Strict):
+    """Open-Meteo's weather forecast at the house's site (``weather = "open-meteo"``; no key needed)."""
+
+    url: str = "https://api.open-meteo.com/v1/forecast"
+    """The forecast API (another address: a mirror or a self-hosted Open-Meteo)."""
+    refresh_minutes: Annotated[float, Field(ge=0.1, le=1440)] = 60.0
+    """Minutes between fetches (after a failure, a quarter of it, at least one; wall-clock minutes, also in a
+    trial against the emulator)."""
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 20.0
+    """Time limit of one request [s]."""
+    days: Annotated[int, Field(ge=1, le=16)] = 3
+    """Days ahead fetched (at least the forecast horizon)."""
+
+
 class LiveForecastSpec(_Strict):
-    """Forecast sources (names as in a scenario file; CSVs are re-read when they change)."""
+    """Forecast sources (names as in a scenario file; CSVs are re-read when they change; or fetched by the loop)."""
 
     weather: str
-    """A built-in weather set or a CSV file (re-read every step): ``time, T_out, ghi [, dni, dhi, wind_speed]``.
-    Required: a built-in set is a typical year (climatology), which a home must choose knowingly."""
+    """A built-in weather set, a CSV file (re-read every step): ``time, T_out, ghi [, dni, dhi, wind_speed]``, or
+    ``open-meteo`` (fetched by the loop, see ``[forecast.open_meteo]``). Required: a built-in set is a typical year
+    (climatology), which a home must choose knowingly."""
     prices: str
     """A built-in price model or a CSV file: ``time, price_import, price_export``. Required: a home's
     tariff is its own."""
@@ -142,6 +161,8 @@ class LiveForecastSpec(_Strict):
     """The model registry's champions (``pems forecast fit pv|load``) replace the PV and load of the sources above; ``load`` needs ``[modbus]``."""
     history: str | None = None
     """A history table (CSV/Parquet) the learned forecasters start from, e.g. from ``pems history``."""
+    open_meteo: OpenMeteoSpec = Field(default_factory=OpenMeteoSpec)
+    """``weather = "open-meteo"``: where and how often."""
 
 
 class HomeAssistantSpec(_Strict):
@@ -271,11 +292,22 @@ class LoadedLiveConfig:
         return pd.Timedelta(minutes=self.spec.step_minutes)
 
     def check_forecast_sources(self, must_exist: bool = True) -> None:
-        """``[forecast]`` weather, prices and load: built-in names, or CSV files (that exist, with
-        ``must_exist``); a problem names this file and ``forecast.<key>``."""
-        from pems.twin.inputs import check_sources
+        """``[forecast]`` weather, prices and load: built-in names, CSV files (that exist, with
+        ``must_exist``), or sources the loop fetches; a problem names this file and ``forecast.<key>``."""
+        from pems.twin.inputs import InputSpec, check_sources
 
-        check_sources(self.spec.forecast, self.base_dir, self.path, "forecast.", must_exist)
+        f = self.spec.forecast
+        fetched = {k: v for k, v in (("weather", f.weather), ("prices", f.prices)) if v in FETCHED[k]}
+        stand_in = {"weather": "amsterdam-iwec", "prices": "two-rate"}  # (only to check the other keys)
+        spec = InputSpec(**{k: stand_in[k] if k in fetched else getattr(f, k) for k in ("weather", "prices", "load")})
+        try:
+            check_sources(spec, self.base_dir, self.path, "forecast.", must_exist)
+        except InputError as exc:
+            p = exc.problems[0]
+            names = FETCHED.get(p.key.removeprefix("forecast."), ())
+            if names and p.message.startswith("unknown"):
+                raise InputError(p.source, p.key, f"{p.message}, or fetched by the loop: {', '.join(names)}") from None
+            raise
 
     @property
     def home_name(self) -> str:
@@ -395,6 +427,25 @@ def load_live_config(path: str | Path) -> LoadedLiveConfig:
 HISTORY_FILE = "history.parquet"
 
 
+def fetched_sources(cfg: LoadedLiveConfig, horizon: pd.Timedelta, now: Any) -> dict[str, Any]:
+    """The sources of ``[forecast]`` the loop fetches itself, by key, each caching in the cache folder."""
+    from pems.live.fetched import Fetched
+
+    f, out = cfg.spec.forecast, {}
+    cache = cfg.cache_dir()
+    if f.weather == "open-meteo":
+        from pems.live.open_meteo import fetch_weather
+
+        om, site = f.open_meteo, cfg.house.site
+        if om.days * 24 < f.horizon_hours:
+            raise InputError(cfg.path, "forecast.open_meteo.days", f"{om.days} days do not cover the forecast "
+                                                                   f"horizon ({f.horizon_hours:g} h)")
+        out["weather"] = Fetched("open-meteo", "weather",
+                                 lambda t: fetch_weather(om.url, site, t, om.timeout_s, om.days),
+                                 cache / "weather-open-meteo.csv", om.refresh_minutes * 60, horizon, now)
+    return out
+
+
 class LiveForecast:
     """The forecast of the coming horizon at each control step, from ``[forecast]`` and ``[comfort]``.
 
@@ -415,6 +466,8 @@ class LiveForecast:
                                     load_kwh_per_year=f.load_kwh_per_year, tariff=f.tariff, base_dir=cfg.base_dir)
         self.step = cfg.step
         self.h = int(round(pd.Timedelta(hours=f.horizon_hours) / self.step))
+        self.now: Any = lambda: pd.Timestamp.now(tz="UTC")  # the loop's clock (open_live sets it)
+        self.fetched = fetched_sources(cfg, pd.Timedelta(hours=f.horizon_hours), lambda: self.now())
         self.history = self.learned = None
         if f.learned:
             from pems.live.learned import LearnedForecasts, MeasuredHistory
@@ -432,8 +485,15 @@ class LiveForecast:
         from pems.twin.inputs import build_inputs, internal_gain_columns
 
         t0 = t.floor(self.step)
+        spec = self.input_spec
+        for key, src in self.fetched.items():  # the cached forecast (or its persistence) of each fetched source
+            path = src.path(t0)
+            if path is None:
+                raise InputError(self.cfg.path, f"forecast.{key}", f"{src.label}: nothing fetched yet"
+                                 + (f" ({src.last_error})" if src.last_error else ""))
+            spec = replace(spec, **{key: str(path)})
         try:
-            tab = build_inputs(self.cfg.house, self.input_spec, t0, self.h, self.step, required_steps=1)
+            tab = build_inputs(self.cfg.house, spec, t0, self.h, self.step, required_steps=1)
         except InputError as exc:
             raise self._named(exc) from None
         sources: dict[str, str] = {}
@@ -461,10 +521,32 @@ class LiveForecast:
         return InputError(self.cfg.path, f"forecast.{key}", f"{value!r} ({p.source}): {msg}{hint}")
 
     def on_start(self) -> None:
-        """The loop holds its state folder: the history may be written from now on."""
+        """The loop holds its state folder: the history may be written from now on, and the fetched
+        sources refresh on their own schedules."""
         if self.history is not None and not self.history.saving:
             self.history.saving = True
             self.history.save()
+        for src in self.fetched.values():
+            src.start()
+
+    def first_fetch(self) -> None:
+        """Before the loop starts: fetch each source whose cache is empty once, in this thread
+        (bounded by its time limit), so that the first step has a forecast when the service answers."""
+        for src in self.fetched.values():
+            if src.path(self.now().floor(self.step)) is None:
+                src.refresh()
+
+    def fetch_reports(self) -> list[Any]:
+        """What the fetched sources did since the last call (:class:`~pems.live.fetched.FetchReport`)."""
+        return [r for src in self.fetched.values() for r in src.drain()]
+
+    def fetch_status(self) -> dict[str, dict]:
+        return {key: src.status() for key, src in self.fetched.items()}
+
+    def close(self) -> None:
+        """Stop the fetching threads."""
+        for src in self.fetched.values():
+            src.stop()
 
     def check_drift(self, t: pd.Timestamp) -> dict[str, dict]:
         """Once a local day: the learned forecasters' live drift reports (role → report fields)."""
@@ -560,9 +642,19 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
         state = state / "dry-run"
     forecast = LiveForecast(cfg, model.sym.d.names, state / HISTORY_FILE, seeds, record_drift=not dry_run,
                             hold_saves=True)
+    forecast.now = clock.now
     try:
-        forecast(clock.now())  # a missing or bad forecast source is an input error now, not at the first step
+        forecast.first_fetch()  # a fetched source with nothing cached yet: once now, bounded by its time limit
+        try:
+            forecast(clock.now())  # a missing or bad forecast source is an input error now, not at the first step
+        except InputError as exc:
+            fetched = [k for k in forecast.fetched if exc.problems[0].key == f"forecast.{k}"]
+            if not fetched:
+                raise
+            # a service that does not answer yet: the loop starts, the home runs itself until it does
+            log.warning("%s", exc)
     except BaseException:
+        forecast.close()
         if isinstance(clock, Followed):
             clock.close()
         raise

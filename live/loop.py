@@ -76,6 +76,15 @@ class DriftWatched(Protocol):
 
 
 @runtime_checkable
+class Fetching(Protocol):
+    """A forecast with sources the loop fetches itself (:mod:`pems.live.fetched`), in threads of their own."""
+
+    def fetch_reports(self) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
 class HoldsFiles(Protocol):
     """A forecast with files of its own in the state folder, written only once the loop holds it."""
 
@@ -291,6 +300,8 @@ class LiveLoop(HomeListener):
             quietly(lambda: self.influx.status().connected and self.influx.flush(5.0), "influx flush")
         if self.home_assistant is not None:  # says "offline" (the broker would, by its last will)
             quietly(self.home_assistant.close, "closing the Home Assistant connection")
+        if isinstance(self.forecast, Fetching):
+            quietly(self.forecast.close, "stopping the forecast fetches")
         if self.store is not None:
             quietly(self.store.unlock, "unlocking the state folder")
         self.events.close()
@@ -366,6 +377,9 @@ class LiveLoop(HomeListener):
                     log.log(logging.WARNING if src.startswith(FALLBACK) else logging.INFO, "%s forecast: %s", role, src)
             self._sources = dict(sources)
         self._check_drift(now, t)
+        if isinstance(self.forecast, Fetching):  # each fetch that changed what the forecast is made of
+            for r in self.forecast.fetch_reports():
+                self.events.write("forecast_fetch", now, source=r.source, key=r.key, ok=r.ok, message=r.message)
         if self.events.problem is not None or self._announced is not None:
             self._announce_problem(self.events.problem or "")
         if reason:
@@ -446,6 +460,10 @@ class LiveLoop(HomeListener):
             out["influx"] = {"connected": bool(st.connected), "pending_lines": st.pending_lines}
         if self.home_assistant is not None:
             out["home_assistant"] = {"connected": bool(self.home_assistant.connected)}
+        status = getattr(self.forecast, "fetch_status", None)
+        for key, st in (status() if callable(status) else {}).items():
+            out[f"forecast_{key}"] = {"source": st["source"], "state": st["state"], "fetched": st["last_ok"],
+                                      **({"error": st["last_error"]} if st["last_error"] else {})}
         return out
 
     def _save(self, now: pd.Timestamp, t: pd.Timestamp) -> None:

@@ -1,0 +1,185 @@
+"""Forecast sources the loop fetches itself: Open-Meteo's client against a server on 127.0.0.1 that
+answers in Open-Meteo's format (good, an error status, too slow, a malformed body, radiation
+missing), the cache with its last good forecast and persistence, and the live loop on the emulated
+home controlling through every failure of its weather source.
+
+Open-Meteo's format is the one its documentation gives (https://open-meteo.com/en/docs: the
+``/v1/forecast`` parameters, the JSON with ``hourly_units`` and ``hourly``, and errors as HTTP 400
+with ``{"error": true, "reason": ...}``); the values are made here for the scenario's days, since
+this machine cannot reach the service to record them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from recorded_server import Answer, RecordedServer  # noqa: E402
+
+from pems.live.fetched import Fetched, FetchError  # noqa: E402
+from pems.live.open_meteo import CLOUD_OFFSET, fetch_weather, from_cloud_cover  # noqa: E402
+from pems.twin.house import Site  # noqa: E402
+
+SITE = Site(latitude=49.19, longitude=16.61, timezone="Europe/Prague")
+TODAY = pd.Timestamp("2024-01-10T00:00Z")
+
+
+def open_meteo_body(query: dict[str, str], today: pd.Timestamp = TODAY, radiation: bool = True) -> str:
+    """A forecast response as Open-Meteo gives it (UTC, ``past_days`` before today, ``forecast_days`` from it)."""
+    start = today - pd.Timedelta(days=int(query.get("past_days", 0)))
+    times = pd.date_range(start, today + pd.Timedelta(days=int(query.get("forecast_days", 7))), freq="h",
+                          inclusive="left")
+    h = times.hour.to_numpy()
+    sun = np.clip(np.sin(np.pi * (h - 8) / 8), 0, None)  # 8:00–16:00 UTC
+    hourly = {"time": [t.strftime("%Y-%m-%dT%H:%M") for t in times],
+              "temperature_2m": np.round(-2 + 4 * np.sin(2 * np.pi * (h - 9) / 24), 1).tolist(),
+              "shortwave_radiation": (np.round(300 * sun, 1).tolist() if radiation else [None] * len(times)),
+              "direct_normal_irradiance": (np.round(400 * sun, 1).tolist() if radiation else [None] * len(times)),
+              "diffuse_radiation": (np.round(100 * sun, 1).tolist() if radiation else [None] * len(times)),
+              "cloud_cover": [50] * len(times)}
+    return json.dumps({"latitude": 49.18, "longitude": 16.62, "generationtime_ms": 0.51, "utc_offset_seconds": 0,
+                       "timezone": "GMT", "timezone_abbreviation": "GMT", "elevation": 237.0,
+                       "hourly_units": {"time": "iso8601", "temperature_2m": "°C", "shortwave_radiation": "W/m²",
+                                        "direct_normal_irradiance": "W/m²", "diffuse_radiation": "W/m²",
+                                        "cloud_cover": "%"},
+                       "hourly": {k: v for k, v in hourly.items() if k in query.get("hourly", "time").split(",")
+                                  or k == "time"}})
+
+
+MODES = {
+    "good": lambda q: Answer(200, open_meteo_body(q)),
+    "no-radiation": lambda q: Answer(200, open_meteo_body(q, radiation=False)),
+    "bad-request": lambda q: Answer(400, json.dumps({"error": True, "reason": "Latitude must be in range of -90 to 90°. Given: 149.19."})),
+    "server-error": lambda q: Answer(502, "<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
+    "slow": lambda q: Answer(200, open_meteo_body(q), delay_s=2.0),
+    "truncated": lambda q: Answer(200, open_meteo_body(q)[:500]),
+    "malformed": lambda q: Answer(200, json.dumps({"latitude": 49.18, "hourly": {"time": ["2024-01-10T00:00"]}})),
+}
+
+
+def test_a_good_answer_is_the_weather_at_point_times():
+    with RecordedServer(MODES, ["good"]) as srv:
+        w = fetch_weather(srv.url + "/v1/forecast", SITE, TODAY, timeout_s=5)
+    path, q = srv.requests[0]
+    assert path == "/v1/forecast" and q["latitude"] == "49.1900" and q["timezone"] == "UTC"
+    assert set(q["hourly"].split(",")) >= {"temperature_2m", "shortwave_radiation", "cloud_cover"}
+    # temperatures at the hours, radiation (the mean of the hour before its stamp) at the half hours
+    assert w.loc[TODAY + pd.Timedelta(hours=9), "T_out"] == pytest.approx(-2.0)
+    assert w.loc[TODAY + pd.Timedelta(hours=11, minutes=30), "ghi"] == pytest.approx(300 * np.sin(np.pi * 4 / 8))
+    assert w.index[0] == TODAY - pd.Timedelta(days=1) and w.index.tz is not None
+    assert {"dni", "dhi"} <= set(w.columns) and (w["ghi"] >= 0).all()
+
+
+@pytest.mark.parametrize(("mode", "said"), [
+    ("bad-request", "HTTP 400: Latitude must be in range"),
+    ("server-error", "HTTP 502: not JSON"),
+    ("slow", "no answer"),
+    ("truncated", "not JSON"),
+    ("malformed", "malformed forecast"),
+])
+def test_every_failure_is_one_line_that_says_what(mode, said):
+    with RecordedServer(MODES, [mode]) as srv:
+        with pytest.raises(FetchError, match=said):
+            fetch_weather(srv.url + "/v1/forecast", SITE, TODAY, timeout_s=0.5)
+
+
+def test_without_radiation_the_cloud_cover_gives_it():
+    with RecordedServer(MODES, ["no-radiation"]) as srv:
+        w = fetch_weather(srv.url + "/v1/forecast", SITE, TODAY, timeout_s=5)
+    noon = TODAY + pd.Timedelta(hours=10, minutes=30)
+    clear = from_cloud_cover(pd.DatetimeIndex([noon]), np.array([0.0]), SITE)[0]
+    assert clear > 100  # a winter noon's clear sky in Brno
+    assert w.loc[noon, "ghi"] == pytest.approx(clear * (CLOUD_OFFSET + (1 - CLOUD_OFFSET) * 0.5), rel=1e-6)
+    assert from_cloud_cover(pd.DatetimeIndex([noon]), np.array([100.0]), SITE)[0] == pytest.approx(CLOUD_OFFSET * clear)
+    assert w.loc[TODAY + pd.Timedelta(hours=1, minutes=30), "ghi"] == 0.0  # night
+    assert "dni" not in w  # split from ghi when read (Erbs)
+
+
+def _weather(start: pd.Timestamp, hours: int) -> pd.DataFrame:
+    idx = pd.date_range(start, periods=hours, freq="h")
+    return pd.DataFrame({"T_out": np.arange(hours, dtype=float), "ghi": np.zeros(hours)}, index=idx)
+
+
+def test_the_last_good_forecast_then_persistence_each_said_once(tmp_path):
+    """A source that works, then fails: its cache stands (said once, with the failure), and once the
+    cache no longer covers now its last day repeats (said once); a new source on the same cache
+    (a restart) starts from it; a success says so."""
+    now = {"t": TODAY}
+    answers = {"t": "ok"}
+
+    def fetch(t):
+        if answers["t"] != "ok":
+            raise FetchError("HTTP 503: down")
+        return _weather(TODAY - pd.Timedelta(hours=6), 36)  # until 30 h from today
+
+    src = Fetched("test", "weather", fetch, tmp_path / "w.csv", 3600, pd.Timedelta(hours=48), now=lambda: now["t"])
+    assert src.path(TODAY) is None
+    assert src.refresh() and src.path(TODAY) == tmp_path / "w.csv"
+    answers["t"] = "down"
+    now["t"] = TODAY + pd.Timedelta(hours=2)
+    assert not src.refresh() and not src.refresh()
+    assert src.path(now["t"]) == tmp_path / "w.csv"
+    now["t"] = TODAY + pd.Timedelta(hours=31)  # past the cache's end
+    p = src.path(now["t"])
+    assert p == tmp_path / "w.persistence.csv"
+    rep = pd.read_csv(p, index_col="time", parse_dates=True)
+    assert rep.index[-1] >= now["t"] + pd.Timedelta(hours=48)
+    day = _weather(TODAY - pd.Timedelta(hours=6), 36)["T_out"].iloc[-24:].to_numpy()
+    assert np.allclose(rep["T_out"].to_numpy()[:48], np.r_[day, day])  # the last day, again and again
+    src.path(now["t"])
+    said = [(r.ok, r.message) for r in src.drain()]
+    assert [ok for ok, _ in said] == [True, False, False]
+    assert "fetched" in said[0][1] and "HTTP 503: down; using the forecast fetched at 2024-01-10 00:00" in said[1][1]
+    assert "persistence" in said[2][1] and src.drain() == []
+    restarted = Fetched("test", "weather", fetch, tmp_path / "w.csv", 3600, pd.Timedelta(hours=48),
+                        now=lambda: now["t"])
+    assert restarted.path(TODAY) == tmp_path / "w.csv" and restarted.last_ok is not None
+    assert restarted.last_ok == TODAY  # (the loop's clock, not the file's)
+    answers["t"], now["t"] = "ok", TODAY + pd.Timedelta(hours=3)
+    assert restarted.refresh() and restarted.drain()[-1].ok
+
+
+def test_a_table_that_does_not_cover_now_is_refused(tmp_path):
+    src = Fetched("test", "weather", lambda t: _weather(TODAY + pd.Timedelta(days=1), 24), tmp_path / "w.csv",
+                  3600, pd.Timedelta(hours=48), now=lambda: TODAY)
+    assert not src.refresh() and "not now" in src.last_error and not (tmp_path / "w.csv").exists()
+    src = Fetched("test", "prices", lambda t: _weather(TODAY, 24), tmp_path / "p.csv", 3600, pd.Timedelta(hours=48),
+                  now=lambda: TODAY)
+    assert not src.refresh() and "no price_import, price_export" in src.last_error
+
+
+@pytest.mark.service
+@pytest.mark.slow
+def test_the_loop_controls_through_every_failure_of_its_weather_source(prep, broker, tmp_path):
+    """``pems live --config`` on the emulated home with ``weather = "open-meteo"`` served here: the
+    service answers, then fails every way it can, then answers again. The loop never hands the home
+    back for it (the last good forecast stands), and its log says each time what failed and what it
+    used."""
+    from test_live_config import read_events, run_against_emulator
+
+    script = ["good", "server-error", "slow", "truncated", "bad-request", "good"]
+    modes = {**MODES, "good": lambda q: Answer(200, open_meteo_body(q, prep.scenario.start.normalize()))}
+    with RecordedServer(modes, script) as srv:
+        rc, _, ev = run_against_emulator(
+            prep, broker, tmp_path, hours=3.5,
+            forecast={"weather": "open-meteo", "open_meteo": {"url": srv.url + "/v1/forecast", "refresh_minutes": 0.1,
+                                                              "timeout_s": 0.5}},
+            cache_dir="cache")
+    assert rc == 0
+    evs = read_events(ev)
+    fetches = [e for e in evs if e["kind"] == "forecast_fetch"]
+    msgs = " | ".join(e["message"] for e in fetches)
+    for said in ("HTTP 502", "no answer", "not JSON", "HTTP 400"):
+        assert said in msgs, msgs
+    assert fetches[0]["ok"] and fetches[-1]["ok"] and sum(not e["ok"] for e in fetches) >= 4
+    assert all("using the forecast fetched at" in e["message"] for e in fetches if not e["ok"])
+    steps = [e for e in evs if e["kind"] == "step"]
+    assert len(steps) >= 8 and all(e["state"] == "active" for e in steps[2:]), [e["state"] for e in steps]
+    assert not [e for e in evs if e["kind"] == "fallback"]
+    assert (tmp_path / "cache" / "weather-open-meteo.csv").is_file()

@@ -91,6 +91,10 @@ class Mapping(BaseModel):
     """The source series, one ``[[series]]`` table each."""
     derived: dict[str, str] = Field(default_factory=dict)
     """Columns computed from extracted ones: column name → arithmetic on column names, e.g. ``P_pv = "_pv1 + _pv2"``."""
+    forecast: list[Series] = Field(default_factory=list)
+    """Forecasts the home stores (``[[forecast]]`` tables, at their target times): ``T_out``, ``ghi``, ``dni``,
+    ``dhi`` of a weather forecast and ``spot``, the day-ahead price [currency kWh⁻¹]; read by the live loop
+    (``[forecast] weather = "influx"``, ``prices = "influx"``), not by ``pems history``."""
 
     def expanded(self, rooms: list[str] | None = None) -> list[Series]:
         """Every series with ``{room}`` templates expanded (optionally for some rooms only)."""

@@ -122,7 +122,7 @@ class InfluxSpec(_Strict):
 
 
 #: Forecast sources the loop fetches itself (:mod:`pems.live.fetched`), by the key they feed.
-FETCHED = {"weather": ("open-meteo",), "prices": ()}
+FETCHED = {"weather": ("open-meteo", "influx"), "prices": ("influx",)}
 
 
 class OpenMeteoSpec(_Strict):
@@ -135,8 +135,29 @@ class OpenMeteoSpec(_Strict):
     trial against the emulator)."""
     timeout_s: Annotated[float, Field(gt=0, le=300)] = 20.0
     """Time limit of one request [s]."""
-    days: Annotated[int, Field(ge=1, le=16)] = 3
+    days: Annotated[int, Field(ge=1, le=16)] = 4
     """Days ahead fetched (at least the forecast horizon)."""
+
+
+class InfluxForecastSpec(_Strict):
+    """The forecasts the home stores in its own InfluxDB (``weather = "influx"``, ``prices = "influx"``), read
+    through a mapping's ``[[forecast]]`` tables as ``pems history`` reads history."""
+
+    url: str = Field(min_length=1)
+    """``influx://HOST:PORT[/DB]`` or ``influx2://HOST:PORT?org=ORG`` (credentials: ``PEMS_INFLUX_*``)."""
+    mapping: str = "loxone-growatt"
+    """Mapping preset or file whose ``[[forecast]]`` tables name the series (``T_out``, ``ghi``, ``spot``, …)."""
+    refresh_minutes: Annotated[float, Field(ge=0.1, le=1440)] = 15.0
+    """Minutes between reads."""
+    step_minutes: Annotated[int, Field(ge=1, le=1440)] = 60
+    """The stored forecasts' resolution (Open-Meteo's and the day-ahead market's: hourly) [min]."""
+    radiation_shift_minutes: Annotated[float, Field(ge=-60, le=60)] = -30.0
+    """Where stored radiation belongs against its stamp: −30 for Open-Meteo's mean of the hour before [min]."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        return _refuse_secrets(data, "set PEMS_INFLUX_USERNAME / PEMS_INFLUX_PASSWORD or PEMS_INFLUX_TOKEN")
 
 
 class LiveForecastSpec(_Strict):
@@ -144,10 +165,12 @@ class LiveForecastSpec(_Strict):
 
     weather: str
     """A built-in weather set, a CSV file (re-read every step): ``time, T_out, ghi [, dni, dhi, wind_speed]``, or
-    ``open-meteo`` (fetched by the loop, see ``[forecast.open_meteo]``). Required: a built-in set is a typical year
-    (climatology), which a home must choose knowingly."""
+    fetched by the loop: ``open-meteo`` (``[forecast.open_meteo]``), ``influx`` (the home's own forecast in its
+    InfluxDB, ``[forecast.influx]``). Required: a built-in set is a typical year (climatology), which a home must
+    choose knowingly."""
     prices: str
-    """A built-in price model or a CSV file: ``time, price_import, price_export``. Required: a home's
+    """A built-in price model, a CSV file: ``time, price_import, price_export``, or fetched by the loop: ``influx``
+    (the day-ahead prices the home stores, through ``[forecast.tariff]``'s spot contract). Required: a home's
     tariff is its own."""
     load: str = "h25"
     """A built-in household-load profile or a CSV file: ``time, P_load``."""
@@ -163,6 +186,8 @@ class LiveForecastSpec(_Strict):
     """A history table (CSV/Parquet) the learned forecasters start from, e.g. from ``pems history``."""
     open_meteo: OpenMeteoSpec = Field(default_factory=OpenMeteoSpec)
     """``weather = "open-meteo"``: where and how often."""
+    influx: InfluxForecastSpec | None = None
+    """``weather = "influx"`` / ``prices = "influx"``: the home's own InfluxDB (required for them)."""
 
 
 class HomeAssistantSpec(_Strict):
@@ -443,6 +468,32 @@ def fetched_sources(cfg: LoadedLiveConfig, horizon: pd.Timedelta, now: Any) -> d
         out["weather"] = Fetched("open-meteo", "weather",
                                  lambda t: fetch_weather(om.url, site, t, om.timeout_s, om.days),
                                  cache / "weather-open-meteo.csv", om.refresh_minutes * 60, horizon, now)
+    for key in ("weather", "prices"):
+        if getattr(f, key) != "influx":
+            continue
+        if f.influx is None:
+            raise InputError(cfg.path, "forecast.influx", f"{key} = \"influx\" needs [forecast.influx] with its url")
+        from pems.calibration.influx import InfluxSource
+        from pems.calibration.mapping import builtin_mappings, load_mapping
+        from pems.live.influx_forecast import NEEDED, fetch_from_influx
+
+        spec = f.influx
+        try:
+            InfluxSource.parse(spec.url)
+        except (InputError, ValueError) as exc:
+            raise InputError(cfg.path, "forecast.influx.url", str(exc)) from None
+        mapping = load_mapping(cfg.resolve_named(spec.mapping, builtin_mappings()))
+        have = {s.column for s in mapping.forecast}
+        if not set(NEEDED[key]) <= have:
+            raise InputError(cfg.path, "forecast.influx.mapping", f"{mapping.name!r} has no [[forecast]] series for "
+                                                                  f"{', '.join(sorted(set(NEEDED[key]) - have))}")
+        shift = pd.Timedelta(minutes=spec.radiation_shift_minutes)
+
+        def fetch(t: pd.Timestamp, key: str = key, mapping: Any = mapping, shift: pd.Timedelta = shift) -> pd.DataFrame:
+            return fetch_from_influx(spec.url, mapping, key, t, horizon, pd.Timedelta(minutes=spec.step_minutes),
+                                     f.tariff, shift)
+
+        out[key] = Fetched("influx", key, fetch, cache / f"{key}-influx.csv", spec.refresh_minutes * 60, horizon, now)
     return out
 
 

@@ -32,6 +32,8 @@ import pandas as pd
 
 log = logging.getLogger(__name__)
 
+#: How far past the horizon a forecast must reach (the inputs interpolate between samples).
+MARGIN = pd.Timedelta(hours=2)
 #: Columns a fetched table must have, by the forecast key it feeds.
 COLUMNS = {"weather": ("T_out", "ghi"), "prices": ("price_import", "price_export")}
 
@@ -166,11 +168,11 @@ class Fetched:
         t = table[list(COLUMNS[self.key]) + [c for c in ("dni", "dhi") if c in table]].astype(float)
         t.index = t.index.tz_convert("UTC") if t.index.tz is not None else t.index.tz_localize("UTC")
         t = t[~t.index.duplicated(keep="last")].sort_index()
-        t = t.dropna(how="all")
-        if t[list(COLUMNS[self.key])].isna().any().any():
-            t = t.interpolate(limit_area="inside")
-        if len(t) < 2 or not np.isfinite(t[list(COLUMNS[self.key])].to_numpy()).all():
-            raise FetchError("no usable values (empty, or gaps at its ends)")
+        need = list(COLUMNS[self.key])
+        t = t.interpolate(method="time", limit_area="inside").dropna(subset=need)  # gaps inside; ends trimmed
+        t = t.drop(columns=[c for c in t if c not in need and t[c].isna().any()])  # (dni, dhi: from ghi then)
+        if len(t) < 2 or not np.isfinite(t[need].to_numpy()).all():
+            raise FetchError("no usable values")
         if t.index[0] > now or t.index[-1] <= now:
             raise FetchError(f"covers {t.index[0]:%Y-%m-%d %H:%M} .. {t.index[-1]:%Y-%m-%d %H:%M} UTC, not now "
                              f"({now:%Y-%m-%d %H:%M})")
@@ -184,23 +186,25 @@ class Fetched:
             cached = self._cached
         if cached is None:
             return None
-        if cached.index[-1] > t:
+        end = cached.index[-1]
+        if end >= t + self.horizon + MARGIN:
             if self._state == "persistence":
                 self._state = "failed" if self.last_error else "fetched"
             return self.cache
-        day = cached.loc[cached.index > cached.index[-1] - pd.Timedelta(days=1)]
+        # the forecast ends before the horizon does: its last day repeats beyond its end (persistence)
+        day = cached.loc[cached.index > end - pd.Timedelta(days=1)]
         period = pd.Timedelta(days=1)
-        n = int(np.ceil((t + self.horizon - day.index[0]) / period)) + 1
-        parts = [day.set_axis(day.index + k * period) for k in range(n)]
-        rep = pd.concat(parts)
+        n = int(np.ceil((t + self.horizon + MARGIN - end) / period)) + 1
+        rep = pd.concat([cached, *(day.set_axis(day.index + k * period) for k in range(1, n + 1))])
         rep = rep[~rep.index.duplicated()]
         try:
             _write(rep, self.persistence)
         except OSError:
             return None
-        self._report("persistence", False, f"{self.label}: the last good forecast ended at "
-                                           f"{cached.index[-1]:%Y-%m-%d %H:%M} UTC; its last day repeats from now "
-                                           f"(persistence) until a fetch succeeds")
+        if end <= t:
+            self._report("persistence", False, f"{self.label}: the last good forecast ended at {end:%Y-%m-%d %H:%M} "
+                                               "UTC; its last day repeats from now (persistence) until a fetch "
+                                               "succeeds")
         return self.persistence
 
     def status(self) -> dict[str, Any]:

@@ -60,6 +60,22 @@ class Tariff(BaseModel):
     """``cz-spot-2024``: VAT on the import price [-]."""
     spot_export_fee: float = 0.012
     """``cz-spot-2024``: the supplier's fee taken off the spot price for export [currency kWh⁻¹]."""
+    spot_export_fixed: float | None = None
+    """A spot contract's fixed feed-in price instead of spot − ``spot_export_fee`` [currency kWh⁻¹] (not set: spot − fee)."""
+    spot_rate: float = 1.0
+    """Units of ``currency`` per unit of the spot price's own currency, e.g. 25.0 for CZK per EUR (ENTSO-E and
+    ``cz-spot-2024`` are in EUR) [-]."""
+
+
+def contract_prices(spot: pd.Series, tariff: Tariff) -> pd.DataFrame:
+    """What a spot contract makes of a day-ahead price ``spot`` [its own currency kWh⁻¹]: the import
+    price ``(spot·rate + spot_import_adder)·(1 + vat)`` and the export price ``spot·rate −
+    spot_export_fee`` (or the fixed ``spot_export_fixed``) [``currency`` kWh⁻¹]."""
+    s = spot.astype(float) * tariff.spot_rate
+    export = s - tariff.spot_export_fee if tariff.spot_export_fixed is None else pd.Series(tariff.spot_export_fixed,
+                                                                                            index=s.index)
+    return pd.DataFrame({"price_import": (s + tariff.spot_import_adder) * (1 + tariff.vat), "price_export": export},
+                        index=s.index)
 
 
 def spot_prices_2024() -> pd.Series:
@@ -86,8 +102,7 @@ def prices_at(spec: str, index: pd.DatetimeIndex, site: Site, tariff: Tariff,
     if spec == "cz-spot-2024":
         spot = _held(spot_prices_2024().to_frame("spot"), index, "cz-spot-2024 (the CZ day-ahead extract of 2024)",
                      required_until)["spot"]
-        return pd.DataFrame({"price_import": (spot + tariff.spot_import_adder) * (1 + tariff.vat),
-                             "price_export": spot - tariff.spot_export_fee}, index=index)
+        return contract_prices(spot, tariff)
     path = resolve_csv(spec, base_dir, "prices", BUILTIN_PRICES)
     df = read_time_csv(path, ("price_import", "price_export"))
     return _held(df.ffill(), index, str(path), required_until)

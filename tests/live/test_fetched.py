@@ -118,7 +118,7 @@ def test_the_last_good_forecast_then_persistence_each_said_once(tmp_path):
             raise FetchError("HTTP 503: down")
         return _weather(TODAY - pd.Timedelta(hours=6), 36)  # until 30 h from today
 
-    src = Fetched("test", "weather", fetch, tmp_path / "w.csv", 3600, pd.Timedelta(hours=48), now=lambda: now["t"])
+    src = Fetched("test", "weather", fetch, tmp_path / "w.csv", 3600, pd.Timedelta(hours=24), now=lambda: now["t"])
     assert src.path(TODAY) is None
     assert src.refresh() and src.path(TODAY) == tmp_path / "w.csv"
     answers["t"] = "down"
@@ -129,15 +129,16 @@ def test_the_last_good_forecast_then_persistence_each_said_once(tmp_path):
     p = src.path(now["t"])
     assert p == tmp_path / "w.persistence.csv"
     rep = pd.read_csv(p, index_col="time", parse_dates=True)
-    assert rep.index[-1] >= now["t"] + pd.Timedelta(hours=48)
+    assert rep.index[-1] >= now["t"] + pd.Timedelta(hours=24)
     day = _weather(TODAY - pd.Timedelta(hours=6), 36)["T_out"].iloc[-24:].to_numpy()
-    assert np.allclose(rep["T_out"].to_numpy()[:48], np.r_[day, day])  # the last day, again and again
+    after = rep.loc[rep.index > TODAY + pd.Timedelta(hours=29), "T_out"].to_numpy()
+    assert np.allclose(after[:48], np.r_[day, day])  # the last day, again and again
     src.path(now["t"])
     said = [(r.ok, r.message) for r in src.drain()]
     assert [ok for ok, _ in said] == [True, False, False]
     assert "fetched" in said[0][1] and "HTTP 503: down; using the forecast fetched at 2024-01-10 00:00" in said[1][1]
     assert "persistence" in said[2][1] and src.drain() == []
-    restarted = Fetched("test", "weather", fetch, tmp_path / "w.csv", 3600, pd.Timedelta(hours=48),
+    restarted = Fetched("test", "weather", fetch, tmp_path / "w.csv", 3600, pd.Timedelta(hours=24),
                         now=lambda: now["t"])
     assert restarted.path(TODAY) == tmp_path / "w.csv" and restarted.last_ok is not None
     assert restarted.last_ok == TODAY  # (the loop's clock, not the file's)
@@ -183,3 +184,77 @@ def test_the_loop_controls_through_every_failure_of_its_weather_source(prep, bro
     assert len(steps) >= 8 and all(e["state"] == "active" for e in steps[2:]), [e["state"] for e in steps]
     assert not [e for e in evs if e["kind"] == "fallback"]
     assert (tmp_path / "cache" / "weather-open-meteo.csv").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# the home's own InfluxDB: the real home's buckets
+# ---------------------------------------------------------------------------------------------
+def _stored_forecast(start: pd.Timestamp, days: int) -> tuple[pd.DataFrame, pd.Series]:
+    """An hourly weather forecast as Open-Meteo gives it (radiation: the mean of the hour before its
+    stamp) and hourly day-ahead prices [CZK/kWh], over ``days`` from ``start``."""
+    times = pd.date_range(start, periods=24 * days, freq="h")
+    h = times.hour.to_numpy()
+    sun = np.clip(np.sin(np.pi * (h - 9) / 8), 0, None)
+    w = pd.DataFrame({"temperature_2m": np.round(-3 + 5 * np.sin(2 * np.pi * (h - 10) / 24), 2),
+                      "shortwave_radiation": np.round(280 * sun, 1), "direct_normal_irradiance": np.round(350 * sun, 1),
+                      "diffuse_radiation": np.round(90 * sun, 1)}, index=times)
+    spot = pd.Series(np.round(2.0 + 1.5 * np.sin(2 * np.pi * (h - 7) / 24) + 0.01 * np.arange(len(times)), 3),
+                     index=times)
+    return w, spot
+
+
+def _fill_influx(base: str, db: str, w: pd.DataFrame, spot: pd.Series) -> None:
+    """The real home's layout (../shared/data/loxone-growatt-reference/influx_fields.csv): measurement
+    ``weather_forecast`` of bucket ``weather_forecast``, ``electricity_prices.price_czk_kwh`` of ``ote_prices``."""
+    import requests
+
+    lines = [f"weather_forecast {','.join(f'{c}={v}' for c, v in row.items())} {t.value}" for t, row in w.iterrows()]
+    lines += [f"electricity_prices price_czk_kwh={v} {t.value}" for t, v in spot.items()]
+    requests.post(f"{base}/query", data={"q": f'CREATE DATABASE "{db}"'}, timeout=10).raise_for_status()
+    r = requests.post(f"{base}/write", params={"db": db, "precision": "ns"}, data="\n".join(lines).encode(), timeout=10)
+    assert r.status_code == 204, r.text
+
+
+@pytest.mark.service
+def test_forecasts_from_the_homes_influxdb_are_those_of_the_same_data_as_files(tmp_path):
+    """The weather forecast and the prices the real home stores, read from a real influxd through the
+    ``loxone-growatt`` mapping, give the loop the same forecast at every step of a day as the same
+    data given as CSV files (radiation at the middle of its hour, prices through the contract)."""
+    from services import influxdb1
+    from test_live_config import write_config
+
+    from pems.live.config import LiveForecast, load_live_config
+    from pems.twin.model import build_model
+    from pems.twin.prices import Tariff, contract_prices
+
+    start = pd.Timestamp("2024-01-09T00:00Z")
+    w, spot = _stored_forecast(start, 4)
+    tariff = {"currency": "CZK", "spot_import_adder": 1.2, "vat": 0.21, "spot_export_fixed": 1.0}
+    files, influx = tmp_path / "files", tmp_path / "influx"
+    files.mkdir(), influx.mkdir()
+    csv = pd.DataFrame({"T_out": w["temperature_2m"]}).join(
+        w[["shortwave_radiation", "direct_normal_irradiance", "diffuse_radiation"]]
+        .set_axis(["ghi", "dni", "dhi"], axis=1).set_axis(w.index - pd.Timedelta(minutes=30)), how="outer")
+    csv.interpolate(method="time", limit_area="inside").dropna().rename_axis("time").to_csv(files / "weather.csv")
+    contract_prices(spot, Tariff(**tariff)).rename_axis("time").to_csv(files / "prices.csv")
+    with influxdb1(tmp_path) as base:
+        _fill_influx(base, "home", w, spot)
+        by_file = load_live_config(write_config(files, forecast={"weather": "weather.csv", "prices": "prices.csv",
+                                                                 "tariff": tariff, "horizon_hours": 24}))
+        by_influx = load_live_config(write_config(
+            influx, cache_dir="cache", forecast={"weather": "influx", "prices": "influx", "tariff": tariff,
+                                                 "horizon_hours": 24, "influx": {"url": base.replace("http", "influx") + "/home"}}))
+        names = build_model(by_file.house).sym.d.names
+        a, b = LiveForecast(by_file, names), LiveForecast(by_influx, names)
+        t0 = pd.Timestamp("2024-01-10T00:00Z")
+        b.now = lambda: t0
+        b.first_fetch()
+        for k in range(0, 96, 5):
+            t = t0 + pd.Timedelta(minutes=15 * k)
+            fa, fb = a(t), b(t)
+            np.testing.assert_allclose(fb.d, fa.d, rtol=1e-4, atol=1e-3, err_msg=str(t))
+            np.testing.assert_allclose(fb.price_import, fa.price_import, rtol=1e-9)
+            np.testing.assert_allclose(fb.price_export, 1.0)
+    said = b.fetch_reports()
+    assert [r.ok for r in said] == [True, True] and {r.key for r in said} == {"weather", "prices"}
+    assert (influx / "cache" / "weather-influx.csv").is_file() and (influx / "cache" / "prices-influx.csv").is_file()

@@ -183,7 +183,7 @@ def test_the_image_copies_every_package_the_project_installs(tmp_path):
 
     # the project as a clean clone has it (a build in the work tree would reuse its stale build/ folder)
     project = tmp_path / "project"
-    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    tracked = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, check=True).stdout
     for name in filter(None, tracked.decode().split("\0")):
         if (ROOT / name).is_file():
             (project / name).parent.mkdir(parents=True, exist_ok=True)

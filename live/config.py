@@ -122,7 +122,7 @@ class InfluxSpec(_Strict):
 
 
 #: Forecast sources the loop fetches itself (:mod:`pems.live.fetched`), by the key they feed.
-FETCHED = {"weather": ("open-meteo", "influx"), "prices": ("influx",)}
+FETCHED = {"weather": ("open-meteo", "influx"), "prices": ("entsoe", "ote", "influx")}
 
 
 class OpenMeteoSpec(_Strict):
@@ -137,6 +137,43 @@ class OpenMeteoSpec(_Strict):
     """Time limit of one request [s]."""
     days: Annotated[int, Field(ge=1, le=16)] = 4
     """Days ahead fetched (at least the forecast horizon)."""
+
+
+class EntsoeSpec(_Strict):
+    """ENTSO-E's day-ahead prices (``prices = "entsoe"``): a bidding zone's spot price, through ``[forecast.tariff]``."""
+
+    area: str = "10YCZ-CEPS-----N"
+    """The bidding zone's EIC code (Czech Republic by default; Germany–Luxembourg ``10Y1001A1001A82H``, Austria
+    ``10YAT-APG------L``, …)."""
+    url: str = "https://web-api.tp.entsoe.eu/api"
+    """The Transparency Platform's API."""
+    credentials_file: str | None = None
+    """A file with a ``PEMS_ENTSOE_TOKEN=…`` line (``chmod 600``); the environment's ``PEMS_ENTSOE_TOKEN`` wins."""
+    refresh_minutes: Annotated[float, Field(ge=0.1, le=1440)] = 60.0
+    """Minutes between fetches."""
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    """Time limit of one request [s]."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(str(k).lower() in ("token", "securitytoken", "security_token") for k in data):
+            raise ValueError("the ENTSO-E token does not belong in the config file: set PEMS_ENTSOE_TOKEN or "
+                             "name a credentials_file")
+        return _refuse_secrets(data, "set PEMS_ENTSOE_TOKEN or name a credentials_file")
+
+
+class OteSpec(_Strict):
+    """OTE's day-ahead prices for Czech homes (``prices = "ote"``), through ``[forecast.tariff]``."""
+
+    url: str = "https://www.ote-cr.cz/cs/kratkodobe-trhy/elektrina/denni-trh/@@chart-data"
+    """The day-ahead market's chart data."""
+    resolution: Literal["PT60M", "PT15M"] = "PT60M"
+    """Hourly prices, or the quarter-hour products traded since October 2025."""
+    refresh_minutes: Annotated[float, Field(ge=0.1, le=1440)] = 60.0
+    """Minutes between fetches."""
+    timeout_s: Annotated[float, Field(gt=0, le=300)] = 30.0
+    """Time limit of one request [s]."""
 
 
 class InfluxForecastSpec(_Strict):
@@ -169,9 +206,9 @@ class LiveForecastSpec(_Strict):
     InfluxDB, ``[forecast.influx]``). Required: a built-in set is a typical year (climatology), which a home must
     choose knowingly."""
     prices: str
-    """A built-in price model, a CSV file: ``time, price_import, price_export``, or fetched by the loop: ``influx``
-    (the day-ahead prices the home stores, through ``[forecast.tariff]``'s spot contract). Required: a home's
-    tariff is its own."""
+    """A built-in price model, a CSV file: ``time, price_import, price_export``, or day-ahead prices fetched by the
+    loop through ``[forecast.tariff]``'s spot contract: ``entsoe`` (``[forecast.entsoe]``), ``ote`` (``[forecast.ote]``)
+    or ``influx`` (the prices the home stores). Required: a home's tariff is its own."""
     load: str = "h25"
     """A built-in household-load profile or a CSV file: ``time, P_load``."""
     load_kwh_per_year: Annotated[float, Field(ge=0)] = 4000.0
@@ -188,6 +225,10 @@ class LiveForecastSpec(_Strict):
     """``weather = "open-meteo"``: where and how often."""
     influx: InfluxForecastSpec | None = None
     """``weather = "influx"`` / ``prices = "influx"``: the home's own InfluxDB (required for them)."""
+    entsoe: EntsoeSpec = Field(default_factory=EntsoeSpec)
+    """``prices = "entsoe"``: the bidding zone and the token's file."""
+    ote: OteSpec = Field(default_factory=OteSpec)
+    """``prices = "ote"``: the resolution."""
 
 
 class HomeAssistantSpec(_Strict):
@@ -468,6 +509,24 @@ def fetched_sources(cfg: LoadedLiveConfig, horizon: pd.Timedelta, now: Any) -> d
         out["weather"] = Fetched("open-meteo", "weather",
                                  lambda t: fetch_weather(om.url, site, t, om.timeout_s, om.days),
                                  cache / "weather-open-meteo.csv", om.refresh_minutes * 60, horizon, now)
+    if f.prices in ("entsoe", "ote"):
+        from pems.live.day_ahead import entsoe_token, fetch_entsoe, fetch_ote
+
+        if f.prices == "entsoe":
+            es = f.entsoe
+            cred = cfg.resolve(es.credentials_file)
+
+            def fetch_prices(t: pd.Timestamp) -> pd.DataFrame:  # the token read at each fetch: never kept
+                return fetch_entsoe(es.url, es.area, entsoe_token(cred), t, f.tariff, es.timeout_s)
+            refresh = es.refresh_minutes
+        else:
+            ote = f.ote
+
+            def fetch_prices(t: pd.Timestamp) -> pd.DataFrame:
+                return fetch_ote(ote.url, t, f.tariff, ote.resolution, ote.timeout_s)
+            refresh = ote.refresh_minutes
+        out["prices"] = Fetched(f.prices, "prices", fetch_prices, cache / f"prices-{f.prices}.csv", refresh * 60,
+                                horizon, now)
     for key in ("weather", "prices"):
         if getattr(f, key) != "influx":
             continue

@@ -51,8 +51,42 @@ def errors(capsys) -> str:
 # ---------------------------------------------------------------------------------------------
 def test_the_documented_example_is_valid():
     cfg = load_live_config(EXAMPLE)
-    assert cfg.spec.modbus is not None and cfg.spec.influx is not None and cfg.house.battery is not None
-    assert cfg.safety_limits().republish_s == 900
+    assert cfg.spec.modbus is not None and cfg.spec.home_assistant is not None and cfg.house.battery is not None
+    assert cfg.safety_limits().republish_s == 900 and cfg.spec.clock == "emulator"
+
+
+@pytest.mark.service
+@pytest.mark.slow
+def test_the_documented_example_runs_as_is_against_pems_emulate(broker, tmp_path):
+    """docs/live-example.toml with only the two ports moved (this test's broker and Modbus server
+    are on free ports): the loop follows the emulated reference home of the winter week, controls
+    it, and hands it back."""
+    import re
+
+    from pems.live.emulator import Emulator
+    from pems.scenarios.runner import prepare
+    from pems.scenarios.spec import load_scenario
+
+    prep = prepare(load_scenario("winter-week"))
+    emu = Emulator(prep, broker.host, broker.port, modbus_port=0, speed=400.0, hours=4.0, mqtt_options=FAST)
+    emu.start()
+    try:
+        text = EXAMPLE.read_text(encoding="utf-8")
+        moved = re.sub(r"^port = 1883", f"port = {broker.port}", text, flags=re.M)
+        moved = re.sub(r"^port = 5020", f"port = {emu.modbus_port}", moved, flags=re.M)
+        changed = [a for a, b in zip(text.splitlines(), moved.splitlines()) if a != b]
+        assert len(changed) == 2 and all(line.startswith("port = ") for line in changed)
+        (tmp_path / "live.toml").write_text(moved, encoding="utf-8")
+        rc = main(["live", "--config", str(tmp_path / "live.toml"), "--hours", "2"])
+    finally:
+        emu.stop()
+    assert rc == 0
+    from pems.paths import logs_dir
+
+    evs = read_events(logs_dir("live") / "events.jsonl")
+    steps = [e for e in evs if e["kind"] == "step"]
+    assert len(steps) >= 4 and steps[-1]["state"] == "active"
+    assert any(e["kind"] == "stop" and e["handback"] for e in evs)
 
 
 @pytest.mark.parametrize(("keys", "where", "what"), [
@@ -270,7 +304,7 @@ def test_the_loop_falls_back_when_the_emulator_it_follows_stops(prep, broker, tm
 
     from pems.live.emulator import Emulator
 
-    emu = Emulator(prep, broker.host, broker.port, modbus_port=0, speed=400.0, hours=3.0, mqtt_options=FAST)
+    emu = Emulator(prep, broker.host, broker.port, modbus_port=0, speed=400.0, hours=4.0, mqtt_options=FAST)
     emu.start()
     t_stop = prep.scenario.start + pd.Timedelta(minutes=40)
     stopper = threading.Thread(target=lambda: (emu.wait_until(t_stop, timeout=60), emu.stop()), daemon=True)

@@ -258,3 +258,49 @@ def test_forecasts_from_the_homes_influxdb_are_those_of_the_same_data_as_files(t
     said = b.fetch_reports()
     assert [r.ok for r in said] == [True, True] and {r.key for r in said} == {"weather", "prices"}
     assert (influx / "cache" / "weather-influx.csv").is_file() and (influx / "cache" / "prices-influx.csv").is_file()
+
+
+@pytest.mark.service
+@pytest.mark.slow
+def test_the_loop_on_forecasts_from_influxdb_runs_as_on_the_same_files(prep, broker, tmp_path):
+    """``pems live --config`` on the emulated home twice: its weather forecast and prices read from a
+    real influxd holding the real home's layout, and the same data as files. The two runs command
+    the same heating and battery, step for step, to the noise of two runs of one config."""
+    from services import influxdb1
+    from test_live_config import read_events, run_against_emulator
+
+    from pems.twin.prices import Tariff, contract_prices
+
+    start = prep.scenario.start - pd.Timedelta(days=1)
+    w, spot = _stored_forecast(start, 4)
+    tariff = {"currency": "CZK", "spot_import_adder": 1.2, "vat": 0.21, "spot_export_fee": 0.3}
+    files, influx = tmp_path / "files", tmp_path / "influx"
+    files.mkdir(), influx.mkdir()
+    csv = pd.DataFrame({"T_out": w["temperature_2m"]}).join(
+        w[["shortwave_radiation", "direct_normal_irradiance", "diffuse_radiation"]]
+        .set_axis(["ghi", "dni", "dhi"], axis=1).set_axis(w.index - pd.Timedelta(minutes=30)), how="outer")
+    csv.interpolate(method="time", limit_area="inside").dropna().rename_axis("time").to_csv(files / "weather.csv")
+    contract_prices(spot, Tariff(**tariff)).rename_axis("time").to_csv(files / "prices.csv")
+
+    def commands(folder: Path, **forecast) -> dict[str, dict]:
+        rc, _, ev = run_against_emulator(prep, broker, folder, hours=3.0, cache_dir="cache",
+                                         forecast={"tariff": tariff, **forecast})
+        assert rc == 0
+        steps = [e for e in read_events(ev) if e["kind"] == "step" and e.get("heat_w") is not None]
+        by_time = {e["time"]: e for e in steps}
+        return by_time
+
+    with influxdb1(tmp_path) as base:
+        _fill_influx(base, "home", w, spot)
+        a = commands(files, weather="weather.csv", prices="prices.csv")
+        b = commands(influx, weather="influx", prices="influx",
+                     influx={"url": base.replace("http", "influx") + "/home"})
+    both = sorted(set(a) & set(b))
+    assert len(both) >= 8
+    heat_a = np.array([np.sum(a[t]["heat_w"]) for t in both])
+    heat_b = np.array([np.sum(b[t]["heat_w"]) for t in both])
+    bat_a = np.array([a[t].get("bat_w") or 0.0 for t in both])
+    bat_b = np.array([b[t].get("bat_w") or 0.0 for t in both])
+    assert np.abs(heat_a - heat_b).sum() <= 0.05 * max(heat_a.sum(), 1.0), (heat_a, heat_b)
+    assert np.abs(bat_a - bat_b).sum() <= 0.05 * max(np.abs(bat_a).sum(), 100.0), (bat_a, bat_b)
+    assert [e for e in read_events(influx / "events.jsonl") if e["kind"] == "forecast_fetch" and e["ok"]]

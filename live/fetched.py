@@ -89,6 +89,8 @@ class Fetched:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._said = threading.Lock()  # the state and its reports: the fetch thread's and the loop's
+        self._last_message = ""
         self._thread: threading.Thread | None = None
         self._cached: pd.DataFrame | None = None
         if self.cache.is_file():  # a restart: the last good forecast stands from the start
@@ -188,8 +190,9 @@ class Fetched:
             return None
         end = cached.index[-1]
         if end >= t + self.horizon + MARGIN:
-            if self._state == "persistence":
-                self._state = "failed" if self.last_error else "fetched"
+            with self._said:
+                if self._state == "persistence":
+                    self._state = "failed" if self.last_error else "fetched"
             return self.cache
         # the forecast ends before the horizon does: its last day repeats beyond its end (persistence)
         day = cached.loc[cached.index > end - pd.Timedelta(days=1)]
@@ -221,13 +224,14 @@ class Fetched:
         return out
 
     def _report(self, state: str, ok: bool, message: str) -> None:
-        if state == self._state and state != "failed":
-            return
-        if state == "failed" and self._state == "failed" and self.reports and self.reports[-1].message == message:
-            return
-        self._state = state
+        with self._said:
+            if state == self._state and state != "failed":
+                return
+            if state == "failed" and self._state == "failed" and message == self._last_message:
+                return  # the same failure again: said once, until something changes
+            self._state, self._last_message = state, message
+            self.reports.append(FetchReport(self.name, self.key, ok, message))
         (log.info if ok else log.warning)("%s", message)
-        self.reports.append(FetchReport(self.name, self.key, ok, message))
 
 
 def _write(table: pd.DataFrame, path: Path) -> None:

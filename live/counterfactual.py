@@ -189,11 +189,13 @@ class Counterfactual:
         if m.has_battery:
             x[m.i_soc] = min(max(obs.soc if obs.soc is not None and math.isfinite(obs.soc) else 0.5,
                                  m.limits.soc_min), m.limits.soc_max)
-        if self._home is not None:
-            self.resyncs += 1
         names = tuple(m.sym.d.names)
         if fc is None or len(fc) == 0 or tuple(fc.d_names) != names:
-            self._home = None
+            return
+        if self._home is not None:  # put back on the home's state: no new twin (its set-up is the costly part)
+            self.resyncs += 1
+            self._home.next_step(obs.time, self._realised(fc.d[0].copy(), names, obs))
+            self._twin_obs = self._home.restart(x)
             return
         row = pd.DataFrame([self._realised(fc.d[0].copy(), names, obs)], index=[obs.time], columns=list(names))
         self._home = SimulatedHome(m, row, x, step_s=self.step_s)

@@ -222,6 +222,14 @@ class SimulatedHome:
         self.log.events.clear()
         self.k = 0
 
+    def restart(self, x: np.ndarray) -> Observation:
+        """Put the home in state ``x`` (model order; relays open) at its current step, without a new
+        set-up; returns what it measures then (the live loop's counterfactual after a gap)."""
+        self.x = np.asarray(x, dtype=float).copy()
+        self.relay[:] = False
+        self.k = 0
+        return self._observe(None)
+
     # ------------------------------------------------------------------ protocol
     def reset(self) -> Observation:
         self.k = 0

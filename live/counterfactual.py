@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, fields, replace
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from pems.controllers.rule_based import RuleBasedController
+from pems.live.state import write_atomic
 from pems.scenarios.report_tables import cost_difference, why_sentence
 from pems.twin.model import HouseModel
 from pems.twin.plant import SimulatedHome
@@ -228,12 +228,10 @@ class Counterfactual:
     def _save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_suffix(".tmp")
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"since": self.since, "live": asdict(self.live), "twin": asdict(self.twin),
-                                       "rooms": list(self.model.rooms)}), encoding="utf-8")
-            os.replace(tmp, self.path)  # (no fsync: a tally a step old after a power cut is no harm)
+        try:  # (no fsync: a tally a step old after a power cut is no harm)
+            write_atomic(self.path, json.dumps({"since": self.since, "live": asdict(self.live),
+                                                "twin": asdict(self.twin), "rooms": list(self.model.rooms)}),
+                         fsync=False)
         except OSError as exc:
             log.debug("savings not kept: %s", exc)
 

@@ -19,7 +19,6 @@ the last good forecast.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -29,6 +28,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from pems.live.state import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class Fetched:
         self._last_message = ""
         self._thread: threading.Thread | None = None
         self._cached: pd.DataFrame | None = None
+        self._persisted: tuple[pd.DataFrame, pd.Timestamp] | None = None  # (the forecast it repeats, until)
         if self.cache.is_file():  # a restart: the last good forecast stands from the start
             try:
                 self._cached = _read(self.cache)
@@ -145,12 +147,9 @@ class Fetched:
                     using = f"the forecast fetched at {self.last_ok:%Y-%m-%d %H:%M} UTC"
             self._report("failed", False, f"{self.label} failed: {reason}; using {using}")
             return False
-        tmp = self.cache.with_suffix(".tmp")
         try:
-            self.cache.parent.mkdir(parents=True, exist_ok=True)
-            _write(table, tmp)
-            os.replace(tmp, self.cache)
-            self.meta.write_text(now.isoformat() + "\n", encoding="utf-8")
+            write_atomic(self.cache, _csv(table), fsync=False)  # (it can be fetched again)
+            write_atomic(self.meta, now.isoformat() + "\n", fsync=False)
         except OSError as exc:
             self._report("failed", False, f"{self.label}: the cache {self.cache} cannot be written ({exc}); "
                                           "using the forecast in memory")
@@ -194,16 +193,21 @@ class Fetched:
                 if self._state == "persistence":
                     self._state = "failed" if self.last_error else "fetched"
             return self.cache
-        # the forecast ends before the horizon does: its last day repeats beyond its end (persistence)
-        day = cached.loc[cached.index > end - pd.Timedelta(days=1)]
-        period = pd.Timedelta(days=1)
-        n = int(np.ceil((t + self.horizon + MARGIN - end) / period)) + 1
-        rep = pd.concat([cached, *(day.set_axis(day.index + k * period) for k in range(1, n + 1))])
-        rep = rep[~rep.index.duplicated()]
-        try:
-            _write(rep, self.persistence)
-        except OSError:
-            return None
+        # the forecast ends before the horizon does: its last day repeats beyond its end (persistence),
+        # written a day further than needed, and again only when that is used up or a new forecast came
+        need_until = t + self.horizon + MARGIN
+        made = self._persisted
+        if made is None or made[0] is not cached or made[1] < need_until:
+            day = cached.loc[cached.index > end - pd.Timedelta(days=1)]
+            period = pd.Timedelta(days=1)
+            n = int(np.ceil((need_until - end) / period)) + 2
+            rep = pd.concat([cached, *(day.set_axis(day.index + k * period) for k in range(1, n + 1))])
+            rep = rep[~rep.index.duplicated()]
+            try:
+                write_atomic(self.persistence, _csv(rep), fsync=False)
+            except OSError:
+                return None
+            self._persisted = (cached, rep.index[-1])
         if end <= t:
             self._report("persistence", False, f"{self.label}: the last good forecast ended at {end:%Y-%m-%d %H:%M} "
                                                "UTC; its last day repeats from now (persistence) until a fetch "
@@ -234,11 +238,12 @@ class Fetched:
         (log.info if ok else log.warning)("%s", message)
 
 
-def _write(table: pd.DataFrame, path: Path) -> None:
+def _csv(table: pd.DataFrame) -> str:
+    """The table as the scenario inputs read a CSV (``time`` in UTC first)."""
     out = table.copy()
     out.index = out.index.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
     out.index.name = "time"
-    out.to_csv(path, float_format="%.6g")
+    return out.to_csv(float_format="%.6g")
 
 
 def _read(path: Path) -> pd.DataFrame:

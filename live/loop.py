@@ -44,9 +44,9 @@ from pems.live.logged_home import LoggedHome
 from pems.live.overrides import Overrides
 from pems.live.safe_home import SafeHome
 from pems.live.safety import SafetyLimits
+from pems.live.sdnotify import Notifier
 from pems.live.state import LoopState, StateStore
 from pems.live.view import LiveView
-from pems.live.sdnotify import Notifier
 from pems.twin.model import HouseModel
 from pems.twin.plant import closed_loop
 from pems.twin.signals import Action, Forecast, Observation
@@ -80,6 +80,8 @@ class Fetching(Protocol):
     """A forecast with sources the loop fetches itself (:mod:`pems.live.fetched`), in threads of their own."""
 
     def fetch_reports(self) -> list[Any]: ...
+
+    def fetch_status(self) -> dict[str, dict]: ...
 
     def close(self) -> None: ...
 
@@ -460,8 +462,7 @@ class LiveLoop(HomeListener):
             out["influx"] = {"connected": bool(st.connected), "pending_lines": st.pending_lines}
         if self.home_assistant is not None:
             out["home_assistant"] = {"connected": bool(self.home_assistant.connected)}
-        status = getattr(self.forecast, "fetch_status", None)
-        for key, st in (status() if callable(status) else {}).items():
+        for key, st in (self.forecast.fetch_status() if isinstance(self.forecast, Fetching) else {}).items():
             out[f"forecast_{key}"] = {"source": st["source"], "state": st["state"], "fetched": st["last_ok"],
                                       **({"error": st["last_error"]} if st["last_error"] else {})}
         return out

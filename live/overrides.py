@@ -16,7 +16,6 @@ inverter's own discharge limit, which PEMS does not change.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import uuid
 from dataclasses import asdict, dataclass, replace
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pems.live.state import write_atomic
 from pems.twin.signals import Action, Forecast
 
 KINDS = ("boost", "band", "pause", "reserve")
@@ -179,14 +179,8 @@ class Overrides:
     def _save(self) -> None:
         if self.path is None:
             return
-        tmp = self.path.with_suffix(".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with tmp.open("w", encoding="utf-8") as f:
-                json.dump([asdict(o) for o in self._items], f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps([asdict(o) for o in self._items], indent=1))
         except OSError:
             pass  # a full disk: the override holds for this run; the loop's own state reports the disk
 

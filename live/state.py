@@ -98,13 +98,16 @@ LoopState.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-
 _STATE = TypeAdapter(LoopState)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` so that a crash leaves the old file or the new one, never half of one."""
+def write_atomic(path: Path, text: str, fsync: bool = True) -> None:
+    """Write ``text`` so that a crash leaves the old file or the new one, never half of one (the
+    folder is created). ``fsync=False``: a power cut may keep the old content (what can be lost)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
-        os.fsync(f.fileno())
+        if fsync:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
@@ -164,7 +167,7 @@ class StateStore:
     # ------------------------------------------------------------------ state
     def save(self, state: LoopState) -> None:
         """Write atomically: a crash leaves the old file or the new one, never half of one."""
-        _write_atomic(self.path, json.dumps(_clean(asdict(state)), indent=1))
+        write_atomic(self.path, json.dumps(_clean(asdict(state)), indent=1))
 
     def _keep_aside(self) -> str:
         """Move an unusable state file aside (never overwritten: it is evidence of what went wrong)."""
@@ -200,7 +203,7 @@ class StateStore:
         """Record the owner's settings (atomically; an existing record is kept)."""
         p = self.folder / BASELINE_FILE
         if not p.exists():
-            _write_atomic(p, json.dumps(settings, indent=1, sort_keys=True))
+            write_atomic(p, json.dumps(settings, indent=1, sort_keys=True))
 
     def load(self, now: pd.Timestamp, max_age_s: float, rooms: tuple[str, ...]) -> tuple[LoopState | None, str]:
         """The saved state if usable at ``now``; else None. Returns (state, why) for the log."""

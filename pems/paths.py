@@ -36,19 +36,30 @@ def _xdg(var: str, default: str) -> Path:
     return Path(v) if v and Path(v).is_absolute() else Path.home() / default  # (relative: ignored, as XDG says)
 
 
+#: Each kind of folder: systemd's variable, XDG's variable and its default under the home folder.
+_KINDS = {"state": ("STATE_DIRECTORY", "XDG_STATE_HOME", ".local/state"),
+          "cache": ("CACHE_DIRECTORY", "XDG_CACHE_HOME", ".cache")}
+
+
+def _folder(kind: str, *home: str) -> Path:
+    """systemd's folder of ``kind``, else XDG's ``pems`` folder (and the home's under it)."""
+    service, xdg, default = _KINDS[kind]
+    return _systemd(service) or _xdg(xdg, default).joinpath("pems", *home)
+
+
 def state_root() -> Path:
     """``$STATE_DIRECTORY``, else ``$XDG_STATE_HOME/pems`` (the state of commands that serve no one home)."""
-    return _systemd("STATE_DIRECTORY") or _xdg("XDG_STATE_HOME", ".local/state") / "pems"
+    return _folder("state")
 
 
 def cache_root() -> Path:
     """``$CACHE_DIRECTORY``, else ``$XDG_CACHE_HOME/pems``."""
-    return _systemd("CACHE_DIRECTORY") or _xdg("XDG_CACHE_HOME", ".cache") / "pems"
+    return _folder("cache")
 
 
 def state_dir(home: str) -> Path:
     """The loop's state folder (saved state, lock, overrides, savings, the InfluxDB spool)."""
-    return _systemd("STATE_DIRECTORY") or _xdg("XDG_STATE_HOME", ".local/state") / "pems" / home
+    return _folder("state", home)
 
 
 def logs_dir(home: str) -> Path:
@@ -58,7 +69,7 @@ def logs_dir(home: str) -> Path:
 
 def cache_dir(home: str) -> Path:
     """Forecasts fetched, history read (anything that can be fetched again)."""
-    return _systemd("CACHE_DIRECTORY") or _xdg("XDG_CACHE_HOME", ".cache") / "pems" / home
+    return _folder("cache", home)
 
 
 def library_caches() -> None:

@@ -161,12 +161,9 @@ class SimulatedHome:
         self._Mw = np.vstack([disc.Gamma, disc.Gamma_mean])
         self._form = form
         self._B_const = None if form.B_depends_on_d else form.B(self.D[:1])[0]
-        self._c = form.c(self.D)  # (N, n_x)
-        self._Mc = self._c @ self._Mw.T  # (N, 2 n_x)
-        y_names = m.sym.output_names
-        self._i_grid = y_names.index("P_grid")
+        self._i_grid = m.sym.output_names.index("P_grid")
         self._G_const = None if form.G_depends_on_d else form.G(self.D[:1])[0]
-        self._grid0 = form.y0(self.D)[:, self._i_grid]  # (N,) grid with all inputs zero [W]
+        self._c, self._Mc, self._grid0 = self._disturbance_maps(self.D)
         # Sensitivity of the grid to PV (for curtailment), from the model's affine output map.
         d1 = self.D[:1].copy()
         d1[0, m.sym.d.index("P_pv")] += 1.0
@@ -186,6 +183,12 @@ class SimulatedHome:
         lim = m.limits
         self._limits = lim
         self._inv_ac, self._imp_lim, self._exp_lim = lim.inverter_ac_w, lim.import_limit_w, lim.export_limit_w
+
+    def _disturbance_maps(self, D: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """What the disturbances give each step: ``c(d)`` (N, n_x), its part of ``[x_next; x_mean]``
+        (N, 2 n_x) and the grid with every input zero (N,) [W]."""
+        c = self._form.c(D)
+        return c, c @ self._Mw.T, self._form.y0(D)[:, self._i_grid]
 
     def _step_maps(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(M_k = [Mx | Mw B_k], grid row of G_k) for step ``k``: ``[x_next; x_mean] = M_k [x; u] + Mc_k``."""
@@ -216,9 +219,7 @@ class SimulatedHome:
             self.D = self.D.copy()
         self.D[0] = d
         self.index = pd.DatetimeIndex([time])
-        self._c[0] = self._form.c(self.D[:1])[0]
-        self._Mc[0] = self._c[0] @ self._Mw.T
-        self._grid0[0] = self._form.y0(self.D[:1])[0, self._i_grid]
+        self._c, self._Mc, self._grid0 = self._disturbance_maps(self.D)
         self.log.events.clear()
         self.k = 0
 

@@ -203,6 +203,19 @@ def _stored_forecast(start: pd.Timestamp, days: int) -> tuple[pd.DataFrame, pd.S
     return w, spot
 
 
+def _as_files(folder: Path, w: pd.DataFrame, spot: pd.Series, tariff: dict) -> None:
+    """The same forecast as the CSV files a job would write: ``weather.csv`` (radiation at the middle
+    of its hour) and ``prices.csv`` (through the contract)."""
+    from pems.twin.prices import Tariff, contract_prices
+
+    folder.mkdir()
+    csv = pd.DataFrame({"T_out": w["temperature_2m"]}).join(
+        w[["shortwave_radiation", "direct_normal_irradiance", "diffuse_radiation"]]
+        .set_axis(["ghi", "dni", "dhi"], axis=1).set_axis(w.index - pd.Timedelta(minutes=30)), how="outer")
+    csv.interpolate(method="time", limit_area="inside").dropna().rename_axis("time").to_csv(folder / "weather.csv")
+    contract_prices(spot, Tariff(**tariff)).rename_axis("time").to_csv(folder / "prices.csv")
+
+
 def _fill_influx(base: str, db: str, w: pd.DataFrame, spot: pd.Series) -> None:
     """The real home's layout (../shared/data/loxone-growatt-reference/influx_fields.csv): measurement
     ``weather_forecast`` of bucket ``weather_forecast``, ``electricity_prices.price_czk_kwh`` of ``ote_prices``."""
@@ -225,18 +238,13 @@ def test_forecasts_from_the_homes_influxdb_are_those_of_the_same_data_as_files(t
 
     from pems.live.config import LiveForecast, load_live_config
     from pems.twin.model import build_model
-    from pems.twin.prices import Tariff, contract_prices
 
     start = pd.Timestamp("2024-01-09T00:00Z")
     w, spot = _stored_forecast(start, 4)
     tariff = {"currency": "CZK", "spot_import_adder": 1.2, "vat": 0.21, "spot_export_fixed": 1.0}
     files, influx = tmp_path / "files", tmp_path / "influx"
-    files.mkdir(), influx.mkdir()
-    csv = pd.DataFrame({"T_out": w["temperature_2m"]}).join(
-        w[["shortwave_radiation", "direct_normal_irradiance", "diffuse_radiation"]]
-        .set_axis(["ghi", "dni", "dhi"], axis=1).set_axis(w.index - pd.Timedelta(minutes=30)), how="outer")
-    csv.interpolate(method="time", limit_area="inside").dropna().rename_axis("time").to_csv(files / "weather.csv")
-    contract_prices(spot, Tariff(**tariff)).rename_axis("time").to_csv(files / "prices.csv")
+    _as_files(files, w, spot, tariff)
+    influx.mkdir()
     with influxdb1(tmp_path) as base:
         _fill_influx(base, "home", w, spot)
         by_file = load_live_config(write_config(files, forecast={"weather": "weather.csv", "prices": "prices.csv",
@@ -269,18 +277,12 @@ def test_the_loop_on_forecasts_from_influxdb_runs_as_on_the_same_files(prep, bro
     from services import influxdb1
     from test_live_config import read_events, run_against_emulator
 
-    from pems.twin.prices import Tariff, contract_prices
-
     start = prep.scenario.start - pd.Timedelta(days=1)
     w, spot = _stored_forecast(start, 4)
     tariff = {"currency": "CZK", "spot_import_adder": 1.2, "vat": 0.21, "spot_export_fee": 0.3}
     files, influx = tmp_path / "files", tmp_path / "influx"
-    files.mkdir(), influx.mkdir()
-    csv = pd.DataFrame({"T_out": w["temperature_2m"]}).join(
-        w[["shortwave_radiation", "direct_normal_irradiance", "diffuse_radiation"]]
-        .set_axis(["ghi", "dni", "dhi"], axis=1).set_axis(w.index - pd.Timedelta(minutes=30)), how="outer")
-    csv.interpolate(method="time", limit_area="inside").dropna().rename_axis("time").to_csv(files / "weather.csv")
-    contract_prices(spot, Tariff(**tariff)).rename_axis("time").to_csv(files / "prices.csv")
+    _as_files(files, w, spot, tariff)
+    influx.mkdir()
 
     def commands(folder: Path, **forecast) -> dict[str, dict]:
         rc, _, ev = run_against_emulator(prep, broker, folder, hours=3.0, cache_dir="cache",

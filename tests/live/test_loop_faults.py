@@ -9,6 +9,7 @@ InfluxDB down is not a control fault (the log spools on disk and is replayed).
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -176,7 +177,8 @@ def test_influxdb_down_for_an_hour_spools_keeps_control_and_loses_nothing(prep, 
         store = kinds(evs, "log_store")
         assert [e["state"] for e in store] == ["down", "up"], store
         assert pd.Timestamp(store[0]["time"]) - stopped["down"] <= pd.Timedelta(minutes=15)  # within a step
-        assert "not reachable" in store[0]["reason"]
+        # refused connections, or a 5xx from a server shutting down: either way the reason says why
+        assert re.search(r"not reachable|answered 5\d\d", store[0]["reason"]), store[0]["reason"]
         assert pd.Timestamp(store[1]["time"]) >= stopped["up"]
         assert influx.flush(10) and influx.status().pending_lines == 0
         influx.close(1)

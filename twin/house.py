@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from pems.errors import InputError, Problem
 from pems.tomlio import read_toml, validate
+from pems.twin.ev import Ev
 
 ROOM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -272,6 +273,8 @@ class House(_Strict):
     """The heating system."""
     occupancy: Occupancy = Field(default_factory=Occupancy)
     """Occupants and appliances as internal gains."""
+    ev: list[Ev] = Field(default_factory=list)
+    """Electric cars charged at home, one ``[[ev]]`` table each (see :mod:`pems.twin.ev`)."""
 
     @property
     def room_ids(self) -> tuple[str, ...]:

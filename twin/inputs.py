@@ -16,6 +16,7 @@ import pandas as pd
 
 from pems.errors import InputError
 from pems.twin import priors
+from pems.twin.ev import ev_signals, read_calendar
 from pems.twin.house import House, Site
 from pems.twin.load import BUILTIN_LOADS, h25, load_csv
 from pems.twin.prices import BUILTIN_PRICES, Tariff, prices_at
@@ -35,6 +36,7 @@ class InputSpec:
     load_kwh_per_year: float = 4000.0
     tariff: Tariff = field(default_factory=Tariff)
     base_dir: Path | None = None  # where relative CSV paths resolve
+    ev_seed: int = 0  # the cars' arrival states of charge, drawn reproducibly
 
 
 def internal_gains(house: House, times: pd.DatetimeIndex, p_load: np.ndarray) -> dict[str, np.ndarray]:
@@ -82,6 +84,15 @@ def measured_disturbances(house: House, measured: pd.DataFrame, step: pd.Timedel
     out["P_load"] = load
     for name, v in time_of_day(mid, house.site.timezone).items():
         out[name] = v
+    for k, ev in enumerate(house.ev):  # the cars' weeks: plugged in, driven, wanted at departure
+        cal = None
+        if ev.calendar is not None:
+            path = Path(ev.calendar) if spec.base_dir is None else spec.base_dir / ev.calendar
+            cal = read_calendar(path)
+        sig = ev_signals(ev, index, step, house.site.timezone, seed=spec.ev_seed + k, calendar=cal)
+        out[f"ev_plugged__{ev.id}"] = sig["plugged"].to_numpy()
+        out[f"ev_drive_w__{ev.id}"] = sig["drive_wh"].to_numpy() / (step / pd.Timedelta(hours=1))
+        out[f"ev_need_wh__{ev.id}"] = sig["need_wh"].to_numpy()
     return out
 
 
@@ -189,6 +200,15 @@ def _build(house: House, spec: InputSpec, start: pd.Timestamp, n_steps: int, ste
     out["P_load"] = load.to_numpy()
     for name, v in time_of_day(mid, house.site.timezone).items():
         out[name] = v
+    for k, ev in enumerate(house.ev):  # the cars' weeks: plugged in, driven, wanted at departure
+        cal = None
+        if ev.calendar is not None:
+            path = Path(ev.calendar) if spec.base_dir is None else spec.base_dir / ev.calendar
+            cal = read_calendar(path)
+        sig = ev_signals(ev, index, step, house.site.timezone, seed=spec.ev_seed + k, calendar=cal)
+        out[f"ev_plugged__{ev.id}"] = sig["plugged"].to_numpy()
+        out[f"ev_drive_w__{ev.id}"] = sig["drive_wh"].to_numpy() / (step / pd.Timedelta(hours=1))
+        out[f"ev_need_wh__{ev.id}"] = sig["need_wh"].to_numpy()
     for c in ("ghi", "dni", "dhi", "wind_speed"):
         out[c] = w[c]
     req = index[min(required, n_steps) - 1]

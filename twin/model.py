@@ -126,9 +126,14 @@ def declare(house: House) -> SymbolicModel:
     T_mass = {r: D.add("x", f"T_mass__{r}") for r in rooms}
     soc = D.add("x", "soc") if house.battery else None
 
+    cars = [e.id for e in house.ev]
+    for c in cars:  # (after soc: the indices before stay)
+        D.add("x", f"ev_soc__{c}")
+
     P_heat = {r: D.add("u", f"P_heat__{r}") for r in rooms}
     P_ch = D.add("u", "P_ch") if house.battery else None
     P_dis = D.add("u", "P_dis") if house.battery else None
+    P_ev = {c: D.add("u", f"P_ev__{c}") for c in cars}  # charging, AC side [W]
 
     T_out = D.add("d", "T_out")
     T_ground = D.add("d", "T_ground")
@@ -137,6 +142,11 @@ def declare(house: House) -> SymbolicModel:
     P_pv = D.add("d", "P_pv")
     P_load = D.add("d", "P_load")
     tod = [D.add("d", n) for n in TIME_OF_DAY]
+    ev_drive = {}
+    for c in cars:
+        D.add("d", f"ev_plugged__{c}")  # share of the step plugged in [0–1]: the charger's limit (plant, OCP)
+        ev_drive[c] = D.add("d", f"ev_drive_w__{c}")  # energy driven, as a mean power over the arrival step [W]
+        D.add("d", f"ev_need_wh__{c}")  # energy wanted on board at each departure [Wh] (the controllers')
 
     par = {}
     for r in rooms:
@@ -186,12 +196,20 @@ def declare(house: House) -> SymbolicModel:
         rhs.append((eta_ch * P_ch - P_dis / eta_dis - p_self) / (3600.0 * cap))
         p_bat = P_ch - P_dis
     p_loss = D.add("p", "inv_standby_w") if house.has_inverter else 0
+    p_ev = 0
+    for c in cars:
+        cap_ev = D.add("p", f"ev_capacity_wh__{c}")
+        eta_ev = D.add("p", f"ev_eta__{c}")
+        rhs.append((eta_ev * P_ev[c] - ev_drive[c]) / (3600.0 * cap_ev))
+        p_ev = p_ev + P_ev[c]
 
     p_heat_total = ca.sum1(ca.vertcat(*P_heat.values()))
     outputs["P_heat_total"] = p_heat_total
     outputs["P_bat"] = p_bat
     outputs["P_loss"] = p_loss
-    outputs["P_grid"] = P_load + p_heat_total + p_bat - P_pv + p_loss
+    if cars:
+        outputs["P_ev"] = p_ev
+    outputs["P_grid"] = P_load + p_heat_total + p_bat + p_ev - P_pv + p_loss
     outputs["COP"] = cop
     outputs = {k: ca.SX(v) for k, v in outputs.items()}
 
@@ -232,6 +250,9 @@ def parameter_values(house: House) -> dict[str, float]:
         values["bat_self_discharge_w"] = b.self_discharge_w
     if house.has_inverter:
         values["inv_standby_w"] = house.inverter.standby_w if house.inverter else 10.0
+    for e in house.ev:
+        values[f"ev_capacity_wh__{e.id}"] = e.capacity_kwh * 1000.0
+        values[f"ev_eta__{e.id}"] = e.eta_charge
     return values
 
 
@@ -268,6 +289,7 @@ class Limits:
     import_limit_w: float | None = None
     export_limit_w: float | None = None
     inverter_ac_w: float | None = None
+    ev_max_w: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, house: House) -> Limits:
@@ -279,7 +301,7 @@ class Limits:
             max_charge_w=b.max_charge_w if b else None, max_discharge_w=b.max_discharge_w if b else None,
             soc_min=b.soc_min if b else None, soc_max=b.soc_max if b else None,
             import_limit_w=house.grid.import_limit_w, export_limit_w=house.grid.export_limit_w,
-            inverter_ac_w=ac,
+            inverter_ac_w=ac, ev_max_w=tuple(e.charger.max_w for e in house.ev),
         )
 
 
@@ -308,7 +330,7 @@ class HouseModel:
         """Upper bounds of the inputs (``sym.u`` order) [W]: heater ratings, battery powers."""
         lim = self.limits
         bat = [lim.max_charge_w, lim.max_discharge_w] if self.has_battery else []
-        return np.array([*lim.heater_w, *bat], dtype=float)
+        return np.array([*lim.heater_w, *bat, *lim.ev_max_w], dtype=float)
 
     @property
     def rooms(self) -> tuple[str, ...]:
@@ -338,6 +360,20 @@ class HouseModel:
     @property
     def i_soc(self) -> int | None:
         return self.sym.x.index("soc") if self.has_battery else None
+
+    @property
+    def cars(self) -> tuple[str, ...]:
+        return tuple(e.id for e in self.house.ev)
+
+    @property
+    def i_ev_soc(self) -> list[int]:
+        """The cars' state-of-charge states (house order)."""
+        return [self.sym.x.index(f"ev_soc__{c}") for c in self.cars]
+
+    @property
+    def i_ev(self) -> list[int]:
+        """The cars' charging inputs (house order)."""
+        return [self.sym.u.index(f"P_ev__{c}") for c in self.cars]
 
     @property
     def heater_w(self) -> np.ndarray:

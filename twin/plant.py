@@ -183,6 +183,16 @@ class SimulatedHome:
         lim = m.limits
         self._limits = lim
         self._inv_ac, self._imp_lim, self._exp_lim = lim.inverter_ac_w, lim.import_limit_w, lim.export_limit_w
+        # the cars: their chargers, states, inputs and the disturbances that say when they are home
+        self._cars = list(m.house.ev)
+        if self._cars:
+            dn = m.sym.d.names
+            self._i_ev_u = [len(m.sym.x) + i for i in m.i_ev]  # in z = [x; u]
+            self._i_ev_x = m.i_ev_soc
+            self._i_plug = [dn.index(f"ev_plugged__{c}") for c in m.cars]
+            g = self._step_maps(0)[1]
+            if any(abs(g[i] - 1.0) > 1e-12 for i in m.i_ev):
+                raise ModelStructureError("a car's charging power must enter P_grid one to one")
 
     def _disturbance_maps(self, D: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What the disturbances give each step: ``c(d)`` (N, n_x), its part of ``[x_next; x_mean]``
@@ -324,6 +334,11 @@ class SimulatedHome:
         # z = [x; u]: one matrix–vector product per fine step advances the whole house.
         z = np.zeros(nx + len(m.sym.u))
         z[:nx] = self.x
+        ev_w = 0.0
+        if self._cars:  # the cars charge at a power held over the step (their chargers' limits applied)
+            for j, p in enumerate(self._ev_powers(action, k, t0)):
+                z[self._i_ev_u[j]] = p
+                ev_w += p
         zh = z[nx:nx + nr]  # heater powers (a view)
         T = z[:nr]  # room air temperatures (a view)
         relay = self.relay.copy()
@@ -348,7 +363,7 @@ class SimulatedHome:
                 np.multiply(relay, rating, out=zh)
             else:
                 zh[:] = H[j]
-            g_nb = grid0 + float(g_heat @ zh)  # grid without battery, PV available
+            g_nb = grid0 + float(g_heat @ zh) + ev_w  # grid without battery, PV available
             pv = pv_avail
             if bat is not None:
                 z[i_ch] = z[i_dis] = 0.0
@@ -370,7 +385,7 @@ class SimulatedHome:
                     zh *= 1.0 - cut / tot
                     shed_rooms += before - zh
                     shed += cut
-                    g_nb = grid0 + float(g_heat @ zh)
+                    g_nb = grid0 + float(g_heat @ zh) + ev_w
             if imp_lim is not None:
                 hi = min(hi, imp_lim - g_nb)
             # Export limit: if even the most battery charging over-exports, curtail PV.
@@ -401,6 +416,12 @@ class SimulatedHome:
             grid_sum += g_nb + p  # the battery's AC power enters the grid one to one
 
         self.x = z[:nx].copy()
+        for j, car in enumerate(self._cars):  # a trip that took more than the car had: it came back empty
+            i = self._i_ev_x[j]
+            if self.x[i] < 0.0:
+                lg.events.append({"time": t0, "kind": "ev_empty", "car": car.id,
+                                  "missing_kwh": round(-float(self.x[i]) * car.capacity_kwh, 3)})
+                self.x[i] = 0.0
         self.relay = relay
         inv_n = 1.0 / n
         lg.x_mean[k] = x_sum * inv_n
@@ -425,6 +446,26 @@ class SimulatedHome:
             lg.events.append({"time": t0, "kind": "curtail_pv", "energy_wh": round(curt * h, 2)})
         self.k += 1
         return self._observe(k)
+
+    def _ev_powers(self, action: Action, k: int, t0: pd.Timestamp) -> list[float]:
+        """Each car's charging power over step ``k`` [W, AC]: what was asked (a plain wallbox's full
+        power up to the car's target when nothing was), made feasible by the charger (0 below its
+        minimum current, never above its maximum), while plugged in (the step's plugged share), and
+        no more than the battery takes before it is full."""
+        out = []
+        h = self.step_s / 3600.0
+        for j, car in enumerate(self._cars):
+            soc = float(self.x[self._i_ev_x[j]])
+            asked = None if action.ev_w is None else float(np.asarray(action.ev_w, dtype=float)[j])
+            if asked is not None and not math.isfinite(asked):
+                self.log.events.append({"time": t0, "kind": "nan_command", "what": f"ev_w[{car.id}]"})
+                asked = 0.0
+            if asked is None:  # a plain wallbox: full power until the car's own limit (its target)
+                asked = car.charger.max_w if soc < car.target_soc else 0.0
+            p = car.charger.feasible(asked) * float(self.D[k, self._i_plug[j]])
+            room = max(0.0, (1.0 - soc) * car.usable_wh / car.eta_charge / h)  # [W] until full
+            out.append(min(p, room))
+        return out
 
     # ------------------------------------------------------------------ results
     def outputs(self) -> pd.DataFrame:

@@ -54,6 +54,7 @@ class Action:
     heat_w: np.ndarray | None = None
     heat_setpoint_c: np.ndarray | None = None
     bat_w: float | None = None
+    ev_w: np.ndarray | None = None  # each car's charging power asked for, AC [W]; None: a plain wallbox
     reason: str | None = None  # why this is not the controller's plan (a fallback), if it is not
 
     def __post_init__(self) -> None:

@@ -70,3 +70,68 @@ def test_a_calendar_replaces_the_weeks_trips_on_its_days():
     assert s.loc["2024-01-10T12:00Z", "plugged"] == 0.0  # away for three days: no commute on those days
     assert s.loc["2024-01-11T19:00Z", "drive_wh"] == pytest.approx(40000)
     assert s["drive_wh"].sum() == pytest.approx(40000 + 12000 + 12000)  # and Monday's and Friday's commutes
+
+
+# ---------------------------------------------------------------------------------------------
+# the car in the one model and the simulated home
+# ---------------------------------------------------------------------------------------------
+def _home_with_a_car(tmp_path, ev: Ev, days: float = 3.0):
+    from helpers import BATTERY_HOUSE, house_from
+
+    from pems.twin.inputs import InputSpec, build_inputs
+    from pems.twin.model import build_model
+    from pems.twin.plant import SimulatedHome
+
+    house = house_from({**BATTERY_HOUSE, "site": {**BATTERY_HOUSE["site"], "timezone": TZ}},
+                       ev=[ev.model_dump()])
+    model = build_model(house)
+    start = pd.Timestamp("2024-01-08T00:00Z")  # a Monday
+    d = build_inputs(house, InputSpec(weather="greensboro-tmy3", prices="flat"), start, int(days * 96), STEP)
+    x0 = np.zeros(len(model.sym.x))
+    x0[model.air], x0[model.mass] = 21.0, 21.5
+    x0[model.i_soc] = 0.5
+    x0[model.i_ev_soc[0]] = 0.8
+    return model, d, SimulatedHome(model, d, x0)
+
+
+@pytest.mark.parametrize("command", ["wallbox", "random"])
+def test_energy_balance_soc_and_charger_limits_hold_at_every_step(tmp_path, command):
+    """A commuting car under a plain wallbox, or under random commands: the grid balances with the
+    car's charging at every step; the car's SOC moves only by what it was charged while plugged in,
+    and by its trip's energy at the arrival step; it never charges below the minimum current or
+    above the maximum, nor while away."""
+    from pems.twin.signals import Action
+
+    model, d, home = _home_with_a_car(tmp_path, COMMUTE)
+    car = COMMUTE.charger
+    rng = np.random.default_rng(5)
+    home.reset()
+    i_soc, i_p = model.i_ev_soc[0], model.i_ev[0]
+    socs = [home.x[i_soc]]
+    for k in range(len(d)):
+        ev_w = None if command == "wallbox" else np.array([rng.choice([0.0, 2000.0, 5000.0, 30000.0, np.nan])])
+        home.step(Action(heat_w=np.full(model.n_rooms, 500.0), bat_w=None, ev_w=ev_w))
+        socs.append(home.x[i_soc])
+    out = home.outputs()
+    lg = home.log
+    p_ev = lg.u_mean[:, i_p]
+    heat = lg.u_mean[:, model.heat].sum(axis=1)
+    bat = lg.u_mean[:, model.sym.u.index("P_ch")] - lg.u_mean[:, model.sym.u.index("P_dis")]
+    balance = out["P_grid"] - (d["P_load"] + heat + bat + p_ev - lg.pv + out["P_loss"])
+    assert np.abs(balance.to_numpy()).max() < 1e-6
+    np.testing.assert_allclose(out["P_ev"], p_ev, atol=1e-9)
+    plugged = d["ev_plugged__car"].to_numpy()
+    socs = np.asarray(socs)
+    # home all step and not filled up within it (the car's own taper): at least the minimum current
+    charging = (plugged == 1.0) & (p_ev > 1e-9) & (socs[1:] < 1.0 - 1e-9)
+    assert charging.sum() > 3 and (p_ev[charging] >= car.min_w - 1e-6).all()
+    assert (p_ev <= car.max_w * plugged + 1e-6).all() and (p_ev[plugged == 0] == 0).all()
+    assert socs.max() <= 1.0 + 1e-12
+    # the SOC: charged while plugged (η = 0.9), less the trip at the arrival step, nothing else
+    expect = (0.9 * p_ev - d["ev_drive_w__car"].to_numpy()) * 0.25 / 60000.0
+    np.testing.assert_allclose(np.diff(socs), expect, atol=1e-9)
+    away = (plugged == 0) & (d["ev_drive_w__car"].to_numpy() == 0)
+    assert np.abs(np.diff(socs)[away]).max() == 0.0
+    if command == "wallbox":  # 12 kWh a day back by 07:00 at 11 kW: every departure at its target
+        need = d["ev_need_wh__car"].to_numpy() > 0
+        assert need.sum() == 3 and (socs[:-1][need] >= 0.8 - 1e-9).all()

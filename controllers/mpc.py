@@ -172,13 +172,15 @@ class EconomicMPC:
             if m.has_battery:
                 u[m.sym.u.index("P_ch")] = max(obs.P_bat, 0.0)
                 u[m.sym.u.index("P_dis")] = max(-obs.P_bat, 0.0)
+            if m.cars and obs.P_ev is not None:
+                u[m.i_ev] = obs.P_ev
             d = self._last_d.copy()
             names = m.sym.d.names
             d[names.index("T_out")] = obs.T_out
             d[names.index("P_pv")] = obs.P_pv
             d[names.index("P_load")] = obs.P_load
             est.predict(u, d)
-        return est.correct(est.measurement(obs.T_room, obs.soc))
+        return est.correct(est.measurement(obs.T_room, obs.soc, obs.ev_soc))
 
     def act(self, observation: Observation, forecast: Forecast) -> Action:
         bad = [n for n, ok in zip(forecast.d_names, np.isfinite(forecast.d).all(axis=0)) if not ok]

@@ -50,6 +50,17 @@ KPIS: dict[str, Kpi] = {
                                             "(how well imports moved into cheap hours)."),
 }
 
+#: The cars' KPIs, in runs of a house with ``[[ev]]`` (after :data:`KPIS` in ``kpis.csv``).
+EV_KPIS: dict[str, Kpi] = {
+    "ev_energy_kWh": Kpi("kWh", "Charged into the cars, AC side: Σ_cars Σ_k P_ev · Δt."),
+    "ev_shortfall_kWh": Kpi("kWh", "Energy missing at departures: Σ_departures max(0, target · capacity − the "
+                                   "energy on board at the departure step's start)."),
+    "ev_departures_missed": Kpi("–", "Departures that left more than 1 Wh below their target."),
+    "ev_departures": Kpi("–", "Departures in the run."),
+    "ev_pv_share": Kpi("–", "Share of the cars' charging that was PV surplus (PV beyond the household, the heating, "
+                            "the battery's charging and the inverter's standby)."),
+}
+
 KPI_UNITS = {k: v.unit for k, v in KPIS.items()}
 
 
@@ -58,6 +69,36 @@ def step_hours(index: pd.DatetimeIndex) -> float:
     if len(index) < 2:
         raise ValueError("a trajectory needs at least two steps")
     return pd.Series(index).diff().median().total_seconds() / 3600.0
+
+
+def ev_kpis(traj: pd.DataFrame, cars: Sequence) -> dict[str, float]:
+    """The cars' KPIs (none without a car): energy delivered [kWh], the shortfall at departures
+    [kWh] and the departures that left below their target, the share of the cars' energy that was
+    PV surplus (PV beyond the household, the heating and the battery's charging)."""
+    if not cars:
+        return {}
+    dt = step_hours(pd.DatetimeIndex(traj.index))
+    heat = traj[[c for c in traj.columns if c.startswith("P_heat__")]].sum(axis=1).to_numpy()
+    surplus = (traj["P_pv"].to_numpy() - traj["P_load_household"].to_numpy() - heat
+               - np.clip(traj["P_bat"].to_numpy(), 0, None) - traj["P_loss"].to_numpy())
+    delivered = short = pv = 0.0
+    missed = departures = 0
+    left = np.clip(surplus, 0, None)
+    for car in cars:
+        p = traj[f"P_ev__{car.id}"].to_numpy()
+        need = traj[f"ev_need_wh__{car.id}"].to_numpy()
+        have = traj[f"ev_soc__{car.id}"].to_numpy() * car.capacity_kwh * 1000.0
+        gap = np.clip(need - have, 0, None)[need > 0] / 1000.0
+        delivered += p.sum() * dt / 1000.0
+        short += float(gap.sum())
+        missed += int((gap > 1e-3).sum())
+        departures += int((need > 0).sum())
+        from_pv = np.minimum(p, left)
+        left = left - from_pv
+        pv += from_pv.sum() * dt / 1000.0
+    return {"ev_energy_kWh": float(delivered), "ev_shortfall_kWh": float(short),
+            "ev_departures_missed": float(missed), "ev_departures": float(departures),
+            "ev_pv_share": float(pv / delivered) if delivered > 0 else float("nan")}
 
 
 def compute_kpis(traj: pd.DataFrame, rooms: Sequence[str], usable_battery_kwh: float | None) -> dict[str, float]:

@@ -18,7 +18,7 @@ from pems.controllers import make_controller
 from pems.controllers.base import Controller, Learner, Privileged, Reporter
 from pems.scenarios.comfort import comfort_bands
 from pems.scenarios.forecast import ForecastProvider, forecast_provider
-from pems.scenarios.kpis import compute_kpis
+from pems.scenarios.kpis import compute_kpis, ev_kpis
 from pems.scenarios.spec import LoadedScenario
 from pems.twin.inputs import build_inputs
 from pems.twin.model import HouseModel, build_model
@@ -93,7 +93,7 @@ def initial_state(sc: LoadedScenario, model: HouseModel, inputs: pd.DataFrame,
         d = day[list(model.sym.d.names)].mean().to_numpy()
         target = low.iloc[0].to_numpy() + 0.5
         x, _ = steady_state(model, d, target, soc=ini.soc)
-        return x
+        return _cars_at_target(model, x)
     x = np.zeros(len(model.sym.x))
     t_room = _per_room(ini.T_room, rooms)
     x[model.air] = t_room
@@ -101,6 +101,14 @@ def initial_state(sc: LoadedScenario, model: HouseModel, inputs: pd.DataFrame,
     if model.has_battery:
         lim = model.limits
         x[model.i_soc] = ini.soc if ini.soc is not None else 0.5 * (lim.soc_min + lim.soc_max)
+    return _cars_at_target(model, x)
+
+
+def _cars_at_target(model: HouseModel, x: np.ndarray) -> np.ndarray:
+    """The cars start at their target state of charge (as after a night at home)."""
+    x = np.asarray(x, dtype=float).copy()
+    for car, i in zip(model.house.ev, model.i_ev_soc):
+        x[i] = car.target_soc
     return x
 
 
@@ -158,6 +166,7 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
     bat, lim = model.house.battery, model.limits
     usable = bat.capacity_kwh * (lim.soc_max - lim.soc_min) if bat else None
     kpis = compute_kpis(traj, model.rooms, usable)
+    kpis |= ev_kpis(traj, model.house.ev)
     own = ctrl.events if isinstance(ctrl, Reporter) else []
     events = sorted(plant.log.events + list(own), key=lambda e: e["time"])
     return RunResult(sc.name, ctrl.name, traj, kpis, events, wall, model.rooms, sc.spec.tariff.currency,
@@ -187,6 +196,17 @@ def trajectory(prep: Prepared, plant: SimulatedHome, compute_s: np.ndarray) -> p
     cols["P_pv"] = lg.pv[:n]
     cols["P_pv_avail"] = inp["P_pv"].to_numpy()
     cols["P_load"] = inp["P_load"].to_numpy()
+    if model.cars:
+        # P_load is all but the heating, the cars' charging included (the energy balance's terms);
+        # the household's own and each car's are their own columns
+        cols["P_load_household"] = cols["P_load"].copy()
+        x_start = np.vstack([plant.x0[None, :], lg.x_end[:n - 1]]) if n else lg.x_end[:0]
+        for c, i_u, i_x in zip(model.cars, model.i_ev, model.i_ev_soc):
+            cols[f"P_ev__{c}"] = u[:, i_u]
+            cols[f"ev_soc__{c}"] = x_start[:, i_x]  # at the step's start: what a departure leaves with
+            cols[f"ev_plugged__{c}"] = inp[f"ev_plugged__{c}"].to_numpy()
+            cols[f"ev_need_wh__{c}"] = inp[f"ev_need_wh__{c}"].to_numpy()
+            cols["P_load"] = cols["P_load"] + u[:, i_u]
     cols["P_grid"] = y["P_grid"].to_numpy()
     cols["P_import"] = np.clip(cols["P_grid"], 0, None)
     cols["P_export"] = np.clip(-cols["P_grid"], 0, None)

@@ -101,20 +101,27 @@ class KalmanEstimator:
         self.form = affine_form(model)
         self.disc = zoh(self.form.A, step_s)
         n, nr = len(model.sym.x), model.n_rooms
-        self.C = np.zeros((nr + (1 if model.has_battery else 0), n))
+        nb, nc = (1 if model.has_battery else 0), len(model.cars)
+        self.C = np.zeros((nr + nb + nc, n))
         self.C[:nr, :nr] = np.eye(nr)
         if model.has_battery:
             self.C[nr, model.i_soc] = 1.0
+        for j, i in enumerate(model.i_ev_soc):  # each car reports its own state of charge
+            self.C[nr + nb + j, i] = 1.0
         q = np.r_[np.full(nr, noise.air_k), np.full(nr, noise.mass_k)] ** 2
         if model.has_battery:
             q = np.r_[q, noise.soc**2]
-        r = np.r_[np.full(nr, noise.sensor_k), [noise.sensor_soc] if model.has_battery else []] ** 2
+        q = np.r_[q, np.full(nc, noise.soc**2)]
+        r = np.r_[np.full(nr, noise.sensor_k), [noise.sensor_soc] if model.has_battery else [],
+                  np.full(nc, noise.sensor_soc)] ** 2
         self.filter = SteadyKalman.design(self.disc.Ad, self.C, np.diag(q), np.diag(r))
         self.K = self.filter.K  # update gain for the predicted state
         self.x: np.ndarray | None = None
 
-    def measurement(self, T_room: np.ndarray, soc: float | None) -> np.ndarray:
-        return np.r_[T_room, [soc] if self.model.has_battery else []]
+    def measurement(self, T_room: np.ndarray, soc: float | None, ev_soc: np.ndarray | None = None) -> np.ndarray:
+        """``y``: the rooms' air, the battery's SOC, each car's SOC (NaN where not known: skipped)."""
+        cars = np.full(len(self.model.cars), np.nan) if ev_soc is None else np.asarray(ev_soc, dtype=float)
+        return np.r_[T_room, [soc if soc is not None else np.nan] if self.model.has_battery else [], cars]
 
     def reset(self, x0: np.ndarray) -> None:
         """Start from a guess of the full state."""
@@ -128,6 +135,8 @@ class KalmanEstimator:
         x[m.mass] = T_room
         if m.has_battery:
             x[m.i_soc] = 0.5 if soc is None else soc
+        for car, i in zip(m.house.ev, m.i_ev_soc):
+            x[i] = car.target_soc
         return x
 
     def step_input(self, u_w: np.ndarray, d: np.ndarray) -> np.ndarray:

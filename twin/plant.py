@@ -260,15 +260,25 @@ class SimulatedHome:
         if k_done is None:
             return Observation(time=t, T_room=self.x[m.air].copy(), soc=soc,
                                T_out=float(self.D[0, m.sym.d.index("T_out")]),
-                               P_heat=np.zeros(m.n_rooms))
+                               P_heat=np.zeros(m.n_rooms), **self._cars_now(None))
         lg, u = self.log, self.log.u_mean[k_done]
         p_bat = float(u[self._i_ch] - u[self._i_dis]) if m.has_battery else 0.0
         return Observation(
             time=t, T_room=self.x[m.air].copy(), soc=soc,
             T_out=float(self.D[k_done, m.sym.d.index("T_out")]),
             P_pv=float(lg.pv[k_done]), P_load=float(self.D[k_done, m.sym.d.index("P_load")]),
-            P_grid=float(lg.grid[k_done]), P_bat=p_bat, P_heat=u[m.heat].copy(),
+            P_grid=float(lg.grid[k_done]), P_bat=p_bat, P_heat=u[m.heat].copy(), **self._cars_now(u),
         )
+
+    def _cars_now(self, u: np.ndarray | None) -> dict:
+        """What the cars report at the coming step's start (none without a car)."""
+        m = self.model
+        if not self._cars:
+            return {}
+        k = min(self.k, len(self.D) - 1)
+        return {"ev_soc": self.x[self._i_ev_x].copy(),
+                "ev_plugged": np.array([self.D[k, i] > 0.5 for i in self._i_plug]),
+                "P_ev": np.zeros(len(self._cars)) if u is None else u[m.i_ev].copy()}
 
     def _heating_plan(self, action: Action, t0: pd.Timestamp) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Thermostat set-points, or the per-fine-step heater powers of a power command."""

@@ -30,6 +30,9 @@ class Observation:
     P_grid: float = 0.0  # import positive [W]
     P_bat: float = 0.0  # charge positive [W]
     P_heat: np.ndarray | None = None  # per room [W]
+    ev_soc: np.ndarray | None = None  # each car's state of charge, as the car reports it [0–1]; None: no car
+    ev_plugged: np.ndarray | None = None  # each car plugged in now [bool]
+    P_ev: np.ndarray | None = None  # each car's charging over the step that ended, AC [W]
 
 
 @dataclass(frozen=True)

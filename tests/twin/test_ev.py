@@ -135,3 +135,31 @@ def test_energy_balance_soc_and_charger_limits_hold_at_every_step(tmp_path, comm
     if command == "wallbox":  # 12 kWh a day back by 07:00 at 11 kW: every departure at its target
         need = d["ev_need_wh__car"].to_numpy() > 0
         assert need.sum() == 3 and (socs[:-1][need] >= 0.8 - 1e-9).all()
+
+
+@pytest.mark.parametrize("controller", ["rule-based", "mpc"])
+def test_a_scenario_with_a_car_balances_and_reports_the_cars_kpis(tmp_path, controller):
+    """Three winter days of the two-room battery house with a commuting car: the trajectory's energy
+    balance holds with the car's charging in P_load (the contract's terms), and its KPIs count the
+    three departures, the energy charged and what was missing. (The MPC does not plan the car yet:
+    the home's plain wallbox charges it.)"""
+    from helpers import BATTERY_HOUSE, write_scenario
+
+    from pems.scenarios.runner import prepare, run
+    from pems.scenarios.spec import load_scenario
+
+    house = {**BATTERY_HOUSE, "site": {**BATTERY_HOUSE["site"], "timezone": TZ}, "ev": [COMMUTE.model_dump(exclude_none=True)]}
+    prep = prepare(load_scenario(write_scenario(tmp_path, house, weather="greensboro-tmy3", load="h25",
+                                                start="2024-01-08T00:00:00Z", days=3.0)))
+    r = run(prep, controller)
+    t = r.trajectory
+    heat = t[[c for c in t.columns if c.startswith("P_heat__") and "cmd" not in c]].sum(axis=1)
+    resid = t["P_grid"] - (t["P_load"] + heat + t["P_bat"] - t["P_pv"] + t["P_loss"])
+    assert resid.abs().max() < 1e-6
+    np.testing.assert_allclose(t["P_load"] - t["P_load_household"], t["P_ev__car"], atol=1e-9)
+    k = r.kpis
+    assert k["ev_departures"] == 3 and k["ev_departures_missed"] == 0 and k["ev_shortfall_kWh"] == 0
+    # what it drove (3 × 12 kWh) came back in, through the charger's 90 %, less what the SOC gained
+    soc_gain = (t["ev_soc__car"].iloc[-1] - 0.8) * 60
+    assert k["ev_energy_kWh"] * 0.9 == pytest.approx(36.0 + soc_gain, abs=0.5)
+    assert 0 <= k["ev_pv_share"] <= 1

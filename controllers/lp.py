@@ -210,7 +210,11 @@ def stage_parameters(fc: Forecast, blocking: Blocking) -> np.ndarray:
         return rows.T
     starts = blocking.starts
     sums = np.add.reduceat(rows, starts, axis=0)
-    return (sums / np.asarray(blocking.steps, dtype=float)[:, None]).T
+    out = sums / np.asarray(blocking.steps, dtype=float)[:, None]
+    # a car's departure is an event, not a rate: a stage holding one carries all of its need
+    need = [i for i, name in enumerate(fc.d_names) if name.startswith("ev_need_wh__")]
+    out[:, need] = sums[:, need]
+    return out.T
 
 
 # ---------------------------------------------------------------------------------------------- the LP

@@ -41,6 +41,7 @@ from pems.controllers.mpc_nlp import IPOPT_OPTIONS, NLP_OPTIONS, NlpPlanner
 from pems.controllers.ocp import OcpSolution, Weights, decision_variables, discretise
 from pems.controllers.rule_based import RuleBasedController
 from pems.twin.model import HouseModel
+from pems.twin.ev import quantised
 from pems.twin.signals import Action, Forecast, Observation
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ class EconomicMPC:
         self.solve_s: list[float] = []
         self._last_d: np.ndarray | None = None
         self._sol: OcpSolution | None = None
+        self._ev_carry = np.zeros(len(self.model.cars))  # planned car energy not yet given [Wh]
         if self._nlp is not None:
             self._nlp.reset()
         if self.lp is not None:
@@ -211,7 +213,16 @@ class EconomicMPC:
         bat = None
         if m.has_battery:
             bat = float(u_w[m.sym.u.index("P_ch")] - u_w[m.sym.u.index("P_dis")])
-        return Action(heat_w=heat, bat_w=bat)
+        ev = None
+        if m.cars:  # the charger's currents: a plan below its minimum waits, its energy carried on
+            step_h = self.step_s / 3600.0
+            ev = np.zeros(len(m.cars))
+            for j, car in enumerate(m.house.ev):
+                if observation.ev_plugged is not None and not observation.ev_plugged[j]:
+                    self._ev_carry[j] = 0.0
+                    continue
+                ev[j], self._ev_carry[j] = quantised(u_w[m.i_ev[j]], car.charger, self._ev_carry[j], step_h)
+        return Action(heat_w=heat, bat_w=bat, ev_w=ev)
 
     # ------------------------------------------------------------------ the solver chain
     def _solve(self, t: pd.Timestamp, x0: np.ndarray, fc: Forecast) -> tuple[OcpSolution | None, list[str]]:
@@ -303,6 +314,7 @@ class EconomicMPC:
         bounds = np.r_[starts, n]  # the step at which each state of sol.x holds
         x = np.column_stack([np.interp(k, bounds, sol.x[:, j]) for j in range(sol.x.shape[1])])
         out = {f"P_heat__{r}": u[:, j] for j, r in enumerate(m.rooms)}
+        out |= {f"P_ev__{c}": u[:, i] for c, i in zip(m.cars, m.i_ev)}
         if m.has_battery:
             names = self.vars.names
             out["P_bat"] = u[:, names.index("P_ch")] - u[:, names.index("P_dis")]

@@ -49,6 +49,9 @@ class Weights:
         Cost of battery throughput [currency per kWh charged plus discharged].
     peak
         Cost of import above ``peak_threshold_kw`` [currency per kW per hour]; 0 disables it.
+    ev_shortfall
+        Price of each kWh a car leaves without below its target [currency per kWh]: the departure
+        target is a soft constraint (a slack per car), met whenever charging costs less.
     terminal_battery_value, terminal_heat_value
         Share of the horizon's mean import price at which energy left in the battery and heat left
         in the building are valued at the end of the horizon, so that a receding horizon does not
@@ -62,6 +65,7 @@ class Weights:
     battery_wear: float = 0.005
     peak: float = 0.0
     peak_threshold_kw: float = 15.0
+    ev_shortfall: float = 1.0
     terminal_battery_value: float = 1.0
     terminal_heat_value: float = 0.9
 
@@ -172,6 +176,10 @@ def decision_variables(model: HouseModel, weights: Weights) -> OcpVariables:
     ub += [inf] * nr
     if weights.peak > 0:
         names.append("s_peak")
+        lb.append(0.0)
+        ub.append(inf)
+    for c in model.cars:  # energy a car would leave without, below its target [kWh]
+        names.append(f"s_ev__{c}")
         lb.append(0.0)
         ub.append(inf)
     return OcpVariables(tuple(names), np.array(lb), np.array(ub), len(model.sym.u))
@@ -301,6 +309,14 @@ def stage(dm: DiscreteModel, weights: Weights, v: OcpVariables, x, z, par: Stage
         if ac is not None:
             p_inv = (d_eff[i_pv]) / 1000.0 - (z[i_ch] - z[i_dis])  # inverter AC output [kW]
             g += [p_inv - ac / 1000.0, -p_inv - ac / 1000.0]
+    d_names = model.sym.d.names
+    for car, i_u, i_x in zip(model.house.ev, model.i_ev, model.i_ev_soc):
+        plugged = d[d_names.index(f"ev_plugged__{car.id}")]
+        need_kwh = d[d_names.index(f"ev_need_wh__{car.id}")] / 1000.0
+        s_ev = z[names.index(f"s_ev__{car.id}")]
+        g.append(z[i_u] - plugged * car.charger.max_w / 1000.0)  # it charges only while plugged in
+        g.append(need_kwh - x[i_x] * car.capacity_kwh - s_ev)  # on board at a departure: its target, or a slack
+        cost += weights.ev_shortfall * s_ev
     dynamics = dm.F(x, u_w, d_eff) if x_next is None else dm.R(x, x_next, u_w, d_eff)
     return cost, ca.vertcat(*g), dynamics
 

@@ -175,6 +175,8 @@ class MpcSpec(_Strict):
     """Back-off inside the band the plan aims for [K]."""
     battery_wear: Annotated[float, Field(ge=0)] = 0.005
     """Cost of battery throughput [currency kWh⁻¹]."""
+    ev_shortfall: Annotated[float, Field(ge=0)] = 1.0
+    """Price of each kWh a car leaves without, below its target: the soft departure target [currency kWh⁻¹]."""
     peak: Annotated[float, Field(ge=0)] = 0.0
     """Penalty on import above ``peak_threshold_kw`` [currency kW⁻¹ h⁻¹]."""
     peak_threshold_kw: Annotated[float, Field(ge=0)] = 15.0

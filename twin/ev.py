@@ -4,8 +4,9 @@ A car is an energy store that is connected only while plugged in. What the twin 
 step (:func:`ev_signals`):
 
 - ``plugged``: the share of the step the car is at home and plugged in [0–1];
-- ``drive_wh``: the energy its trips took out of its battery, put at the step it comes home in (its
-  state of charge does not change while it is away; it arrives with less) [Wh];
+- ``drive_wh``: the energy its trips took out of its battery, put at the step it comes home in, or
+  whose end it comes home at (its state of charge does not change while it is away; it arrives
+  with less, and the next step starts knowing it) [Wh];
 - ``need_wh``: at each step it leaves in, the energy its battery should hold then (the target
   state of charge × capacity), 0 at every other step [Wh].
 
@@ -95,6 +96,15 @@ class Charger(_Strict):
             if p >= lo:
                 best = min(p, hi)
         return best
+
+
+def quantised(planned_w: float, charger: Charger, carry_wh: float, step_h: float) -> tuple[float, float]:
+    """A planned mean power made one the charger can give, the energy carried between steps so that
+    none is lost (sigma-delta): below the minimum current it waits and carries the plan's energy on,
+    once enough has gathered it charges at the minimum. Returns (power to command [W], carry [Wh])."""
+    want = max(planned_w, 0.0) + carry_wh / step_h
+    cmd = charger.feasible(want)
+    return cmd, max(want - cmd, 0.0) * step_h if cmd < want else 0.0
 
 
 class Trip(_Strict):
@@ -208,7 +218,7 @@ def ev_signals(ev: Ev, index: pd.DatetimeIndex, step: pd.Timedelta, tz: str, see
         if kwh is None:
             arrive = float(np.clip(rng.normal(ev.arrival_soc_mean, ev.arrival_soc_sd), 0.0, ev.target_soc))
             kwh = (ev.target_soc - arrive) * ev.capacity_kwh
-        k_back = int(np.searchsorted(starts, b, side="right") - 1)
+        k_back = int(np.searchsorted(starts, b, side="left") - 1)  # the step it comes home in (or by its end)
         if 0 <= k_back < n:
             drive[k_back] += kwh * 1000.0
         k_out = int(np.searchsorted(starts, a, side="right") - 1)

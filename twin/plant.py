@@ -344,11 +344,11 @@ class SimulatedHome:
         # z = [x; u]: one matrix–vector product per fine step advances the whole house.
         z = np.zeros(nx + len(m.sym.u))
         z[:nx] = self.x
-        ev_w = 0.0
-        if self._cars:  # the cars charge at a power held over the step (their chargers' limits applied)
-            for j, p in enumerate(self._ev_powers(action, k, t0)):
-                z[self._i_ev_u[j]] = p
-                ev_w += p
+        # the cars charge at a power held over the step (their chargers' limits applied), unless the
+        # main fuse needs it: the wallbox's load management cuts it first, then the heating is shed
+        ev_req = self._ev_powers(action, k, t0) if self._cars else []
+        ev_total = float(sum(ev_req))
+        ev_w = ev_total
         zh = z[nx:nx + nr]  # heater powers (a view)
         T = z[:nr]  # room air temperatures (a view)
         relay = self.relay.copy()
@@ -373,6 +373,10 @@ class SimulatedHome:
                 np.multiply(relay, rating, out=zh)
             else:
                 zh[:] = H[j]
+            if ev_req:
+                for i, p_req in zip(self._i_ev_u, ev_req):
+                    z[i] = p_req
+                ev_w = ev_total
             g_nb = grid0 + float(g_heat @ zh) + ev_w  # grid without battery, PV available
             pv = pv_avail
             if bat is not None:
@@ -386,8 +390,11 @@ class SimulatedHome:
                 req = -g_nb if bat_cmd is None else bat_cmd
             else:
                 lo = hi = req = 0.0
-            # Main fuse: if even the least battery charging overloads it, shed heating.
-            if imp_lim is not None and g_nb + lo > imp_lim:
+            # Main fuse: if even the least battery charging overloads it, cut the cars, then shed heating.
+            if ev_req and imp_lim is not None and g_nb + lo > imp_lim and ev_w > 0:
+                ev_w = self._ev_within_fuse(z, ev_req, g_nb + lo - imp_lim)
+                g_nb = grid0 + float(g_heat @ zh) + ev_w
+            if imp_lim is not None and g_nb + lo > imp_lim + (1e-6 if ev_req else 0.0):  # (the cut's rounding)
                 tot = float(zh.sum())
                 cut = min(g_nb + lo - imp_lim, tot)
                 if cut > 0:
@@ -456,6 +463,18 @@ class SimulatedHome:
             lg.events.append({"time": t0, "kind": "curtail_pv", "energy_wh": round(curt * h, 2)})
         self.k += 1
         return self._observe(k)
+
+    def _ev_within_fuse(self, z: np.ndarray, ev_req: list[float], over_w: float) -> float:
+        """Cut the cars' charging by ``over_w`` (the last car first), each to a power its charger can
+        give (0 below its minimum); sets them in ``z`` and returns their total [W]."""
+        for j in range(len(ev_req) - 1, -1, -1):
+            if over_w <= 0:
+                break
+            i, car = self._i_ev_u[j], self._cars[j]
+            before = z[i]
+            z[i] = car.charger.feasible(max(before - over_w, 0.0))
+            over_w -= before - z[i]
+        return float(sum(z[i] for i in self._i_ev_u))
 
     def _ev_powers(self, action: Action, k: int, t0: pd.Timestamp) -> list[float]:
         """Each car's charging power over step ``k`` [W, AC]: what was asked (a plain wallbox's full

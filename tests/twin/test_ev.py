@@ -12,6 +12,14 @@ from pems.twin.ev import Charger, Ev, Trip, ev_signals
 
 TZ = "Europe/Prague"
 STEP = pd.Timedelta(minutes=15)
+
+
+def _car_house() -> dict:
+    from helpers import BATTERY_HOUSE
+
+    # the two-room battery house in Prague's time, with a fuse for a wallbox (3 × 35 A)
+    return {**BATTERY_HOUSE, "site": {**BATTERY_HOUSE["site"], "timezone": TZ},
+            "grid": {**BATTERY_HOUSE["grid"], "import_limit_w": 24000}}
 COMMUTE = Ev(capacity_kwh=60, trips=[Trip(days=["mon", "tue", "wed", "thu", "fri"], out="07:00", back="17:30",
                                           drive_kwh=12.0)])
 
@@ -39,7 +47,7 @@ def test_a_weekday_commute_in_winter_and_in_summer_local_time():
     away = mon.index[mon["plugged"] < 1]
     assert away[0] == pd.Timestamp("2024-01-08T06:00Z") and away[-1] == pd.Timestamp("2024-01-08T16:15Z")  # 07:00–17:30 CET
     assert mon.loc["2024-01-08T06:00Z", "need_wh"] == pytest.approx(0.8 * 60000)
-    assert mon.loc["2024-01-08T16:30Z", "drive_wh"] == pytest.approx(12000.0)  # back at 17:30 CET
+    assert mon.loc["2024-01-08T16:15Z", "drive_wh"] == pytest.approx(12000.0)  # back at 17:30 CET: by its end
     assert s["drive_wh"].sum() == pytest.approx(5 * 12000.0) and (s["need_wh"] > 0).sum() == 5
     weekend = s.loc["2024-01-13":"2024-01-14"]
     assert (weekend["plugged"] == 1).all() and (weekend["drive_wh"] == 0).all()
@@ -68,22 +76,21 @@ def test_a_calendar_replaces_the_weeks_trips_on_its_days():
     s = ev_signals(COMMUTE, idx, STEP, TZ, calendar=cal)
     assert s.loc["2024-01-09T05:00Z", "plugged"] == 1.0  # Tuesday: the calendar's trip, not the commute
     assert s.loc["2024-01-10T12:00Z", "plugged"] == 0.0  # away for three days: no commute on those days
-    assert s.loc["2024-01-11T19:00Z", "drive_wh"] == pytest.approx(40000)
+    assert s.loc["2024-01-11T18:45Z", "drive_wh"] == pytest.approx(40000)  # back at 20:00 CET
     assert s["drive_wh"].sum() == pytest.approx(40000 + 12000 + 12000)  # and Monday's and Friday's commutes
 
 
 # ---------------------------------------------------------------------------------------------
 # the car in the one model and the simulated home
 # ---------------------------------------------------------------------------------------------
-def _home_with_a_car(tmp_path, ev: Ev, days: float = 3.0):
+def _home_with_a_car(tmp_path, ev: Ev, days: float = 3.0, fuse_w: float = 25000.0):
     from helpers import BATTERY_HOUSE, house_from
 
     from pems.twin.inputs import InputSpec, build_inputs
     from pems.twin.model import build_model
     from pems.twin.plant import SimulatedHome
 
-    house = house_from({**BATTERY_HOUSE, "site": {**BATTERY_HOUSE["site"], "timezone": TZ}},
-                       ev=[ev.model_dump()])
+    house = house_from({**_car_house(), "grid": {**_car_house()["grid"], "import_limit_w": fuse_w}}, ev=[ev.model_dump()])
     model = build_model(house)
     start = pd.Timestamp("2024-01-08T00:00Z")  # a Monday
     d = build_inputs(house, InputSpec(weather="greensboro-tmy3", prices="flat"), start, int(days * 96), STEP)
@@ -148,7 +155,7 @@ def test_a_scenario_with_a_car_balances_and_reports_the_cars_kpis(tmp_path, cont
     from pems.scenarios.runner import prepare, run
     from pems.scenarios.spec import load_scenario
 
-    house = {**BATTERY_HOUSE, "site": {**BATTERY_HOUSE["site"], "timezone": TZ}, "ev": [COMMUTE.model_dump(exclude_none=True)]}
+    house = {**_car_house(), "ev": [COMMUTE.model_dump(exclude_none=True)]}
     prep = prepare(load_scenario(write_scenario(tmp_path, house, weather="greensboro-tmy3", load="h25",
                                                 start="2024-01-08T00:00:00Z", days=3.0)))
     r = run(prep, controller)
@@ -163,3 +170,62 @@ def test_a_scenario_with_a_car_balances_and_reports_the_cars_kpis(tmp_path, cont
     soc_gain = (t["ev_soc__car"].iloc[-1] - 0.8) * 60
     assert k["ev_energy_kWh"] * 0.9 == pytest.approx(36.0 + soc_gain, abs=0.5)
     assert 0 <= k["ev_pv_share"] <= 1
+
+
+def _scenario(tmp_path, ev: Ev, prices: str = "two-rate", days: float = 3.0):
+    from helpers import BATTERY_HOUSE, write_scenario
+
+    from pems.scenarios.runner import prepare
+    from pems.scenarios.spec import load_scenario
+
+    house = {**_car_house(), "ev": [ev.model_dump(exclude_none=True)]}
+    return prepare(load_scenario(write_scenario(tmp_path, house, weather="greensboro-tmy3", load="h25", prices=prices,
+                                                start="2024-01-08T00:00:00Z", days=days)))
+
+
+def test_the_mpc_charges_the_car_in_the_cheap_hours_and_meets_every_departure(tmp_path):
+    from pems.scenarios.runner import run
+
+    prep = _scenario(tmp_path, COMMUTE)
+    base, mpc = run(prep, "rule-based"), run(prep, "mpc")
+    for r in (base, mpc):
+        assert r.kpis["ev_departures"] == 3 and r.kpis["ev_departures_missed"] == 0
+    t = mpc.trajectory
+    night = t.index.tz_convert(TZ).hour.isin(range(0, 6)) | (t.index.tz_convert(TZ).hour >= 22)
+    share_night = t.loc[night, "P_ev__car"].sum() / t["P_ev__car"].sum()
+    base_night = base.trajectory.loc[night, "P_ev__car"].sum() / base.trajectory["P_ev__car"].sum()
+    assert share_night > 0.9 > base_night  # the wallbox charges on arrival (17:30), the MPC at night
+    assert mpc.kpis["cost"] < base.kpis["cost"]
+    p = t["P_ev__car"].to_numpy()
+    on = (p > 1e-6) & (t["ev_plugged__car"].to_numpy() == 1.0)
+    assert (p[on] >= COMMUTE.charger.min_w - 1e-6).all()  # the charger's minimum current, always
+
+
+def test_too_little_time_the_shortfall_is_what_the_charger_could_not_deliver(tmp_path):
+    """Back at 05:30 from a trip that took 40 kWh, away again at 07:00: one and a half hours at 11 kW
+    (90 % into the battery) cannot refill it; the shortfall is the rest, for every controller."""
+    from pems.scenarios.runner import run
+
+    ev = Ev(capacity_kwh=60, trips=[Trip(days=["mon"], out="07:00", back="05:30", drive_kwh=40.0),
+                                    Trip(days=["tue"], out="07:00", back="18:00", drive_kwh=5.0)])
+    prep = _scenario(tmp_path, ev, days=2.0)  # Monday 07:00 → Tuesday 05:30 (back), Tuesday 07:00 out
+    for controller in ("rule-based", "mpc"):
+        k = run(prep, controller).kpis
+        delivered = 1.5 * ev.charger.max_w / 1000 * ev.eta_charge  # kWh into the battery before 07:00
+        assert k["ev_departures"] == 2 and k["ev_departures_missed"] == 1
+        assert k["ev_shortfall_kWh"] == pytest.approx(40.0 - delivered, abs=0.3), controller
+
+
+def test_a_small_fuse_cuts_the_car_first_and_is_never_exceeded(tmp_path):
+    """An 8 kW main fuse and an 11 kW wallbox: the plant's load management cuts the car's charging
+    (to a power its charger can give) before it sheds any heating, and the import never exceeds it."""
+    from pems.twin.signals import Action
+
+    model, d, home = _home_with_a_car(tmp_path, COMMUTE, fuse_w=8000.0)
+    home.reset()
+    for _ in range(len(d)):
+        home.step(Action(heat_w=np.full(model.n_rooms, 1000.0), bat_w=None))
+    out, lg = home.outputs(), home.log
+    assert out["P_grid"].max() <= 8000.0 + 1e-6
+    assert lg.u_mean[:, model.i_ev[0]].max() < COMMUTE.charger.max_w  # cut below its 11 kW
+    assert lg.shed_wh.sum() == 0.0  # the heating was never shed: the car gave way

@@ -40,8 +40,8 @@ from pems.controllers.lp import Blocking, HorizonLP, NotLinear, why_not_linear
 from pems.controllers.mpc_nlp import IPOPT_OPTIONS, NLP_OPTIONS, NlpPlanner
 from pems.controllers.ocp import OcpSolution, Weights, decision_variables, discretise
 from pems.controllers.rule_based import RuleBasedController
+from pems.twin.ev import car_commands
 from pems.twin.model import HouseModel
-from pems.twin.ev import quantised
 from pems.twin.signals import Action, Forecast, Observation
 
 log = logging.getLogger(__name__)
@@ -215,13 +215,7 @@ class EconomicMPC:
             bat = float(u_w[m.sym.u.index("P_ch")] - u_w[m.sym.u.index("P_dis")])
         ev = None
         if m.cars:  # the charger's currents: a plan below its minimum waits, its energy carried on
-            step_h = self.step_s / 3600.0
-            ev = np.zeros(len(m.cars))
-            for j, car in enumerate(m.house.ev):
-                if observation.ev_plugged is not None and not observation.ev_plugged[j]:
-                    self._ev_carry[j] = 0.0
-                    continue
-                ev[j], self._ev_carry[j] = quantised(u_w[m.i_ev[j]], car.charger, self._ev_carry[j], step_h)
+            ev = car_commands(m.house.ev, u_w[m.i_ev], observation.ev_plugged, self._ev_carry, self.step_s / 3600.0)
         return Action(heat_w=heat, bat_w=bat, ev_w=ev)
 
     # ------------------------------------------------------------------ the solver chain

@@ -26,6 +26,7 @@ import numpy as np
 from pems.controllers.lp import Blocking, HorizonLP, why_not_linear
 from pems.controllers.mpc_nlp import NLP_OPTIONS, NlpPlanner
 from pems.controllers.ocp import Weights, decision_variables, discretise, stage_costs
+from pems.twin.ev import car_commands
 from pems.twin.model import HouseModel
 from pems.twin.signals import Action, Forecast, Observation
 
@@ -154,6 +155,7 @@ class PerfectForesightOracle:
         self.events: list[dict] = []
         self.objective = float("nan")
         self.stats: dict = {}
+        self._ev_carry = np.zeros(len(self.model.cars))
 
     def act(self, observation: Observation, forecast: Forecast) -> Action:
         if self.plan is None:
@@ -170,4 +172,7 @@ class PerfectForesightOracle:
         bat = None
         if m.has_battery:
             bat = float(u_w[m.sym.u.index("P_ch")] - u_w[m.sym.u.index("P_dis")])
-        return Action(heat_w=heat, bat_w=bat)
+        ev = None
+        if m.cars:  # the charger's currents, the plan's energy carried on
+            ev = car_commands(m.house.ev, u_w[m.i_ev], observation.ev_plugged, self._ev_carry, self.step_s / 3600.0)
+        return Action(heat_w=heat, bat_w=bat, ev_w=ev)

@@ -52,6 +52,7 @@ def _emhass(model: HouseModel, step_s: float, options: dict) -> Controller:
 CONTROLLERS: dict[str, Callable[[HouseModel, float, dict], Controller]] = {
     "rule-based": lambda model, step_s, options: RuleBasedController(model),
     "rule-based-preheat": lambda model, step_s, options: RuleBasedController.with_preheat(model),
+    "rule-based-solar": lambda model, step_s, options: RuleBasedController.with_solar_cars(model),
     "mpc": _mpc,
     "mpc+correctors": _mpc_corrected,  # learns from the history of scenarios with a [truth] section
     "oracle": _oracle,

@@ -7,6 +7,12 @@
 - Battery: the inverter's "load first" mode: charge from PV surplus, discharge to cover the load,
   within its power and SOC limits; never charges from the grid.
 
+A car (``[[ev]]``) is charged as a plain wallbox does: at full power from the moment it is plugged in
+until its target. ``rule-based-solar`` charges it from the PV surplus instead (the last step's PV
+beyond the household and the heating, at a power the charger can give, nothing below its minimum
+current), and at full power once that is what it takes to meet the target by the next departure
+(evcc's "PV" mode with a plan).
+
 This is the reference every smarter controller is measured against (``rule-based``). A second,
 stronger baseline, ``rule-based-preheat``, adds what a Loxone controller's automatic heat-up does:
 it starts each comfort period early by a fixed lead (the set-point follows the highest lower bound
@@ -36,11 +42,17 @@ class RuleBasedController:
     setpoint_above_low_k: float = SETPOINT_ABOVE_LOW_K
     preheat_hours: float = 0.0  # heat-up lead; see PREHEAT_HOURS for the heat-up variant
     name: str = "rule-based"
+    solar_cars: bool = False  # the cars from the PV surplus, and in time for their departures
 
     @classmethod
     def with_preheat(cls, model: HouseModel) -> RuleBasedController:
         """The ``rule-based-preheat`` baseline: heat-up lead by heating kind."""
         return cls(model, preheat_hours=PREHEAT_HOURS[model.house.heating.kind], name="rule-based-preheat")
+
+    @classmethod
+    def with_solar_cars(cls, model: HouseModel) -> RuleBasedController:
+        """The ``rule-based-solar`` baseline: the cars charged from PV surplus, in time for departure."""
+        return cls(model, solar_cars=True, name="rule-based-solar")
 
     def reset(self) -> None:
         """Stateless: the thermostats' relay memory lives in the home (the plant)."""
@@ -49,4 +61,28 @@ class RuleBasedController:
         step_h = (forecast.index[1] - forecast.index[0]).total_seconds() / 3600 if len(forecast) > 1 else 1.0
         lead = int(round(self.preheat_hours / step_h))
         low = np.max(forecast.low[: lead + 1], axis=0)
-        return Action(heat_setpoint_c=low + self.setpoint_above_low_k, bat_w=None)
+        ev = self._solar_cars(observation, forecast, step_h) if self.solar_cars and self.model.cars else None
+        return Action(heat_setpoint_c=low + self.setpoint_above_low_k, bat_w=None, ev_w=ev)
+
+    def _solar_cars(self, obs: Observation, fc: Forecast, step_h: float) -> np.ndarray:
+        """Each car's power: the PV surplus, or full power when the departure needs it."""
+        heat = 0.0 if obs.P_heat is None else float(np.sum(obs.P_heat))
+        surplus = max(obs.P_pv - obs.P_load - heat, 0.0)
+        out = np.zeros(len(self.model.cars))
+        for j, car in enumerate(self.model.house.ev):
+            if obs.ev_plugged is not None and not obs.ev_plugged[j]:
+                continue
+            soc = float(obs.ev_soc[j]) if obs.ev_soc is not None else car.target_soc
+            need = fc.column(f"ev_need_wh__{car.id}")
+            ahead = np.flatnonzero(need > 0)
+            missing_wh = (car.target_soc - soc) * car.usable_wh / car.eta_charge
+            if len(ahead) and missing_wh > 0:
+                # the hours left before it leaves, less a step's margin, at full power
+                left_h = max(ahead[0] * step_h - step_h, 0.0)
+                if missing_wh >= left_h * car.charger.max_w:
+                    out[j] = car.charger.max_w
+                    continue
+            if soc < 1.0:
+                out[j] = car.charger.feasible(surplus)
+                surplus -= out[j]
+        return out

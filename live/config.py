@@ -452,6 +452,9 @@ def load_live_config(path: str | Path) -> LoadedLiveConfig:
         raise InputError(p, "--config", "file not found")
     spec = validate(LiveConfig, read_toml(p), p)
     house = load_house(spec.house, base_dir=p.parent, source=p)
+    if house.ev:
+        raise InputError(p, "house", f"{house.name!r} has cars ([[ev]]): the live loop does not charge them yet (evcc "
+                                     "over MQTT is to come); use a house file without [[ev]] live")
     cfg = LoadedLiveConfig(spec, house, p)
     cfg.check_forecast_sources(must_exist=False)  # the files may be written by a job before the loop starts
     if spec.influx is not None:

@@ -435,6 +435,7 @@ def render_kpis() -> str:
 CONTROLLER_NOTES = {
     "rule-based": "per-room Loxone-style thermostats + Growatt \"load first\"",
     "rule-based-preheat": "the same with a 3 h heat-up lead",
+    "rule-based-solar": "the same, its cars charged from PV surplus and in time for each departure",
     "mpc": "economic MPC",
     "mpc+correctors": "the MPC with learned residual correctors (scenarios with a `[truth]` section)",
     "oracle": "perfect-foresight bound",

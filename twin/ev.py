@@ -107,6 +107,19 @@ def quantised(planned_w: float, charger: Charger, carry_wh: float, step_h: float
     return cmd, max(want - cmd, 0.0) * step_h if cmd < want else 0.0
 
 
+def car_commands(cars: Sequence[Ev], planned_w: np.ndarray, plugged: np.ndarray | None, carry_wh: np.ndarray,
+                 step_h: float) -> np.ndarray:
+    """Each car's command from a plan's mean powers (:func:`quantised`, ``carry_wh`` updated in place;
+    a car not plugged in gets 0 and its carry is dropped)."""
+    out = np.zeros(len(cars))
+    for j, car in enumerate(cars):
+        if plugged is not None and not plugged[j]:
+            carry_wh[j] = 0.0
+            continue
+        out[j], carry_wh[j] = quantised(float(planned_w[j]), car.charger, float(carry_wh[j]), step_h)
+    return out
+
+
 class Trip(_Strict):
     """One trip of the week: it leaves at ``out`` and is back at ``back`` (local time) on ``days``."""
 

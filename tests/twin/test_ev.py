@@ -229,3 +229,39 @@ def test_a_small_fuse_cuts_the_car_first_and_is_never_exceeded(tmp_path):
     assert out["P_grid"].max() <= 8000.0 + 1e-6
     assert lg.u_mean[:, model.i_ev[0]].max() < COMMUTE.charger.max_w  # cut below its 11 kW
     assert lg.shed_wh.sum() == 0.0  # the heating was never shed: the car gave way
+
+
+def test_rule_based_solar_charges_from_pv_and_still_meets_the_departures(tmp_path):
+    """A summer week, the car home on Tuesday and Thursday and away on the other weekdays, a charger
+    that switches phases: from PV surplus, on time for every departure; much more of its energy from
+    PV than a plain wallbox's."""
+    from pems.scenarios.runner import prepare, run
+    from pems.scenarios.spec import load_scenario
+    from helpers import write_scenario
+
+    ev = Ev(capacity_kwh=60, charger=Charger(phase_switching=True),  # 1.4–3.7 kW on one phase: a 5 kWp roof's surplus
+            trips=[Trip(days=["mon", "wed", "fri"], out="07:00", back="17:30", drive_kwh=15.0)])
+    house = {**_car_house(), "ev": [ev.model_dump(exclude_none=True)]}
+    prep = prepare(load_scenario(write_scenario(tmp_path, house, weather="greensboro-tmy3", load="h25",
+                                                prices="two-rate", start="2024-07-01T00:00:00Z", days=7.0)))
+    base, solar = run(prep, "rule-based"), run(prep, "rule-based-solar")
+    assert solar.kpis["ev_departures"] == 3 and solar.kpis["ev_departures_missed"] == 0
+    assert solar.kpis["ev_pv_share"] > base.kpis["ev_pv_share"] + 0.2
+    p = solar.trajectory["P_ev__car"].to_numpy()
+    on = (p > 1e-6) & (solar.trajectory["ev_plugged__car"].to_numpy() == 1.0)
+    assert (p[on] >= ev.charger.min_w - 1e-6).all()
+
+
+def test_live_refuses_a_house_with_a_car_until_it_can_charge_it(tmp_path, capsys):
+    """The live loop cannot command a wallbox yet: a house with [[ev]] is refused with one line
+    (exit 2), not run with its car silently left to itself."""
+    import tomli_w
+
+    from pems.cli import main
+
+    (tmp_path / "house.toml").write_text(tomli_w.dumps({**_car_house(), "ev": [COMMUTE.model_dump(exclude_none=True)]}))
+    (tmp_path / "live.toml").write_text(tomli_w.dumps({"house": "house.toml", "mqtt": {"host": "127.0.0.1", "port": 1},
+                                                       "forecast": {"weather": "greensboro-tmy3", "prices": "flat"}}))
+    assert main(["live", "--config", str(tmp_path / "live.toml"), "--hours", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "live.toml: house:" in err and "[[ev]]" in err and "Traceback" not in err

@@ -26,7 +26,7 @@ import numpy as np
 from pems.controllers.lp import Blocking, HorizonLP, why_not_linear
 from pems.controllers.mpc_nlp import NLP_OPTIONS, NlpPlanner
 from pems.controllers.ocp import Weights, decision_variables, discretise, stage_costs
-from pems.twin.ev import car_commands
+from pems.twin.ev import car_commands, leaving
 from pems.twin.model import HouseModel
 from pems.twin.signals import Action, Forecast, Observation
 
@@ -174,5 +174,6 @@ class PerfectForesightOracle:
             bat = float(u_w[m.sym.u.index("P_ch")] - u_w[m.sym.u.index("P_dis")])
         ev = None
         if m.cars:  # the charger's currents, the plan's energy carried on
-            ev = car_commands(m.house.ev, u_w[m.i_ev], observation.ev_plugged, self._ev_carry, self.step_s / 3600.0)
+            ev = car_commands(m.house.ev, u_w[m.i_ev], observation.ev_plugged, self._ev_carry, self.step_s / 3600.0,
+                              leaving(m.house.ev, forecast))
         return Action(heat_w=heat, bat_w=bat, ev_w=ev)

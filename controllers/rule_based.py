@@ -77,9 +77,10 @@ class RuleBasedController:
             ahead = np.flatnonzero(need > 0)
             missing_wh = (car.target_soc - soc) * car.usable_wh / car.eta_charge
             if len(ahead) and missing_wh > 0:
-                # the hours left before it leaves, less a step's margin, at full power
-                left_h = max(ahead[0] * step_h - step_h, 0.0)
-                if missing_wh >= left_h * car.charger.max_w:
+                # full power once half the hours left before it leaves would be needed at full power:
+                # the margin for the fuse's load management and the heating's share of it
+                left_h = ahead[0] * step_h
+                if ahead[0] <= 1 or missing_wh >= 0.5 * left_h * car.charger.max_w:  # (its last step: top up)
                     out[j] = car.charger.max_w
                     continue
             if soc < 1.0:

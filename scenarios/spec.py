@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from pems.errors import InputError, Problem
 from pems.tomlio import builtin_or_file, read_toml, validate
+from pems.twin.ev import Ev
 from pems.twin.house import House, load_house
 from pems.twin.prices import Tariff
 from pems.scenarios.unmodelled import Truth
@@ -196,6 +197,8 @@ class Scenario(_Strict):
     """One line about the scenario."""
     house: str
     """A built-in house name or a house file, relative to this file."""
+    ev: list[Ev] = Field(default_factory=list)
+    """Cars added to the house for this scenario, one ``[[ev]]`` table each, as in a house file."""
     start: datetime
     """First instant, with a time zone, e.g. ``2024-01-22T00:00:00+01:00``."""
     days: Annotated[float, Field(gt=0, le=3660)] = 7.0
@@ -292,6 +295,12 @@ def load_scenario(spec: str | Path) -> LoadedScenario:
         raise InputError(path, "", "scenario file not found")
     sc = validate(Scenario, read_toml(path), path)
     house = load_house(sc.house, base_dir=path.parent, source=path)
+    if sc.ev:  # the scenario's cars beside the house's own
+        try:
+            house = House.model_validate(house.model_dump() | {"ev": [*house.model_dump()["ev"],
+                                                                      *(e.model_dump() for e in sc.ev)]})
+        except ValueError as exc:
+            raise InputError(path, "ev", str(exc)) from None
     _check_sources(sc, path)
     _check_against_house(sc, house, path)
     from pems.scenarios.comfort import warn_comfort

@@ -108,15 +108,29 @@ def quantised(planned_w: float, charger: Charger, carry_wh: float, step_h: float
 
 
 def car_commands(cars: Sequence[Ev], planned_w: np.ndarray, plugged: np.ndarray | None, carry_wh: np.ndarray,
-                 step_h: float) -> np.ndarray:
+                 step_h: float, leaving: np.ndarray | None = None) -> np.ndarray:
     """Each car's command from a plan's mean powers (:func:`quantised`, ``carry_wh`` updated in place;
-    a car not plugged in gets 0 and its carry is dropped)."""
+    a car not plugged in gets 0 and its carry is dropped). In a car's last step home (``leaving``)
+    what is still owed is given, at least at the minimum current: none of the plan's energy is lost."""
     out = np.zeros(len(cars))
     for j, car in enumerate(cars):
         if plugged is not None and not plugged[j]:
             carry_wh[j] = 0.0
             continue
         out[j], carry_wh[j] = quantised(float(planned_w[j]), car.charger, float(carry_wh[j]), step_h)
+        if leaving is not None and leaving[j] and carry_wh[j] > 0:
+            out[j] = max(car.charger.feasible(out[j] + carry_wh[j] / step_h), car.charger.min_w)
+            carry_wh[j] = 0.0
+    return out
+
+
+def leaving(cars: Sequence[Ev], fc) -> np.ndarray:
+    """Whether each car leaves within the next step (the forecast's plugged share drops below 1)."""
+    out = np.zeros(len(cars), dtype=bool)
+    if len(fc) < 2:
+        return out
+    for j, car in enumerate(cars):
+        out[j] = fc.column(f"ev_plugged__{car.id}")[1] < 1.0
     return out
 
 

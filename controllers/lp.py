@@ -358,6 +358,8 @@ class HorizonLP:
         if m.has_battery:
             lim = m.limits
             xl[m.i_soc], xu[m.i_soc] = lim.soc_min, lim.soc_max
+        for i in m.i_ev_soc:  # a car holds no more than its battery (energy stored beyond it is not there)
+            xu[i] = 1.0
         K = self.blocking.n_stages
         return np.tile(np.r_[zl, xl], K), np.tile(np.r_[zu, xu], K)
 

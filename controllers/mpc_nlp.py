@@ -111,9 +111,12 @@ class NlpPlanner:
         mpc.set_objective(lterm=mod.aux["cost"], mterm=mod.aux["terminal"])
         mpc.bounds["lower", "_u", "z"] = v.lb
         mpc.bounds["upper", "_u", "z"] = np.where(np.isfinite(v.ub), v.ub, 1e6)
-        if m.has_battery:
+        if m.has_battery or m.cars:
             xl, xu = np.full(nx, -1e3), np.full(nx, 1e3)
-            xl[m.i_soc], xu[m.i_soc] = m.limits.soc_min, m.limits.soc_max
+            if m.has_battery:
+                xl[m.i_soc], xu[m.i_soc] = m.limits.soc_min, m.limits.soc_max
+            for i in m.i_ev_soc:  # a car holds no more than its battery
+                xu[i] = 1.0
             mpc.bounds["lower", "_x", "x"] = xl
             mpc.bounds["upper", "_x", "x"] = xu
         mpc.set_nl_cons("g", mod.aux["g"], ub=0.0)

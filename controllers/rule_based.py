@@ -77,10 +77,14 @@ class RuleBasedController:
             ahead = np.flatnonzero(need > 0)
             missing_wh = (car.target_soc - soc) * car.usable_wh / car.eta_charge
             if len(ahead) and missing_wh > 0:
-                # full power once half the hours left before it leaves would be needed at full power:
-                # the margin for the fuse's load management and the heating's share of it
+                # the PV surplus forecast before it leaves (less the heating it last saw): if that cannot
+                # fill it, the grid does, at full power now; and at full power once half the hours left
+                # would be needed at full power anyway (a margin for the fuse's load management)
                 left_h = ahead[0] * step_h
-                if ahead[0] <= 1 or missing_wh >= 0.5 * left_h * car.charger.max_w:  # (its last step: top up)
+                pv = np.clip(fc.column("P_pv")[: ahead[0]] - fc.column("P_load")[: ahead[0]] - heat, 0.0, None)
+                from_pv = float(np.sum(np.where(pv >= car.charger.min_w, np.minimum(pv, car.charger.max_w), 0.0)))
+                if (ahead[0] <= 1 or missing_wh >= 0.5 * left_h * car.charger.max_w
+                        or from_pv * step_h < missing_wh):
                     out[j] = car.charger.max_w
                     continue
             if soc < 1.0:

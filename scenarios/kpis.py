@@ -59,6 +59,8 @@ EV_KPIS: dict[str, Kpi] = {
     "ev_departures": Kpi("–", "Departures in the run."),
     "ev_pv_share": Kpi("–", "Share of the cars' charging that was PV surplus (PV beyond the household, the heating, "
                             "the battery's charging and the inverter's standby)."),
+    "ev_stored_kWh": Kpi("kWh", "Change of the energy in the cars over the run (end − start): compare bills with it, as "
+                                "a run that leaves the cars fuller paid for energy the next days use."),
 }
 
 KPI_UNITS = {k: v.unit for k, v in KPIS.items()}
@@ -81,7 +83,7 @@ def ev_kpis(traj: pd.DataFrame, cars: Sequence) -> dict[str, float]:
     heat = traj[[c for c in traj.columns if c.startswith("P_heat__")]].sum(axis=1).to_numpy()
     surplus = (traj["P_pv"].to_numpy() - traj["P_load_household"].to_numpy() - heat
                - np.clip(traj["P_bat"].to_numpy(), 0, None) - traj["P_loss"].to_numpy())
-    delivered = short = pv = 0.0
+    delivered = short = pv = stored = 0.0
     missed = departures = 0
     left = np.clip(surplus, 0, None)
     for car in cars:
@@ -93,12 +95,16 @@ def ev_kpis(traj: pd.DataFrame, cars: Sequence) -> dict[str, float]:
         short += float(gap.sum())
         missed += int((gap > 1e-3).sum())
         departures += int((need > 0).sum())
+        soc = traj[f"ev_soc__{car.id}"].to_numpy()
+        if "ev_soc_end__" + car.id in traj:
+            stored += (traj[f"ev_soc_end__{car.id}"].to_numpy()[-1] - soc[0]) * car.capacity_kwh
         from_pv = np.minimum(p, left)
         left = left - from_pv
         pv += from_pv.sum() * dt / 1000.0
     return {"ev_energy_kWh": float(delivered), "ev_shortfall_kWh": float(short),
             "ev_departures_missed": float(missed), "ev_departures": float(departures),
-            "ev_pv_share": float(pv / delivered) if delivered > 0 else float("nan")}
+            "ev_pv_share": float(pv / delivered) if delivered > 0 else float("nan"),
+            "ev_stored_kWh": float(stored)}
 
 
 def compute_kpis(traj: pd.DataFrame, rooms: Sequence[str], usable_battery_kwh: float | None) -> dict[str, float]:

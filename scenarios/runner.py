@@ -204,6 +204,7 @@ def trajectory(prep: Prepared, plant: SimulatedHome, compute_s: np.ndarray) -> p
         for c, i_u, i_x in zip(model.cars, model.i_ev, model.i_ev_soc):
             cols[f"P_ev__{c}"] = u[:, i_u]
             cols[f"ev_soc__{c}"] = x_start[:, i_x]  # at the step's start: what a departure leaves with
+            cols[f"ev_soc_end__{c}"] = lg.x_end[:n, i_x]
             cols[f"ev_plugged__{c}"] = inp[f"ev_plugged__{c}"].to_numpy()
             cols[f"ev_need_wh__{c}"] = inp[f"ev_need_wh__{c}"].to_numpy()
             cols["P_load"] = cols["P_load"] + u[:, i_u]

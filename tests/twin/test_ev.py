@@ -265,3 +265,18 @@ def test_live_refuses_a_house_with_a_car_until_it_can_charge_it(tmp_path, capsys
     assert main(["live", "--config", str(tmp_path / "live.toml"), "--hours", "0.1"]) == 2
     err = capsys.readouterr().err
     assert "live.toml: house:" in err and "[[ev]]" in err and "Traceback" not in err
+
+
+def test_the_energy_the_cars_keep_is_reported(tmp_path):
+    """``ev_stored_kWh``: what the run leaves in the cars against what it found, so that bills of runs
+    that leave them more or less full can be compared."""
+    from pems.scenarios.runner import run
+
+    prep = _scenario(tmp_path, COMMUTE)
+    r = run(prep, "rule-based")
+    t = r.trajectory
+    end = t["ev_soc_end__car"].iloc[-1]
+    assert r.kpis["ev_stored_kWh"] == pytest.approx((end - 0.8) * 60)
+    # the car's energy balance: charged × η − driven = stored
+    driven = prep.inputs["ev_drive_w__car"].iloc[: len(t)].sum() * 0.25 / 1000
+    assert r.kpis["ev_energy_kWh"] * 0.9 - driven == pytest.approx(r.kpis["ev_stored_kWh"], abs=1e-6)

@@ -231,6 +231,21 @@ class LiveForecastSpec(_Strict):
     """``prices = "ote"``: the resolution."""
 
 
+class EvccSpec(_Strict):
+    """The cars' wallboxes through evcc's MQTT interface (see :mod:`pems.live.evcc`)."""
+
+    loadpoints: dict[str, Annotated[int, Field(ge=1)]]
+    """Each car of the house file (its ``id``) → the number of its evcc loadpoint (from 1)."""
+    host: str | None = None
+    """The broker evcc publishes to (not set: the ``[mqtt]`` broker, with its credentials and TLS)."""
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    """Its port (not set: the ``[mqtt]`` port when the host is the same, else 1883)."""
+    prefix: str = Field("evcc", min_length=1)
+    """evcc's topic prefix (evcc's ``mqtt.topic``)."""
+    handback_mode: Literal["pv", "minpv"] = "pv"
+    """The mode a fault hands each car back to, evcc charging it by itself (also the loop's MQTT last will)."""
+
+
 class HomeAssistantSpec(_Strict):
     """Home Assistant over MQTT discovery, on the broker of ``[mqtt]`` (with its credentials and TLS)."""
 
@@ -305,6 +320,8 @@ class LiveConfig(_Strict):
     """The Growatt inverter (not set: the battery is not controlled)."""
     influx: InfluxSpec | None = None
     """The InfluxDB log (not set: no log to InfluxDB)."""
+    evcc: EvccSpec | None = None
+    """The cars' wallboxes through evcc (required when the house file has cars)."""
     home_assistant: HomeAssistantSpec | None = None
     """Publish the home's states, energy totals and plan to Home Assistant (not set: not published)."""
     web: WebSpec | None = None
@@ -445,6 +462,27 @@ class LoadedLiveConfig:
         return SafetyLimits(**self.spec.safety)
 
 
+def check_evcc(evcc: EvccSpec | None, house: House, path: Path) -> None:
+    """Every car of the house has an evcc loadpoint, and every loadpoint named is a car's."""
+    cars = [e.id for e in house.ev]
+    if cars and evcc is None:
+        raise InputError(path, "evcc", f"house {house.name!r} has cars ({', '.join(cars)}): the loop charges them "
+                                       "through evcc; add [evcc] with loadpoints = {" + ", ".join(
+                                           f'{c} = {i + 1}' for i, c in enumerate(cars)) + "}")
+    if evcc is None:
+        return
+    for car in evcc.loadpoints:
+        if car not in cars:
+            have = f"its cars are {', '.join(cars)}" if cars else "it has no cars ([[ev]])"
+            raise InputError(path, f"evcc.loadpoints.{car}", f"no car {car!r} in house {house.name!r}: {have}")
+    for car in cars:
+        if car not in evcc.loadpoints:
+            raise InputError(path, "evcc.loadpoints", f"car {car!r} of house {house.name!r} has no loadpoint")
+    numbers = list(evcc.loadpoints.values())
+    if len(set(numbers)) != len(numbers):
+        raise InputError(path, "evcc.loadpoints", f"two cars on one loadpoint: {evcc.loadpoints}")
+
+
 def load_live_config(path: str | Path) -> LoadedLiveConfig:
     """Read and validate a live configuration (every problem named by file and key, exit code 2)."""
     p = Path(path)
@@ -452,9 +490,7 @@ def load_live_config(path: str | Path) -> LoadedLiveConfig:
         raise InputError(p, "--config", "file not found")
     spec = validate(LiveConfig, read_toml(p), p)
     house = load_house(spec.house, base_dir=p.parent, source=p)
-    if house.ev:
-        raise InputError(p, "house", f"{house.name!r} has cars ([[ev]]): the live loop does not charge them yet (evcc "
-                                     "over MQTT is to come); use a house file without [[ev]] live")
+    check_evcc(spec.evcc, house, p)
     cfg = LoadedLiveConfig(spec, house, p)
     cfg.check_forecast_sources(must_exist=False)  # the files may be written by a job before the loop starts
     if spec.influx is not None:
@@ -794,10 +830,22 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
                            has_battery=model.has_battery, currency=s.forecast.tariff.currency,
                            prefix=s.home_assistant.discovery_prefix,
                            client_id=f"{s.mqtt.client_id}-ha" if s.mqtt.client_id else None, **mqtt_kw)
+    chargers = []
+    if s.evcc is not None:
+        from pems.live.evcc import EvccLoadpoint
+
+        e = s.evcc
+        same = e.host is None or e.host == s.mqtt.host
+        host, port = (s.mqtt.host, e.port or s.mqtt.port) if same else (e.host, e.port or 1883)
+        kw = mqtt_kw if same else {"username": creds.username, "password": creds.password}
+        chargers = [EvccLoadpoint(host, port, e.loadpoints[car.id], car.charger, prefix=e.prefix,
+                                  handback_mode=e.handback_mode, dry_run=dry_run, clock=clock.monotonic,
+                                  client_id=f"{s.mqtt.client_id}-evcc-{car.id}" if s.mqtt.client_id else None, **kw)
+                    for car in house.ev]
     try:
         return LiveLoop(model, controller, forecast, bus, inverter, clock, settings, cfg.safety_limits(),
                         events_path if events_path is not None else events, state, influx, ha,
-                        currency=s.forecast.tariff.currency, events_options=s.log.options())
+                        currency=s.forecast.tariff.currency, events_options=s.log.options(), chargers=chargers)
     except BaseException:
         if influx is not None:
             influx.close(0.5)

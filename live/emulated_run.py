@@ -116,14 +116,24 @@ class EmulatedRun:
         return LiveLoop(self.prep.model, self.controller, self._forecast, bus, inverter, loop_clock, settings,
                         self.limits, events_path if events_path is not None else self.events_path,
                         state_dir if state_dir is not None else self.state_dir, self.influx,
-                        currency=self.prep.scenario.spec.tariff.currency)
+                        currency=self.prep.scenario.spec.tariff.currency, chargers=self.chargers())
 
     def new_home(self, events_path: str | Path | None = None) -> LiveHome:
         """A bare :class:`~pems.live.home.LiveHome` on this run's emulated home (no safety or logging layer)."""
         from pems.live.event_log import EventLog
 
         bus, inverter, loop_clock, settings = self.devices()
-        return LiveHome(self.prep.model, bus, inverter, loop_clock, self._forecast, EventLog(events_path), settings)
+        return LiveHome(self.prep.model, bus, inverter, loop_clock, self._forecast, EventLog(events_path), settings,
+                        chargers=self.chargers())
+
+    def chargers(self) -> list[Any]:
+        """New evcc loadpoint clients on the emulated evcc, one per car (numbered from 1)."""
+        from pems.live.evcc import EvccLoadpoint
+
+        return [EvccLoadpoint(self._host, self._port, j + 1, car.charger, dry_run=self.dry_run,
+                              clock=self.clock.monotonic, username=self._creds[0], password=self._creds[1],
+                              **self.mqtt_options)
+                for j, car in enumerate(self.prep.model.house.ev)]
 
     def devices(self) -> tuple[Any, Any, Any, LoopSettings]:
         """New adapters on the emulator's sockets: the room bus, the inverter (or None), the loop's clock

@@ -63,13 +63,14 @@ from pems.controllers.rule_based import SETPOINT_ABOVE_LOW_K
 from pems.live.clock import TIME_TOPIC, Clock, SimClock
 from pems.live.devices import HeatingMode
 from pems.live.event_log import jsonable
+from pems.live.evcc_home import EvccSim
 from pems.live.inverter_sim import BatteryRatings, InverterLogic
 from pems.live.mqtt import TLSConfig
 from pems.live.loxone_home import LoxoneHomeMqtt
 from pems.live.modbus_server import GrowattServer, ServerWrite
 from pems.live.registers import RegisterMap
 from pems.live.topics import Layout
-from pems.scenarios.kpis import compute_kpis
+from pems.scenarios.kpis import compute_kpis, ev_kpis
 from pems.scenarios.runner import Prepared, RunResult, prepare, trajectory
 from pems.twin.model import HouseModel
 from pems.twin.plant import SimulatedHome
@@ -238,7 +239,7 @@ class Emulator:
                  mqtt_password: str | None = None, mqtt_tls: TLSConfig | None = None,
                  fallback_when_loop_offline: bool = True, mqtt_options: dict[str, Any] | None = None,
                  heartbeat_timeout_s: float = 300.0, inverter_settings: dict[str, float] | None = None,
-                 inverter_clock_offset_s: float = 0.0) -> None:
+                 inverter_clock_offset_s: float = 0.0, evcc_mode: str = "pv") -> None:
         if isinstance(scenario, Prepared):
             prep = scenario
         else:
@@ -304,6 +305,14 @@ class Emulator:
         self.home = _EmulatedHome(mqtt_host, mqtt_port, self.rooms, layout=layout, username=mqtt_username,
                                   password=mqtt_password, tls=mqtt_tls, **(mqtt_options or {}))
         self.growatt = GrowattServer(regmap, port=modbus_port, device_id=device_id, host="127.0.0.1")
+        # the house's cars behind an evcc-like loadpoint each, numbered from 1 in the house file's order
+        self.cars = tuple(model.house.ev)
+        self.evcc = (EvccSim(mqtt_host, mqtt_port, {j + 1: car.charger for j, car in enumerate(self.cars)},
+                             mode=evcc_mode, username=mqtt_username, password=mqtt_password, tls=mqtt_tls,
+                             **(mqtt_options or {})) if self.cars else None)
+        self._ev_surplus = 0.0  # what evcc's PV modes see at the grid meter: export plus the cars' draw [W]
+        self._ev_last = np.zeros(len(self.cars))  # the cars' charging over the last plant step [W]
+        self._n_evcc = 0
         if inverter_settings:  # what the owner set in the Growatt app before PEMS came
             self.growatt.set_holding(dict(inverter_settings))
         ratings = battery_ratings(model)
@@ -366,7 +375,10 @@ class Emulator:
         self.growatt.start()
         try:
             self.home.connect()
+            if self.evcc is not None:
+                self.evcc.connect()
         except BaseException:
+            self.home.close()
             self.growatt.stop()
             raise
         if self._own_clock:
@@ -388,6 +400,8 @@ class Emulator:
             self._publish_anchor(running=False)
         finally:
             self.home.close()
+            if self.evcc is not None:
+                self.evcc.close()
             self.growatt.stop()
 
     close = stop
@@ -535,6 +549,7 @@ class Emulator:
         else:
             relay, modes = self._relay, self._eff_mode
         self._publish_state(i, t, T, relay, modes)
+        self._publish_cars(i)
         if not stepping:
             with self._progress:
                 self._time = t
@@ -543,9 +558,11 @@ class Emulator:
         soc = float(self.plant.x[m.i_soc]) if m.has_battery else 0.0
         heat = relay * self._rating
         bat_w = None
+        ev_w = self._ev_request() if self.evcc is not None else None
         if self.logic is not None:
             self._serve_clock(t)
-            house_w = self._load[i] + float(heat.sum()) + self._standby_w
+            ev_seen = 0.0 if ev_w is None else float(ev_w @ self._plugged(i))  # the meter sees the wallbox too
+            house_w = self._load[i] + float(heat.sum()) + self._standby_w + ev_seen
             out = self.logic.step(self.growatt.holding(), t, P_pv=self._pv_avail[i], P_load=house_w,
                                   soc=soc, dt_s=self.tick_s)
             bat_w = out.P_bat
@@ -553,7 +570,10 @@ class Emulator:
                 self._inverter_mode = out.mode
                 with self._lock:
                     self._events.append({"time": t, "device": "inverter", "kind": "mode", "mode": out.mode})
-        obs = self.plant.step(Action(heat_w=heat, bat_w=bat_w))
+        obs = self.plant.step(Action(heat_w=heat, bat_w=bat_w, ev_w=ev_w))
+        if obs.P_ev is not None:
+            self._ev_last = np.asarray(obs.P_ev, dtype=float)
+            self._ev_surplus = max(-obs.P_grid, 0.0) + float(self._ev_last.sum())
         self._serve_measurements(obs, soc)
         with self._progress:
             self._done = i + 1
@@ -590,20 +610,46 @@ class Emulator:
         self._eff_mode = modes
         return relay, modes
 
+    def _ev_request(self) -> np.ndarray:
+        """What each loadpoint's evcc charges with this plant step [W] (the plant then applies the plug
+        and the car's fill)."""
+        assert self.evcc is not None
+        return np.array([self.evcc.power(j + 1, self._ev_surplus) for j in range(len(self.cars))])
+
+    def _plugged(self, i: int) -> np.ndarray:
+        m = self.model
+        names = m.sym.d.names
+        row = self.plant.D[min(i, len(self.plant.D) - 1)]
+        return np.array([row[names.index(f"ev_plugged__{car.id}")] for car in self.cars])
+
+    def _publish_cars(self, i: int) -> None:
+        """Each loadpoint's state at tick ``i``: plugged, the car's SOC, the last plant step's charging."""
+        if self.evcc is None:
+            return
+        plugged = self._plugged(i) > 0.5
+        soc = self.plant.x[self.model.i_ev_soc]
+        for j in range(len(self.cars)):
+            self.evcc.publish_state(j + 1, bool(plugged[j]), float(self._ev_last[j]) if plugged[j] else 0.0,
+                                    float(soc[j]))
+
     def _collect_commands(self, t: pd.Timestamp) -> None:
         """Log the commands that arrived since the last step, stamped with the simulated time at
         which the home first acted on them (and their wall-clock arrival)."""
         new = self.home.commands(self._n_cmd)
         writes = self.growatt.writes[self._n_writes:]
-        if not new and not writes:
+        cars = self.evcc.commands(self._n_evcc) if self.evcc is not None else []
+        if not new and not writes and not cars:
             return
         self._n_cmd += len(new)
         self._n_writes += len(writes)
+        self._n_evcc += len(cars)
         events = [{"time": t, "wall_time": c.time, "device": "loxone", "kind": c.kind, "room": c.room,
                    "value": c.value, "topic": c.topic, "retained": c.retained} for c in new]
         events += [{"time": t, "wall_time": w.time, "device": "growatt", "kind": "register_write",
                     "function_code": w.function_code, "address": w.address,
                     "registers": decode_write(self.growatt.regmap, w)} for w in writes]
+        events += [{"time": t, "wall_time": c.time, "device": "evcc", "kind": c.key, "loadpoint": c.loadpoint,
+                    "value": c.value, "accepted": c.accepted} for c in cars]
         with self._lock:
             self._events.extend(events)
 
@@ -675,7 +721,7 @@ class Emulator:
         p_bat, p_grid, p_pv = obs.P_bat, obs.P_grid, obs.P_pv
         values = {"P_pv": p_pv, "soc": soc, "P_charge": max(p_bat, 0.0), "P_discharge": max(-p_bat, 0.0),
                   "P_import": max(p_grid, 0.0), "P_export": max(-p_grid, 0.0),
-                  "P_load": obs.P_load + float(np.sum(obs.P_heat))}
+                  "P_load": obs.P_load + float(np.sum(obs.P_heat)) + (0.0 if obs.P_ev is None else float(np.sum(obs.P_ev)))}
         extra = {"P_pv1": p_pv * self._pv1_share, "P_pv2": p_pv * (1.0 - self._pv1_share),
                  "V_bat": NOMINAL_BATTERY_V, "I_bat": p_bat / NOMINAL_BATTERY_V, "T_bat": BATTERY_TEMPERATURE_C}
         values.update({k: v for k, v in extra.items() if k in reg and reg[k].table == "input"})
@@ -746,11 +792,14 @@ class Emulator:
         for c in ("curtailed_wh", "shed_wh", "relay_switches"):
             traj[c] = fine[c].groupby(group).sum().to_numpy()
         traj["soc_end"] = fine["soc_end"].groupby(group).last().to_numpy()
+        for car in self.cars:  # a car's SOC at the step's start and end, not their means
+            traj[f"ev_soc__{car.id}"] = fine[f"ev_soc__{car.id}"].groupby(group).first().to_numpy()
+            traj[f"ev_soc_end__{car.id}"] = fine[f"ev_soc_end__{car.id}"].groupby(group).last().to_numpy()
         traj.index = pd.DatetimeIndex(self.prep.inputs.index[:n_ctrl], name="time")
         traj.attrs["timezone"] = model.house.site.timezone
         bat, lim = model.house.battery, model.limits
         usable = bat.capacity_kwh * (lim.soc_max - lim.soc_min) if bat else None
-        kpis = compute_kpis(traj, self.rooms, usable)
+        kpis = compute_kpis(traj, self.rooms, usable) | ev_kpis(traj, self.cars)
         end = traj.index[-1] + sc.step
         events = [e for e in self.events() if e["time"] < end]
         return RunResult(sc.name, controller, traj, kpis, events, 0.0, self.rooms, sc.spec.tariff.currency)

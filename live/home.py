@@ -31,6 +31,12 @@ the moment the "on" was sent, and the inner ticks are timed from that moment, so
 the pulse but does not shorten it. ``heat_setpoint_c`` (the rule-based baselines) → the thermostat
 switches the relays now and at every tick. An action with neither → the home's own logic.
 
+*Cars*: ``ev_w`` → each car's evcc loadpoint (:class:`~pems.live.evcc.EvccLoadpoint`): ``off``, or
+``now`` at the phases and current that give the power; ``ev_w = None`` (a rule-based controller's
+plain wallbox, or the home's own logic) hands the cars to evcc's own mode. Their plug, state of
+charge and charging power come back in the observation (the power as the mean of the step's ticks;
+the household load is the inverter's house load less heating and cars).
+
 *Battery*: ``bat_w`` → a :class:`~pems.live.devices.BatteryCommand` (:func:`~pems.live.translate.battery_command`)
 whose slot ends one inner tick after the next step's start: re-commanded each step, it lapses to
 the inverter's own logic within a step and a tick of the loop's last command (a dead man's switch).
@@ -50,7 +56,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -134,6 +140,7 @@ class Sample:
     mono: float  # the clock's monotonic time [s]
     rooms: RoomReadings
     inverter: InverterReadings | None
+    cars: tuple[Any, ...] = ()  # each car's loadpoint readings (:class:`~pems.live.evcc.EvccReadings`)
 
 
 def quietly(action: Callable[[], object], what: str) -> None:
@@ -164,6 +171,7 @@ class _StepAccum:
 
     inv: list[InverterReadings] = field(default_factory=list)
     relay: list[dict[str, float]] = field(default_factory=list)
+    ev: list[np.ndarray] = field(default_factory=list)  # the cars' charging power at each tick [W]
     not_ours: bool = False  # the home's own logic had the rooms for part of the step
 
 
@@ -190,12 +198,18 @@ class LiveHome:
         Loop settings.
     outdoor_problem
         ``T_out`` → why it cannot be used, or None (:meth:`~pems.live.safety.Watchdog.outdoor`).
+    chargers
+        Each car's loadpoint (:class:`~pems.live.evcc.EvccLoadpoint`), in the house file's car order.
     """
 
     def __init__(self, model: HouseModel, rooms: RoomBus, inverter: Inverter | None, clock: Any,
                  forecast: ForecastFn, events: EventLog, settings: LoopSettings | None = None,
-                 outdoor_problem: Callable[[float], str | None] | None = None) -> None:
+                 outdoor_problem: Callable[[float], str | None] | None = None,
+                 chargers: Sequence[Any] = ()) -> None:
+        if len(chargers) != len(model.cars):
+            raise ValueError(f"{len(model.cars)} cars in the house, {len(chargers)} loadpoints given")
         self.model, self.bus, self.inverter, self.clock = model, rooms, inverter, clock
+        self.chargers = tuple(chargers)
         self.forecast, self.events = forecast, events
         self.settings = s = settings or LoopSettings()
         self.outdoor_problem = outdoor_problem or (lambda t_out: None)
@@ -219,6 +233,8 @@ class LiveHome:
         self._thermostat = Thermostat(model.house.heating.thermostat_hysteresis_k)
         self._pending_home = False
         self._pending_release = False
+        self._pending_cars = False  # the cars' hand-back to evcc, until it went out
+        self.cars_held = False  # the loop commanded the cars since their last hand-back
         self._acc = _StepAccum()
         self._soc = math.nan
         self._bus_connections = -1
@@ -231,6 +247,7 @@ class LiveHome:
         self.k = 0  # steps commanded
         self.overruns = 0
         self.last: Sample | None = None  # the reading behind the last observation
+        self.last_cars: tuple[Any, ...] = ()  # the cars' readings behind it
         self.record: dict[str, Any] = {}  # the current step's record (the wrappers add to it)
         self._m0 = 0.0
         self._metered = False
@@ -241,6 +258,8 @@ class LiveHome:
         self.bus.connect()
         if self.inverter is not None:
             self.inverter.connect()
+        for c in self.chargers:
+            c.connect(wait_s=0)  # evcc's broker may be the rooms' (just connected) or one still coming
         self.guard.start()
 
     def restore(self, st: LoopState) -> None:
@@ -269,6 +288,8 @@ class LiveHome:
         quietly(self.bus.close, "closing the room bus")
         if self.inverter is not None:
             quietly(self.inverter.close, "closing the inverter connection")
+        for c in self.chargers:
+            quietly(c.close, "closing an evcc loadpoint connection")
 
     # ------------------------------------------------------------------ the Plant protocol
     def first_step_mono(self) -> float:
@@ -359,7 +380,11 @@ class LiveHome:
             elif math.isfinite(off):
                 self._problems.pop("inverter_clock", None)
         self._acc.relay.append(dict(rr.relay))
-        return Sample(now, mono, rr, inv)
+        cars = tuple(c.read() for c in self.chargers)
+        if cars:
+            self._acc.ev.append(np.array([r.power_w if (r.plugged and math.isfinite(r.power_w)) else 0.0
+                                          for r in cars]))
+        return Sample(now, mono, rr, inv, cars)
 
     def _observe(self, m_start: float) -> Observation:
         """The observation at the step starting at monotonic ``m_start``; the controller's turn begins."""
@@ -370,6 +395,7 @@ class LiveHome:
             self.events.write("overrun", self.clock.now(), late_s=late, step=self.k)
         sample = self.read()
         t = sample.now.floor(pd.Timedelta(seconds=s.step_s))
+        self.last_cars = sample.cars
         obs = self._observation(t, sample.rooms)
         self.last = sample
         self.record = {"step": self.k, "mono_s": sample.mono}
@@ -433,9 +459,15 @@ class LiveHome:
         soc = None
         if self.model.has_battery:
             soc = self._soc if math.isfinite(self._soc) else None
+        cars: dict[str, Any] = {}
+        if self.chargers:
+            p_ev = np.mean(acc.ev, axis=0) if acc.ev and self.k > 0 else np.zeros(len(self.chargers))
+            if inv and self.k > 0:
+                p_house -= float(p_ev.sum())  # the wallboxes are behind the inverter's meter
+            cars = self._cars_seen(t, p_ev)
         obs = Observation(time=t, T_room=T, soc=soc, T_out=t_out, P_pv=p_pv,
                           P_load=max(0.0, p_house - float(np.sum(p_heat))), P_grid=p_grid, P_bat=p_bat,
-                          P_heat=p_heat)
+                          P_heat=p_heat, **cars)
         if not math.isfinite(t_out):  # no outdoor sensor (or it failed): the forecast's value now
             try:
                 t_out = float(self.forecast(t).column("T_out")[0])
@@ -443,6 +475,26 @@ class LiveHome:
                 t_out = 0.0
             obs = replace(obs, T_out=t_out)
         return obs
+
+    def _cars_seen(self, t: pd.Timestamp, p_ev: np.ndarray) -> dict[str, Any]:
+        """The cars in the observation: SOC as the car reports it through evcc (NaN: not known, the
+        estimator predicts it), the plug as evcc reports it (not known: as the schedule has it)."""
+        readings = self.last_cars
+        soc = np.array([r.soc for r in readings], dtype=float)
+        plugged = np.zeros(len(readings), dtype=bool)
+        schedule = None
+        for j, r in enumerate(readings):
+            if r.plugged is not None:
+                plugged[j] = r.plugged
+                continue
+            if schedule is None:
+                try:
+                    schedule = self.forecast(t)
+                except Exception:  # noqa: BLE001 - not plugged, then: nothing is planned for it
+                    schedule = False
+            if schedule is not False:
+                plugged[j] = schedule.column(f"ev_plugged__{self.model.cars[j]}")[0] > 0.5
+        return {"ev_soc": soc, "ev_plugged": plugged, "P_ev": p_ev}
 
     def problem(self, key: str, why: str, kind: str | None = None) -> None:
         """A measured value not used, or not as it should be: an event and a warning when its kind
@@ -463,7 +515,7 @@ class LiveHome:
         for lst in list(self.listeners):
             lst.on_tick(sample)
         now, inv = sample.now, sample.inverter
-        if self._pending_home or self._pending_release:
+        if self._pending_home or self._pending_release or self._pending_cars:
             self.handback(now)
         if inv is not None and inv.changed and self.mode == "pems" and self.battery is not None \
                 and self.battery.priority != "load_first":
@@ -552,6 +604,7 @@ class LiveHome:
         self._log_writes(now, records)
         record.update(heat_w=heat, on_s=on_s, relays=relays)
         self._command_battery(now, t, action.bat_w, float(heat.sum()), record)
+        self._command_cars(now, action.ev_w, record)
         return sent_mono
 
     def _command_setpoints(self, now: pd.Timestamp, t: pd.Timestamp, action: Action, record: dict[str, Any]) -> float:
@@ -569,6 +622,7 @@ class LiveHome:
         self._log_writes(now, records)
         record.update(setpoint_c=self._setpoint, relays=relays)
         self._command_battery(now, t, action.bat_w, float(self.rating @ on), record)
+        self._command_cars(now, action.ev_w, record)
         return sent_mono
 
     def _take_rooms(self) -> list[WriteRecord]:
@@ -605,6 +659,25 @@ class LiveHome:
         self._log_writes(now, self.inverter.command(cmd))
         self.battery = cmd
         record.update(bat_w=bat, bat_w_plan=bat_w, battery=asdict(cmd))
+
+    def _command_cars(self, now: pd.Timestamp, ev_w: Any, record: dict[str, Any]) -> None:
+        """Each car's charging power through its loadpoint; ``None``: evcc's own mode (once)."""
+        if not self.chargers:
+            return
+        if ev_w is None:
+            if self.cars_held or self._pending_cars:
+                self._pending_cars = True
+                self._handback_locked(now)
+            record.update(ev_w=None)
+            return
+        ev = np.asarray(ev_w, dtype=float)
+        records: list[WriteRecord] = []
+        for c, p in zip(self.chargers, ev):
+            records += c.command(float(p) if math.isfinite(p) else 0.0)
+        self.cars_held = True
+        self._pending_cars = False
+        self._log_writes(now, records)
+        record.update(ev_w=ev)
 
     # ------------------------------------------------------------------ the guard's thread
     @contextlib.contextmanager
@@ -645,6 +718,7 @@ class LiveHome:
         rooms. Never raises; returns :meth:`handback`'s report."""
         self._pending_home = True
         self._pending_release = self.inverter is not None
+        self._pending_cars = bool(self.chargers)
         self._setpoint = None
         self._acc.not_ours = True
         self.guard.cancel_offs()
@@ -672,12 +746,23 @@ class LiveHome:
                 sent["inverter"] = self.inverter.release()
             except Exception as exc:  # noqa: BLE001
                 errors["inverter"] = f"{type(exc).__name__}: {exc}"
+        if self._pending_cars:
+            recs: list[WriteRecord] = []
+            try:
+                for c in self.chargers:
+                    recs += c.release()
+                sent["cars"] = recs
+            except Exception as exc:  # noqa: BLE001
+                errors["cars"] = f"{type(exc).__name__}: {exc}"
         report = {dev: f"not sent: {why}" for dev, why in errors.items()}
         for dev, recs in sent.items():
             done = all(w.sent or w.reason.startswith("unchanged") or "dry-run" in w.reason for w in recs)
             if done and dev == "rooms":
                 self._pending_home = False
                 self.mode = "home"
+            elif done and dev == "cars":
+                self._pending_cars = False
+                self.cars_held = False
             elif done:
                 self._pending_release = False
                 self.battery = BatteryCommand()

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -47,6 +47,7 @@ from pems.live.safety import SafetyLimits
 from pems.live.sdnotify import Notifier
 from pems.live.state import LoopState, StateStore
 from pems.live.view import LiveView
+from pems.twin.ev import with_measured_plugs
 from pems.twin.model import HouseModel
 from pems.twin.plant import closed_loop
 from pems.twin.signals import Action, Forecast, Observation
@@ -129,19 +130,23 @@ class LiveLoop(HomeListener):
     events_options
         :class:`~pems.live.event_log.EventLog`'s rotation and cap (``max_bytes``, ``keep``, ``daily``,
         ``max_total_bytes``).
+    chargers
+        Each car's evcc loadpoint (:class:`~pems.live.evcc.EvccLoadpoint`), in the house file's car order.
     """
 
     def __init__(self, model: HouseModel, controller: Any, forecast: ForecastFn, rooms: RoomBus,
                  inverter: Inverter | None, clock: Any, settings: LoopSettings | None = None,
                  limits: SafetyLimits | None = None, events_path: str | Path | None = None,
                  state_dir: str | Path | None = None, influx: Any = None, home_assistant: Any = None,
-                 currency: str = "", events_options: dict[str, Any] | None = None) -> None:
+                 currency: str = "", events_options: dict[str, Any] | None = None,
+                 chargers: Sequence[Any] = ()) -> None:
         self.model, self.controller, self.forecast, self.clock = model, controller, forecast, clock
         self.settings = settings or LoopSettings()
         self.rooms: tuple[str, ...] = tuple(model.rooms)
         self._announced: tuple[str, int] | None = None  # the problem text on the bus, and on which connection
         self.events = EventLog(events_path, **(events_options or {}))
-        self.home = LiveHome(model, rooms, inverter, clock, lambda t: self.forecast(t), self.events, self.settings)
+        self.home = LiveHome(model, rooms, inverter, clock, lambda t: self.forecast(t), self.events, self.settings,
+                             chargers=chargers)
         # (a problem found while opening the log is said at the first step, once the bus is connected)
         self.events.on_problem = self._announce_problem
         self.safe = SafeHome(self.home, limits)
@@ -350,6 +355,8 @@ class LiveLoop(HomeListener):
         except Exception as exc:  # noqa: BLE001 - a forecast source that fails is a solver fault
             log.exception("forecast failed")
             reason = f"forecast failed: {exc}"
+        if fc is not None and self.model.cars:  # a car home early, or late: the plug as measured
+            fc = with_measured_plugs(self.model.house.ev, fc, obs.ev_plugged)
         if fc is not None:
             self._prices[t] = (float(fc.price_import[0]), float(fc.price_export[0]))
             for old in sorted(self._prices)[:-8]:

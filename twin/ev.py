@@ -27,6 +27,7 @@ current: the feasible powers are 0 and the intervals :meth:`Charger.power_ranges
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -98,6 +99,20 @@ class Charger(_Strict):
         return best
 
 
+    def setting(self, power_w: float) -> tuple[int, float]:
+        """The phases and current per phase [A] that give ``power_w`` (made :meth:`feasible` first):
+        one phase where switching allows and one phase reaches it, else the wallbox's phases.
+        ``(phases, 0.0)`` for no charging."""
+        p = self.feasible(power_w)
+        phases = self.phases
+        if self.phase_switching:
+            phases = 1 if p <= self.voltage_v * self.max_current_a + 1e-9 else 3
+        if p <= 0:
+            return phases, 0.0
+        amps = min(max(p / (phases * self.voltage_v), self.min_current_a), self.max_current_a)
+        return phases, amps
+
+
 def quantised(planned_w: float, charger: Charger, carry_wh: float, step_h: float) -> tuple[float, float]:
     """A planned mean power made one the charger can give, the energy carried between steps so that
     none is lost (sigma-delta): below the minimum current it waits and carries the plan's energy on,
@@ -132,6 +147,35 @@ def leaving(cars: Sequence[Ev], fc) -> np.ndarray:
     for j, car in enumerate(cars):
         out[j] = fc.column(f"ev_plugged__{car.id}")[1] < 1.0
     return out
+
+
+def with_measured_plugs(cars: Sequence[Ev], fc, plugged: np.ndarray | None):
+    """``fc`` with each car's plug as measured now where it contradicts the schedule (live).
+
+    A car plugged in that the schedule has away is taken to stay until the schedule's next
+    departure; a car away that the schedule has at home is taken to be away until then (it is
+    planned again the step it is plugged in). Unknown plugs (``None``, NaN) leave the schedule.
+    """
+    if plugged is None or not cars or len(fc) == 0:
+        return fc
+    d = None
+    for j, car in enumerate(cars):
+        seen = plugged[j]
+        if seen is None or (isinstance(seen, float) and not np.isfinite(seen)):
+            continue
+        i_plug = fc.d_names.index(f"ev_plugged__{car.id}")
+        col = fc.d[:, i_plug]
+        if bool(seen) == (col[0] > 0.5):
+            continue
+        need = fc.d[:, fc.d_names.index(f"ev_need_wh__{car.id}")]
+        ahead = np.flatnonzero(need > 0)
+        until = int(ahead[0]) + 1 if len(ahead) else len(fc)  # through the departure's own step
+        if d is None:
+            d = fc.d.copy()
+        d[:until, i_plug] = 1.0 if seen else 0.0
+        if seen:  # it leaves during the departure step as the schedule says
+            d[until - 1, i_plug] = min(1.0, col[until - 1]) if len(ahead) else 1.0
+    return fc if d is None else replace(fc, d=d)
 
 
 class Trip(_Strict):

@@ -186,9 +186,6 @@ def cmd_live(args: argparse.Namespace) -> int:
     positive(speed, "--speed", upper=1e5)
     positive(args.hours, "--hours")
     sc = load_scenario(args.emulate)
-    if sc.house.ev:
-        raise InputError("command line", "--emulate", f"the house of {sc.name!r} has cars ([[ev]]): the live loop "
-                                                      "does not charge them yet (evcc over MQTT is to come)")
     total_h = sc.n_steps * sc.step.total_seconds() / 3600.0
     if args.hours is not None and args.hours > total_h + 1e-9:
         raise InputError("command line", "--hours", f"{args.hours:g} h is longer than the scenario "

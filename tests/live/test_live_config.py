@@ -106,6 +106,24 @@ def test_a_bad_config_names_the_file_and_the_key_and_exits_2(tmp_path, capsys, k
     assert "Traceback" not in err
 
 
+CAR = {"id": "car", "capacity_kwh": 40.0}
+
+
+@pytest.mark.parametrize(("evcc", "where", "what"), [
+    (None, "evcc", "loadpoints = {car = 1}"),
+    ({"loadpoints": {"car": 1, "van": 2}}, "evcc.loadpoints.van", "no car 'van'"),
+    ({"loadpoints": {"car": 0}}, "evcc.loadpoints.car", "greater than or equal to 1"),
+    ({"loadpoints": {"car": 1}, "handback_mode": "now"}, "evcc.handback_mode", "'pv' or 'minpv'"),
+])
+def test_a_house_with_a_car_needs_its_evcc_loadpoint(tmp_path, capsys, evcc, where, what):
+    path = write_config(tmp_path, **({"evcc": evcc} if evcc else {}))
+    (tmp_path / "house.toml").write_text(tomli_w.dumps({**BATTERY_HOUSE, "ev": [CAR]}), encoding="utf-8")
+    assert main(["live", "--config", str(path)]) == 2
+    err = errors(capsys)
+    assert str(path) in err and where in err and what in err, err
+    assert "Traceback" not in err
+
+
 def test_a_password_in_the_file_is_refused_without_repeating_it(tmp_path, capsys):
     path = write_config(tmp_path, mqtt={"username": "pems", "password": "hunter2-secret"})
     assert main(["live", "--config", str(path)]) == 2

@@ -252,21 +252,6 @@ def test_rule_based_solar_charges_from_pv_and_still_meets_the_departures(tmp_pat
     assert (p[on] >= ev.charger.min_w - 1e-6).all()
 
 
-def test_live_refuses_a_house_with_a_car_until_it_can_charge_it(tmp_path, capsys):
-    """The live loop cannot command a wallbox yet: a house with [[ev]] is refused with one line
-    (exit 2), not run with its car silently left to itself."""
-    import tomli_w
-
-    from pems.cli import main
-
-    (tmp_path / "house.toml").write_text(tomli_w.dumps({**_car_house(), "ev": [COMMUTE.model_dump(exclude_none=True)]}))
-    (tmp_path / "live.toml").write_text(tomli_w.dumps({"house": "house.toml", "mqtt": {"host": "127.0.0.1", "port": 1},
-                                                       "forecast": {"weather": "greensboro-tmy3", "prices": "flat"}}))
-    assert main(["live", "--config", str(tmp_path / "live.toml"), "--hours", "0.1"]) == 2
-    err = capsys.readouterr().err
-    assert "live.toml: house:" in err and "[[ev]]" in err and "Traceback" not in err
-
-
 def test_the_energy_the_cars_keep_is_reported(tmp_path):
     """``ev_stored_kWh``: what the run leaves in the cars against what it found, so that bills of runs
     that leave them more or less full can be compared."""

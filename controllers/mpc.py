@@ -40,7 +40,7 @@ from pems.controllers.lp import Blocking, HorizonLP, NotLinear, why_not_linear
 from pems.controllers.mpc_nlp import IPOPT_OPTIONS, NLP_OPTIONS, NlpPlanner
 from pems.controllers.ocp import OcpSolution, Weights, decision_variables, discretise
 from pems.controllers.rule_based import RuleBasedController
-from pems.twin.ev import car_commands, leaving
+from pems.twin.ev import car_commands, leaving, plugged_share
 from pems.twin.model import HouseModel
 from pems.twin.signals import Action, Forecast, Observation
 
@@ -216,7 +216,7 @@ class EconomicMPC:
         ev = None
         if m.cars:  # the charger's currents: a plan below its minimum waits, its energy carried on
             ev = car_commands(m.house.ev, u_w[m.i_ev], observation.ev_plugged, self._ev_carry, self.step_s / 3600.0,
-                              leaving(m.house.ev, forecast))
+                              leaving(m.house.ev, forecast), plugged_share(m.house.ev, forecast))
         return Action(heat_w=heat, bat_w=bat, ev_w=ev)
 
     # ------------------------------------------------------------------ the solver chain

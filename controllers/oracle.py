@@ -26,7 +26,7 @@ import numpy as np
 from pems.controllers.lp import Blocking, HorizonLP, why_not_linear
 from pems.controllers.mpc_nlp import NLP_OPTIONS, NlpPlanner
 from pems.controllers.ocp import Weights, decision_variables, discretise, stage_costs
-from pems.twin.ev import car_commands, leaving
+from pems.twin.ev import car_commands, leaving, plugged_share
 from pems.twin.model import HouseModel
 from pems.twin.signals import Action, Forecast, Observation
 
@@ -156,6 +156,7 @@ class PerfectForesightOracle:
         self.objective = float("nan")
         self.stats: dict = {}
         self._ev_carry = np.zeros(len(self.model.cars))
+        self._ev_expected = np.zeros(len(self.model.cars))  # the mean charging the last command should give [W]
 
     def act(self, observation: Observation, forecast: Forecast) -> Action:
         if self.plan is None:
@@ -174,6 +175,13 @@ class PerfectForesightOracle:
             bat = float(u_w[m.sym.u.index("P_ch")] - u_w[m.sym.u.index("P_dis")])
         ev = None
         if m.cars:  # the charger's currents, the plan's energy carried on
-            ev = car_commands(m.house.ev, u_w[m.i_ev], observation.ev_plugged, self._ev_carry, self.step_s / 3600.0,
-                              leaving(m.house.ev, forecast))
+            h = self.step_s / 3600.0
+            if observation.P_ev is not None:
+                # what the plant did not give of the last command (its fuse's load management cut the car):
+                # owed too, as a plan played open-loop would otherwise leave a departure short for it
+                self._ev_carry += np.maximum(self._ev_expected - np.asarray(observation.P_ev, dtype=float), 0.0) * h
+            share = plugged_share(m.house.ev, forecast)
+            ev = car_commands(m.house.ev, u_w[m.i_ev], observation.ev_plugged, self._ev_carry, h,
+                              leaving(m.house.ev, forecast), share)
+            self._ev_expected = ev * share
         return Action(heat_w=heat, bat_w=bat, ev_w=ev)

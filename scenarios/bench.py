@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pems.scenarios.kpis import KPI_UNITS
+from pems.scenarios.kpis import EV_KPIS, KPI_UNITS
 from pems.scenarios.runner import RunResult, prepare, run
 from pems.controllers import needs_history
 from pems.scenarios.spec import load_scenario
@@ -83,7 +83,7 @@ def kpi_frame(results: Sequence[RunResult], day_after: dict[tuple[str, str], flo
         if len(rb):
             df.loc[grp.index, "discomfort_Kh_per_room_vs_rule_based"] = (
                 grp["discomfort_Kh_per_room"] - float(rb["discomfort_Kh_per_room"].iloc[0]))
-    cols = ["scenario", "controller", *KPI_UNITS, *EXTRA_COLUMNS]
+    cols = ["scenario", "controller", *KPI_UNITS, *EV_KPIS, *EXTRA_COLUMNS]  # the cars' where a house has one
     return df[[c for c in cols if c in df.columns]]
 
 

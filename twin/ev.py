@@ -113,30 +113,43 @@ class Charger(_Strict):
         return phases, amps
 
 
-def quantised(planned_w: float, charger: Charger, carry_wh: float, step_h: float) -> tuple[float, float]:
+def quantised(planned_w: float, charger: Charger, carry_wh: float, step_h: float,
+              share: float = 1.0) -> tuple[float, float]:
     """A planned mean power made one the charger can give, the energy carried between steps so that
     none is lost (sigma-delta): below the minimum current it waits and carries the plan's energy on,
-    once enough has gathered it charges at the minimum. Returns (power to command [W], carry [Wh])."""
-    want = max(planned_w, 0.0) + carry_wh / step_h
-    cmd = charger.feasible(want)
-    return cmd, max(want - cmd, 0.0) * step_h if cmd < want else 0.0
+    once enough has gathered it charges at the minimum. ``share`` is the part of the step the car is
+    plugged in: the plan's mean over the step is charged in that part, at ``mean / share`` (the
+    plant charges at the commanded power while plugged in). Returns (power to command [W], carry [Wh])."""
+    want = max(planned_w, 0.0) + carry_wh / step_h  # mean over the step [W]
+    share = min(max(share, 1e-6), 1.0)
+    cmd = charger.feasible(want / share)
+    got = cmd * share
+    return cmd, max(want - got, 0.0) * step_h if got < want else 0.0
 
 
 def car_commands(cars: Sequence[Ev], planned_w: np.ndarray, plugged: np.ndarray | None, carry_wh: np.ndarray,
-                 step_h: float, leaving: np.ndarray | None = None) -> np.ndarray:
+                 step_h: float, leaving: np.ndarray | None = None, share: np.ndarray | None = None) -> np.ndarray:
     """Each car's command from a plan's mean powers (:func:`quantised`, ``carry_wh`` updated in place;
-    a car not plugged in gets 0 and its carry is dropped). In a car's last step home (``leaving``)
-    what is still owed is given, at least at the minimum current: none of the plan's energy is lost."""
+    a car away for the whole step gets 0 and its carry is dropped). ``share``: the part of this step
+    each car is plugged in (the forecast's), 1 where not given. In a car's last step home (``leaving``) what is
+    still owed is given, at least at the minimum current: none of the plan's energy is lost."""
     out = np.zeros(len(cars))
     for j, car in enumerate(cars):
-        if plugged is not None and not plugged[j]:
+        f = 1.0 if share is None else min(max(float(share[j]), 0.0), 1.0)
+        # away now and all step (a car coming home during the step is commanded: it charges on arrival)
+        if (plugged is not None and not plugged[j] and (share is None or f <= 0)) or f <= 0:
             carry_wh[j] = 0.0
             continue
-        out[j], carry_wh[j] = quantised(float(planned_w[j]), car.charger, float(carry_wh[j]), step_h)
+        out[j], carry_wh[j] = quantised(float(planned_w[j]), car.charger, float(carry_wh[j]), step_h, f)
         if leaving is not None and leaving[j] and carry_wh[j] > 0:
-            out[j] = max(car.charger.feasible(out[j] + carry_wh[j] / step_h), car.charger.min_w)
+            out[j] = max(car.charger.feasible(out[j] + carry_wh[j] / step_h / f), car.charger.min_w)
             carry_wh[j] = 0.0
     return out
+
+
+def plugged_share(cars: Sequence[Ev], fc) -> np.ndarray:
+    """The part of the forecast's first step each car is plugged in [0–1]."""
+    return np.array([float(fc.column(f"ev_plugged__{car.id}")[0]) for car in cars]) if len(fc) else np.ones(len(cars))
 
 
 def leaving(cars: Sequence[Ev], fc) -> np.ndarray:

@@ -265,3 +265,34 @@ def test_the_energy_the_cars_keep_is_reported(tmp_path):
     # the car's energy balance: charged × η − driven = stored
     driven = prep.inputs["ev_drive_w__car"].iloc[: len(t)].sum() * 0.25 / 1000
     assert r.kpis["ev_energy_kWh"] * 0.9 - driven == pytest.approx(r.kpis["ev_stored_kWh"], abs=1e-6)
+
+
+def test_a_plan_for_a_step_the_car_is_home_only_part_of_is_charged_in_that_part():
+    """A plan's power is a mean over the step; the plant charges at the commanded power while the car
+    is plugged in. In a step the car comes home (or leaves) in, the command is the mean over the
+    plugged part, so that the energy planned is the energy charged; below the minimum current the
+    energy waits (carried), and none is lost at the departure."""
+    from pems.twin.ev import car_commands, quantised
+
+    c = Charger(min_current_a=6, max_current_a=16, phases=3)  # 4140–11040 W
+    h = 0.25
+    cmd, carry = quantised(3000.0, c, 0.0, h, share=0.5)  # home half the step: 6 kW for 7.5 min
+    assert cmd == pytest.approx(6000.0) and carry == 0.0 and cmd * 0.5 == pytest.approx(3000.0)
+    cmd, carry = quantised(1500.0, c, 0.0, h, share=0.5)  # 3 kW while home: below the minimum, it waits
+    assert cmd == 0.0 and carry == pytest.approx(1500.0 * h)
+    cmd, carry = quantised(8000.0, c, 0.0, h, share=0.5)  # more than it can give in half a step: the rest waits
+    assert cmd == c.max_w and carry == pytest.approx((8000.0 - 0.5 * c.max_w) * h)
+    # over a run of steps, what the plan wanted while the car was home is what it got
+    car = Ev(capacity_kwh=60, charger=c)
+    plans = np.array([1000.0, 2500.0, 500.0, 7000.0, 300.0, 0.0])
+    shares = np.array([0.3, 1.0, 1.0, 1.0, 1.0, 0.6])
+    leaving = np.array([False, False, False, False, True, False])
+    carry, got = np.zeros(1), 0.0
+    for p, f, lv in zip(plans, shares, leaving):
+        out = car_commands([car], np.array([p]), np.array([f > 0.5]), carry, h, np.array([lv]), np.array([f]))
+        assert out[0] == 0.0 or c.min_w - 1e-9 <= out[0] <= c.max_w + 1e-9
+        got += out[0] * f * h
+    # all that was owed given in the last step home, at the minimum current at least (so at most a
+    # minimum-current step more than planned)
+    planned = plans[:5].sum() * h
+    assert planned - 1e-6 <= got <= planned + c.min_w * h

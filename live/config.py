@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pems.errors import InputError
 from pems.scenarios.spec import Comfort, MpcSpec, StepMinutes
 from pems.tomlio import read_toml, validate
+from pems.twin.ev import Trip
 from pems.twin.house import House, load_house
 from pems.twin.prices import Tariff
 
@@ -246,6 +247,18 @@ class EvccSpec(_Strict):
     """The mode a fault hands each car back to, evcc charging it by itself (also the loop's MQTT last will)."""
 
 
+class LiveCarSpec(_Strict):
+    """What the live home changes of a car of the house file (its week, its target)."""
+
+    calendar: str | None = None
+    """A CSV of trips (``time_out, time_back[, drive_kwh]``, local times) that replace the week's on the days it
+    names (e.g. a file a calendar job of yours keeps up to date; read again every step)."""
+    trips: list[Trip] | None = None
+    """The week's trips, replacing the house file's (same keys as there)."""
+    target_soc: Annotated[float, Field(gt=0, le=1)] | None = None
+    """State of charge wanted at every departure [-], replacing the house file's."""
+
+
 class HomeAssistantSpec(_Strict):
     """Home Assistant over MQTT discovery, on the broker of ``[mqtt]`` (with its credentials and TLS)."""
 
@@ -322,6 +335,8 @@ class LiveConfig(_Strict):
     """The InfluxDB log (not set: no log to InfluxDB)."""
     evcc: EvccSpec | None = None
     """The cars' wallboxes through evcc (required when the house file has cars)."""
+    ev: dict[str, LiveCarSpec] = Field(default_factory=dict)
+    """Per car of the house file (its ``id``): its week or target as lived now, over the house file's."""
     home_assistant: HomeAssistantSpec | None = None
     """Publish the home's states, energy totals and plan to Home Assistant (not set: not published)."""
     web: WebSpec | None = None
@@ -462,6 +477,35 @@ class LoadedLiveConfig:
         return SafetyLimits(**self.spec.safety)
 
 
+def with_live_cars(house: House, cars: dict[str, LiveCarSpec], path: Path) -> House:
+    """The house with each car's week and target as the live config sets them (calendars resolved
+    against the config's folder)."""
+    if not cars:
+        return house
+    ids = [e.id for e in house.ev]
+    for car in cars:
+        if car not in ids:
+            have = f"its cars are {', '.join(ids)}" if ids else "it has no cars ([[ev]])"
+            raise InputError(path, f"ev.{car}", f"no car {car!r} in house {house.name!r}: {have}")
+    evs = []
+    for e in house.ev:
+        c = cars.get(e.id)
+        if c is not None:
+            update: dict[str, Any] = {}
+            if c.trips is not None:
+                update["trips"] = c.trips
+            if c.target_soc is not None:
+                update["target_soc"] = c.target_soc
+            if c.calendar is not None:
+                cal = Path(c.calendar) if Path(c.calendar).is_absolute() else path.parent / c.calendar
+                if not cal.is_file():
+                    raise InputError(path, f"ev.{e.id}.calendar", f"{cal}: calendar file not found")
+                update["calendar"] = str(cal)
+            e = e.model_copy(update=update)
+        evs.append(e)
+    return house.model_copy(update={"ev": evs})
+
+
 def check_evcc(evcc: EvccSpec | None, house: House, path: Path) -> None:
     """Every car of the house has an evcc loadpoint, and every loadpoint named is a car's."""
     cars = [e.id for e in house.ev]
@@ -489,7 +533,7 @@ def load_live_config(path: str | Path) -> LoadedLiveConfig:
     if not p.is_file():
         raise InputError(p, "--config", "file not found")
     spec = validate(LiveConfig, read_toml(p), p)
-    house = load_house(spec.house, base_dir=p.parent, source=p)
+    house = with_live_cars(load_house(spec.house, base_dir=p.parent, source=p), spec.ev, p)
     check_evcc(spec.evcc, house, p)
     cfg = LoadedLiveConfig(spec, house, p)
     cfg.check_forecast_sources(must_exist=False)  # the files may be written by a job before the loop starts

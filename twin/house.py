@@ -368,7 +368,20 @@ def load_house(spec: str | Path, base_dir: Path | None = None, source: str | Pat
     path = resolve_house_path(spec, base_dir, source, key)
     house = validate(House, read_toml(path), path)
     check_house(house, path)
-    return house
+    return with_calendars_from(house, path.parent, path, "ev")
+
+
+def with_calendars_from(house: House, folder: Path, source: Path, key: str) -> House:
+    """The cars' calendar files resolved against ``folder`` (the file that named them), checked to exist."""
+    cars = []
+    for i, e in enumerate(house.ev):
+        if e.calendar is not None:
+            cal = Path(e.calendar) if Path(e.calendar).is_absolute() else folder / e.calendar
+            if not cal.is_file():
+                raise InputError(source, f"{key}[{i}].calendar", f"{cal}: calendar file not found")
+            e = e.model_copy(update={"calendar": str(cal)})
+        cars.append(e)
+    return house.model_copy(update={"ev": cars}) if house.ev else house
 
 
 def resolve_house_path(spec: str | Path, base_dir: Path | None = None, source: str | Path | None = None,

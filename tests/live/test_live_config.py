@@ -124,6 +124,49 @@ def test_a_house_with_a_car_needs_its_evcc_loadpoint(tmp_path, capsys, evcc, whe
     assert "Traceback" not in err
 
 
+def test_the_live_config_changes_a_cars_week_and_target_and_its_plan_follows(tmp_path, capsys):
+    """``[ev.<car>]``: a calendar of the coming trips (a job of the home's keeps it) and the target
+    replace the house file's for the loop's forecast: the car is away when the calendar says, and its
+    departure asks for the new target."""
+    from pems.twin.model import build_model
+
+    (tmp_path / "trips.csv").write_text("time_out,time_back,drive_kwh\n2024-01-10 13:00,2024-01-10 18:00,20\n")
+    path = write_config(tmp_path, evcc={"loadpoints": {"car": 1}},
+                        ev={"car": {"calendar": "trips.csv", "target_soc": 0.9}})
+    (tmp_path / "house.toml").write_text(tomli_w.dumps({**BATTERY_HOUSE, "ev": [CAR]}), encoding="utf-8")
+    cfg = load_live_config(path)
+    car = cfg.house.ev[0]
+    assert car.target_soc == 0.9 and Path(car.calendar) == tmp_path / "trips.csv"
+    model = build_model(cfg.house)
+    f = LiveForecast(cfg, model.sym.d.names)(pd.Timestamp("2024-01-10T06:00Z"))
+    plugged, need = f.column("ev_plugged__car"), f.column("ev_need_wh__car")
+    away = (f.index >= pd.Timestamp("2024-01-10T12:00Z")) & (f.index < pd.Timestamp("2024-01-10T17:00Z"))  # CET
+    assert np.all(plugged[away] == 0) and np.all(plugged[~away] == 1)
+    assert need[f.index == pd.Timestamp("2024-01-10T12:00Z")][0] == pytest.approx(0.9 * 40_000)
+    # a car the house does not have, and a calendar that is not there: exit 2, the key named
+    for ev, key in (({"van": {"target_soc": 0.5}}, "ev.van"), ({"car": {"calendar": "none.csv"}}, "ev.car.calendar")):
+        path = write_config(tmp_path, evcc={"loadpoints": {"car": 1}}, ev=ev)
+        (tmp_path / "house.toml").write_text(tomli_w.dumps({**BATTERY_HOUSE, "ev": [CAR]}), encoding="utf-8")
+        assert main(["live", "--config", str(path)]) == 2
+        err = errors(capsys)
+        assert key in err and "Traceback" not in err, err
+
+
+def test_a_cars_calendar_in_a_house_file_is_found_beside_it(tmp_path):
+    """A house file's calendar path is relative to the house file, wherever the scenario is."""
+    from helpers import write_scenario
+
+    from pems.scenarios.spec import load_scenario
+
+    (tmp_path / "homes").mkdir()
+    (tmp_path / "homes" / "trips.csv").write_text("time_out,time_back\n2024-01-10 08:00,2024-01-10 16:00\n")
+    (tmp_path / "homes" / "house.toml").write_text(
+        tomli_w.dumps({**BATTERY_HOUSE, "ev": [{**CAR, "calendar": "trips.csv"}]}), encoding="utf-8")
+    sc = write_scenario(tmp_path, BATTERY_HOUSE, weather="greensboro-tmy3", load="h25")
+    sc.write_text(sc.read_text().replace('house = "house.toml"', 'house = "homes/house.toml"'))
+    assert Path(load_scenario(sc).house.ev[0].calendar) == tmp_path / "homes" / "trips.csv"
+
+
 def test_a_password_in_the_file_is_refused_without_repeating_it(tmp_path, capsys):
     path = write_config(tmp_path, mqtt={"username": "pems", "password": "hunter2-secret"})
     assert main(["live", "--config", str(path)]) == 2

@@ -167,7 +167,7 @@ class EconomicMPC:
             return np.asarray(fc.extras["x_true"], dtype=float)
         est, m = self.estimator, self.model
         if est.x is None or self._last_d is None:
-            est.reset(est.initial_guess(obs.T_room, obs.soc))
+            est.reset(est.initial_guess(obs.T_room, obs.soc, obs.ev_soc))
         else:
             u = np.zeros(len(m.sym.u))
             u[m.heat] = obs.P_heat if obs.P_heat is not None else 0.0

@@ -180,6 +180,9 @@ class PerfectForesightOracle:
                 # what the plant did not give of the last command (its fuse's load management cut the car):
                 # owed too, as a plan played open-loop would otherwise leave a departure short for it
                 self._ev_carry += np.maximum(self._ev_expected - np.asarray(observation.P_ev, dtype=float), 0.0) * h
+                if observation.ev_soc is not None:  # never more than the room left (a full car takes nothing)
+                    room = [c.ac_wh(s, 1.0) for s, c in zip(observation.ev_soc, m.house.ev)]
+                    self._ev_carry = np.minimum(self._ev_carry, room)
             share = plugged_share(m.house.ev, forecast)
             ev = car_commands(m.house.ev, u_w[m.i_ev], observation.ev_plugged, self._ev_carry, h,
                               leaving(m.house.ev, forecast), share)

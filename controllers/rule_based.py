@@ -75,7 +75,7 @@ class RuleBasedController:
             soc = float(obs.ev_soc[j]) if obs.ev_soc is not None else car.target_soc
             need = fc.column(f"ev_need_wh__{car.id}")
             ahead = np.flatnonzero(need > 0)
-            missing_wh = (car.target_soc - soc) * car.usable_wh / car.eta_charge
+            missing_wh = car.ac_wh(soc, car.target_soc)
             if len(ahead) and missing_wh > 0:
                 # the PV surplus forecast before it leaves (less the heating it last saw): if that cannot
                 # fill it, the grid does, at full power now; and at full power once half the hours left

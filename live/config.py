@@ -241,10 +241,20 @@ class EvccSpec(_Strict):
     """The broker evcc publishes to (not set: the ``[mqtt]`` broker, with its credentials and TLS)."""
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     """Its port (not set: the ``[mqtt]`` port when the host is the same, else 1883)."""
+    credentials_file: str | None = None
+    """For a broker of its own: a file of ``PEMS_EVCC_USERNAME=…``/``PEMS_EVCC_PASSWORD=…`` lines
+    (``chmod 600``; the environment wins). The ``[mqtt]`` credentials never go to another host."""
+    tls: TlsSpec | None = None
+    """TLS towards a broker of its own."""
     prefix: str = Field("evcc", min_length=1)
     """evcc's topic prefix (evcc's ``mqtt.topic``)."""
     handback_mode: Literal["pv", "minpv"] = "pv"
     """The mode a fault hands each car back to, evcc charging it by itself (also the loop's MQTT last will)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: Any) -> Any:
+        return _refuse_secrets(data, "set PEMS_EVCC_USERNAME / PEMS_EVCC_PASSWORD or name a credentials_file")
 
 
 class LiveCarSpec(_Strict):
@@ -551,6 +561,9 @@ def load_live_config(path: str | Path) -> LoadedLiveConfig:
     warn_comfort(spec.comfort, house, p)
     if spec.mqtt.credentials_file is not None and not cfg.resolve(spec.mqtt.credentials_file).is_file():
         raise InputError(p, "mqtt.credentials_file", f"{cfg.resolve(spec.mqtt.credentials_file)} not found")
+    if spec.evcc is not None and spec.evcc.credentials_file is not None \
+            and not cfg.resolve(spec.evcc.credentials_file).is_file():
+        raise InputError(p, "evcc.credentials_file", f"{cfg.resolve(spec.evcc.credentials_file)} not found")
     if spec.web is not None and spec.web.credentials_file is not None and not cfg.resolve(spec.web.credentials_file).is_file():
         raise InputError(p, "web.credentials_file", f"{cfg.resolve(spec.web.credentials_file)} not found")
     if spec.modbus is not None and house.battery is None:
@@ -881,7 +894,15 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
         e = s.evcc
         same = e.host is None or e.host == s.mqtt.host
         host, port = (s.mqtt.host, e.port or s.mqtt.port) if same else (e.host, e.port or 1883)
-        kw = mqtt_kw if same else {"username": creds.username, "password": creds.password}
+        kw = mqtt_kw
+        if not same:  # its own credentials and TLS: the [mqtt] broker's password never goes to another host
+            own = credentials_from(env_prefix="PEMS_EVCC_", file=cfg.resolve(e.credentials_file))
+            own_tls = None
+            if e.tls is not None:
+                own_tls = TLSConfig(cfg.resolve(e.tls.ca_file), cfg.resolve(e.tls.cert_file),
+                                    cfg.resolve(e.tls.key_file), e.tls.insecure)
+                own_tls.check()
+            kw = {"username": own.username, "password": own.password, "tls": own_tls}
         chargers = [EvccLoadpoint(host, port, e.loadpoints[car.id], car.charger, prefix=e.prefix,
                                   handback_mode=e.handback_mode, dry_run=dry_run, clock=clock.monotonic,
                                   client_id=f"{s.mqtt.client_id}-evcc-{car.id}" if s.mqtt.client_id else None, **kw)

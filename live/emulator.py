@@ -561,7 +561,7 @@ class Emulator:
         ev_w = self._ev_request() if self.evcc is not None else None
         if self.logic is not None:
             self._serve_clock(t)
-            ev_seen = 0.0 if ev_w is None else float(ev_w @ self._plugged(i))  # the meter sees the wallbox too
+            ev_seen = 0.0 if ev_w is None else float(self.plant.ev_charging(ev_w).sum())  # the meter sees it too
             house_w = self._load[i] + float(heat.sum()) + self._standby_w + ev_seen
             out = self.logic.step(self.growatt.holding(), t, P_pv=self._pv_avail[i], P_load=house_w,
                                   soc=soc, dt_s=self.tick_s)

@@ -13,17 +13,16 @@ publish them; every loadpoint is numbered from 1:
 ``evcc/loadpoints/<n>/mode``               ``off`` / ``now`` / ``minpv`` / ``pv``
 ``evcc/loadpoints/<n>/phasesActive``       phases in use
 ``evcc/loadpoints/<n>/maxCurrent``         current limit per phase [A]
-``evcc/loadpoints/<n>/phases``             phases configured (0: automatic 1p3p)
 =========================================  ==========================================================
 
-Commands go to the same topics with ``/set`` appended (never retained: evcc must not apply an old
-command again after its restart). Each step :meth:`EvccLoadpoint.command` realises a power the
+Commands go to ``…/mode/set``, ``…/maxCurrent/set`` and ``…/phases/set`` (0: automatic 1p3p; 1; 3),
+never retained: evcc must not apply an old command again after its restart. Each step :meth:`EvccLoadpoint.command` realises a power the
 charger can give (:meth:`pems.twin.ev.Charger.setting`): ``mode = off`` for none, else ``phases``,
 ``maxCurrent`` and ``mode = now`` (evcc charges at ``maxCurrent`` in ``now``).
 
 Hand-back: :meth:`EvccLoadpoint.release` sets the mode the owner configured evcc to run by itself
-(``pv`` or ``minpv``), and, where the loop changed them, the wallbox's current limit and phases as
-the house file declares them (``max_current_a``; automatic phases with ``phase_switching``).
+(``pv`` or ``minpv``), the wallbox's current limit as the house file declares it (``max_current_a``)
+and, where it switches phases, automatic phases: whoever changed them last (a loop before a crash).
 The loop sends it on every fault, as it hands back the rooms and the inverter, and again at every
 inner tick until it went out (a broker that was down gets it as soon as it is back). The client's
 **last will** is the same mode on the same topic: if the loop dies, or its network does, the broker
@@ -58,7 +57,7 @@ MODES: tuple[str, ...] = ("off", "now", "minpv", "pv")
 HANDBACK_MODES: tuple[str, ...] = ("pv", "minpv")
 #: The loadpoint topics read (below ``<prefix>/loadpoints/<n>/``).
 STATE_TOPICS: tuple[str, ...] = ("connected", "charging", "chargePower", "vehicleSoc", "mode", "phasesActive",
-                                 "maxCurrent", "minCurrent", "phases", "enabled")
+                                 "maxCurrent")
 
 
 @dataclass(frozen=True)
@@ -76,6 +75,12 @@ class EvccReadings:
     evcc_online: bool | None  # what evcc's status topic says (None: nothing yet)
     connected: bool  # the MQTT session to the broker is up
     age_s: float  # seconds since the last fresh state message of this loadpoint (inf: none yet)
+
+
+def reported_soc(r: EvccReadings) -> float:
+    """The car's state of charge [0–1] as evcc reports it, when it can be believed: only while the car
+    is plugged in and evcc is online (evcc says 0 % when it has no vehicle). NaN otherwise."""
+    return r.soc if (r.plugged and r.evcc_online is not False and r.soc > 0) else math.nan
 
 
 def _bool(payload: bytes) -> bool | None:
@@ -136,11 +141,6 @@ class EvccLoadpoint(MqttEndpoint):
         super().__init__(host, port, will=will, **options)
         self.values = ValueStore(clock)
         self._clock = clock
-        # what release() restores: the wallbox as the house file declares it (not what was first seen:
-        # after a crash that would be the dead loop's own last command)
-        self.owner = {"maxCurrent": float(charger.max_current_a),
-                      "phases": 0.0 if charger.phase_switching else float(charger.phases)}
-        self.changed: set[str] = set()  # what the loop changed since its last release
         self._last_state = -math.inf  # monotonic time of the last fresh state message
 
     @property
@@ -175,14 +175,13 @@ class EvccLoadpoint(MqttEndpoint):
         return out
 
     def release(self) -> list[WriteRecord]:
-        """evcc's own logic: the hand-back mode, and the owner's current limit and phases if changed."""
+        """evcc's own logic: the hand-back mode, the wallbox's own current limit and (where it
+        switches phases) automatic phases, whoever set them last (a loop before a crash, too)."""
         now = pd.Timestamp.now(tz="UTC")
-        out = [self._publish(now, "mode", self.handback_mode)]
-        for key in ("maxCurrent", "phases"):
-            if key in self.changed and key in self.owner:
-                out.append(self._publish(now, key, _fmt(self.owner[key])))
-        if all(w.sent or w.reason == "dry-run" for w in out):
-            self.changed.clear()
+        out = [self._publish(now, "mode", self.handback_mode),
+               self._publish(now, "maxCurrent", _fmt(self.charger.max_current_a))]
+        if self.charger.phase_switching:
+            out.append(self._publish(now, "phases", "0"))
         return out
 
     def _publish(self, now: pd.Timestamp, key: str, payload: str) -> WriteRecord:
@@ -196,8 +195,6 @@ class EvccLoadpoint(MqttEndpoint):
         info = client.publish(topic, payload, qos=self.qos, retain=False)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             return WriteRecord(now, DEVICE, topic, payload, False, f"publish failed: {mqtt.error_string(info.rc)}")
-        if key != "mode":
-            self.changed.add(key)
         return WriteRecord(now, DEVICE, topic, payload, True)
 
     # -- MQTT ------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 :class:`EvccSim` follows the MQTT API of evcc 0.200 and later (``docs.evcc.io/docs/integrations/mqtt-api``;
 the topics are listed in :mod:`pems.live.evcc`): for each loadpoint it publishes, retained as evcc
 does, ``connected``, ``charging``, ``chargePower``, ``vehicleSoc``, ``mode``, ``phasesActive``,
-``phases``, ``maxCurrent``, ``minCurrent`` and ``enabled``, and ``evcc/status`` = ``online`` (last will
+``phasesConfigured``, ``maxCurrent``, ``minCurrent`` and ``enabled``, and ``evcc/status`` = ``online`` (last will
 ``offline``); it takes ``mode/set``, ``maxCurrent/set``, ``minCurrent/set`` and ``phases/set``.
 
 What it charges with (:meth:`EvccSim.power`), as evcc decides each cycle:
@@ -31,7 +31,7 @@ from typing import Any
 import pandas as pd
 import paho.mqtt.client as mqtt
 
-from pems.live.evcc import MODES, STATE_TOPICS, _fmt
+from pems.live.evcc import MODES, _fmt
 from pems.live.mqtt import MqttEndpoint
 from pems.twin.ev import Charger
 
@@ -133,7 +133,7 @@ class EvccSim(MqttEndpoint):
                 phases_active = c.phases
             values = {"connected": "true" if plugged else "false", "charging": "true" if power_w > 0 else "false",
                       "chargePower": _fmt(round(power_w, 1)), "vehicleSoc": _fmt(round(100.0 * soc, 1)),
-                      "mode": lp.mode, "phasesActive": str(phases_active), "phases": str(lp.phases),
+                      "mode": lp.mode, "phasesActive": str(phases_active), "phasesConfigured": str(lp.phases),
                       "maxCurrent": _fmt(lp.max_current_a), "minCurrent": _fmt(lp.min_current_a),
                       "enabled": "true" if power_w > 0 else "false"}
             new = {k: v for k, v in values.items() if lp.published.get(k) != v}

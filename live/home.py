@@ -66,6 +66,7 @@ import pandas as pd
 from pems.live.clock import Accelerated
 from pems.live.devices import BatteryCommand, Inverter, InverterReadings, RoomBus, RoomReadings, WriteRecord
 from pems.live.event_log import EventLog
+from pems.live.evcc import reported_soc
 from pems.live.guard import Guard
 from pems.live.safety import BatteryLimits, bound_battery, bound_heat
 from pems.live.state import LoopState
@@ -234,7 +235,9 @@ class LiveHome:
         self._pending_home = False
         self._pending_release = False
         self._pending_cars = False  # the cars' hand-back to evcc, until it went out
-        self.cars_held = False  # the loop commanded the cars since their last hand-back
+        # the loop commanded the cars since their last hand-back; at the start not known (a loop before a
+        # crash may have): a first step that leaves the cars to evcc hands them back once
+        self.cars_held = bool(self.chargers)
         self._acc = _StepAccum()
         self._soc = math.nan
         self._bus_connections = -1
@@ -477,10 +480,11 @@ class LiveHome:
         return obs
 
     def _cars_seen(self, t: pd.Timestamp, p_ev: np.ndarray) -> dict[str, Any]:
-        """The cars in the observation: SOC as the car reports it through evcc (NaN: not known, the
-        estimator predicts it), the plug as evcc reports it (not known: as the schedule has it)."""
+        """The cars in the observation: SOC as the car reports it through evcc, only while it is plugged
+        in and evcc is online (evcc says 0 % when it has no vehicle; NaN: not known, the estimator
+        predicts it), the plug as evcc reports it (not known: as the schedule has it)."""
         readings = self.last_cars
-        soc = np.array([r.soc for r in readings], dtype=float)
+        soc = np.array([reported_soc(r) for r in readings], dtype=float)
         plugged = np.zeros(len(readings), dtype=bool)
         schedule = None
         for j, r in enumerate(readings):

@@ -43,7 +43,8 @@ KPIS: dict[str, Kpi] = {
     "compute_s_per_step": Kpi("s", "Median wall time of the controller's act per control step."),
     "compute_s_per_step_max": Kpi("s", "Maximum wall time of the controller's act per control step."),
     "pv_kWh": Kpi("kWh", "PV delivered (after curtailment): Σ_k P_pv · Δt."),
-    "load_kWh": Kpi("kWh", "Household load without heating: Σ_k P_load · Δt."),
+    "load_kWh": Kpi("kWh", "Household load without heating (and without the cars): Σ_k P_load_household · Δt "
+                           "(P_load without cars)."),
     "curtailed_kWh": Kpi("kWh", "PV curtailed to respect the export limit or the inverter's AC rating."),
     "relay_switches": Kpi("–", "Heating relay switchings of every room."),
     "import_price_avg": Kpi("currency/kWh", "Mean price of an imported kWh: Σ_k P_imp · price_import / Σ_k P_imp "
@@ -148,7 +149,8 @@ def compute_kpis(traj: pd.DataFrame, rooms: Sequence[str], usable_battery_kwh: f
         "compute_s_per_step": float(np.median(compute)),
         "compute_s_per_step_max": float(compute.max()),
         "pv_kWh": float(pv_e),
-        "load_kWh": float(traj["P_load"].sum() * dt / 1000),
+        # the household's own (P_load also holds the cars' charging where a house has cars)
+        "load_kWh": float(traj.get("P_load_household", traj["P_load"]).sum() * dt / 1000),
         "curtailed_kWh": float(traj["curtailed_wh"].sum() / 1000) if "curtailed_wh" in traj else 0.0,
         "relay_switches": float(traj["relay_switches"].sum()) if "relay_switches" in traj else 0.0,
         # what a kWh bought cost on average: how well imports were moved into cheap hours

@@ -127,16 +127,18 @@ class KalmanEstimator:
         """Start from a guess of the full state."""
         self.x = np.asarray(x0, dtype=float).copy()
 
-    def initial_guess(self, T_room: np.ndarray, soc: float | None) -> np.ndarray:
-        """A guess from measurements only: each slab at its room's air temperature."""
+    def initial_guess(self, T_room: np.ndarray, soc: float | None, ev_soc: np.ndarray | None = None) -> np.ndarray:
+        """A guess from measurements only: each slab at its room's air temperature, each car as it
+        reports itself (at its target when it does not)."""
         m = self.model
         x = np.zeros(len(m.sym.x))
         x[m.air] = T_room
         x[m.mass] = T_room
         if m.has_battery:
             x[m.i_soc] = 0.5 if soc is None else soc
-        for car, i in zip(m.house.ev, m.i_ev_soc):
-            x[i] = car.target_soc
+        for j, (car, i) in enumerate(zip(m.house.ev, m.i_ev_soc)):
+            seen = np.nan if ev_soc is None else float(ev_soc[j])
+            x[i] = seen if np.isfinite(seen) else car.target_soc
         return x
 
     def step_input(self, u_w: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -151,6 +153,12 @@ class KalmanEstimator:
         return self.x
 
     def correct(self, y: np.ndarray) -> np.ndarray:
-        """Correct with the measurements ``y`` (air temperatures, SOC); NaN entries are skipped."""
+        """Correct with the measurements ``y`` (air temperatures, SOC, the cars' SOC); NaN entries are
+        skipped. A car's own SOC is taken as it reports it: the car measures its battery far better
+        than its trips are known (a trip longer than planned must not take hours to be believed)."""
         self.x = apply_gain(self.x, self.K, y - self.C @ self.x)
+        cars = y[len(y) - len(self.model.cars):] if self.model.cars else y[:0]
+        for i, v in zip(self.model.i_ev_soc, cars):
+            if np.isfinite(v):
+                self.x[i] = v
         return self.x

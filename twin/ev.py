@@ -131,13 +131,16 @@ def car_commands(cars: Sequence[Ev], planned_w: np.ndarray, plugged: np.ndarray 
                  step_h: float, leaving: np.ndarray | None = None, share: np.ndarray | None = None) -> np.ndarray:
     """Each car's command from a plan's mean powers (:func:`quantised`, ``carry_wh`` updated in place;
     a car away for the whole step gets 0 and its carry is dropped). ``share``: the part of this step
-    each car is plugged in (the forecast's), 1 where not given. In a car's last step home (``leaving``) what is
+    each car is plugged in (the forecast's, which live follows the measured plug): where given it says
+    whether a car is home, else ``plugged`` (the plug seen now) does. In a car's last step home (``leaving``) what is
     still owed is given, at least at the minimum current: none of the plan's energy is lost."""
     out = np.zeros(len(cars))
     for j, car in enumerate(cars):
+        # the plugged share decides where given (a car coming home during the step is commanded: it
+        # charges on arrival); else the plug seen now
         f = 1.0 if share is None else min(max(float(share[j]), 0.0), 1.0)
-        # away now and all step (a car coming home during the step is commanded: it charges on arrival)
-        if (plugged is not None and not plugged[j] and (share is None or f <= 0)) or f <= 0:
+        away = f <= 0 if share is not None else (plugged is not None and not plugged[j])
+        if away:
             carry_wh[j] = 0.0
             continue
         out[j], carry_wh[j] = quantised(float(planned_w[j]), car.charger, float(carry_wh[j]), step_h, f)
@@ -166,7 +169,7 @@ def with_measured_plugs(cars: Sequence[Ev], fc, plugged: np.ndarray | None):
     """``fc`` with each car's plug as measured now where it contradicts the schedule (live).
 
     A car plugged in that the schedule has away is taken to stay until the schedule's next
-    departure; a car away that the schedule has at home is taken to be away until then (it is
+    departure (the trip's energy is then already in the SOC it reports); a car away that the schedule has at home is taken to be away until then (it is
     planned again the step it is plugged in). Unknown plugs (``None``, NaN) leave the schedule.
     """
     if plugged is None or not cars or len(fc) == 0:
@@ -188,6 +191,8 @@ def with_measured_plugs(cars: Sequence[Ev], fc, plugged: np.ndarray | None):
         d[:until, i_plug] = 1.0 if seen else 0.0
         if seen:  # it leaves during the departure step as the schedule says
             d[until - 1, i_plug] = min(1.0, col[until - 1]) if len(ahead) else 1.0
+            # home early: the trip's energy is in the SOC it reports, not still to come at its arrival
+            d[:until, fc.d_names.index(f"ev_drive_w__{car.id}")] = 0.0
     return fc if d is None else replace(fc, d=d)
 
 
@@ -229,6 +234,10 @@ class Ev(_Strict):
     @property
     def usable_wh(self) -> float:
         return self.capacity_kwh * 1000.0
+
+    def ac_wh(self, soc_from: float, soc_to: float) -> float:
+        """AC energy the charger draws to take the car from ``soc_from`` to ``soc_to`` [Wh] (0 if not up)."""
+        return max(float(soc_to) - float(soc_from), 0.0) * self.usable_wh / self.eta_charge
 
 
 def _local(ts: pd.Timestamp, tz: str) -> pd.Timestamp:
@@ -279,12 +288,13 @@ def read_calendar(path: Path) -> pd.DataFrame:
 
 
 def ev_signals(ev: Ev, index: pd.DatetimeIndex, step: pd.Timedelta, tz: str, seed: int = 0,
-               calendar: pd.DataFrame | None = None, soc0: float | None = None) -> pd.DataFrame:
+               calendar: pd.DataFrame | None = None) -> pd.DataFrame:
     """``plugged`` [0–1], ``drive_wh`` and ``need_wh`` [Wh] on each step of ``index`` (UTC starts).
 
     A trip's energy is its ``drive_kwh``, else the energy between the target it left with and a
     state of charge on arrival drawn from N(``arrival_soc_mean``, ``arrival_soc_sd``) (clipped to
-    [0, target]); the generator is seeded with ``seed`` (the same week each run).
+    [0, target]), seeded with ``seed`` and the trip's departure (the same trip each run and in every
+    window that holds it).
     """
     idx = pd.DatetimeIndex(index)
     n = len(idx)
@@ -293,17 +303,16 @@ def ev_signals(ev: Ev, index: pd.DatetimeIndex, step: pd.Timedelta, tz: str, see
     plugged = np.ones(n)
     drive = np.zeros(n)
     need = np.zeros(n)
-    rng = np.random.default_rng(seed)
-    end = idx[-1] + step if n else idx[0] if n else pd.Timestamp(0, tz="UTC")
-    for t_out, t_back, kwh in trips_between(ev, idx[0], end, tz, calendar) if n else []:
+    for t_out, t_back, kwh in trips_between(ev, idx[0], idx[-1] + step, tz, calendar) if n else []:
         a, b = t_out.timestamp(), t_back.timestamp()
         away = np.clip(np.minimum(starts + width, b) - np.maximum(starts, a), 0.0, width) / width
         plugged -= away
-        if kwh is None:
+        if kwh is None:  # drawn per trip (seeded by its departure): the same trip whatever the window
+            rng = np.random.default_rng([seed, int(a)])
             arrive = float(np.clip(rng.normal(ev.arrival_soc_mean, ev.arrival_soc_sd), 0.0, ev.target_soc))
             kwh = (ev.target_soc - arrive) * ev.capacity_kwh
-        k_back = int(np.searchsorted(starts, b, side="left") - 1)  # the step it comes home in (or by its end)
-        if 0 <= k_back < n:
+        k_back = int(np.searchsorted(starts, b, side="left") - 1)  # the step it comes home in
+        if 0 <= k_back < n and b < starts[-1] + width:  # (back after the window: its energy is beyond it)
             drive[k_back] += kwh * 1000.0
         k_out = int(np.searchsorted(starts, a, side="right") - 1)
         if 0 <= k_out < n:

@@ -193,6 +193,9 @@ class SimulatedHome:
             g = self._step_maps(0)[1]
             if any(abs(g[i] - 1.0) > 1e-12 for i in m.i_ev):
                 raise ModelStructureError("a car's charging power must enter P_grid one to one")
+            # AC energy that fills a car from empty [Wh], from the one model's SOC rate per watt charged
+            B = np.asarray(self._form.B(self.D[:1]))[0]
+            self._ev_wh_per_w = [1.0 / (3600.0 * B[ix, iu]) for ix, iu in zip(m.i_ev_soc, m.i_ev)]
 
     def _disturbance_maps(self, D: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What the disturbances give each step: ``c(d)`` (N, n_x), its part of ``[x_next; x_mean]``
@@ -476,6 +479,15 @@ class SimulatedHome:
             over_w -= before - z[i]
         return float(sum(z[i] for i in self._i_ev_u))
 
+    def ev_charging(self, ev_w: np.ndarray | None) -> np.ndarray:
+        """What each car would take of ``ev_w`` over the coming step [W] (the charger's feasible power,
+        plugged share, room left; before the main fuse's load management): for an inverter that sees
+        the wallbox behind its meter (the emulator's)."""
+        if not self._cars:
+            return np.zeros(0)
+        k = min(self.k, len(self.D) - 1)
+        return np.asarray(self._ev_powers(Action(ev_w=ev_w), k, self.index[k]), dtype=float)
+
     def _ev_powers(self, action: Action, k: int, t0: pd.Timestamp) -> list[float]:
         """Each car's charging power over step ``k`` [W, AC]: what was asked (a plain wallbox's full
         power up to the car's target when nothing was), made feasible by the charger (0 below its
@@ -492,7 +504,7 @@ class SimulatedHome:
             if asked is None:  # a plain wallbox: full power until the car's own limit (its target)
                 asked = car.charger.max_w if soc < car.target_soc else 0.0
             p = car.charger.feasible(asked) * float(self.D[k, self._i_plug[j]])
-            room = max(0.0, (1.0 - soc) * car.usable_wh / car.eta_charge / h)  # [W] until full
+            room = max(0.0, (1.0 - soc) * self._ev_wh_per_w[j] / h)  # [W] until full
             out.append(min(p, room))
         return out
 

@@ -148,8 +148,7 @@ def test_energy_balance_soc_and_charger_limits_hold_at_every_step(tmp_path, comm
 def test_a_scenario_with_a_car_balances_and_reports_the_cars_kpis(tmp_path, controller):
     """Three winter days of the two-room battery house with a commuting car: the trajectory's energy
     balance holds with the car's charging in P_load (the contract's terms), and its KPIs count the
-    three departures, the energy charged and what was missing. (The MPC does not plan the car yet:
-    the home's plain wallbox charges it.)"""
+    three departures, the energy charged and what was missing."""
     from helpers import BATTERY_HOUSE, write_scenario
 
     from pems.scenarios.runner import prepare, run
@@ -296,3 +295,56 @@ def test_a_plan_for_a_step_the_car_is_home_only_part_of_is_charged_in_that_part(
     # minimum-current step more than planned)
     planned = plans[:5].sum() * h
     assert planned - 1e-6 <= got <= planned + c.min_w * h
+
+
+def test_a_car_home_early_is_planned_from_its_plug_and_its_trip_is_not_counted_twice(tmp_path):
+    """Live, the plug as measured wins over the week: a car home before its scheduled return is
+    planned from now to its next departure, and the energy of the trip it is back from (already in
+    the SOC it reports) is not taken off again at the scheduled arrival. The estimator takes the SOC
+    the car reports as it is."""
+    from pems.scenarios.forecast import ForecastProvider
+    from pems.twin.ev import with_measured_plugs
+    from pems.twin.estimator import KalmanEstimator
+
+    prep = _scenario(tmp_path, COMMUTE, days=2.0)
+    sc, m = prep.scenario, prep.model
+    fcp = ForecastProvider(sc.spec.forecast, prep.inputs, m.sym.d.names, prep.comfort_low, prep.comfort_high,
+                           sc.horizon_steps, sc.step)
+    k = int(round((pd.Timestamp("2024-01-08T12:00Z") - sc.start) / sc.step))  # Monday noon: away until 16:30 UTC
+    fc = fcp(k)
+    assert fc.column("ev_plugged__car")[0] == 0 and fc.column("ev_drive_w__car").max() > 0
+    home = with_measured_plugs(m.house.ev, fc, np.array([True]))
+    plug, drive, need = (home.column(f"ev_{c}__car") for c in ("plugged", "drive_w", "need_wh"))
+    dep = int(np.flatnonzero(need > 0)[0])  # Tuesday 06:00 UTC
+    assert np.all(plug[:dep] == 1) and np.all(drive[: dep + 1] == 0)
+    np.testing.assert_array_equal(home.column("ev_plugged__car")[dep + 1:], fc.column("ev_plugged__car")[dep + 1:])
+    # seen away while the week has it home (late): away until the departure
+    k_home = int(round((pd.Timestamp("2024-01-08T20:00Z") - sc.start) / sc.step))
+    late = with_measured_plugs(m.house.ev, fcp(k_home), np.array([False]))
+    assert np.all(late.column("ev_plugged__car")[: int(np.flatnonzero(late.column("ev_need_wh__car") > 0)[0])] == 0)
+    # unknown plugs leave the week alone
+    assert with_measured_plugs(m.house.ev, fc, None) is fc
+    # the estimator: a reported SOC is the car's state at once; a NaN one (unplugged) is predicted
+    est = KalmanEstimator(m, sc.step.total_seconds())
+    est.reset(est.initial_guess(prep.x0[m.air], 0.5, np.array([0.31])))
+    assert est.x[m.i_ev_soc[0]] == pytest.approx(0.31)
+    x = est.correct(est.measurement(prep.x0[m.air], 0.5, np.array([0.62])))
+    assert x[m.i_ev_soc[0]] == pytest.approx(0.62)
+    x = est.correct(est.measurement(prep.x0[m.air], 0.5, np.array([np.nan])))
+    assert x[m.i_ev_soc[0]] == pytest.approx(0.62)
+
+
+def test_evcc_saying_0_percent_without_a_car_is_not_a_measurement():
+    from pems.live.evcc import EvccReadings, reported_soc
+
+    def r(**kw):
+        base = dict(time=pd.Timestamp("2024-01-01", tz="UTC"), plugged=True, charging=False, power_w=0.0, soc=0.55,
+                    mode="pv", phases_active=0.0, max_current_a=16.0, evcc_online=True, connected=True, age_s=1.0)
+        return EvccReadings(**(base | kw))
+
+    assert reported_soc(r()) == 0.55
+    assert np.isnan(reported_soc(r(plugged=False, soc=0.0)))  # evcc's "no vehicle"
+    assert np.isnan(reported_soc(r(soc=0.0)))
+    assert np.isnan(reported_soc(r(plugged=None)))
+    assert np.isnan(reported_soc(r(evcc_online=False)))
+    assert np.isnan(reported_soc(r(soc=float("nan"))))

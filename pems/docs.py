@@ -383,6 +383,7 @@ def file_pages() -> list[FilePage]:
     from pems.live.safety import SafetyLimits
     from pems.live.topics import Layout
     from pems.scenarios.spec import Scenario
+    from pems.scenarios.sweep import SweepSpec
     from pems.twin.house import House
 
     return [
@@ -393,6 +394,7 @@ def file_pages() -> list[FilePage]:
                  {"safety": DataclassTable(SafetyLimits)}),
         FilePage("register-map.md", "the register map", _MapFile, {"registers": "<register>"}),
         FilePage("mqtt-layout.md", "the MQTT layout", Layout),
+        FilePage("sweep.md", "the sweep file", SweepSpec, {"axes": "<axis>"}),
     ]
 
 

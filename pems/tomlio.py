@@ -57,6 +57,7 @@ REFERENCE_PAGES = {
     "House": "docs/reference/house.md", "Scenario": "docs/reference/scenario.md",
     "Mapping": "docs/reference/mapping.md", "LiveConfig": "docs/reference/live-config.md",
     "_MapFile": "docs/reference/register-map.md", "Layout": "docs/reference/mqtt-layout.md",
+    "SweepSpec": "docs/reference/sweep.md",
 }
 
 

@@ -295,6 +295,12 @@ def load_scenario(spec: str | Path) -> LoadedScenario:
         raise InputError(path, "", "scenario file not found")
     sc = validate(Scenario, read_toml(path), path)
     house = load_house(sc.house, base_dir=path.parent, source=path)
+    return checked_scenario(sc, house, path)
+
+
+def checked_scenario(sc: Scenario, house: House, path: Path) -> LoadedScenario:
+    """A validated scenario with its house (the scenario's cars added), checked against each other
+    and against its sources; problems are named by ``path`` and key."""
     if sc.ev:  # the scenario's cars beside the house's own
         try:
             house = House.model_validate(house.model_dump() | {"ev": [*house.model_dump()["ev"],

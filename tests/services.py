@@ -334,3 +334,84 @@ bind-address = "127.0.0.1:{rpc}"
         yield server
     finally:
         server.stop()
+
+
+@dataclass
+class DaskCluster:
+    """A real ``dask scheduler`` and its ``dask worker`` processes on 127.0.0.1."""
+
+    address: str
+    scheduler: subprocess.Popen
+    workers: list[subprocess.Popen]
+    folder: Path
+
+    def kill_worker(self, i: int = 0) -> None:
+        """SIGKILL one worker's processes (its nanny and the worker under it): a machine that dies."""
+        import signal
+
+        proc = self.workers[i]
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+
+
+@contextmanager
+def dask_cluster(folder: Path, workers: int = 2, env: dict[str, str] | None = None):
+    """``dask scheduler`` on a free port and ``workers`` × ``dask worker`` (one process, one thread each),
+    all from this environment (they import pems to run its tasks); yields a :class:`DaskCluster`."""
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    exe = bin_dir / "dask"
+    if not exe.exists():
+        pytest.skip("the dask command line is not installed in this environment (make install)")
+    port, dash = free_port(), free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    folder.mkdir(parents=True, exist_ok=True)
+    penv = {**os.environ, **(env or {})}
+    logs = [open(folder / "scheduler.log", "w")]
+    sched = subprocess.Popen([str(exe), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                              "--dashboard-address", f"127.0.0.1:{dash}"], stdout=logs[0], stderr=subprocess.STDOUT,
+                             env=penv, start_new_session=True)
+    procs: list[subprocess.Popen] = []
+    try:
+        t0 = time.monotonic()
+        while True:  # the scheduler listens
+            if sched.poll() is not None:
+                raise RuntimeError(f"dask scheduler exited with code {sched.returncode}: "
+                                   f"{(folder / 'scheduler.log').read_text()[-2000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() - t0 > 30:
+                    raise RuntimeError("dask scheduler not listening after 30 s") from None
+                time.sleep(0.1)
+        for i in range(workers):
+            logs.append(open(folder / f"worker{i}.log", "w"))
+            procs.append(subprocess.Popen([str(exe), "worker", address, "--nworkers", "1", "--nthreads", "1",
+                                           "--host", "127.0.0.1", "--name", f"w{i}", "--no-dashboard",
+                                           "--local-directory", str(folder / f"w{i}")],
+                                          stdout=logs[-1], stderr=subprocess.STDOUT, env=penv, start_new_session=True))
+        from distributed import Client
+
+        with Client(address, timeout="30s") as c:
+            c.wait_for_workers(workers, timeout=60)
+        yield DaskCluster(address, sched, procs, folder)
+    finally:
+        import signal
+
+        for p in [*procs, sched]:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in [*procs, sched]:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        for f in logs:
+            f.close()

@@ -1,0 +1,97 @@
+"""``pems sweep``: every combination of a sweep file's axes × controllers, on Dask."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from pems.commands.arguments import CLI, output_dir
+from pems.commands.progress import progress_bar
+from pems.errors import InputError
+
+
+def _duration(s: float) -> str:
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.0f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Run a sweep (or, with ``--dry-run``, count its tasks and time one)."""
+    from pems.scenarios.sweep import finished, load_sweep, run_sweep
+
+    if args.workers is not None and args.workers < 1:
+        raise InputError(CLI, "--workers", f"{args.workers}; expected 1 or more")
+    if args.workers is not None and args.scheduler:
+        raise InputError(CLI, "--workers", "a cluster (--scheduler) has its own workers; give one of the two")
+    if args.scheduler and not args.scheduler.startswith(("tcp://", "tls://", "ws://", "wss://", "inproc://")):
+        raise InputError(CLI, "--scheduler", f"{args.scheduler!r}; expected an address like tcp://HOST:8786")
+    out = output_dir(args.out, writes=("results.parquet", "report.html"), inputs={"SWEEP": args.sweep})
+    spec, tasks = load_sweep(args.sweep)  # every task built and checked before anything runs
+    done = finished(out, tasks) if out.is_dir() else set()
+    axes = " × ".join(f"{k} ({len(v)})" for k, v in spec.axes.items()) or "no axes"
+    print(f"sweep {spec.name}: {len(tasks)} tasks = {axes} × {len(spec.controllers)} controllers "
+          f"({', '.join(spec.controllers)}); {len(done)} finished in {out}")
+    if args.dry_run:
+        import os
+
+        from pems.scenarios.sweep import estimate
+
+        todo = [t for t in tasks if t.id not in done]
+        if not todo:
+            print("nothing to run")
+            return 0
+        n = args.workers or (os.cpu_count() or 1)
+        # one task of each controller: an MPC run and a rule-based one differ by orders of magnitude
+        per: dict[str, float] = {}
+        for ctrl in dict.fromkeys(t.controller for t in todo):
+            first = next(t for t in todo if t.controller == ctrl)
+            wall, row = estimate([first], n)
+            per[ctrl] = wall
+            state = "" if row.get("status") == "ok" else f" (it failed: {row.get('error')})"
+            print(f"  one task of {ctrl}: {wall:.1f} s{state}")
+        total = sum(per[t.controller] for t in todo)
+        where = f"the cluster at {args.scheduler}" if args.scheduler else f"{n} local workers"
+        print(f"{len(todo)} tasks to run: about {_duration(total)} of compute, {_duration(total / n)} on {where} "
+              "(measured from one task of each controller, run here)")
+        return 0
+    bar, update = progress_bar(f"sweep {spec.name}", unit="tasks")
+
+    def started(client, n_todo: int) -> None:
+        link = getattr(client, "dashboard_link", None)
+        n = len(client.scheduler_info().get("workers", {}))
+        print(f"{n_todo} tasks on {n} workers" + (f"; Dask's dashboard: {link}" if link else ""), flush=True)
+
+    failed_rows: list[dict] = []
+
+    def on_row(row: dict, k: int, n: int) -> None:
+        update(k, n)
+        if row.get("status") != "ok":
+            failed_rows.append(row)
+
+    t0 = time.perf_counter()
+    with bar:
+        res = run_sweep(spec, tasks, out, scheduler=args.scheduler, workers=args.workers, on_row=on_row,
+                        on_start=started)
+    from pems.scenarios.sweep_report import write_sweep_report
+
+    write_sweep_report(out / "report.html", spec, res.table)
+    for row in failed_rows:
+        print(f"  task {row['task']} ({row.get('controller')}) failed: {row.get('error')}")
+    print(f"ran {res.ran} tasks ({res.failed} failed), {res.skipped} already finished, in "
+          f"{_duration(time.perf_counter() - t0)}; wrote {out}/results.parquet and {out}/report.html")
+    return 1 if res.failed else 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("sweep", help="every combination of a sweep file's axes × controllers, on Dask "
+                                     "→ results.parquet and report.html (resumable)")
+    s.add_argument("sweep", help="the sweep file (TOML): base scenario, controllers, [axes], [costs]")
+    s.add_argument("--scheduler", help="a Dask scheduler's address (tcp://HOST:8786); default: a local cluster")
+    s.add_argument("--workers", type=int, help="local worker processes (default: this machine's cores)")
+    s.add_argument("--dry-run", action="store_true", help="count the tasks and time one of each controller; run nothing")
+    s.add_argument("--out", default="out/sweep", help="output folder; a sweep run again there resumes (default: out/sweep)")
+    s.set_defaults(func=cmd_sweep)

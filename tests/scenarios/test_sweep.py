@@ -1,0 +1,160 @@
+"""``pems sweep``: axes expanded into tasks, run on Dask (a LocalCluster, or a real scheduler and
+workers on 127.0.0.1), resumable, a failed task recorded beside the others, a killed worker losing
+no task, a bad axis refused before anything runs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import tomli_w
+
+sys.path.insert(0, str(Path(__file__).parents[1]))
+from helpers import BATTERY_HOUSE, write_scenario  # noqa: E402
+
+from pems.cli import main  # noqa: E402
+
+#: What two runs of one task must agree on (the same table, whoever ran it).
+COMPARED = ["cost", "discomfort_Kh", "heating_kWh", "energy_import_kWh", "energy_export_kWh", "battery_cycles",
+            "day_after_cost", "saving_per_year"]
+
+
+def sweep_file(folder: Path, axes: dict, controllers=("rule-based", "mpc"), **extra) -> Path:
+    """A one-day scenario of the two-room battery house and a sweep over it."""
+    sc = write_scenario(folder, BATTERY_HOUSE, weather="greensboro-tmy3", load="h25", prices="two-rate")
+    path = folder / "sweep.toml"
+    path.write_text(tomli_w.dumps({"name": "t", "scenario": sc.name, "controllers": list(controllers),
+                                   "axes": axes, **extra}), encoding="utf-8")
+    return path
+
+
+def table(out: Path) -> pd.DataFrame:
+    return pd.read_parquet(out / "results.parquet")
+
+
+@pytest.mark.parametrize(("axes", "key", "what"), [
+    ({"battery_kwh": [5, -5]}, "axes.battery_kwh", "expected 0 (none) or more"),
+    ({"insulation": [0]}, "axes.insulation", "more than 0"),
+    ({"heating": ["steam"]}, "axes.heating", "heat_pump"),
+    ({"windows": [1, 2]}, "axes.windows", "unknown axis"),
+    ({"days": [0]}, "axes.days", "greater than 0"),
+    ({"pv_kwp": []}, "axes.pv_kwp", "at least one value"),
+    ({"house.grid.import_limit_w": [-1]}, "axes.house.grid.import_limit_w", "greater than 0"),
+    ({"tariff.vat": ["a lot"]}, "axes.tariff.vat", "number"),
+])
+def test_a_bad_axis_is_refused_before_anything_runs(tmp_path, capsys, axes, key, what):
+    path = sweep_file(tmp_path, axes)
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and key in err and what in err, err
+    assert "Traceback" not in err and not (out / "tasks").exists()
+
+
+def test_an_unknown_controller_and_a_cluster_address_that_is_not_one(tmp_path, capsys):
+    path = sweep_file(tmp_path, {"battery_kwh": [0]}, controllers=["rule-based", "magic"])
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "controllers" in capsys.readouterr().err
+    path = sweep_file(tmp_path, {"battery_kwh": [0]})
+    assert main(["sweep", str(path), "--scheduler", "localhost", "--out", str(tmp_path / "out")]) == 2
+    assert "--scheduler" in capsys.readouterr().err
+
+
+def test_the_axes_change_the_house_and_the_scenario_as_they_say(tmp_path):
+    from pems.scenarios.sweep import build_scenario, load_sweep
+
+    path = sweep_file(tmp_path, {"battery_kwh": [0, 10], "pv_kwp": [2.5], "insulation": [0.5],
+                                 "house.grid.import_limit_w": [12000], "seed": [3], "tariff.vat": [0.1]},
+                      controllers=["rule-based"])
+    spec, tasks = load_sweep(path)
+    assert len(tasks) == 2 and len({t.id for t in tasks}) == 2
+    none, big = (build_scenario(t) for t in tasks)
+    assert none.house.battery is None
+    b = big.house.battery  # 10 kWh at the house's own C-rate (5 kWh, 2.5/3 kW)
+    assert (b.capacity_kwh, b.max_charge_w, b.max_discharge_w) == (10.0, 5000.0, 6000.0)
+    assert sum(a.kwp for a in big.house.pv) == pytest.approx(2.5)
+    assert big.house.grid.import_limit_w == 12000 and big.spec.forecast.seed == 3 and big.spec.tariff.vat == 0.1
+    from pems.twin.priors import room_priors
+    from pems.scenarios.spec import load_scenario
+
+    base = load_scenario(tmp_path / "scenario.toml").house
+    for r0, r1 in zip(base.rooms, big.house.rooms):
+        h0 = r0.params.H_out if r0.params.H_out is not None else room_priors(r0, base)["H_out"]
+        assert r1.params.H_out == pytest.approx(0.5 * h0)
+
+
+@pytest.mark.slow
+def test_a_sweep_on_a_local_cluster_resumes_and_records_a_failed_task(tmp_path, capsys):
+    """Four tasks on a LocalCluster of two workers; a task that fails (a controller that learns from a
+    history the scenario lacks) is a row with its error and the others finish; run again, only what
+    did not finish runs."""
+    path = sweep_file(tmp_path, {"battery_kwh": [0, 5]}, controllers=["rule-based", "mpc+correctors"])
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--workers", "2", "--out", str(out)]) == 1  # one controller failed
+    t = table(out)
+    assert list(t["status"]) == ["ok", "failed", "ok", "failed"]
+    assert t.loc[t.status == "failed", "error"].str.contains("history").all()
+    ok = t[t.status == "ok"]
+    assert ok["cost"].notna().all() and list(ok["battery_kwh"]) == [0, 5]
+    # the battery saves against none, at the house's own price of capacity
+    assert ok["saving_per_year"].iloc[1] > 0 and ok["investment"].iloc[1] == pytest.approx(5 * 450.0)
+    assert (out / "report.html").read_text().count("<img") >= 2
+    # resumed: the finished tasks are not run again, the failed ones are tried again
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
+    assert main(["sweep", str(path), "--workers", "2", "--out", str(out)]) == 1
+    said = capsys.readouterr().out
+    assert "ran 2 tasks (2 failed), 2 already finished" in said
+    again = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
+    ids = dict(zip(t["task"], t["status"]))
+    assert all(again[f"{k}.json"] == stamps[f"{k}.json"] for k, s in ids.items() if s == "ok")
+
+
+@pytest.mark.slow
+@pytest.mark.service
+def test_the_same_table_on_a_local_cluster_and_on_a_real_scheduler_with_two_workers(tmp_path):
+    from services import dask_cluster
+
+    path = sweep_file(tmp_path, {"battery_kwh": [0, 5], "pv_kwp": [5]})
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    assert main(["sweep", str(path), "--workers", "2", "--out", str(local)]) == 0
+    with dask_cluster(tmp_path / "dask", workers=2) as cluster:
+        assert main(["sweep", str(path), "--scheduler", cluster.address, "--out", str(remote)]) == 0
+    a, b = table(local), table(remote)
+    assert list(a["task"]) == list(b["task"]) and (a["status"] == "ok").all() and (b["status"] == "ok").all()
+    pd.testing.assert_frame_equal(a[COMPARED], b[COMPARED], rtol=1e-9, atol=1e-9)
+    assert b["worker"].nunique() == 2  # both workers of the cluster ran tasks
+
+
+@pytest.mark.slow
+@pytest.mark.service
+def test_a_worker_killed_mid_sweep_loses_no_task_and_finished_tasks_are_not_run_again(tmp_path):
+    from services import dask_cluster
+
+    from pems.scenarios.sweep import load_sweep, run_sweep
+
+    path = sweep_file(tmp_path, {"battery_kwh": [0, 2, 4, 6, 8, 10]}, controllers=["mpc"])
+    spec, tasks = load_sweep(path)
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    got: list[str] = []
+    with dask_cluster(tmp_path / "dask", workers=2, env={"PEMS_SWEEP_TRACE": str(trace)}) as cluster:
+        killed = threading.Event()
+
+        def on_row(row: dict, k: int, n: int) -> None:
+            got.append(row["task"])
+            if k == 2 and not killed.is_set():  # two finished: a machine of the cluster dies
+                cluster.kill_worker(0)
+                killed.set()
+
+        res = run_sweep(spec, tasks, tmp_path / "out", scheduler=cluster.address, on_row=on_row)
+    assert killed.is_set() and res.ran == 6 and res.failed == 0
+    assert (res.table["status"] == "ok").all() and len(res.table) == 6
+    starts = {p.stem: len(p.read_text().splitlines()) for p in trace.glob("*.log")}
+    assert set(starts) == {t.id for t in tasks}
+    assert all(starts[t] == 1 for t in got[:2])  # finished before the kill: run once
+    assert res.table["worker"].nunique() >= 1

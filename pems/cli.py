@@ -54,7 +54,7 @@ class _Versions(argparse.Action):
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pems`` parser with every sub-command."""
-    from pems.commands import forecast, history, live, models, serve, simulate, sweep
+    from pems.commands import forecast, history, live, models, replay, serve, simulate, sweep
 
     p = argparse.ArgumentParser(prog="pems", description="Physics-first digital twin of a home energy system.",
                                 epilog="Exit codes: 0 done, 1 internal error (a bug: please report it), 2 bad "
@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_parsers(sub)
     serve.add_parsers(sub)
     sweep.add_parsers(sub)
+    replay.add_parsers(sub)
     return p
 
 

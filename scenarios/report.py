@@ -266,8 +266,10 @@ def where_figure(results: Sequence[RunResult]) -> plt.Figure:
     return fig
 
 
-def write_bench_report(path: Path, results: Sequence[RunResult], frame: pd.DataFrame) -> None:
-    """One report for a whole benchmark: summary charts, then a section per scenario.
+def write_bench_report(path: Path, results: Sequence[RunResult], frame: pd.DataFrame, title: str = "PEMS benchmark",
+                       preface: str = "") -> None:
+    """One report for a whole benchmark: summary charts, then a section per scenario (``preface``:
+    HTML before them, e.g. a replay's comparison with what the home paid).
 
     Each scenario's section is a ``<section class='scenario'>`` whose headings and figures carry
     the classes and ``alt`` texts ``where``, ``overview`` and ``rooms`` (tools/screenshots.py
@@ -295,8 +297,8 @@ def write_bench_report(path: Path, results: Sequence[RunResult], frame: pd.DataF
     # the houses' wall clock when every scenario's house shares one zone, else this machine's
     zones = {r.trajectory.attrs.get("timezone") for r in results}
     text = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>PEMS benchmark</title><style>{CSS}</style></head>
-<body><h1>PEMS benchmark</h1><p class="sub">{_count(len(set(frame.scenario)), "scenario", "scenarios")} × {_count(len(set(frame.controller)), "controller", "controllers")}.
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{CSS}</style></head>
+<body><h1>{html.escape(title)}</h1><p class="sub">{_count(len(set(frame.scenario)), "scenario", "scenarios")} × {_count(len(set(frame.controller)), "controller", "controllers")}.
 "Cost above oracle" is the distance to the perfect-foresight bound (same model and objective, the true future).</p>
-{''.join(parts)}{footer(zones.pop() if len(zones) == 1 else None)}</body></html>"""
+{preface}{''.join(parts)}{footer(zones.pop() if len(zones) == 1 else None)}</body></html>"""
     path.write_text(text, encoding="utf-8")

@@ -41,6 +41,7 @@ class Prepared:
     x0: np.ndarray
     plant_inputs: pd.DataFrame | None = None  # the true home's disturbances, when it has unmodelled heat
     history: pd.DataFrame | None = None  # logged before the start (scenarios with a [truth] section)
+    relay0: np.ndarray | None = None  # the thermostats' relays at the start (a replay: as the history left them)
 
     @property
     def n_steps(self) -> int:
@@ -135,7 +136,7 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
         ctrl.learn(prep.history)
     plant_inputs = prep.plant_inputs if prep.plant_inputs is not None else prep.inputs
     plant = SimulatedHome(model, plant_inputs, prep.x0, step_s=sc.step.total_seconds(),
-                          substep_s=sc.spec.plant_step_seconds)
+                          substep_s=sc.spec.plant_step_seconds, relay0=prep.relay0)
     forecasts = forecast_provider(sc, prep)
     # The perfect-foresight bound sees the true home, unmodelled heat included.
     truth_fc = forecasts if prep.plant_inputs is None else ForecastProvider(

@@ -158,11 +158,12 @@ def build_inputs(house: House, spec: InputSpec, start: pd.Timestamp, n_steps: in
             return _build(house, spec, start, n_steps, step, required)
         except InputError:  # the data end with the run: extend the horizon by the last day
             run = _build(house, spec, start, required, step, required)
-            return _repeat_last_day(run, n_steps, step)
+            return repeat_last_day(run, n_steps, step)
     return _build(house, spec, start, n_steps, step, required)
 
 
-def _repeat_last_day(df: pd.DataFrame, n: int, step: pd.Timedelta) -> pd.DataFrame:
+def repeat_last_day(df: pd.DataFrame, n: int, step: pd.Timedelta) -> pd.DataFrame:
+    """``df`` (one row per step) extended to ``n`` rows by repeating its last day."""
     day = int(round(pd.Timedelta(days=1) / step))
     rows = [df]
     total = len(df)

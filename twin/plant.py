@@ -135,7 +135,7 @@ class SimulatedHome:
     """
 
     def __init__(self, model: HouseModel, disturbances: pd.DataFrame, x0: np.ndarray,
-                 step_s: float = 900.0, substep_s: float = 60.0) -> None:
+                 step_s: float = 900.0, substep_s: float = 60.0, relay0: np.ndarray | None = None) -> None:
         n_sub = step_s / substep_s
         if abs(n_sub - round(n_sub)) > 1e-9 or n_sub < 1:
             raise ValueError(f"control step {step_s} s is not a multiple of the plant step {substep_s} s")
@@ -147,6 +147,8 @@ class SimulatedHome:
             bad = [c for c in model.sym.d.names if not np.isfinite(disturbances[c]).all()]
             raise ValueError(f"disturbances contain NaN/inf in {bad}")
         self.x0 = np.asarray(x0, dtype=float).copy()
+        # the thermostats' relays at the start (their hysteresis remembers them; default open)
+        self.relay0 = np.zeros(model.n_rooms, dtype=bool) if relay0 is None else np.asarray(relay0, dtype=bool).copy()
         self._prepare()
         self.reset()
 
@@ -248,7 +250,7 @@ class SimulatedHome:
     def reset(self) -> Observation:
         self.k = 0
         self.x = self.x0.copy()
-        self.relay = np.zeros(self.model.n_rooms, dtype=bool)
+        self.relay = self.relay0.copy()
         self.log = StepLog.empty(len(self.D), self.nx, len(self.model.sym.u), self.model.n_rooms)
         return self._observe(None)
 

@@ -27,7 +27,8 @@ def solar_position(times: pd.DatetimeIndex, site: Site) -> pd.DataFrame:
 
 
 def complete_irradiance(weather: pd.DataFrame, sun: pd.DataFrame) -> pd.DataFrame:
-    """Add ``dni``/``dhi`` decomposed from ``ghi`` (Erbs) where they are missing."""
+    """Add ``dni``/``dhi`` where they are missing: the beam from the closure ``ghi = dhi + dni cos z``
+    where the diffuse is known, else both decomposed from ``ghi`` (Erbs); whole columns or single values."""
     w = weather.copy()
     w["ghi"] = w["ghi"].clip(lower=0)
     if "dni" not in w or "dhi" not in w or w[["dni", "dhi"]].isna().all().any():
@@ -38,6 +39,17 @@ def complete_irradiance(weather: pd.DataFrame, sun: pd.DataFrame) -> pd.DataFram
         else:
             dec = pvlib.irradiance.erbs(w["ghi"], sun["zenith"], w.index)
             w["dni"], w["dhi"] = dec["dni"].fillna(0.0), dec["dhi"].fillna(0.0)
+    gap = w["dni"].isna() | w["dhi"].isna()
+    if gap.any():  # single missing values (a logger's outlier, removed): the same completion, row by row
+        cosz = np.cos(np.radians(sun["zenith"])).clip(lower=0.065)
+        closure = w["dhi"].notna() & w["dni"].isna()
+        w.loc[closure, "dni"] = ((w["ghi"] - w["dhi"].clip(lower=0)).clip(lower=0) / cosz).where(
+            sun["zenith"] < 87, 0.0)[closure]
+        rest = w["dni"].isna() | w["dhi"].isna()
+        if rest.any():
+            dec = pvlib.irradiance.erbs(w["ghi"][rest], sun["zenith"][rest], w.index[rest])
+            w.loc[rest, "dni"] = dec["dni"].fillna(0.0)
+            w.loc[rest, "dhi"] = dec["dhi"].fillna(0.0)
     w["dni"] = w["dni"].clip(lower=0)
     w["dhi"] = w["dhi"].clip(lower=0)
     if "wind_speed" not in w:

@@ -78,3 +78,28 @@ def test_day_cvodes_baseline(benchmark, year):
                 u = np.r_[relay * rating, 0.0, 0.0]
                 x = F(x0=x, p=ca.DM(np.r_[u, D[k]]))["xf"]
     benchmark.pedantic(day, rounds=1, iterations=1)
+
+
+def test_year_peak_memory(benchmark):
+    """Peak resident memory of a year of the reference house (1-minute plant step, rule-based), in a
+    fresh process as a sweep's worker runs it: imports (≈ 235 MB of numpy, pandas, pyarrow, CasADi,
+    pvlib), the inputs, the plant and the trajectory. Was 941 MB before the CasADi maps over every row
+    were split into chunks (the output map alone held 450 MB of work buffers); issue 19's target is
+    300 MB."""
+    import subprocess
+    import sys
+
+    code = ("import resource\nfrom pems.threads import limit_threads; limit_threads()\n"
+            "from pems.scenarios.spec import load_scenario\nfrom pems.scenarios.runner import prepare, run\n"
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "r = run(prepare(load_scenario('year')), 'rule-based')\n"
+            "print(base / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+
+    def once() -> tuple[float, float]:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        imports, peak = map(float, out.split()[-2:])
+        return imports, peak
+
+    imports, peak = benchmark.pedantic(once, rounds=1, iterations=1)
+    benchmark.extra_info.update(imports_mb=round(imports), peak_mb=round(peak), run_mb=round(peak - imports))
+    assert peak < 600  # the run's own part was 707 MB; a regression that brings it back fails here

@@ -57,16 +57,34 @@ class AffineForm:
         return _map2(self.y0_fn, D)
 
 
+#: Rows per CasADi map evaluation: a map over a whole year holds its work buffers for every row at
+#: once (hundreds of MB for the reference house); by chunks it holds them for a day or so.
+MAP_CHUNK = 2048
+
+
 def _map2(fn: ca.Function, D: np.ndarray) -> np.ndarray:
-    out = fn.map(D.shape[0])(D.T)
-    return np.asarray(out.full() if hasattr(out, "full") else out).T
+    n = D.shape[0]
+    out = np.empty((n, fn.size_out(0)[0] * fn.size_out(0)[1]))
+    mapped = fn.map(MAP_CHUNK) if n >= MAP_CHUNK else None
+    for a in range(0, n, MAP_CHUNK):
+        b = min(a + MAP_CHUNK, n)
+        f = mapped if b - a == MAP_CHUNK else fn.map(b - a)
+        r = f(D[a:b].T)
+        out[a:b] = np.asarray(r.full() if hasattr(r, "full") else r).T
+    return out
 
 
 def _map3(fn: ca.Function, D: np.ndarray) -> np.ndarray:
     n = D.shape[0]
     rows, cols = fn.size_out(0)
-    out = np.asarray(fn.map(n)(D.T).full())  # (rows, n * cols), blocks side by side
-    return out.reshape(rows, n, cols).transpose(1, 0, 2)
+    out = np.empty((n, rows, cols))
+    mapped = fn.map(MAP_CHUNK) if n >= MAP_CHUNK else None
+    for a in range(0, n, MAP_CHUNK):
+        b = min(a + MAP_CHUNK, n)
+        f = mapped if b - a == MAP_CHUNK else fn.map(b - a)
+        blk = np.asarray(f(D[a:b].T).full())  # (rows, k * cols), blocks side by side
+        out[a:b] = blk.reshape(rows, b - a, cols).transpose(1, 0, 2)
+    return out
 
 
 def affine_form(model: HouseModel) -> AffineForm:

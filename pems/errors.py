@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2  #: bad input: one line per problem naming the file or flag and the key
     SERVICE = 3  #: a service (InfluxDB, MQTT broker, Modbus device) did not answer or refused
     DRIFT = 4  #: ``pems models drift``: the model has drifted, retrain due
+    TASKS_FAILED = 5  #: ``pems sweep``: some tasks failed (each recorded with its error); the others ran
     INTERRUPTED = 130  #: Ctrl-C (SIGINT) before the work was done
 
 

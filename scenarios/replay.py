@@ -88,11 +88,13 @@ def _filled(data: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[str, in
         if miss.all():
             raise InputError(source, c, "no value in the whole period")
         run = miss.groupby((~miss).cumsum()).sum().max()
-        if run > MAX_FILL_STEPS and c in NEEDED:
+        if c == "P_pv":  # PV is not held across the evening: what the arrays give under the measured sun
+            continue
+        if run > MAX_FILL_STEPS:
             first = v.index[miss][0]
             raise InputError(source, c, f"a gap of {int(run)} steps (from {first:%Y-%m-%d %H:%M} UTC); a replay bridges "
                                         f"at most {MAX_FILL_STEPS}: choose a period without it (--start/--end)")
-        held = c.startswith("price") or c in ("P_load", "P_pv")
+        held = c.startswith("price") or c == "P_load"
         out[c] = (v.ffill().bfill() if held else v.interpolate(limit_direction="both"))
         filled[c] = int(miss.sum())
     return out, filled
@@ -133,6 +135,11 @@ def replay_prepared(history: Any, house: Any, forecast: Any = None, comfort: Any
             raise InputError(source, c, f"a replay needs the measured {c} (see docs/reference/history.md)")
     tariff = tariff or Tariff()
     has_prices = {"price_import", "price_export"} <= set(data.columns)
+    one = [c for c in ("price_import", "price_export") if c in data.columns]
+    if one and not has_prices:
+        missing = "price_export" if one == ["price_import"] else "price_import"
+        raise InputError(source, missing, f"the history has {one[0]} but no {missing}: give both, or neither "
+                                          "and --prices")
     if not has_prices:
         if prices is None:
             raise InputError(source, "price_import", "the history has no prices: give them with --prices "
@@ -140,6 +147,9 @@ def replay_prepared(history: Any, house: Any, forecast: Any = None, comfort: Any
         data = data.join(prices_at(prices, data.index, house.site, tariff, base_dir), how="left")
     data, filled = _filled(data, source)
     data, curtailed = _available_pv(data, house, step)
+    if "P_pv" in data and data["P_pv"].isna().any():
+        filled["P_pv"] = int(data["P_pv"].isna().sum())
+        data = data.assign(P_pv=data["P_pv"].fillna(_modelled_pv(data, house, step)))
     model = build_model(house)
     k0 = int(round(warm_up / step))
     if len(data) < k0 + max(2, int(pd.Timedelta(days=1) / step)):  # too short to warm up and replay a day
@@ -202,6 +212,19 @@ def _state_after(model: Any, data: pd.DataFrame, step: pd.Timedelta, k: int) -> 
     return x
 
 
+def _modelled_pv(data: pd.DataFrame, house: Any, step: pd.Timedelta) -> pd.Series:
+    """The PV the house's arrays give under the measured weather [W] (pvlib; 0 without arrays)."""
+    if not house.pv:
+        return pd.Series(0.0, index=data.index)
+    from pems.twin.pv import pv_ac_power
+    from pems.twin.solar import complete_irradiance, solar_position
+
+    sun = solar_position(data.index + step / 2, house.site)
+    sun.index = data.index
+    w = complete_irradiance(data[[c for c in ("T_out", "ghi", "dni", "dhi", "wind_speed") if c in data]].copy(), sun)
+    return pd.Series(np.asarray(pv_ac_power(w, sun, house.pv, house.inverter), dtype=float), index=data.index)
+
+
 def _available_pv(data: pd.DataFrame, house: Any, step: pd.Timedelta) -> tuple[pd.DataFrame, int]:
     """The PV the panels could have given: measured PV is what was delivered, and while the home
     exported at its export limit the inverter curtailed the rest. In those steps the PV the house's
@@ -213,14 +236,7 @@ def _available_pv(data: pd.DataFrame, house: Any, step: pd.Timedelta) -> tuple[p
     at_limit = (-data["P_grid"].astype(float) >= 0.98 * lim).to_numpy()
     if not at_limit.any():
         return data, 0
-    from pems.twin.pv import pv_ac_power
-    from pems.twin.solar import complete_irradiance, solar_position
-
-    sun = solar_position(data.index + step / 2, house.site)
-    sun.index = data.index
-    w = data[[c for c in ("T_out", "ghi", "dni", "dhi", "wind_speed") if c in data]].copy()
-    w = complete_irradiance(w, sun)
-    model_pv = pv_ac_power(w, sun, house.pv, house.inverter).to_numpy()
+    model_pv = _modelled_pv(data, house, step).to_numpy()
     out = data.copy()
     pv = out["P_pv"].to_numpy(dtype=float)
     out["P_pv"] = np.where(at_limit, np.maximum(pv, model_pv), pv)

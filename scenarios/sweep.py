@@ -91,8 +91,8 @@ class SweepSpec(BaseModel):
     costs: Costs = Field(default_factory=Costs)
     """Prices of capacity for the payback."""
     keep_runs: bool = False
-    """Also write each run's ``trajectory.parquet`` and ``kpis.json`` under ``runs/<task id>/``
-    (on a cluster: on the worker's disk)."""
+    """Also write each run's ``trajectory.parquet`` and ``kpis.json`` under ``runs/<task id>/`` in the
+    output folder (on a cluster: on the worker's disk)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +172,10 @@ class Task:
                 "base_dir": self.base_dir, "keep_dir": self.keep_dir, "id": self.id}
 
 
+#: The axes whose values may be files (relative to the sweep file).
+FILE_AXES = ("scenario", "house", "weather", "prices", "load")
+
+
 def _resolve(value: Any, base: Path) -> Any:
     """A relative file name of a sweep file, made absolute (built-in names stay as they are)."""
     if isinstance(value, str) and (value.endswith((".csv", ".toml", ".parquet", ".gz")) or "/" in value):
@@ -203,20 +207,43 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, list[Task]]:
     scenario = _resolve(spec.scenario, base)
     names = list(spec.axes)
     tasks = []
-    keep = str((p.parent / "runs").resolve()) if spec.keep_runs else None
+    keep = None  # set by run_sweep: runs/ in its output folder
     for combo in itertools.product(*(spec.axes[n] for n in names)):
-        axes = {n: _resolve(v, base) for n, v in zip(names, combo)}
+        axes = {n: _resolve(v, base) if n in FILE_AXES else v for n, v in zip(names, combo)}
         for ctrl in spec.controllers:
             tasks.append(Task(axes, ctrl, scenario, str(base), keep))
-    # every task's scenario and house, built now: a bad value is named before anything runs
-    checked: dict[str, None] = {}
+    # every task's scenario and house, built now: a bad value is named before anything runs; a task's
+    # id is a hash of what it runs (the built scenario and house, the files they read, the controller,
+    # this PEMS), so an edited house or weather file runs again and a moved folder does not
+    digests: dict[str, str] = {}
+    out = []
     for t in tasks:
         key = json.dumps(t.axes, sort_keys=True, default=str)
-        if key in checked:
-            continue
-        build_scenario(t, source=p)
-        checked[key] = None
-    return spec, tasks
+        if key not in digests:
+            digests[key] = _content_digest(build_scenario(t, source=p))
+        blob = json.dumps({"content": digests[key], "controller": t.controller, "axes": t.axes}, sort_keys=True,
+                          default=str)
+        out.append(Task(t.axes, t.controller, t.scenario, t.base_dir, t.keep_dir,
+                        id=hashlib.sha1(blob.encode()).hexdigest()[:12]))
+    return spec, out
+
+
+def _content_digest(sc: Any) -> str:
+    """What a built scenario runs: its spec, its house and the contents of the files it reads."""
+    from pems import __version__
+
+    h = hashlib.sha1()
+    h.update(__version__.encode())
+    h.update(sc.spec.model_dump_json().encode())
+    h.update(sc.house.model_dump_json().encode())
+    for key in ("weather", "prices", "load"):
+        f = sc.base_dir / getattr(sc.spec, key)
+        if f.is_file():
+            h.update(f.read_bytes())
+    for ev in sc.house.ev:
+        if ev.calendar and Path(ev.calendar).is_file():
+            h.update(Path(ev.calendar).read_bytes())
+    return h.hexdigest()
 
 
 def build_scenario(task: Task, source: Path | str | None = None) -> Any:
@@ -234,7 +261,8 @@ def build_scenario(task: Task, source: Path | str | None = None) -> Any:
             raise InputError(src, "axes.scenario", exc.problems[0].message) from None
         raise
     data = base.spec.model_dump(mode="python", exclude_unset=True)  # (only what its file set: no default warns)
-    house = base.house
+    # the house as its file has it: checked_scenario adds the scenario's cars (base.house has them already)
+    house = load_house(base.spec.house, base_dir=base.path.parent, source=base.path)
     if "house" in axes:
         try:
             house = load_house(axes.pop("house"), base_dir=Path(task.base_dir))
@@ -254,16 +282,35 @@ def build_scenario(task: Task, source: Path | str | None = None) -> Any:
     try:
         sc = Scenario.model_validate(data)
     except ValueError as exc:
-        bad = [n for n in axes if axis_target(n) == "scenario"]
-        raise InputError(src, f"axes.{bad[0] if bad else 'scenario'}", _first_error(exc)) from None
+        raise InputError(src, f"axes.{_blamed(exc, [n for n in axes if axis_target(n) == 'scenario'])}",
+                         _first_error(exc)) from None
     if house_axes:
         house = _house_with(house, house_axes, src)
     try:
         return checked_scenario(sc, house, base.path)
     except InputError as exc:
         first = exc.problems[0]
-        where = next((f"axes.{n}" for n in task.axes if n.split(".")[0] in (first.key or "")), "axes")
+        key = first.key or ""
+        where = next((f"axes.{n}" for n in task.axes if key == n or key.startswith(n + ".")), None) or \
+            next((f"axes.{n}" for n in task.axes if n in FILE_AXES and key.startswith(n)), "axes")
         raise InputError(src, where, f"{first.key}: {first.message}") from None
+
+
+#: Where in a house file each named house axis writes.
+_HOUSE_AXIS_KEYS = {"battery_kwh": "battery", "battery_kw": "battery", "pv_kwp": "pv", "insulation": "rooms",
+                    "heating": "heating"}
+
+
+def _blamed(exc: Exception, names: Sequence[str], house: bool = False) -> str:
+    """The axis a validation error is about: the one whose key its location starts with."""
+    errs = getattr(exc, "errors", None)
+    loc = ".".join(str(x) for x in errs()[0].get("loc", ())) if callable(errs) else ""
+    for n in names:
+        key = (_HOUSE_AXIS_KEYS.get(n, n.removeprefix("house.")) if house
+               else ("forecast.seed" if n == "seed" else n))
+        if loc == key or loc.startswith(key + "."):
+            return n
+    return names[0] if len(names) == 1 else ", ".join(names) if names else "scenario"
 
 
 def _first_error(exc: Exception) -> str:
@@ -281,7 +328,8 @@ def _house_with(house: Any, axes: Mapping[str, Any], src: Any) -> Any:
     from pems.twin.priors import room_priors
 
     d = house.model_dump(mode="python", exclude_none=True)
-    for name, v in axes.items():
+    order = {"battery_kwh": 0, "battery_kw": 1}  # the capacity first: its C-rate scaling, then a power given
+    for name, v in sorted(axes.items(), key=lambda kv: order.get(kv[0], 2)):
         key = f"axes.{name}"
         try:
             if name == "battery_kwh":
@@ -299,6 +347,8 @@ def _house_with(house: Any, axes: Mapping[str, Any], src: Any) -> Any:
                 v = float(v)
                 if not v > 0:
                     raise ValueError(f"{v:g} kW; expected more than 0")
+                if "battery" not in d and "battery_kwh" not in axes:
+                    raise ValueError(f"house {house.name!r} has no battery to give {v:g} kW (add a battery_kwh axis)")
                 if "battery" in d:  # (a sweep's battery_kwh = 0: no battery to give power to)
                     d["battery"] = {**d["battery"], "max_charge_w": 1000.0 * v, "max_discharge_w": 1000.0 * v}
             elif name == "pv_kwp":
@@ -334,7 +384,7 @@ def _house_with(house: Any, axes: Mapping[str, Any], src: Any) -> Any:
     try:
         return House.model_validate(d)
     except ValueError as exc:
-        raise InputError(src, f"axes.{next(iter(axes))}" if len(axes) == 1 else "axes", _first_error(exc)) from None
+        raise InputError(src, f"axes.{_blamed(exc, list(axes), house=True)}", _first_error(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,7 +496,7 @@ def results_table(out: Path, tasks: Sequence[Task]) -> pd.DataFrame:
     df = df.drop(columns=[c for c in ("traceback",) if c in df.columns])
     for c in df.columns:  # parquet: one type per column (an axis of mixed values goes as text)
         if df[c].dtype == object and df[c].map(type).nunique() > 1 and c not in ("error",):
-            df[c] = df[c].map(lambda v: None if v is None else str(v))
+            df[c] = df[c].map(lambda v: None if v is None or (isinstance(v, float) and v != v) else str(v))
     return df.sort_values("order").drop(columns="order").reset_index(drop=True)
 
 
@@ -497,7 +547,9 @@ def with_savings(table: pd.DataFrame, spec: SweepSpec) -> pd.DataFrame:
                 inv += (float(row["pv_kwp"]) - ref_size["pv_kwp"]) * spec.costs.pv_per_kwp
             df.at[i, "investment"] = inv
     sav = df["saving_per_year"]
-    df["payback_years"] = np.where(sav > 0, df["investment"] / sav.where(sav > 0, np.nan), np.inf)
+    # never pays back where it saves nothing; unknown where the saving is (a failed run or reference)
+    df["payback_years"] = np.where(sav > 0, df["investment"] / sav.where(sav > 0, np.nan),
+                                   np.where(sav.notna(), np.inf, np.nan))
     df.loc[df["investment"] <= 0, "payback_years"] = np.nan
     df["gap_to_oracle"] = np.nan
     if "oracle" in set(df["controller"]):
@@ -539,11 +591,20 @@ def connect(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
     for name in [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("distributed", "bokeh", "tornado")]:
         logging.getLogger(name).setLevel(max(root, logging.WARNING))
     if scheduler:
-        return Client(scheduler, timeout="20s"), None
+        try:
+            return Client(scheduler, timeout="20s"), None
+        except (OSError, TimeoutError) as exc:
+            from pems.errors import ServiceError
+
+            raise ServiceError(f"--scheduler {scheduler}: no Dask scheduler answered ({exc})") from None
     n = workers or os.cpu_count() or 1
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
                            silence_logs=40)
-    return Client(cluster), cluster
+    try:
+        return Client(cluster), cluster
+    except BaseException:
+        cluster.close()
+        raise
 
 
 def run_sweep(spec: SweepSpec, tasks: Sequence[Task], out: Path, scheduler: str | None = None,
@@ -560,7 +621,8 @@ def run_sweep(spec: SweepSpec, tasks: Sequence[Task], out: Path, scheduler: str 
     (out / TASKS_DIR).mkdir(exist_ok=True)
     t0 = time.perf_counter()
     done = finished(out, tasks)
-    todo = [t for t in tasks if t.id not in done]
+    keep = str((out / "runs").resolve()) if spec.keep_runs else None
+    todo = [Task(t.axes, t.controller, t.scenario, t.base_dir, keep, id=t.id) for t in tasks if t.id not in done]
     failed = ran = 0
     n_workers = 0
     if todo:

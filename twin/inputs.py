@@ -85,11 +85,9 @@ def measured_disturbances(house: House, measured: pd.DataFrame, step: pd.Timedel
     for name, v in time_of_day(mid, house.site.timezone).items():
         out[name] = v
     for k, ev in enumerate(house.ev):  # the cars' weeks: plugged in, driven, wanted at departure
-        cal = None
-        if ev.calendar is not None:
-            path = Path(ev.calendar) if spec.base_dir is None else spec.base_dir / ev.calendar
-            cal = read_calendar(path)
-        sig = ev_signals(ev, index, step, house.site.timezone, seed=spec.ev_seed + k, calendar=cal)
+        # (a house file's calendar is resolved beside the file when the house is loaded)
+        cal = read_calendar(Path(ev.calendar)) if ev.calendar is not None else None
+        sig = ev_signals(ev, index, step, house.site.timezone, seed=k, calendar=cal)
         out[f"ev_plugged__{ev.id}"] = sig["plugged"].to_numpy()
         out[f"ev_drive_w__{ev.id}"] = sig["drive_wh"].to_numpy() / (step / pd.Timedelta(hours=1))
         out[f"ev_need_wh__{ev.id}"] = sig["need_wh"].to_numpy()

@@ -83,7 +83,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"  task {row['task']} ({row.get('controller')}) failed: {row.get('error')}")
     print(f"ran {res.ran} tasks ({res.failed} failed), {res.skipped} already finished, in "
           f"{_duration(time.perf_counter() - t0)}; wrote {out}/results.parquet and {out}/report.html")
-    return 1 if res.failed else 0
+    from pems.errors import ExitCode
+
+    return ExitCode.TASKS_FAILED if res.failed else 0
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:

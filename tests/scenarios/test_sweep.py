@@ -95,7 +95,7 @@ def test_a_sweep_on_a_local_cluster_resumes_and_records_a_failed_task(tmp_path, 
     did not finish runs."""
     path = sweep_file(tmp_path, {"battery_kwh": [0, 5]}, controllers=["rule-based", "mpc+correctors"])
     out = tmp_path / "out"
-    assert main(["sweep", str(path), "--workers", "2", "--out", str(out)]) == 1  # one controller failed
+    assert main(["sweep", str(path), "--workers", "2", "--out", str(out)]) == 5  # one controller failed
     t = table(out)
     assert list(t["status"]) == ["ok", "failed", "ok", "failed"]
     assert t.loc[t.status == "failed", "error"].str.contains("history").all()
@@ -106,7 +106,7 @@ def test_a_sweep_on_a_local_cluster_resumes_and_records_a_failed_task(tmp_path, 
     assert (out / "report.html").read_text().count("<img") >= 2
     # resumed: the finished tasks are not run again, the failed ones are tried again
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
-    assert main(["sweep", str(path), "--workers", "2", "--out", str(out)]) == 1
+    assert main(["sweep", str(path), "--workers", "2", "--out", str(out)]) == 5
     said = capsys.readouterr().out
     assert "ran 2 tasks (2 failed), 2 already finished" in said
     again = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
@@ -158,3 +158,44 @@ def test_a_worker_killed_mid_sweep_loses_no_task_and_finished_tasks_are_not_run_
     assert set(starts) == {t.id for t in tasks}
     assert all(starts[t] == 1 for t in got[:2])  # finished before the kill: run once
     assert res.table["worker"].nunique() >= 1
+
+
+def test_the_house_axes_do_as_they_say_whatever_their_order_and_a_task_is_what_it_runs(tmp_path):
+    """A scenario's own cars are not added twice; battery_kw wins over battery_kwh's C-rate in any
+    order; a value with a slash is not taken for a file unless its axis reads files; an edited input
+    file makes new task ids (it runs again), an unchanged one the same."""
+    from pems.scenarios.sweep import build_scenario, load_sweep
+
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    ev_sweep = ev / "s.toml"
+    ev_sweep.write_text(tomli_w.dumps({"scenario": "winter-week-ev", "controllers": ["rule-based"],
+                                       "axes": {"battery_kwh": [5]}}))
+    _, tasks = load_sweep(ev_sweep)
+    assert len(build_scenario(tasks[0]).house.ev) == 1
+    a = sweep_file(tmp_path, {"battery_kw": [3], "battery_kwh": [20]}, controllers=["rule-based"])
+    b_dir = tmp_path / "b"
+    b_dir.mkdir()
+    b = sweep_file(b_dir, {"battery_kwh": [20], "battery_kw": [3]}, controllers=["rule-based"])
+    for path in (a, b):
+        bat = build_scenario(load_sweep(path)[1][0]).house.battery
+        assert (bat.capacity_kwh, bat.max_charge_w, bat.max_discharge_w) == (20.0, 3000.0, 3000.0)
+    tz = sweep_file(tmp_path, {"house.site.timezone": ["Europe/Prague"]}, controllers=["rule-based"])
+    assert build_scenario(load_sweep(tz)[1][0]).house.site.timezone == "Europe/Prague"
+    # a task is what it runs
+    (tmp_path / "load.csv").write_text("time,P_load\n2024-01-09T00:00:00Z,300\n2024-01-12T00:00:00Z,300\n")
+    path = sweep_file(tmp_path, {"load": ["load.csv"]}, controllers=["rule-based"])
+    ids = [t.id for t in load_sweep(path)[1]]
+    assert [t.id for t in load_sweep(path)[1]] == ids
+    (tmp_path / "load.csv").write_text("time,P_load\n2024-01-09T00:00:00Z,400\n2024-01-12T00:00:00Z,400\n")
+    assert [t.id for t in load_sweep(path)[1]] != ids
+
+
+@pytest.mark.slow
+def test_a_scheduler_that_does_not_answer_is_one_line_and_exit_3(tmp_path, capsys):
+    from services import free_port
+
+    path = sweep_file(tmp_path, {"battery_kwh": [0]}, controllers=["rule-based"])
+    rc = main(["sweep", str(path), "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 3 and "--scheduler" in err and "Traceback" not in err, err

@@ -140,6 +140,7 @@ class EvccLoadpoint(MqttEndpoint):
         will = None if dry_run else (f"{self.base}/mode/set", handback_mode, self.qos, False)
         super().__init__(host, port, will=will, **options)
         self.values = ValueStore(clock)
+        self._phases: int | None = None  # the phases last commanded (kept while they can give the power)
         self._clock = clock
         self._last_state = -math.inf  # monotonic time of the last fresh state message
 
@@ -164,12 +165,14 @@ class EvccLoadpoint(MqttEndpoint):
         """Charge at ``power_w`` [W] (made feasible by the charger): ``off``, or ``now`` at the phases
         and current that give it."""
         now = pd.Timestamp.now(tz="UTC")
-        phases, amps = self.charger.setting(power_w)
+        phases, amps = self.charger.setting(power_w, self._phases)
         if amps <= 0:
             return [self._publish(now, "mode", "off")]
         out = []
         if self.charger.phase_switching:
             out.append(self._publish(now, "phases", str(phases)))
+            if out[-1].sent:
+                self._phases = phases
         out.append(self._publish(now, "maxCurrent", _fmt(round(amps, 2))))  # evcc takes fractional amperes
         out.append(self._publish(now, "mode", "now"))
         return out
@@ -178,6 +181,7 @@ class EvccLoadpoint(MqttEndpoint):
         """evcc's own logic: the hand-back mode, the wallbox's own current limit and (where it
         switches phases) automatic phases, whoever set them last (a loop before a crash, too)."""
         now = pd.Timestamp.now(tz="UTC")
+        self._phases = None
         out = [self._publish(now, "mode", self.handback_mode),
                self._publish(now, "maxCurrent", _fmt(self.charger.max_current_a))]
         if self.charger.phase_switching:

@@ -26,16 +26,18 @@ def _color(ctrl: str, i: int) -> str:
 
 def size_figure(df: pd.DataFrame, spec: SweepSpec, axis: str, what: str, ylabel: str) -> plt.Figure:
     """``what`` (a column) against one size axis: a line per controller and value of the other size axis."""
-    other = next((a for a in SIZE_AXES if a != axis and a in spec.axes), None)
+    # a line per controller and per value of every other axis (weather years, tariffs, the other size)
+    others = [a for a in spec.axes if a != axis and a in df.columns and df[a].nunique() > 1]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    styles = ["-", "--", ":", "-."]
     for i, (ctrl, g) in enumerate(df.groupby("controller", sort=False)):
-        groups = g.groupby(other, sort=True) if other else [(None, g)]
-        styles = ["-", "--", ":", "-."]
+        groups = g.groupby(others, sort=True) if others else [((), g)]
         for j, (v, gg) in enumerate(groups):
             gg = gg.sort_values(axis)
-            y = gg[what].to_numpy(dtype=float)
-            label = ctrl if other is None else f"{ctrl}, {other} = {v:g}"
-            ax.plot(gg[axis].astype(float), y, styles[j % 4], marker="o", color=_color(ctrl, i), label=label)
+            vals = v if isinstance(v, tuple) else (v,)
+            label = ", ".join([ctrl, *(f"{a} = {x}" for a, x in zip(others, vals))])
+            ax.plot(gg[axis].astype(float), gg[what].to_numpy(dtype=float), styles[j % 4], marker="o",
+                    color=_color(ctrl, i), label=label)
     ax.set_xlabel(axis.replace("_", " ").replace("kwh", "[kWh]").replace("kwp", "[kWp]"))
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)

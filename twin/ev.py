@@ -99,14 +99,20 @@ class Charger(_Strict):
         return best
 
 
-    def setting(self, power_w: float) -> tuple[int, float]:
+    def setting(self, power_w: float, phases_now: int | None = None) -> tuple[int, float]:
         """The phases and current per phase [A] that give ``power_w`` (made :meth:`feasible` first):
-        one phase where switching allows and one phase reaches it, else the wallbox's phases.
-        ``(phases, 0.0)`` for no charging."""
+        one phase where switching allows and one phase reaches it, else the wallbox's phases; with
+        ``phases_now``, those phases wherever they can give it (a switch interrupts the charging for a
+        minute and wears the contactor: no switching back and forth about 3.7 kW). ``(phases, 0.0)``
+        for no charging."""
         p = self.feasible(power_w)
         phases = self.phases
         if self.phase_switching:
             phases = 1 if p <= self.voltage_v * self.max_current_a + 1e-9 else 3
+            if phases_now in (1, 3) and phases_now != phases and p > 0:
+                lo, hi = phases_now * self.voltage_v * self.min_current_a, phases_now * self.voltage_v * self.max_current_a
+                if lo - 1e-9 <= p <= hi + 1e-9:
+                    phases = phases_now
         if p <= 0:
             return phases, 0.0
         amps = min(max(p / (phases * self.voltage_v), self.min_current_a), self.max_current_a)

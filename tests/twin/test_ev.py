@@ -348,3 +348,15 @@ def test_evcc_saying_0_percent_without_a_car_is_not_a_measurement():
     assert np.isnan(reported_soc(r(plugged=None)))
     assert np.isnan(reported_soc(r(evcc_online=False)))
     assert np.isnan(reported_soc(r(soc=float("nan"))))
+
+
+def test_a_switching_charger_keeps_its_phases_while_they_can_give_the_power():
+    """Where one and three phases both give a power (a 32 A wallbox: 1.38–7.36 kW on one phase,
+    4.14–22.1 kW on three), the phases in use stay: no switching back and forth about the border."""
+    c = Charger(min_current_a=6, max_current_a=32, phases=3, phase_switching=True)
+    assert c.setting(5000.0) == (1, pytest.approx(5000.0 / 230))  # one phase where it reaches
+    assert c.setting(8000.0) == (3, pytest.approx(8000.0 / 690))
+    assert c.setting(5000.0, phases_now=3) == (3, pytest.approx(5000.0 / 690))  # stays on three
+    assert c.setting(3000.0, phases_now=3)[0] == 1  # below what three phases can give: switches
+    assert c.setting(7000.0, phases_now=1)[0] == 1 and c.setting(9000.0, phases_now=1)[0] == 3
+    assert c.setting(0.0, phases_now=3)[1] == 0.0

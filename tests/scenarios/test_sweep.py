@@ -199,3 +199,21 @@ def test_a_scheduler_that_does_not_answer_is_one_line_and_exit_3(tmp_path, capsy
     rc = main(["sweep", str(path), "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert rc == 3 and "--scheduler" in err and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_a_dry_run_counts_and_times_without_running_and_kept_runs_go_under_the_output(tmp_path, capsys):
+    path = sweep_file(tmp_path, {"battery_kwh": [0, 5, 10]}, controllers=["rule-based"], keep_runs=True)
+    out = tmp_path / "out"
+    assert main(["sweep", str(path), "--dry-run", "--workers", "2", "--out", str(out)]) == 0
+    said = capsys.readouterr().out
+    assert "3 tasks = battery_kwh (3) × 1 controllers" in said and "one task of rule-based:" in said
+    assert "3 tasks to run: about" in said and "on 2 local workers" in said
+    assert not (out / "tasks").exists() and not (out / "runs").exists()  # nothing run, nothing written
+    assert main(["sweep", str(path), "--workers", "1", "--out", str(out)]) == 0
+    t = table(out)
+    for task in t["task"]:
+        kept = out / "runs" / task
+        assert (kept / "trajectory.parquet").is_file()
+        assert json.loads((kept / "kpis.json").read_text())["cost"] == pytest.approx(
+            float(t.loc[t.task == task, "cost"].iloc[0]))

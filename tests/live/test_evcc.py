@@ -164,7 +164,10 @@ def test_after_a_broker_outage_the_car_is_handed_back_to_evccs_own_mode(car_prep
     assert kinds(evs, "fallback"), "the loop did not fall back on the broker outage"
     back = [c for c in r.emu.evcc.commands() if c.time.timestamp() >= marks["up"] - 0.05]
     modes = [c.value for c in back if c.key == "mode"]
-    assert modes and modes[0] == "pv", back  # the first word after the outage: evcc's own mode
+    # evcc's own mode came once the broker was back (a step may come first when the watchdog notices
+    # the outage only from the stale values it left), and the loop took the car again when it recovered
+    assert "pv" in modes, back
+    assert any(m in ("now", "off") for m in modes[modes.index("pv") + 1:]), modes
 
 
 def test_pems_live_with_evcc_in_its_config_charges_the_car_and_hands_it_back(car_prep, broker, tmp_path):

@@ -30,25 +30,20 @@ from pems.twin.plant import SimulatedHome
 STEPS = {"lp": 96, "ipopt": 8}  # timed steps per benchmark (IPOPT: a second or more each)
 
 
-@pytest.fixture(scope="module")
-def winter():
-    sc = load_scenario("winter-week")
+def _prepared(name: str):
+    """A built-in scenario prepared, with its forecasts."""
+    sc = load_scenario(name)
     prep = prepare(sc)
     fc = ForecastProvider(sc.spec.forecast, prep.inputs, prep.model.sym.d.names, prep.comfort_low,
                           prep.comfort_high, sc.horizon_steps, sc.step)
     return prep, fc
 
 
-@pytest.mark.parametrize("solver", ["lp", "ipopt"])
-@pytest.mark.parametrize("hours", [24, 48])
-def test_mpc_step(benchmark, winter, hours, solver):
-    prep, fc = winter
-    t0 = time.perf_counter()
-    ctrl = EconomicMPC(prep.model, 900.0, MpcConfig(horizon_hours=hours, solver=solver))
-    build_s = time.perf_counter() - t0
+def _closed_loop_steps(prep, fc, ctrl):
+    """``step()``: one closed-loop step (the plant advancing outside the timing), and the list of the
+    controller's ``act`` times [s] it fills."""
     plant = SimulatedHome(prep.model, prep.inputs, prep.x0)
     state = {"obs": plant.reset(), "k": 0}
-    ctrl.reset()
     times: list[float] = []
 
     def step():
@@ -59,6 +54,23 @@ def test_mpc_step(benchmark, winter, hours, solver):
         state["obs"] = plant.step(a)
         state["k"] += 1
 
+    return step, times
+
+
+@pytest.fixture(scope="module")
+def winter():
+    return _prepared("winter-week")
+
+
+@pytest.mark.parametrize("solver", ["lp", "ipopt"])
+@pytest.mark.parametrize("hours", [24, 48])
+def test_mpc_step(benchmark, winter, hours, solver):
+    prep, fc = winter
+    t0 = time.perf_counter()
+    ctrl = EconomicMPC(prep.model, 900.0, MpcConfig(horizon_hours=hours, solver=solver))
+    build_s = time.perf_counter() - t0
+    ctrl.reset()
+    step, times = _closed_loop_steps(prep, fc, ctrl)
     step()  # the first solve starts cold
     cold_s = times.pop()
     benchmark.pedantic(step, rounds=STEPS[solver], iterations=1)
@@ -116,11 +128,7 @@ def test_oracle_week(benchmark, winter):
 
 @pytest.fixture(scope="module")
 def winter_ev():
-    sc = load_scenario("winter-week-ev")
-    prep = prepare(sc)
-    fc = ForecastProvider(sc.spec.forecast, prep.inputs, prep.model.sym.d.names, prep.comfort_low,
-                          prep.comfort_high, sc.horizon_steps, sc.step)
-    return prep, fc
+    return _prepared("winter-week-ev")
 
 
 @pytest.mark.parametrize("car", [False, True], ids=["without-car", "with-car"])
@@ -131,19 +139,8 @@ def test_mpc_step_with_the_car(benchmark, winter, winter_ev, car):
     home and is planned)."""
     prep, fc = winter_ev if car else winter
     ctrl = EconomicMPC(prep.model, 900.0, MpcConfig(horizon_hours=24))
-    plant = SimulatedHome(prep.model, prep.inputs, prep.x0)
-    state = {"obs": plant.reset(), "k": 0}
     ctrl.reset()
-    times: list[float] = []
-
-    def step():
-        f = fc(state["k"])
-        t = time.perf_counter()
-        a = ctrl.act(state["obs"], f)
-        times.append(time.perf_counter() - t)
-        state["obs"] = plant.step(a)
-        state["k"] += 1
-
+    step, times = _closed_loop_steps(prep, fc, ctrl)
     step()
     times.pop()
     benchmark.pedantic(step, rounds=96, iterations=1)

@@ -313,6 +313,7 @@ class Emulator:
         self._ev_surplus = 0.0  # what evcc's PV modes see at the grid meter: export plus the cars' draw [W]
         self._ev_last = np.zeros(len(self.cars))  # the cars' charging over the last plant step [W]
         self._n_evcc = 0
+        self._i_plug = [model.sym.d.names.index(f"ev_plugged__{car.id}") for car in self.cars]
         if inverter_settings:  # what the owner set in the Growatt app before PEMS came
             self.growatt.set_holding(dict(inverter_settings))
         ratings = battery_ratings(model)
@@ -617,10 +618,8 @@ class Emulator:
         return np.array([self.evcc.power(j + 1, self._ev_surplus) for j in range(len(self.cars))])
 
     def _plugged(self, i: int) -> np.ndarray:
-        m = self.model
-        names = m.sym.d.names
-        row = self.plant.D[min(i, len(self.plant.D) - 1)]
-        return np.array([row[names.index(f"ev_plugged__{car.id}")] for car in self.cars])
+        """Each car's plugged share at tick ``i``."""
+        return self.plant.D[min(i, len(self.plant.D) - 1), self._i_plug]
 
     def _publish_cars(self, i: int) -> None:
         """Each loadpoint's state at tick ``i``: plugged, the car's SOC, the last plant step's charging."""

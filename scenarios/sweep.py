@@ -167,6 +167,11 @@ class Task:
                               sort_keys=True, default=str)
             object.__setattr__(self, "id", hashlib.sha1(blob.encode()).hexdigest()[:12])
 
+    def row(self, **values: Any) -> dict[str, Any]:
+        """The task's row of the results: its id, axes (``axis:<name>``) and controller, and ``values``."""
+        return {"task": self.id, **{f"axis:{k}": v for k, v in self.axes.items()}, "controller": self.controller,
+                **values}
+
     def as_dict(self) -> dict[str, Any]:
         return {"axes": self.axes, "controller": self.controller, "scenario": self.scenario,
                 "base_dir": self.base_dir, "keep_dir": self.keep_dir, "id": self.id}
@@ -403,8 +408,7 @@ def run_task(task: Mapping[str, Any]) -> dict[str, Any]:
     if trace:  # (diagnostics: which process started which task, and how often)
         with open(Path(trace) / f"{t.id}.log", "a", encoding="utf-8") as f:
             f.write(f"{socket.gethostname()}:{os.getpid()} {time.time():.3f}\n")
-    row: dict[str, Any] = {"task": t.id, **{f"axis:{k}": v for k, v in t.axes.items()}, "controller": t.controller,
-                           "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    row = t.row(worker=f"{socket.gethostname()}:{os.getpid()}")
     t0 = time.perf_counter()
     try:
         from pems.scenarios.bench import day_after_cost
@@ -487,8 +491,7 @@ def results_table(out: Path, tasks: Sequence[Task]) -> pd.DataFrame:
         try:
             row = json.loads(task_path(out, t.id).read_text())
         except (OSError, ValueError):
-            row = {"task": t.id, **{f"axis:{k}": v for k, v in t.axes.items()}, "controller": t.controller,
-                   "status": "not run"}
+            row = t.row(status="not run")
         row["order"] = i
         rows.append(row)
     df = pd.DataFrame(rows)
@@ -637,8 +640,7 @@ def run_sweep(spec: SweepSpec, tasks: Sequence[Task], out: Path, scheduler: str 
                 try:
                     row = fut.result()
                 except (Exception, FutureCancelledError) as exc:  # noqa: BLE001 - a worker lost too often
-                    row = {"task": t.id, **{f"axis:{k}": v for k, v in t.axes.items()}, "controller": t.controller,
-                           "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+                    row = t.row(status="failed", error=f"{type(exc).__name__}: {exc}")
                 # Its row is ours now: the cluster may forget it. A result left in a worker's memory would
                 # be computed again if that worker died (Dask recomputes what a client still holds).
                 fut.release()
@@ -657,8 +659,7 @@ def run_sweep(spec: SweepSpec, tasks: Sequence[Task], out: Path, scheduler: str 
     return SweepRun(len(tasks), len(done), ran, failed, table, time.perf_counter() - t0, n_workers)
 
 
-def estimate(tasks: Sequence[Task], workers: int) -> tuple[float, dict[str, Any]]:
+def estimate(task: Task) -> tuple[float, dict[str, Any]]:
     """Wall time of one task run here, in this process [s], and its row (the dry run's measure)."""
-    t = tasks[0]
-    row = run_task(t.as_dict())
+    row = run_task(task.as_dict())
     return float(row["wall_s"]), row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -153,3 +154,13 @@ def household_load_csv(path: Path, house: House, start: str, end: str, seed: int
     s = noisy_household(idx, step, house.site, 4000.0, seed=seed)
     s.reset_index().to_csv(path, index=False)
     return s
+
+
+def wait_for(cond, timeout: float = 5.0, poll_s: float = 0.01) -> bool:
+    """Whether ``cond()`` comes true within ``timeout`` wall seconds (polled; checked once more at the end)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(poll_s)
+    return bool(cond())

@@ -49,7 +49,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         per: dict[str, float] = {}
         for ctrl in dict.fromkeys(t.controller for t in todo):
             first = next(t for t in todo if t.controller == ctrl)
-            wall, row = estimate([first], n)
+            wall, row = estimate(first)
             per[ctrl] = wall
             state = "" if row.get("status") == "ok" else f" (it failed: {row.get('error')})"
             print(f"  one task of {ctrl}: {wall:.1f} s{state}")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from helpers import BATTERY_HOUSE, FAST, write_scenario  # noqa: E402
+from helpers import BATTERY_HOUSE, FAST, wait_for, write_scenario  # noqa: E402
 from test_loop import SPEED, at, check_no_gap, events, kinds  # noqa: E402
 
 from pems.live.evcc import EvccLoadpoint  # noqa: E402
@@ -32,15 +32,6 @@ CAR = {"id": "car", "capacity_kwh": 40.0, "target_soc": 0.8,
                   "drive_kwh": 12.0},
                  {"days": ["mon", "tue", "wed", "thu", "fri", "sat", "sun"], "out": "06:30", "back": "09:00",
                   "drive_kwh": 1.0}]}
-
-
-def wait_for(cond, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return bool(cond())
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -12,18 +11,12 @@ import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers import wait_for as _wait  # noqa: E402
 from test_loxone import Sniffer  # noqa: E402
 
 from pems.live.home_assistant import HomeAssistant, discovery, sensor_problems, sensors  # noqa: E402
 
 
-def _wait(predicate, timeout: float = 5.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_every_discovery_message_is_one_home_assistant_accepts():

@@ -28,6 +28,7 @@ import requests
 from pems.calibration.influx import extract
 from pems.calibration.mapping import load_mapping
 from pems.errors import InputError
+from helpers import wait_for
 from pems.live.influx_log import InfluxLog, read_spool
 from services import free_port, influxdb1_restartable, victoria_metrics
 
@@ -106,15 +107,6 @@ def fake():
     f = FakeInflux()
     yield f
     f.close()
-
-
-def wait_for(cond, timeout: float = 5.0) -> bool:
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
 
 
 def dead_url() -> str:

@@ -94,6 +94,15 @@ class HoldsFiles(Protocol):
     def on_start(self) -> None: ...
 
 
+def forecast_now(fc: Forecast) -> dict[str, float]:
+    """What the plan took for the step now, for the step's event: outdoor temperature [°C], PV and household
+    load [W] and both prices [currency kWh⁻¹] (the forecast a decision was made on, found again in the log)."""
+    out = {name: round(float(fc.d[0, fc.d_names.index(name)]), 4) for name in ("T_out", "P_pv", "P_load")
+           if name in fc.d_names}
+    out.update(price_import=round(float(fc.price_import[0]), 6), price_export=round(float(fc.price_export[0]), 6))
+    return out
+
+
 class LiveLoop(HomeListener):
     """One home, one controller, one clock (see the module notes).
 
@@ -359,6 +368,7 @@ class LiveLoop(HomeListener):
             fc = with_measured_plugs(self.model.house.ev, fc, obs.ev_plugged)
         if fc is not None:
             self._prices[t] = (float(fc.price_import[0]), float(fc.price_export[0]))
+            rec["forecast_now"] = forecast_now(fc)
             for old in sorted(self._prices)[:-8]:
                 del self._prices[old]
         paused = self.overrides.paused(t)

@@ -299,16 +299,23 @@ def test_the_loop_on_forecasts_from_influxdb_runs_as_on_the_same_files(prep, bro
                      influx={"url": base.replace("http", "influx") + "/home"})
     both = sorted(set(a) & set(b))
     assert len(both) >= 8
+    # What each step was planned on: the same forecast, step for step (the loop's clock is the emulator's,
+    # so the steps' times are the same in both runs).
+    for t in both:
+        fa, fb = a[t]["forecast_now"], b[t]["forecast_now"]
+        assert fa.keys() == fb.keys() == {"T_out", "P_pv", "P_load", "price_import", "price_export"}
+        for key in fa:
+            assert fb[key] == pytest.approx(fa[key], rel=1e-4, abs=1e-3), (t, key)
+    # What was commanded: the runs' observations are read by real sockets at 1000× and differ a little
+    # (the room's tenth of a kelvin, the SOC's percent), and the battery's plan has near-ties (charging at
+    # nearly the same price now or a step later), so two runs of one config part at a few steps. Measured
+    # on a loaded machine (the suite's two workers): one to three of twelve steps, by up to 1.3 kW.
     heat_a = np.array([np.sum(a[t]["heat_w"]) for t in both])
     heat_b = np.array([np.sum(b[t]["heat_w"]) for t in both])
+    assert np.abs(heat_a - heat_b).sum() <= 0.05 * max(heat_a.sum(), 1.0), (heat_a, heat_b)
     bat_a = np.array([a[t].get("bat_w") or 0.0 for t in both])
     bat_b = np.array([b[t].get("bat_w") or 0.0 for t in both])
-    assert np.abs(heat_a - heat_b).sum() <= 0.05 * max(heat_a.sum(), 1.0), (heat_a, heat_b)
-    # The battery's plan has near-ties (charging at nearly the same price now or in a later step): two runs
-    # of one config, timed by real sockets at 1000×, part there. Measured on a loaded machine (the suite's
-    # two workers): two or three of the twelve steps differ, 7–12 % of the energy step by step, 3–6 %
-    # in all. A source that gave other forecasts would move every step (the forecasts themselves agree to
-    # 1e-4: test_forecasts_from_the_homes_influxdb_are_those_of_the_same_data_as_files).
-    assert abs(bat_a.sum() - bat_b.sum()) <= 0.1 * max(np.abs(bat_a).sum(), 100.0), (bat_a, bat_b)
-    assert np.abs(bat_a - bat_b).sum() <= 0.2 * max(np.abs(bat_a).sum(), 100.0), (bat_a, bat_b)
+    rated = max(prep.model.house.battery.max_charge_w, prep.model.house.battery.max_discharge_w)
+    assert bat_a[0] == pytest.approx(bat_b[0], abs=1.0)  # the first step: one state, one forecast, one plan
+    assert np.count_nonzero(np.abs(bat_a - bat_b) > 0.1 * rated) <= len(both) // 3, (bat_a, bat_b)
     assert [e for e in read_events(influx / "events.jsonl") if e["kind"] == "forecast_fetch" and e["ok"]]

@@ -135,9 +135,10 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
             raise ValueError(f"controller {ctrl.name!r} learns from a history; the scenario has no [truth] section")
         ctrl.learn(prep.history)
     plant_inputs = prep.plant_inputs if prep.plant_inputs is not None else prep.inputs
-    plant = SimulatedHome(model, plant_inputs, prep.x0, step_s=sc.step.total_seconds(),
-                          substep_s=sc.spec.plant_step_seconds, relay0=prep.relay0)
     forecasts = forecast_provider(sc, prep)
+    plant = SimulatedHome(model, plant_inputs, prep.x0, step_s=sc.step.total_seconds(),
+                          substep_s=sc.spec.plant_step_seconds, relay0=prep.relay0,
+                          d_table=forecasts.D if plant_inputs is prep.inputs else None)
     # The perfect-foresight bound sees the true home, unmodelled heat included.
     truth_fc = forecasts if prep.plant_inputs is None else ForecastProvider(
         sc.spec.forecast.model_copy(update={"model": "perfect"}), plant_inputs, model.sym.d.names,
@@ -178,7 +179,7 @@ def trajectory(prep: Prepared, plant: SimulatedHome, compute_s: np.ndarray) -> p
     """The trajectory table (docs/reference/history.md) from the plant's log: one row per step, means over it."""
     model, lg, n = prep.model, plant.log, plant.k
     index = prep.inputs.index[:n]
-    y = plant.outputs()
+    y = plant.outputs(("P_grid", "P_bat", "P_loss"))
     inp = prep.inputs.iloc[:n]
     cols: dict[str, np.ndarray] = {
         "T_out": inp["T_out"].to_numpy(), "ghi": inp["ghi"].to_numpy(),
@@ -227,7 +228,16 @@ def trajectory(prep: Prepared, plant: SimulatedHome, compute_s: np.ndarray) -> p
     cols["shed_wh"] = lg.shed_wh[:n]
     cols["relay_switches"] = lg.relay_switches[:n]
     cols["compute_s"] = compute_s[:n]
-    traj = pd.DataFrame(cols, index=pd.DatetimeIndex(index, name="time"))
+    # one float block made once (from a dict, pandas stacks the columns and may copy them again)
+    ints = {"relay_switches": cols.pop("relay_switches")}
+    names = list(cols)
+    block = np.empty((n, len(names)))
+    for j, c in enumerate(names):
+        block[:, j] = cols[c]
+    cols.clear()
+    traj = pd.DataFrame(block, index=pd.DatetimeIndex(index, name="time"), columns=names, copy=False)
+    for c, v in ints.items():
+        traj.insert(names.index("shed_wh") + 1, c, v)
     traj.attrs["timezone"] = model.house.site.timezone
     # where the weather came from and how it was brought to the house (the report says so)
     traj.attrs["weather"] = "; ".join(x for x in (prep.inputs.attrs.get("weather_source", ""),

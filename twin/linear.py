@@ -53,8 +53,9 @@ class AffineForm:
     def G(self, D: np.ndarray) -> np.ndarray:
         return _map3(self.G_fn, D)
 
-    def y0(self, D: np.ndarray) -> np.ndarray:
-        return _map2(self.y0_fn, D)
+    def y0(self, D: np.ndarray, outputs: list[int] | None = None) -> np.ndarray:
+        """The outputs with every input zero for each row of ``D`` → (N, n_y), or only ``outputs``."""
+        return _map2(self.y0_fn, D, outputs)
 
 
 #: Rows per CasADi map evaluation: a map over a whole year holds its work buffers for every row at
@@ -62,15 +63,17 @@ class AffineForm:
 MAP_CHUNK = 2048
 
 
-def _map2(fn: ca.Function, D: np.ndarray) -> np.ndarray:
+def _map2(fn: ca.Function, D: np.ndarray, cols: list[int] | None = None) -> np.ndarray:
     n = D.shape[0]
-    out = np.empty((n, fn.size_out(0)[0] * fn.size_out(0)[1]))
+    width = fn.size_out(0)[0] * fn.size_out(0)[1]
+    cols = list(range(width)) if cols is None else list(cols)
+    out = np.empty((n, len(cols)))
     mapped = fn.map(MAP_CHUNK) if n >= MAP_CHUNK else None
     for a in range(0, n, MAP_CHUNK):
         b = min(a + MAP_CHUNK, n)
         f = mapped if b - a == MAP_CHUNK else fn.map(b - a)
         r = f(D[a:b].T)
-        out[a:b] = np.asarray(r.full() if hasattr(r, "full") else r).T
+        out[a:b] = np.asarray(r.full() if hasattr(r, "full") else r).T[:, cols]
     return out
 
 

@@ -62,12 +62,18 @@ def noisy_household(index: pd.DatetimeIndex, step: pd.Timedelta, site: Site, kwh
 
 
 def _step_means_held(series: pd.Series, index: pd.DatetimeIndex, step: pd.Timedelta) -> pd.Series:
-    """Means over steps of a piecewise-constant 15-minute series (exact for any step)."""
-    fine = pd.date_range(index[0], index[-1] + step, freq="1min", inclusive="left")
-    held = series.reindex(series.index.union(fine)).ffill().reindex(fine)
-    per = int(round(step / pd.Timedelta(minutes=1)))
-    vals = held.to_numpy().reshape(len(index), per).mean(axis=1)
-    return pd.Series(vals, index=index, name="P_load")
+    """Means over steps of a piecewise-constant series (each value held until the next stamp), exact
+    for any step: the series' running integral read at the steps' bounds (no fine grid in memory)."""
+    t0 = index[0]
+    ts = (series.index - t0).total_seconds().to_numpy()
+    vs = series.to_numpy(dtype=float)
+    bounds = np.append((index - t0).total_seconds().to_numpy(), (index[-1] + step - t0).total_seconds())
+    if ts[0] > bounds[0]:
+        raise ValueError("the held series starts after the first step")
+    cum = np.concatenate([[0.0], np.cumsum(np.diff(ts) * vs[:-1])])  # ∫ up to each stamp [W s]
+    j = np.searchsorted(ts, bounds, side="right") - 1  # the value in force at each bound
+    at = cum[j] + vs[j] * (bounds - ts[j])
+    return pd.Series(np.diff(at) / np.diff(bounds), index=index, name="P_load")
 
 
 def load_csv(path: Path) -> pd.DataFrame:

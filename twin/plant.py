@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -118,6 +118,9 @@ class StepLog:
         )
 
 
+#: Steps whose disturbance terms the plant makes at once (:meth:`SimulatedHome._mc`).
+MC_CHUNK = 2048
+
 #: Steps per evaluation of the model's output map in :meth:`SimulatedHome.outputs` (bounds its memory).
 OUTPUT_CHUNK = 2048
 
@@ -136,17 +139,26 @@ class SimulatedHome:
         Initial state in ``model.sym.x.names`` order [°C, soc].
     step_s, substep_s
         Control step and plant step [s]; the first must be a multiple of the second.
+    relay0
+        The thermostats' relays at the start (default open).
+    d_table
+        ``disturbances`` as an array in model order, when the caller holds it already (a year of
+        the reference house is 12 MB; the plant only reads it).
     """
 
     def __init__(self, model: HouseModel, disturbances: pd.DataFrame, x0: np.ndarray,
-                 step_s: float = 900.0, substep_s: float = 60.0, relay0: np.ndarray | None = None) -> None:
+                 step_s: float = 900.0, substep_s: float = 60.0, relay0: np.ndarray | None = None,
+                 d_table: np.ndarray | None = None) -> None:
         n_sub = step_s / substep_s
         if abs(n_sub - round(n_sub)) > 1e-9 or n_sub < 1:
             raise ValueError(f"control step {step_s} s is not a multiple of the plant step {substep_s} s")
         self.model = model
         self.step_s, self.substep_s, self.n_sub = float(step_s), float(substep_s), int(round(n_sub))
         self.index = pd.DatetimeIndex(disturbances.index)
-        self.D = disturbances[list(model.sym.d.names)].to_numpy(dtype=float)
+        if d_table is not None and d_table.shape == (len(disturbances), len(model.sym.d.names)):
+            self.D = d_table  # the same table a forecast already holds as an array: shared, not copied
+        else:
+            self.D = disturbances[list(model.sym.d.names)].to_numpy(dtype=float)
         if not np.isfinite(self.D).all():
             bad = [c for c in model.sym.d.names if not np.isfinite(disturbances[c]).all()]
             raise ValueError(f"disturbances contain NaN/inf in {bad}")
@@ -169,7 +181,8 @@ class SimulatedHome:
         self._B_const = None if form.B_depends_on_d else form.B(self.D[:1])[0]
         self._i_grid = m.sym.output_names.index("P_grid")
         self._G_const = None if form.G_depends_on_d else form.G(self.D[:1])[0]
-        self._c, self._Mc, self._grid0 = self._disturbance_maps(self.D)
+        self._grid0 = self._form.y0(self.D, [self._i_grid])[:, 0]
+        self._mc_from = -1  # the disturbances' part of each step, made a chunk of steps at a time
         # Sensitivity of the grid to PV (for curtailment), from the model's affine output map.
         d1 = self.D[:1].copy()
         d1[0, m.sym.d.index("P_pv")] += 1.0
@@ -203,11 +216,17 @@ class SimulatedHome:
             B = np.asarray(self._form.B(self.D[:1]))[0]
             self._ev_wh_per_w = [1.0 / (3600.0 * B[ix, iu]) for ix, iu in zip(m.i_ev_soc, m.i_ev)]
 
-    def _disturbance_maps(self, D: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """What the disturbances give each step: ``c(d)`` (N, n_x), its part of ``[x_next; x_mean]``
-        (N, 2 n_x) and the grid with every input zero (N,) [W]."""
-        c = self._form.c(D)
-        return c, c @ self._Mw.T, self._form.y0(D)[:, self._i_grid]
+    def _mc(self, k: int) -> np.ndarray:
+        """The disturbances' part of ``[x_next; x_mean]`` at step ``k`` (2 n_x,), from ``c(d)``.
+
+        Made for :data:`MC_CHUNK` steps at a time as the run reaches them: a year's table of it would
+        be 20 MB per run held for nothing but the step at hand."""
+        a = self._mc_from
+        if a < 0 or not 0 <= k - a < len(self._Mc_chunk):
+            a = k
+            self._Mc_chunk = self._form.c(self.D[a:a + MC_CHUNK]) @ self._Mw.T
+            self._mc_from = a
+        return self._Mc_chunk[k - a]
 
     def _step_maps(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(M_k = [Mx | Mw B_k], grid row of G_k) for step ``k``: ``[x_next; x_mean] = M_k [x; u] + Mc_k``."""
@@ -238,7 +257,8 @@ class SimulatedHome:
             self.D = self.D.copy()
         self.D[0] = d
         self.index = pd.DatetimeIndex([time])
-        self._c, self._Mc, self._grid0 = self._disturbance_maps(self.D)
+        self._grid0 = self._form.y0(self.D, [self._i_grid])[:, 0]
+        self._mc_from = -1
         self.log.events.clear()
         self.k = 0
 
@@ -324,7 +344,7 @@ class SimulatedHome:
         k, m, n, nr, nx = self.k, self.model, self.n_sub, self.model.n_rooms, self.nx
         lg, t0 = self.log, self.index[k]
         M, g_u = self._step_maps(k)
-        mc = self._Mc[k]
+        mc = self._mc(k)
         g_heat = g_u[m.heat]
         rating = self._rating
         sp, H = self._heating_plan(action, t0)
@@ -515,10 +535,20 @@ class SimulatedHome:
         return out
 
     # ------------------------------------------------------------------ results
-    def outputs(self) -> pd.DataFrame:
-        """Model outputs for every finished step, from the one output map of the declaration."""
+    def outputs(self, names: Sequence[str] | None = None) -> pd.DataFrame:
+        """Model outputs for every finished step, from the one output map of the declaration.
+
+        Parameters
+        ----------
+        names
+            The outputs wanted (default all, ``model.sym.output_names``); a year of the reference
+            house's 56 is 16 MB.
+        """
         m, lg, N = self.model, self.log, self.k
-        y = np.empty((N, len(m.sym.output_names)))
+        all_names = m.sym.output_names
+        names = tuple(all_names) if names is None else tuple(names)
+        cols = [all_names.index(c) for c in names]
+        y = np.empty((N, len(cols)))
         # By chunks of a day or so: CasADi's map over every step at once holds its work buffers for
         # all of them (a year of the reference house: 450 MB for a 40 MB table).
         chunk = OUTPUT_CHUNK
@@ -528,5 +558,5 @@ class SimulatedHome:
             f = mapped if b - a == chunk else m.sym.g.map(b - a)
             D = self.D[a:b].copy()
             D[:, self._i_pv] = lg.pv[a:b]
-            y[a:b] = f(lg.x_mean[a:b].T, lg.u_mean[a:b].T, D.T, m.p).full().T
-        return pd.DataFrame(y, index=self.index[:N], columns=m.sym.output_names)
+            y[a:b] = f(lg.x_mean[a:b].T, lg.u_mean[a:b].T, D.T, m.p).full().T[:, cols]
+        return pd.DataFrame(y, index=self.index[:N], columns=list(names), copy=False)

@@ -332,4 +332,13 @@ def weather_at_steps(weather: Weather, index: pd.DatetimeIndex, step: pd.Timedel
         return step_means(samples, index, step)
     irr = [c for c in ("ghi", "dni", "dhi") if c in samples]
     out = step_means(samples.drop(columns=irr), index, step)
-    return out.join(_disaggregate_irradiance(samples[irr], weather.irradiance_interval, weather.site, index, step))
+    # by chunks of steps: the sun at every fine piece of a year is 200 000 rows of pvlib's work (70 MB);
+    # each chunk pads itself with whole intervals, so the result does not depend on the chunking
+    parts = [_disaggregate_irradiance(samples[irr], weather.irradiance_interval, weather.site,
+                                      index[a:a + IRRADIANCE_CHUNK], step)
+             for a in range(0, len(index), IRRADIANCE_CHUNK)]
+    return out.join(pd.concat(parts))
+
+
+#: Steps disaggregated at once in :func:`weather_at_steps` (bounds its memory; a month of 15-minute steps).
+IRRADIANCE_CHUNK = 2976

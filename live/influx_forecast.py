@@ -36,6 +36,24 @@ def fetch_from_influx(url: str, mapping: Mapping, key: str, now: pd.Timestamp, h
         The mapping has no such ``[[forecast]]`` series, the server does not answer or refuses, or
         nothing is stored for the coming hours.
     """
+    start = (now - pd.Timedelta(days=1)).floor(step)
+    stop = (now + horizon + pd.Timedelta(days=1)).ceil(step)  # all it has (a day-ahead market: until tomorrow)
+    return stored_forecast(url, mapping, key, start, stop, step, tariff, radiation_shift)
+
+
+def stored_forecast(url: str, mapping: Mapping, key: str, start: pd.Timestamp, stop: pd.Timestamp,
+                    step: pd.Timedelta, tariff: Tariff | None = None,
+                    radiation_shift: pd.Timedelta = pd.Timedelta(minutes=-30)) -> pd.DataFrame:
+    """What the mapping's ``[[forecast]]`` series hold for ``key`` between ``start`` and ``stop``, on
+    the grid of ``step``: the weather (``T_out``, ``ghi`` [, ``dni``, ``dhi``], radiation moved by
+    ``radiation_shift`` to the middle of its hour), or the prices through ``tariff``. The live loop
+    reads the coming hours; a replay reads a whole period (the archive of what was forecast).
+
+    Raises
+    ------
+    FetchError
+        As :func:`fetch_from_influx`.
+    """
     from pems.calibration.influx import extract
     from pems.errors import InputError, ServiceError
 
@@ -44,16 +62,15 @@ def fetch_from_influx(url: str, mapping: Mapping, key: str, now: pd.Timestamp, h
     if missing:
         raise FetchError(f"the mapping {mapping.name!r} has no [[forecast]] series for {', '.join(missing)}")
     sub = Mapping(name=f"{mapping.name} ({key} forecast)", currency=mapping.currency, series=series)
-    start = (now - pd.Timedelta(days=1)).floor(step)
-    stop = (now + horizon + pd.Timedelta(days=1)).ceil(step)  # all it has (a day-ahead market: until tomorrow)
     try:
-        raw = extract(url, sub, start, stop, step=step, use_cache=False, workers=1, chunk=stop - start)
+        raw = extract(url, sub, start, stop, step=step, use_cache=False, workers=1,
+                      chunk=min(stop - start, pd.Timedelta(days=7)))  # (a replay's months: a week a query)
     except (ServiceError, InputError, OSError) as exc:
         raise FetchError(str(exc)) from None
     if key == "prices":
         hold = int(pd.Timedelta(hours=1) / step) - 1
         spot = raw["spot"].ffill(limit=hold) if hold > 0 else raw["spot"]  # an hourly price holds its hour
-        return contract_prices(spot.dropna(), tariff)
+        return contract_prices(spot.dropna(), tariff or Tariff())
     out = raw[[c for c in WANT["weather"] if c in raw]].copy()
     rad = [c for c in ("ghi", "dni", "dhi") if c in out]
     if radiation_shift != pd.Timedelta(0) and rad:

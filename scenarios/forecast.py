@@ -25,9 +25,14 @@ class ForecastProvider:
 
     def __init__(self, spec: ForecastSpec, inputs: pd.DataFrame, d_names: tuple[str, ...],
                  comfort_low: pd.DataFrame, comfort_high: pd.DataFrame, horizon_steps: int,
-                 step: pd.Timedelta, learned: LearnedInputs | None = None) -> None:
+                 step: pd.Timedelta, learned: LearnedInputs | None = None,
+                 archived: pd.DataFrame | None = None) -> None:
         if spec.model == "learned" and learned is None:
             raise ValueError("learned forecasts need the forecasters learned before the start (forecast_provider)")
+        if spec.model == "archived" and (archived is None or len(archived) != len(inputs)):
+            raise ValueError("archived forecasts need the disturbances as archived, a row per row of the inputs")
+        # archived: the weather's columns (outdoor temperature, window gains, PV) as the archive forecast them
+        self.archived = None if spec.model != "archived" else archived[list(d_names)].to_numpy(dtype=float)
         self.learned = learned if spec.model == "learned" else None
         self.spec = spec
         self.d_names = tuple(d_names)
@@ -46,6 +51,7 @@ class ForecastProvider:
         self._irr = [i for i, c in enumerate(self.d_names) if c.startswith("I_sol__") or c == "P_pv"]
         self._gains = [i for i, c in enumerate(self.d_names) if c.startswith("Q_int__") or c == "P_load"]
         self._t_out = self.d_names.index("T_out")
+        self._weather = [self._t_out, *self._irr]
 
     def reset(self) -> None:
         self.rng = np.random.default_rng(self.spec.seed)
@@ -57,6 +63,9 @@ class ForecastProvider:
             d = self._perturb(d.copy())
         elif self.spec.model == "persistence":
             d = self._yesterday(k, d)
+        elif self.archived is not None:  # load as the day before, the weather as archived; lead 0 is measured
+            d = self._yesterday(k, d)
+            d[1:, self._weather] = self.archived[sl][1:, self._weather]
         elif self.learned is not None:
             d = self.learned.replace(self.index[sl], d.copy(), self.d_names)
         return Forecast(index=self.index[sl], d=d, d_names=self.d_names,
@@ -183,4 +192,4 @@ def forecast_provider(sc, prep) -> ForecastProvider:
         history = build_inputs(sc.house, replace(sc.input_spec(), prices="flat"), sc.start - n * sc.step, n, sc.step)
         learned = LearnedInputs(sc.house, history, prep.inputs, sc.step)
     return ForecastProvider(spec, prep.inputs, prep.model.sym.d.names, prep.comfort_low, prep.comfort_high,
-                            sc.horizon_steps, sc.step, learned)
+                            sc.horizon_steps, sc.step, learned, getattr(prep, "forecast_inputs", None))

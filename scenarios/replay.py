@@ -15,9 +15,12 @@ Two comparisons keep it honest:
   first) against that bill and the measured heating energy: the twin's own bias, to read every
   saving against.
 
-The controllers plan on forecasts, not on the measured future: the scenario's forecast model
-stands in for the archived forecasts a home may have kept (``noisy`` by default: irradiance and
-load with the errors of a day-ahead forecast); the report says which.
+The controllers plan on forecasts, not on the measured future. Where the history has archived
+weather forecasts (the real home's ``weather_forecast`` bucket, through the mapping's
+``[[forecast]]`` tables, or a file of them) they plan on those (:func:`archived_inputs`): the
+weather, window gains and PV from the archive, the household load as the same time a day before.
+Otherwise a forecast model stands in (``noisy`` by default: irradiance and load with the errors of a
+day-ahead forecast); the report says which.
 """
 
 from __future__ import annotations
@@ -37,6 +40,22 @@ NEEDED = ("T_out", "ghi", "P_load")
 #: Longest gap bridged in a replay's disturbances; a longer one is refused (the week it is in could
 #: not be replayed honestly) [steps].
 MAX_FILL_STEPS = 16
+
+
+#: The least share of a replay's steps an archive of forecasts must cover to be planned on [-].
+ARCHIVE_COVERAGE = 0.9
+#: The archive's weather, as point samples (radiation at the middle of the interval it is the mean of).
+ARCHIVE_COLUMNS = ("T_out", "ghi", "dni", "dhi")
+
+
+@dataclass
+class Archive:
+    """Weather forecasts a home archived: ``data`` (UTC index; ``T_out`` [°C], ``ghi`` [, ``dni``,
+    ``dhi``] [W m⁻²] as point samples) and where they came from."""
+
+    data: pd.DataFrame
+    source: str
+    lead: str = "the last forecast stored for each hour"
 
 
 @dataclass
@@ -100,9 +119,54 @@ def _filled(data: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[str, in
     return out, filled
 
 
+def archive_coverage(archive: Archive, index: pd.DatetimeIndex, step: pd.Timedelta) -> float:
+    """The share of the steps of ``index`` within ``MAX_FILL_STEPS`` of an archived temperature and
+    global irradiance [-] (what a replay can plan on without making a forecast up)."""
+    if not {"T_out", "ghi"} <= set(archive.data.columns):
+        return 0.0
+    share = []
+    for c in ("T_out", "ghi"):  # (each at its own stamps: radiation at the middle of its hour)
+        have = archive.data[c].dropna().index
+        if not len(have):
+            return 0.0
+        # a step is covered when an archived value lies within the bridged gap of it, before and after
+        reach = MAX_FILL_STEPS * step
+        before = have.searchsorted(index, side="right") - 1
+        after = have.searchsorted(index, side="left")
+        ok_b = (before >= 0) & (index - have[np.clip(before, 0, None)] <= reach)
+        ok_a = (after < len(have)) & (have[np.clip(after, None, len(have) - 1)] - index <= reach)
+        share.append(float((ok_b & ok_a).mean()))
+    return min(share)
+
+
+def archived_inputs(archive: Archive, house: Any, data: pd.DataFrame, step: pd.Timedelta) -> pd.DataFrame:
+    """The disturbances as the archived forecasts saw them, one row per step of ``data`` (the measured
+    history): outdoor temperature, window gains and PV (pvlib under the forecast sky) from the archive,
+    as step means of its point samples; a step the archive lacks takes the measurement a day before.
+    The household load and its gains stay the measured ones here; the forecast model ``archived``
+    hands them out as the same time a day before (:class:`~pems.scenarios.forecast.ForecastProvider`)."""
+    from pems.twin.inputs import measured_disturbances
+    from pems.twin.weather import step_means
+
+    cols = [c for c in ARCHIVE_COLUMNS if c in archive.data]
+    means = step_means(archive.data[cols].astype(float), pd.DatetimeIndex(data.index), step)
+    have = archive.data[cols].dropna(how="all").index
+    inside = (means.index >= have.min() - MAX_FILL_STEPS * step) & (means.index <= have.max() + MAX_FILL_STEPS * step)
+    day = int(round(pd.Timedelta(days=1) / step))
+    fc = data.drop(columns=[c for c in ("dni", "dhi", "P_pv") if c in data]).copy()
+    for c in cols:
+        measured = data[c] if c in data else pd.Series(np.nan, index=data.index)
+        v = means[c].where(inside)
+        fc[c] = v.fillna(measured.shift(day)).fillna(measured)
+    d = measured_disturbances(house, fc, step)
+    d["P_pv"] = _modelled_pv(fc, house, step).to_numpy()
+    return d
+
+
 def replay_prepared(history: Any, house: Any, forecast: Any = None, comfort: Any = None, mpc: Any = None,
                     prices: str | None = None, tariff: Any = None, base_dir: Path | None = None,
-                    name: str | None = None, warm_up: pd.Timedelta = pd.Timedelta(days=1)) -> Replay:
+                    name: str | None = None, warm_up: pd.Timedelta = pd.Timedelta(days=1),
+                    archive: Archive | None = None) -> Replay:
     """The history as a prepared scenario on ``house`` (its calibrated twin).
 
     Parameters
@@ -118,6 +182,8 @@ def replay_prepared(history: Any, house: Any, forecast: Any = None, comfort: Any
         History before the replay's start from which the twin's state at the start is estimated (the
         slabs' temperatures are not measured: the calibration's Kalman filter runs over the measured
         rooms, heating and weather of this period); none when the history is too short for it.
+    archive
+        Archived weather forecasts, planned on with the forecast model ``archived`` (required by it).
     """
     from pems.scenarios.comfort import comfort_bands
     from pems.scenarios.runner import Prepared, _cars_at_target
@@ -184,8 +250,22 @@ def replay_prepared(history: Any, house: Any, forecast: Any = None, comfort: Any
         day = inputs.iloc[: max(1, int(pd.Timedelta(days=1) / step))]
         soc = float(first["soc"]) if "soc" in data and np.isfinite(first["soc"]) else None
         x0, _ = steady_state(model, day[list(model.sym.d.names)].mean().to_numpy(), t_room, soc=soc)
-    prep = Prepared(sc, model, inputs, low, high, _cars_at_target(model, x0), relay0=relay0)
-    note = {"perfect": "the measured future itself (perfect forecasts: an upper bound on what planning can save)",
+    fc_inputs = None
+    if forecast.model == "archived":
+        if archive is None:
+            raise InputError(source, "forecast", "the forecast model 'archived' needs archived forecasts")
+        cover = archive_coverage(archive, data.index[: sc.n_steps], step)
+        if cover < ARCHIVE_COVERAGE:
+            raise InputError(archive.source, "T_out/ghi", f"archived forecasts cover {cover:.0%} of the replay's "
+                                                          f"steps; at least {ARCHIVE_COVERAGE:.0%} is needed")
+        fc = archived_inputs(archive, house, data, step)
+        fc_inputs = repeat_last_day(fc.reindex(columns=run.columns).fillna(run), len(inputs), step)
+        fc_inputs = fc_inputs[list(model.sym.d.names)]
+    prep = Prepared(sc, model, inputs, low, high, _cars_at_target(model, x0), relay0=relay0,
+                    forecast_inputs=fc_inputs)
+    note = {"archived": (f"archived forecasts from {archive.source if archive else ''} ({archive.lead if archive else ''}: "
+                         "weather, window gains and PV from them; the household load as the same time a day before)"),
+            "perfect": "the measured future itself (perfect forecasts: an upper bound on what planning can save)",
             "persistence": "persistence: each hour as the same hour a day before",
             "noisy": (f"noisy forecasts standing in for archived ones: irradiance ±{forecast.sigma_irradiance:.0%} and "
                       f"load ±{forecast.sigma_load:.0%}, correlated over {forecast.correlation_hours:g} h (seed "

@@ -42,6 +42,7 @@ class Prepared:
     plant_inputs: pd.DataFrame | None = None  # the true home's disturbances, when it has unmodelled heat
     history: pd.DataFrame | None = None  # logged before the start (scenarios with a [truth] section)
     relay0: np.ndarray | None = None  # the thermostats' relays at the start (a replay: as the history left them)
+    forecast_inputs: pd.DataFrame | None = None  # a replay's disturbances as archived forecasts saw them (model order)
 
     @property
     def n_steps(self) -> int:

@@ -133,10 +133,12 @@ class ForecastSpec(_Strict):
     ``learned``: PV and household load from the learned forecasters of
     :mod:`pems.controllers.forecast`, fitted on the ``learn_days`` before the start and issued at
     every step from what happened before it, on a perfect weather forecast (weather, window gains and
-    prices are the truth, as in the backtests' upper bound).
+    prices are the truth, as in the backtests' upper bound). ``archived``: ``pems replay`` only, the
+    weather forecasts a home archived (weather, window gains and PV from them, the household load as
+    the day before).
     """
 
-    model: Literal["perfect", "persistence", "noisy", "learned"] = "perfect"
+    model: Literal["perfect", "persistence", "noisy", "learned", "archived"] = "perfect"
     """What controllers are told about the future (see above)."""
     horizon_hours: Annotated[float, Field(gt=0, le=168)] = 48.0
     """Length of each forecast; at least the MPC's horizon [h]."""
@@ -307,6 +309,10 @@ def checked_scenario(sc: Scenario, house: House, path: Path) -> LoadedScenario:
                                                                       *(e.model_dump() for e in sc.ev)]})
         except ValueError as exc:
             raise InputError(path, "ev", str(exc)) from None
+    if sc.forecast.model == "archived":
+        raise InputError(path, "forecast.model", "'archived' forecasts come with a home's history: pems replay "
+                                                 "--forecast archived; a scenario file takes perfect, persistence, "
+                                                 "noisy or learned")
     _check_sources(sc, path)
     _check_against_house(sc, house, path)
     from pems.scenarios.comfort import warn_comfort

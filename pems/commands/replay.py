@@ -43,8 +43,16 @@ def cmd_replay(args: argparse.Namespace) -> int:
     out = output_dir(args.out, writes=("kpis.csv", "replay.json", "report.html"),
                      inputs={"--history": args.history, "--house": args.house})
     h = open_between(args.history, house, step, start, end, args.mapping, not args.no_cache)
-    rep = replay_prepared(h, house, ForecastSpec(model=args.forecast, seed=args.seed), prices=args.prices,
-                          base_dir=Path.cwd())
+    archive, why = _archive(args, h, step)
+    model = args.forecast
+    if model == "auto":
+        model = "archived" if why == "" else "noisy"
+    elif model == "archived" and why:
+        raise InputError(args.archive or args.history, "--forecast archived", why)
+    rep = replay_prepared(h, house, ForecastSpec(model=model, seed=args.seed), prices=args.prices,
+                          base_dir=Path.cwd(), archive=archive if model == "archived" else None)
+    if args.forecast == "auto" and why:
+        rep.forecast_note += f" (no archived forecasts: {why})"
     prep = rep.prep
     print(f"replay of {h.source}: {prep.n_steps} steps from {prep.scenario.start:%Y-%m-%d %H:%M} UTC "
           f"({prep.scenario.spec.days:g} days) on {house.name} ({len(house.rooms)} rooms); the controllers plan on "
@@ -90,6 +98,44 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+def _archive(args: argparse.Namespace, h, step):
+    """The archived weather forecasts over the history's period (``--archive``, or the InfluxDB source's
+    ``[[forecast]]`` tables), and why there are none to plan on ("" when there are)."""
+    import pandas as pd
+
+    from pems.calibration.sources import is_url
+    from pems.scenarios.replay import ARCHIVE_COVERAGE, Archive, archive_coverage
+
+    idx = h.data.index
+    src = args.archive or (args.history if is_url(args.history) else None)
+    if src is None:
+        return None, "a file history has none; give them with --archive"
+    if is_url(src):  # the mapping's [[forecast]] tables (the real home: bucket weather_forecast)
+        from pems.calibration.mapping import load_mapping
+        from pems.live.fetched import FetchError
+        from pems.live.influx_forecast import stored_forecast
+
+        mapping = load_mapping(args.mapping or "loxone-growatt")
+        grid = max(step, pd.Timedelta(hours=1))  # the stored series' own resolution: hourly
+        try:
+            data = stored_forecast(src, mapping, "weather", idx[0] - pd.Timedelta(days=1), idx[-1] + pd.Timedelta(days=2),
+                                   grid)
+        except FetchError as exc:
+            if args.forecast == "archived" or args.archive:
+                raise InputError(src, "[[forecast]]", str(exc)) from None
+            return None, str(exc)
+        buckets = sorted({s.bucket for s in mapping.forecast if s.column in ("T_out", "ghi")})
+        archive = Archive(data, f"{src} ({', '.join(buckets)})")
+    else:
+        from pems.twin.tables import read_time_csv
+
+        archive = Archive(read_time_csv(Path(src), ("T_out", "ghi"), ("dni", "dhi")), str(src), "as the file gives them")
+    cover = archive_coverage(archive, idx, step)
+    if cover < ARCHIVE_COVERAGE:
+        return archive, f"they cover {cover:.0%} of the period, at least {ARCHIVE_COVERAGE:.0%} is needed"
+    return archive, ""
+
+
 def _preface(rep, rf, cur: str, source: str) -> str:
     paid = rep.actual.get("cost", math.nan)
     rows = [f"<tr><th>what the home paid (measured)</th><td>{paid:,.2f}</td><td></td><td>"
@@ -114,8 +160,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--house", required=True, help="the calibrated house file (pems calibrate's house.toml)")
     r.add_argument("--controllers", help="comma-separated (default: rule-based,mpc,oracle; rule-based always runs: "
                                          "the home's own logic)")
-    r.add_argument("--forecast", choices=("noisy", "persistence", "perfect"), default="noisy",
-                   help="what the controllers plan on (default noisy: day-ahead errors)")
+    r.add_argument("--forecast", choices=("auto", "archived", "noisy", "persistence", "perfect"), default="auto",
+                   help="what the controllers plan on (default auto: the archived weather forecasts where the history "
+                        "has them, else noisy: day-ahead errors)")
+    r.add_argument("--archive", help="archived weather forecasts: a CSV of time, T_out, ghi [, dni, dhi] (values at "
+                                     "their stamps: an hour's mean radiation at mid-hour), or an InfluxDB URL read "
+                                     "through the mapping's [[forecast]] tables (default for an InfluxDB history: "
+                                     "its own server)")
     r.add_argument("--seed", type=int, default=0, help="seed of the noisy forecasts (default 0)")
     r.add_argument("--prices", help="where the history has no prices: a built-in name or a CSV")
     r.add_argument("--mapping", help="InfluxDB sources: mapping preset or file (default loxone-growatt)")

@@ -98,3 +98,105 @@ def test_a_history_without_what_a_replay_needs_is_refused_with_the_column_named(
     assert main([*args, "--prices", "two-rate"]) == 2
     err = capsys.readouterr().err
     assert "T_out" in err and "gap" in err
+
+
+def _archive_file(path: Path, hist: Path, dT: float = 0.0, sky: float = 1.0, keep: slice = slice(None)) -> pd.DataFrame:
+    """An archive of weather forecasts made from a history: its temperature shifted by ``dT`` [K] and its
+    irradiance scaled by ``sky``, stamped at the middle of each step (point samples), rows ``keep``."""
+    h = pd.read_csv(hist, parse_dates=["time"]).set_index("time")
+    a = pd.DataFrame({"T_out": h["T_out"] + dT, "ghi": h["ghi"] * sky, "dni": h["dni"] * sky, "dhi": h["dhi"] * sky})
+    a.index = a.index + pd.Timedelta(minutes=7.5)
+    a = a.iloc[keep]
+    a.rename_axis("time").reset_index().to_csv(path, index=False)
+    return a
+
+
+def test_the_controllers_plan_on_archived_forecasts_where_the_history_has_them(tmp_path, capsys):
+    """``--archive``: the weather a controller plans on is the archive's (a forecast 2 K too warm and half
+    the sun gives a forecast 2 K too warm and about half the PV), the load the day before's, the step
+    now the measurement; without an archive (or with one covering too little) a forecast model stands
+    in and the run says why."""
+    from pems.calibration.history import load_history
+    from pems.scenarios.forecast import forecast_provider
+    from pems.scenarios.replay import Archive, replay_prepared
+    from pems.scenarios.spec import ForecastSpec
+    from pems.twin.house import load_house
+    from pems.twin.tables import read_time_csv
+
+    hist, _ = twin_history(tmp_path, days=4.0)
+    house = load_house(tmp_path / "house.toml")
+    arch = tmp_path / "archive.csv"
+    _archive_file(arch, hist, dT=2.0, sky=0.5)
+    h = load_history(hist, house, pd.Timedelta(minutes=15))
+    rep = replay_prepared(h, house, ForecastSpec(model="archived"),
+                          archive=Archive(read_time_csv(arch, ("T_out", "ghi"), ("dni", "dhi")), str(arch)))
+    prep = rep.prep
+    fp = forecast_provider(prep.scenario, prep)
+    names = prep.model.sym.d.names
+    D = prep.inputs[list(names)].to_numpy()
+    it, ipv, iload = names.index("T_out"), names.index("P_pv"), names.index("P_load")
+    k = 96  # a day in: yesterday's load is in the replay
+    f = fp(k)
+    h_ = len(f)
+    np.testing.assert_allclose(f.d[0], D[k])  # now: measured
+    assert np.mean(f.d[1:, it] - D[k + 1:k + h_, it]) == pytest.approx(2.0, abs=0.05)
+    pv_f, pv_t = f.d[1:, ipv].sum(), D[k + 1:k + h_, ipv].sum()
+    assert pv_t > 1000 and 0.4 * pv_t <= pv_f <= 0.6 * pv_t, (pv_f, pv_t)
+    np.testing.assert_allclose(f.d[1:96, iload], D[k + 1 - 96:k + 96 - 96, iload])  # the load a day before
+    assert "archived forecasts from" in rep.forecast_note
+
+    out = tmp_path / "out"
+    base = ["replay", "--history", str(hist), "--house", str(tmp_path / "house.toml"), "--controllers", "rule-based"]
+    assert main([*base, "--archive", str(arch), "--out", str(out / "a")]) == 0
+    assert "plan on archived forecasts from" in capsys.readouterr().out
+    assert main([*base, "--out", str(out / "b")]) == 0  # auto, no archive: noisy, and why
+    said = capsys.readouterr().out
+    assert "noisy forecasts" in said and "no archived forecasts: a file history has none" in said
+    _archive_file(arch, hist, keep=slice(0, 150))  # a day and a half of four
+    assert main([*base, "--archive", str(arch), "--forecast", "archived", "--out", str(out / "c")]) == 2
+    err = capsys.readouterr().err
+    assert "archive.csv" in err and "cover" in err and "Traceback" not in err
+    assert main([*base, "--archive", str(arch), "--out", str(out / "d")]) == 0
+    assert "no archived forecasts: they cover" in capsys.readouterr().out
+
+
+@pytest.mark.service
+def test_archived_forecasts_are_read_from_the_homes_influxdb(tmp_path, capsys):
+    """The real home's layout: Open-Meteo's hourly forecast in measurement ``weather_forecast`` of its
+    bucket (radiation the mean of the hour before its stamp), read through the ``loxone-growatt``
+    mapping's ``[[forecast]]`` tables; a database without them is refused when they were asked for."""
+    import requests
+    from services import influxdb1
+
+    hist, _ = twin_history(tmp_path, days=3.0)
+    h = pd.read_csv(hist, parse_dates=["time"]).set_index("time")
+    hourly = h[["T_out", "ghi", "dni", "dhi"]].resample("1h").mean()
+    lines = []
+    for t, row in hourly.iterrows():  # stamped at the hour's end, as Open-Meteo's radiation is
+        stamp = t + pd.Timedelta(hours=1)
+        lines.append(f"weather_forecast temperature_2m={row['T_out'] + 3.0:.3f},shortwave_radiation={row['ghi']:.2f},"
+                     f"direct_normal_irradiance={row['dni']:.2f},diffuse_radiation={row['dhi']:.2f} {stamp.value}")
+    base = ["replay", "--history", str(hist), "--house", str(tmp_path / "house.toml"), "--controllers", "rule-based"]
+    with influxdb1(tmp_path) as url:
+        requests.post(f"{url}/query", data={"q": 'CREATE DATABASE "home"'}, timeout=10).raise_for_status()
+        r = requests.post(f"{url}/write", params={"db": "home", "precision": "ns"}, data="\n".join(lines).encode(),
+                          timeout=10)
+        assert r.status_code == 204, r.text
+        src = url.replace("http", "influx") + "/home"
+        assert main([*base, "--archive", src, "--forecast", "archived", "--out", str(tmp_path / "a")]) == 0
+        said = capsys.readouterr().out
+        assert "archived forecasts from influx://" in said and "weather_forecast" in said
+        rep = json.loads((tmp_path / "a" / "replay.json").read_text())
+        assert rep["forecast"].startswith("archived forecasts")
+        requests.post(f"{url}/query", data={"q": 'CREATE DATABASE "empty"'}, timeout=10).raise_for_status()
+        empty = url.replace("http", "influx") + "/empty"
+        assert main([*base, "--archive", empty, "--forecast", "archived", "--out", str(tmp_path / "b")]) == 2
+        err = capsys.readouterr().err
+        assert "/empty" in err and "cover 0%" in err and "Traceback" not in err
+
+
+def test_a_scenario_file_cannot_ask_for_archived_forecasts(tmp_path, capsys):
+    sc = write_scenario(tmp_path, BATTERY_HOUSE, weather="greensboro-tmy3", load="h25", forecast={"model": "archived"})
+    assert main(["simulate", str(sc), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "scenario.toml" in err and "forecast.model" in err and "pems replay" in err and "Traceback" not in err

@@ -1,16 +1,24 @@
-"""EMHASS as a peer controller: its LP schedules the battery, the home's thermostats heat.
+"""EMHASS as a peer controller, at its best: its MILP plans the rooms and the battery.
 
-EMHASS (Energy Management for Home Assistant) optimises a battery (and deferrable loads) with a
-linear program over PV, load and price forecasts, once a day ("day-ahead"). It pins libraries that
-conflict with ours, so it runs in its own virtual environment (``make bench-peers`` creates
-``.venv-peers``) as a worker process (``bench/peers/emhass_worker.py``) that this controller talks
-to over JSON lines.
+EMHASS (Energy Management for Home Assistant) optimises a battery and deferrable loads with a
+mixed-integer linear program over PV, load, price and outdoor-temperature forecasts. It pins
+libraries that conflict with ours, so it runs in its own virtual environment (``make bench-peers``
+creates ``.venv-peers``) as a worker process (``bench/peers/emhass_worker.py``) that this controller
+talks to over JSON lines.
 
-What EMHASS is given is what an EMHASS user has: the scenario's PV, household-load and price
-forecasts, and a "naive" forecast of the house's heating (the heating measured at the same time
-the day before; on the first day, the heating measured now). Heating itself stays with the
-rule-based thermostats: EMHASS has no thermal model of the rooms. Its plan is re-made every day
-at local midnight and played back step by step; the plant enforces every limit.
+``emhass`` gives each room to EMHASS as a **thermal deferrable load** (its ``thermal_config``: one
+node per room, a heating rate and a cooling constant), with the parameters taken from the calibrated
+twin (:func:`single_node_rooms`), the comfort band as EMHASS's hard band, and replans every hour
+over the next 24 h (EMHASS's MPC use, as Home Assistant automations run it), playing the plan's
+heating powers and battery power step by step. Where EMHASS finds no plan (its hard band cannot be
+met), the home's thermostats heat until the next plan, and the event says so.
+
+``emhass-battery`` is EMHASS as the bench first ran it: the battery alone, planned once a day at
+local midnight, with yesterday's heating at the same time as its load forecast, while the rule-based
+thermostats heat.
+
+What EMHASS is given is what an EMHASS user has: the scenario's PV, household-load, price and
+outdoor-temperature forecasts and the rooms' measured temperatures; the plant enforces every limit.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,18 +53,89 @@ def peers_python() -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class SingleNodeRoom:
+    """One room as EMHASS models a thermal load: ``dT/dt = heating_rate·P/P_nom − cooling·(T − T_out)``.
+
+    Attributes
+    ----------
+    heating_rate
+        Warming with the heater at its rating and no loss [K h⁻¹].
+    cooling_constant
+        Loss rate towards the outdoor temperature [h⁻¹].
+    """
+
+    room: str
+    nominal_w: float
+    heating_rate: float
+    cooling_constant: float
+
+
+def single_node_rooms(model: HouseModel, t_out: float, t_room: np.ndarray | None = None) -> list[SingleNodeRoom]:
+    """The twin's rooms as single nodes, each from the one model: its air and slab capacities together;
+    the heat a watt of heating delivers (``B`` of the model: efficiency, a heat pump's COP at ``t_out``);
+    and the loss that holds the twin's steady state at ``t_out`` without sun or internal gains (through
+    the envelope, to the ground and to the neighbours, as the whole house settles), per kelvin above
+    ``t_out``. The long time constant and the steady heating need of each room are the twin's; the slab's
+    lag between heater and air, which one node cannot have, is not.
+
+    Parameters
+    ----------
+    t_out
+        Outdoor temperature the loss is taken at [°C] (a plan's mean).
+    t_room
+        The rooms' temperatures the steady state holds [°C] (default 21).
+    """
+    from pems.twin.linear import affine_form
+    from pems.twin.steady import steady_state
+
+    names, n = model.sym.d.names, model.n_rooms
+    d = np.zeros(len(names))
+    d[names.index("T_out")] = t_out
+    if "T_ground" in names:
+        d[names.index("T_ground")] = model.house.site.ground_temperature_c
+    target = np.full(n, 21.0) if t_room is None else np.asarray(t_room, dtype=float)
+    _, u = steady_state(model, d, target)
+    B = affine_form(model).B(d[None, :])[0]
+    out = []
+    for i, r in enumerate(model.rooms):
+        c_air, c_mass = model.param(f"C_air__{r}"), model.param(f"C_mass__{r}")
+        ia, im, j = model.air.start + i, model.mass.start + i, model.heat.start + i
+        heat_per_w = B[ia, j] * c_air + B[im, j] * c_mass  # thermal W per electric W
+        c = c_air + c_mass
+        p_nom = float(model.u_max[j])
+        loss_per_k = heat_per_w * max(float(u[i]), 0.0) / max(target[i] - t_out, 1.0)  # [W K⁻¹]
+        out.append(SingleNodeRoom(r, p_nom, heat_per_w * p_nom * 3600.0 / c, max(loss_per_k, 0.0) * 3600.0 / c))
+    return out
+
+
 class EmhassPeer:
-    """The ``emhass`` controller (available where the EMHASS environment exists)."""
+    """The ``emhass`` and ``emhass-battery`` controllers (available where the EMHASS environment exists).
+
+    Parameters
+    ----------
+    rooms
+        Give the rooms to EMHASS as thermal loads (``emhass``); else only the battery, the thermostats
+        heating (``emhass-battery``).
+    replan_minutes
+        How often EMHASS plans again (with the rooms; default hourly). The battery alone is planned
+        once a day at local midnight.
+    """
 
     name = "emhass"
 
-    def __init__(self, model: HouseModel, step_s: float = 900.0) -> None:
+    def __init__(self, model: HouseModel, step_s: float = 900.0, rooms: bool = True,
+                 replan_minutes: float = 60.0, horizon_hours: float = 24.0) -> None:
         python = peers_python()
         if python is None:
             raise RuntimeError("EMHASS is not installed: run `make bench-peers` (creates .venv-peers)")
         self.model = model
         self.step_s = float(step_s)
         self.python = python
+        self.rooms = bool(rooms) and model.n_rooms > 0 and model.house.heating.kind is not None
+        self.name = "emhass" if self.rooms else "emhass-battery"
+        self.replan_steps = max(1, int(round(replan_minutes * 60.0 / self.step_s)))
+        self.horizon_steps = max(2, int(round(horizon_hours * 3600.0 / self.step_s)))
         self.thermostats = RuleBasedController(model)
         self._proc: subprocess.Popen | None = None
         self.events: list[dict] = []
@@ -89,6 +169,7 @@ class EmhassPeer:
     def reset(self) -> None:
         self.thermostats.reset()
         self.plan: np.ndarray | None = None  # battery AC power per step, charge positive [W]
+        self.heat_plan: np.ndarray | None = None  # (steps, rooms) heating power [W]
         self.plan_start = None
         self.heat_seen: dict[tuple[int, int], float] = {}  # (hour, minute) local -> heating [W]
         self.events = []
@@ -96,6 +177,8 @@ class EmhassPeer:
         self.k = 0
 
     def act(self, observation: Observation, forecast: Forecast) -> Action:
+        if self.rooms:
+            return self._act_rooms(observation, forecast)
         m = self.model
         tz = m.house.site.timezone
         now = observation.time.tz_convert(tz)
@@ -151,3 +234,67 @@ class EmhassPeer:
             self.events.append({"time": obs.time, "kind": "fallback", "controller": self.name,
                                 "reason": f"EMHASS: {reply.get('error', '?')}"})
             print(f"emhass: {reply.get('error')}", file=sys.stderr)
+
+    # ------------------------------------------------------------------ the rooms as thermal loads
+    def _act_rooms(self, obs: Observation, fc: Forecast) -> Action:
+        m = self.model
+        if self.k == 0 or self.k - self.plan_start >= self.replan_steps:
+            self._replan_rooms(obs, fc)
+        j = self.k - self.plan_start
+        self.k += 1
+        bat = float(self.plan[j]) if self.plan is not None and j < len(self.plan) and m.has_battery else None
+        if self.heat_plan is not None and j < len(self.heat_plan):
+            return Action(heat_w=self.heat_plan[j].copy(), bat_w=bat)
+        heating = self.thermostats.act(obs, fc)  # no plan: the home's thermostats
+        return Action(heat_setpoint_c=heating.heat_setpoint_c, bat_w=bat)
+
+    def _replan_rooms(self, obs: Observation, fc: Forecast) -> None:
+        m = self.model
+        b, lim = m.house.battery, m.limits
+        n = min(self.horizon_steps, len(fc))
+        times = fc.index[:n]
+        t_out = np.asarray(fc.column("T_out")[:n], dtype=float)
+        t_now = np.asarray(obs.T_room, dtype=float)
+        # the loss at the plan's mean outdoor temperature, to the kelvin (EMHASS keeps a built problem
+        # while its structure is unchanged)
+        nodes = single_node_rooms(m, float(np.round(t_out.mean())))
+        dt_h = self.step_s / 3600.0
+        steps = np.arange(n)
+        rooms = []
+        for i, node in enumerate(nodes):
+            low, high = np.asarray(fc.low[:n, i], dtype=float), np.asarray(fc.high[:n, i], dtype=float)
+            # EMHASS's band is hard: a room below it may climb at most at what its heater gives (with a margin:
+            # at the very limit the solver calls it infeasible), one above it may stay
+            climb = 0.8 * max(node.heating_rate - node.cooling_constant * max(t_now[i] - t_out.min(), 0.0), 0.0) * dt_h
+            rooms.append({"id": node.room, "nominal_w": node.nominal_w, "heating_rate": node.heating_rate,
+                          "cooling_constant": node.cooling_constant, "start_c": float(t_now[i]),
+                          "min_c": np.minimum(low, t_now[i] + climb * steps).round(3).tolist(),
+                          "max_c": np.maximum(high, t_now[i]).round(3).tolist()})
+        request = {
+            "times": [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in times.tz_convert("UTC")],
+            "step_minutes": self.step_s / 60, "timezone": m.house.site.timezone,
+            "pv_w": fc.column("P_pv")[:n].tolist(), "load_w": fc.column("P_load")[:n].tolist(),
+            "price_import": fc.price_import[:n].tolist(), "price_export": fc.price_export[:n].tolist(),
+            "battery": None if b is None else {
+                "capacity_kwh": b.capacity_kwh, "max_charge_w": lim.max_charge_w,
+                "max_discharge_w": lim.max_discharge_w, "soc_min": lim.soc_min, "soc_max": lim.soc_max,
+                "eta_charge": b.eta_charge, "eta_discharge": b.eta_discharge},
+            "soc_init": obs.soc if b is not None else None, "soc_final": obs.soc if b is not None else None,
+            "grid": {"import_limit_w": lim.import_limit_w, "export_limit_w": lim.export_limit_w},
+            "inverter_ac_w": lim.inverter_ac_w, "rooms": rooms, "t_out": t_out.round(3).tolist(),
+        }
+        t0 = time.perf_counter()
+        try:
+            reply = self._ask(request)
+        except (OSError, RuntimeError, json.JSONDecodeError) as exc:
+            reply = {"ok": False, "error": str(exc)}
+        self.solve_s.append(time.perf_counter() - t0)
+        self.plan_start = self.k
+        if reply.get("ok"):
+            self.plan = -np.asarray(reply["p_batt_w"], dtype=float)  # EMHASS: discharge positive
+            self.heat_plan = np.clip(np.asarray(reply["p_heat_w"], dtype=float).T, 0.0, m.heater_w)
+        else:
+            self.plan = self.heat_plan = None  # the thermostats and the inverter's own logic until the next plan
+            self.events.append({"time": obs.time, "kind": "fallback", "controller": self.name,
+                                "reason": f"EMHASS: {reply.get('error', '?')}"})
+

@@ -46,7 +46,13 @@ def _oracle(model: HouseModel, step_s: float, options: dict) -> Controller:
 def _emhass(model: HouseModel, step_s: float, options: dict) -> Controller:
     from pems.controllers.emhass_peer import EmhassPeer
 
-    return EmhassPeer(model, step_s)
+    return EmhassPeer(model, step_s, rooms=True, horizon_hours=float(options.get("horizon_hours", 24.0)))
+
+
+def _emhass_battery(model: HouseModel, step_s: float, options: dict) -> Controller:
+    from pems.controllers.emhass_peer import EmhassPeer
+
+    return EmhassPeer(model, step_s, rooms=False)
 
 
 CONTROLLERS: dict[str, Callable[[HouseModel, float, dict], Controller]] = {
@@ -60,7 +66,8 @@ CONTROLLERS: dict[str, Callable[[HouseModel, float, dict], Controller]] = {
 
 
 #: Peers that run in their own environment; available where it is installed (``make bench-peers``).
-PEERS: dict[str, Callable[[HouseModel, float, dict], Controller]] = {"emhass": _emhass}
+PEERS: dict[str, Callable[[HouseModel, float, dict], Controller]] = {"emhass": _emhass,
+                                                                     "emhass-battery": _emhass_battery}
 
 
 #: Controllers that learn from a history before the run (scenarios with a ``[truth]`` section).
@@ -96,7 +103,7 @@ def available(peers: bool = False, learning: bool = True, live: bool = False) ->
         from pems.controllers.emhass_peer import peers_python
 
         if peers_python() is not None:
-            names += ("emhass",)
+            names += tuple(PEERS)
     return names
 
 

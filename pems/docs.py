@@ -441,7 +441,8 @@ CONTROLLER_NOTES = {
     "mpc": "economic MPC",
     "mpc+correctors": "the MPC with learned residual correctors (scenarios with a `[truth]` section)",
     "oracle": "perfect-foresight bound",
-    "emhass": "peer, after `make bench-peers`",
+    "emhass": "peer, after `make bench-peers`: EMHASS plans the rooms (its thermal loads, from the twin) and the battery, hourly",
+    "emhass-battery": "peer, after `make bench-peers`: EMHASS plans the battery once a day, the thermostats heat",
 }
 
 

@@ -79,7 +79,7 @@ class SweepSpec(BaseModel):
     scenario: str = "winter-week"
     """The base scenario: a built-in name or a scenario file (relative to the sweep file)."""
     controllers: list[str] = Field(default_factory=lambda: ["rule-based", "mpc"], min_length=1)
-    """Controllers, each run on every combination of the axes."""
+    """Controllers, each run on every combination of the axes (``emhass``, ``emhass-battery``: after ``make bench-peers``, on every worker)."""
     axes: dict[str, list[Any]] = Field(default_factory=dict)
     """Axis name → its values; every combination is one task per controller. The scenario's:
     ``scenario``, ``house``, ``weather``, ``prices``, ``load`` (built-in names or files, e.g. a weather
@@ -196,11 +196,18 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, list[Task]]:
         raise InputError(p, "", "sweep file not found")
     spec = validate(SweepSpec, read_toml(p), p)
     base = p.parent.resolve()
-    from pems.controllers.registry import CONTROLLERS
+    from pems.controllers.registry import CONTROLLERS, PEERS
 
     for c in spec.controllers:
-        if c not in CONTROLLERS:
-            raise InputError(p, "controllers", f"unknown controller {c!r}; expected one of {', '.join(CONTROLLERS)}")
+        if c in PEERS:  # a peer in its own environment (on a cluster: on every worker too)
+            from pems.controllers.emhass_peer import peers_python
+
+            if peers_python() is None:
+                raise InputError(p, "controllers", f"{c!r} needs EMHASS's own environment: run `make bench-peers` "
+                                                   "(creates .venv-peers)")
+        elif c not in CONTROLLERS:
+            raise InputError(p, "controllers", f"unknown controller {c!r}; expected one of "
+                                               f"{', '.join([*CONTROLLERS, *PEERS])}")
     for name, values in spec.axes.items():
         if axis_target(name) is None:
             known = ", ".join([*AXES, *(f"{k}<key>" for k in _PREFIXES)])
@@ -601,7 +608,8 @@ def connect(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
 
             raise ServiceError(f"--scheduler {scheduler}: no Dask scheduler answered ({exc})") from None
     n = workers or os.cpu_count() or 1
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0",
+    # the dashboard on loopback only (":0" binds every interface, and bokeh warns about it)
+    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                            silence_logs=40)
     try:
         return Client(cluster), cluster

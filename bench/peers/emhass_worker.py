@@ -28,7 +28,18 @@ Request (one line)::
      "grid": {"import_limit_w": 22000, "export_limit_w": 10000},   # either may be null
      "inverter_ac_w": 10000}                   # may be null
 
-``battery`` may be null (the reply is then all zeros, ``soc`` null, status "no battery").
+Optional ``"rooms"`` make each room a thermal deferrable load (EMHASS's ``thermal_config``: one
+node per room, ``T⁺ = T + dt·(heating_rate·P/P_nom − cooling_constant·(T − T_out))``), with
+``"t_out": [N]`` the outdoor temperature forecast [°C]::
+
+     "rooms": [{"id": "obyvak", "nominal_w": 2000,          # the heater's electric rating [W]
+                "heating_rate": 0.35,                       # K/h with the heater at nominal power
+                "cooling_constant": 0.012,                  # 1/h
+                "start_c": 20.8,                            # the room now [°C]
+                "min_c": [N], "max_c": [N]}]                # its comfort band [°C] (hard, EMHASS's)
+
+``battery`` may be null (without rooms the reply is then all zeros, ``soc`` null, status "no
+battery"; with rooms EMHASS plans the rooms alone).
 Optional ``"emhass_overrides": {...}`` is merged last into the EMHASS config (expert use, e.g.
 ``{"set_nodischarge_to_grid": true}`` or ``{"weight_battery_discharge": 0.005}``).
 
@@ -45,6 +56,8 @@ Reply (one line)::
   incumbent, "Optimal (Relaxed)" = its binary-relaxed fallback); any other status is an error.
 - ``solve_s``: wall time of the EMHASS call (includes building the problem on a cache miss).
 - ``cached``: whether a previously built Optimization object was re-used.
+- ``p_heat_w`` (with rooms): each room's heating power per step [W], ``temp_c`` its predicted
+  temperature (EMHASS's ``P_deferrable{k}``, ``predicted_temp_heater{k}``).
 
 How the request maps to EMHASS (and why):
 
@@ -243,6 +256,12 @@ def parse(req) -> dict:
         out["soc_init"] = _num(req.get("soc_init"), "soc_init", lo=0.0, hi=1.0)
         sf = req.get("soc_final")
         out["soc_final"] = out["soc_init"] if sf is None else _num(sf, "soc_final", lo=0.0, hi=1.0)
+    rooms = req.get("rooms") or []
+    if not isinstance(rooms, list):
+        raise BadRequest("rooms: expected a list")
+    out["rooms"] = [_room(r, i, n) for i, r in enumerate(rooms)]
+    if out["rooms"]:
+        out["t_out"] = _series(req, "t_out", n)
     ov = req.get("emhass_overrides") or {}
     if not isinstance(ov, dict):
         raise BadRequest("emhass_overrides: expected an object")
@@ -250,11 +269,27 @@ def parse(req) -> dict:
     return out
 
 
+def _room(r, i: int, n: int) -> dict:
+    if not isinstance(r, dict):
+        raise BadRequest(f"rooms[{i}]: expected an object")
+    out = {"id": str(r.get("id", i)),
+           "nominal_w": _num(r.get("nominal_w"), f"rooms[{i}].nominal_w", lo=0.0, lo_open=True),
+           "heating_rate": _num(r.get("heating_rate"), f"rooms[{i}].heating_rate", lo=0.0, lo_open=True),
+           "cooling_constant": _num(r.get("cooling_constant"), f"rooms[{i}].cooling_constant", lo=0.0),
+           "start_c": _num(r.get("start_c"), f"rooms[{i}].start_c", lo=-50.0, hi=60.0)}
+    for k in ("min_c", "max_c"):
+        out[k] = _series(r, k, n)
+    if (out["min_c"] > out["max_c"]).any():
+        raise BadRequest(f"rooms[{i}]: min_c above max_c")
+    return out
+
+
 # ---- EMHASS configuration -------------------------------------------------------------------------
 def _no_limit_w(p: dict) -> float:
     """A grid bound no flow can reach (EMHASS's big-M), coarsely rounded so it rarely changes."""
-    b = p["battery"]
-    reach = float(p["pv_w"].max() + p["load_w"].max() + b["max_charge_w"] + b["max_discharge_w"])
+    b = p["battery"] or {"max_charge_w": 0.0, "max_discharge_w": 0.0}
+    heat = sum(r["nominal_w"] for r in p["rooms"])
+    reach = float(p["pv_w"].max() + p["load_w"].max() + b["max_charge_w"] + b["max_discharge_w"] + heat)
     return float(max(1e5, 10 ** math.ceil(math.log10(2.0 * reach + 1.0))))
 
 
@@ -266,7 +301,8 @@ def emhass_config(p: dict) -> dict:
             utils.build_config(EMHASS_CONF, LOG, str(EMHASS_CONF["defaults_path"])))
         if not isinstance(_DEFAULTS, dict):
             raise RuntimeError("EMHASS build_config failed (config_defaults.json not found)")
-    b = p["battery"]
+    b = p["battery"] or {"capacity_kwh": 1.0, "max_charge_w": 0.0, "max_discharge_w": 0.0, "soc_min": 0.0,
+                         "soc_max": 1.0, "eta_charge": 1.0, "eta_discharge": 1.0}
     no_limit = _no_limit_w(p)
     hybrid = p["inverter"] is not None
     surplus = float((p["pv_w"] - p["load_w"]).max())
@@ -280,7 +316,7 @@ def emhass_config(p: dict) -> dict:
         "set_total_pv_sell": False,
         "number_of_deferrable_loads": 0,
         **{k: [] for k in DEFERRABLE_LISTS},
-        "set_use_battery": True,
+        "set_use_battery": p["battery"] is not None,
         "number_of_batteries": 1,
         "battery_nominal_energy_capacity": b["capacity_kwh"] * 1000.0,
         # EMHASS's bounds mix AC and battery sides; these give the request's AC limits (docstring)
@@ -320,17 +356,63 @@ def emhass_config(p: dict) -> dict:
         "lp_solver_timeout": 45,
         "num_threads": 0,
     })
+    if p["rooms"]:
+        cfg.update(thermal_loads(p))
     cfg.update(copy.deepcopy(p["overrides"]))
     return cfg
+
+
+#: What changes from one plan to the next in a room's thermal_config (set on the cached problem's
+#: parameters, not a reason to build it again).
+THERMAL_RUNTIME = ("start_temperature", "min_temperatures", "max_temperatures")
+
+
+def thermal_loads(p: dict) -> dict:
+    """The rooms as EMHASS thermal deferrable loads: continuous power from 0 to the heater's rating
+    (relays switched within the step, as PEMS commands them), no operating-hours target (the comfort
+    band drives them), no start-up costs; the band is hard, as EMHASS has it."""
+    rooms, n = p["rooms"], len(p["rooms"])
+    return {
+        "number_of_deferrable_loads": n,
+        "nominal_power_of_deferrable_loads": [r["nominal_w"] for r in rooms],
+        "minimum_power_of_deferrable_loads": [0.0] * n,
+        "cost_forecast_per_deferrable_load": [None] * n,
+        "is_electric_load": [True] * n,
+        "operating_hours_of_each_deferrable_load": [0] * n,
+        "start_timesteps_of_each_deferrable_load": [0] * n,
+        "end_timesteps_of_each_deferrable_load": [0] * n,
+        "treat_deferrable_load_as_semi_cont": [False] * n,
+        "set_deferrable_load_single_constant": [False] * n,
+        "set_deferrable_startup_penalty": [0.0] * n,
+        "deferrable_load_max_cost": [0.0] * n,
+        "set_deferrable_max_startups": [0] * n,
+        "def_minimum_on_time": [0] * n,
+        "def_minimum_off_time": [0] * n,
+        "def_load_config": [{"thermal_config": {
+            "heating_rate": r["heating_rate"], "cooling_constant": r["cooling_constant"], "sense": "heat",
+            "start_temperature": r["start_c"], "min_temperatures": [round(float(x), 4) for x in r["min_c"]],
+            "max_temperatures": [round(float(x), 4) for x in r["max_c"]]}} for r in rooms],
+    }
+
+
+def _structure(cfg: dict) -> dict:
+    """``cfg`` without what a cached problem takes as runtime parameters (the rooms' start and band)."""
+    out = copy.deepcopy(cfg)
+    for load in out.get("def_load_config") or []:
+        for k in THERMAL_RUNTIME:
+            load.get("thermal_config", {}).pop(k, None)
+    return out
 
 
 def get_optimizer(p: dict) -> tuple[Optimization, bool]:
     """The (cached) EMHASS Optimization object for this configuration and horizon length."""
     cfg = emhass_config(p)
-    key = json.dumps([cfg, p["tz"], p["n"]], sort_keys=True, default=str)
+    key = json.dumps([_structure(cfg), p["tz"], p["n"]], sort_keys=True, default=str)
     opt = _CACHE.get(key)
     if opt is not None:
         _CACHE.move_to_end(key)
+        # this plan's start temperatures and bands: EMHASS re-reads them from optim_conf on a cache hit
+        opt.optim_conf["def_load_config"] = cfg.get("def_load_config", [])
         return opt, True
     secrets = {"hass_url": "http://localhost", "long_lived_token": "offline", "time_zone": p["tz"],
                "Latitude": 0.0, "Longitude": 0.0, "Altitude": 0.0}
@@ -357,34 +439,46 @@ def _drop(opt: Optimization) -> None:
 def solve(req) -> dict:
     p = parse(req)
     n = p["n"]
-    if p["battery"] is None:
+    if p["battery"] is None and not p["rooms"]:
         return {"ok": True, "p_batt_w": [0.0] * n, "soc": None, "status": "no battery",
                 "solve_s": 0.0, "cached": False}
     t0 = time.perf_counter()
     opt, cached = get_optimizer(p)
     idx = p["index"]
     df = pd.DataFrame({VAR_LOAD_COST: p["price_import"], VAR_PROD_PRICE: p["price_export"]}, index=idx)
+    if p["rooms"]:
+        df["outdoor_temperature_forecast"] = p["t_out"]
     pv = pd.Series(p["pv_w"], index=idx, name="P_PV_forecast")
     load = pd.Series(p["load_w"], index=idx, name="P_load_forecast")
     try:
-        res = opt.perform_dayahead_forecast_optim(df, pv, load, soc_init=p["soc_init"],
-                                                  soc_final=p["soc_final"])
+        res = opt.perform_dayahead_forecast_optim(df, pv, load, soc_init=p.get("soc_init"),
+                                                  soc_final=p.get("soc_final"))
     except Exception:
         _drop(opt)  # its state may be half-updated: rebuild next time
         raise
     solve_s = time.perf_counter() - t0
     status = str(opt.optim_status)
-    if status not in ACCEPTED_STATUS or "P_batt" not in res or "SOC_opt" not in res:
+    bat = p["battery"] is not None
+    heat_cols = [f"P_deferrable{k}" for k in range(len(p["rooms"]))]
+    if status not in ACCEPTED_STATUS or (bat and ("P_batt" not in res or "SOC_opt" not in res)) \
+            or any(c not in res for c in heat_cols):
         return {"ok": False, "error": f"EMHASS found no plan (status {status!r})", "status": status,
                 "solve_s": round(solve_s, 4)}
-    p_batt = res["P_batt"].to_numpy(dtype=float)
-    soc = res["SOC_opt"].to_numpy(dtype=float)
-    if len(p_batt) != n or not (np.isfinite(p_batt).all() and np.isfinite(soc).all()):
+    p_batt = res["P_batt"].to_numpy(dtype=float) if bat else np.zeros(n)
+    soc = res["SOC_opt"].to_numpy(dtype=float) if bat else None
+    heat = [res[c].to_numpy(dtype=float) for c in heat_cols]
+    if len(p_batt) != n or not np.isfinite(p_batt).all() or (soc is not None and not np.isfinite(soc).all()) \
+            or not all(np.isfinite(h).all() for h in heat):
         return {"ok": False, "error": f"EMHASS returned an unusable plan (status {status!r})",
                 "status": status, "solve_s": round(solve_s, 4)}
-    return {"ok": True, "p_batt_w": [round(float(x), 4) for x in p_batt],
-            "soc": [round(float(x), 9) for x in soc], "status": status,
-            "solve_s": round(solve_s, 4), "cached": cached}
+    reply = {"ok": True, "p_batt_w": [round(float(x), 4) for x in p_batt],
+             "soc": None if soc is None else [round(float(x), 9) for x in soc], "status": status,
+             "solve_s": round(solve_s, 4), "cached": cached}
+    if heat_cols:
+        reply["p_heat_w"] = [[round(float(x), 3) for x in h] for h in heat]
+        reply["temp_c"] = [[round(float(x), 3) for x in res[f"predicted_temp_heater{k}"]]
+                           if f"predicted_temp_heater{k}" in res else None for k in range(len(heat))]
+    return reply
 
 
 def handle(line: str) -> dict:

@@ -91,9 +91,11 @@ def _compute(row) -> str:
     if row["controller"] == "oracle" and top == top and top is not None:
         # it plans the whole run in its first step, then follows the plan
         return f"{1000 * top:.0f} ms once" if top < 1 else f"{top:.1f} s once"
-    if med < 1e-4:
-        return "< 0.1 ms"
-    return f"{1000 * med:.1f} ms" if med < 1 else f"{med:.2f} s"
+    text = "< 0.1 ms" if med < 1e-4 else (f"{1000 * med:.1f} ms" if med < 1 else f"{med:.2f} s")
+    if top == top and top is not None and top > 0.5 and top > 20 * med:
+        # a controller that plans now and then (EMHASS hourly or daily) and plays the plan between
+        text += f", plans ≤ {top:.1f} s"
+    return text
 
 
 def kpi_lines(frame) -> list[str]:

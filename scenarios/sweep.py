@@ -607,10 +607,20 @@ def connect(scheduler: str | None, workers: int | None) -> tuple[Any, Any]:
             from pems.errors import ServiceError
 
             raise ServiceError(f"--scheduler {scheduler}: no Dask scheduler answered ({exc})") from None
+    import socket
+
+    import dask
+
     n = workers or os.cpu_count() or 1
-    # the dashboard on loopback only (":0" binds every interface, and bokeh warns about it)
-    cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                           silence_logs=40)
+    # the dashboard on loopback only, its live plots only for pages from there (Dask's default allows any
+    # origin, "*", which bokeh warns about); bokeh wants the port in the allowed origins, so it is chosen here
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with dask.config.set({"distributed.scheduler.dashboard.bokeh-application.allow_websocket_origin":
+                          [f"127.0.0.1:{port}", f"localhost:{port}"]}):
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
+                               dashboard_address=f"127.0.0.1:{port}", silence_logs=40)
     try:
         return Client(cluster), cluster
     except BaseException:

@@ -6,10 +6,10 @@ libraries that conflict with ours, so it runs in its own virtual environment (``
 creates ``.venv-peers``) as a worker process (``bench/peers/emhass_worker.py``) that this controller
 talks to over JSON lines.
 
-``emhass`` gives each room to EMHASS as a **thermal deferrable load** (its ``thermal_config``: one
-node per room, a heating rate and a cooling constant), with the parameters taken from the calibrated
-twin (:func:`single_node_rooms`), the comfort band as EMHASS's hard band, and replans every hour
-over the next 24 h (EMHASS's MPC use, as Home Assistant automations run it), playing the plan's
+``emhass`` gives each heated room to EMHASS as a **thermal deferrable load** (its ``thermal_config``:
+one node per room, a heating rate and a cooling constant), with the parameters taken from the
+calibrated twin (:func:`single_node_rooms`), the comfort band as EMHASS's hard band, and replans every
+hour (EMHASS's MPC use, as Home Assistant automations run it), playing the plan's
 heating powers and battery power step by step. Where EMHASS finds no plan (its hard band cannot be
 met), the home's thermostats heat until the next plan, and the event says so.
 
@@ -18,7 +18,8 @@ local midnight, with yesterday's heating at the same time as its load forecast, 
 thermostats heat.
 
 What EMHASS is given is what an EMHASS user has: the scenario's PV, household-load, price and
-outdoor-temperature forecasts and the rooms' measured temperatures; the plant enforces every limit.
+outdoor-temperature forecasts and the rooms' measured temperatures; the plant enforces every limit. The
+plans reach over the scenario's MPC horizon (24 h by default), as the MPC's do.
 """
 
 from __future__ import annotations
@@ -151,10 +152,12 @@ class EmhassPeer:
         return self._proc
 
     def close(self) -> None:
+        """End the worker process (a run ends it; one is started again when asked)."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.stdin.close()
             self._proc.wait(timeout=10)
         self._proc = None
+        atexit.unregister(self.close)
 
     def _ask(self, request: dict) -> dict:
         proc = self._worker()
@@ -260,8 +263,11 @@ class EmhassPeer:
         nodes = single_node_rooms(m, float(np.round(t_out.mean())))
         dt_h = self.step_s / 3600.0
         steps = np.arange(n)
-        rooms = []
+        rooms, heated = [], []
         for i, node in enumerate(nodes):
+            if node.nominal_w <= 0:  # a room without a heater is no load of EMHASS's
+                continue
+            heated.append(i)
             low, high = np.asarray(fc.low[:n, i], dtype=float), np.asarray(fc.high[:n, i], dtype=float)
             # EMHASS's band is hard: a room below it may climb at most at what its heater gives (with a margin:
             # at the very limit the solver calls it infeasible), one above it may stay
@@ -292,7 +298,8 @@ class EmhassPeer:
         self.plan_start = self.k
         if reply.get("ok"):
             self.plan = -np.asarray(reply["p_batt_w"], dtype=float)  # EMHASS: discharge positive
-            self.heat_plan = np.clip(np.asarray(reply["p_heat_w"], dtype=float).T, 0.0, m.heater_w)
+            self.heat_plan = np.zeros((n, m.n_rooms))
+            self.heat_plan[:, heated] = np.clip(np.asarray(reply["p_heat_w"], dtype=float).T, 0.0, m.heater_w[heated])
         else:
             self.plan = self.heat_plan = None  # the thermostats and the inverter's own logic until the next plan
             self.events.append({"time": obs.time, "kind": "fallback", "controller": self.name,

@@ -119,45 +119,48 @@ def _filled(data: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[str, in
     return out, filled
 
 
+def _covered(stamps: pd.DatetimeIndex, index: pd.DatetimeIndex, step: pd.Timedelta) -> np.ndarray:
+    """Which steps of ``index`` have an archived value within ``MAX_FILL_STEPS`` before and after them
+    (a gap that short is bridged; a longer one is not the archive's)."""
+    if not len(stamps):
+        return np.zeros(len(index), dtype=bool)
+    reach = MAX_FILL_STEPS * step
+    before = stamps.searchsorted(index, side="right") - 1
+    after = stamps.searchsorted(index, side="left")
+    ok_b = (before >= 0) & (index - stamps[np.clip(before, 0, None)] <= reach)
+    ok_a = (after < len(stamps)) & (stamps[np.clip(after, None, len(stamps) - 1)] - index <= reach)
+    return np.asarray(ok_b & ok_a)
+
+
 def archive_coverage(archive: Archive, index: pd.DatetimeIndex, step: pd.Timedelta) -> float:
-    """The share of the steps of ``index`` within ``MAX_FILL_STEPS`` of an archived temperature and
-    global irradiance [-] (what a replay can plan on without making a forecast up)."""
+    """The share of the steps of ``index`` with an archived temperature and global irradiance near them
+    [-] (each at its own stamps: radiation at the middle of its hour; see :func:`_covered`)."""
     if not {"T_out", "ghi"} <= set(archive.data.columns):
         return 0.0
-    share = []
-    for c in ("T_out", "ghi"):  # (each at its own stamps: radiation at the middle of its hour)
-        have = archive.data[c].dropna().index
-        if not len(have):
-            return 0.0
-        # a step is covered when an archived value lies within the bridged gap of it, before and after
-        reach = MAX_FILL_STEPS * step
-        before = have.searchsorted(index, side="right") - 1
-        after = have.searchsorted(index, side="left")
-        ok_b = (before >= 0) & (index - have[np.clip(before, 0, None)] <= reach)
-        ok_a = (after < len(have)) & (have[np.clip(after, None, len(have) - 1)] - index <= reach)
-        share.append(float((ok_b & ok_a).mean()))
-    return min(share)
+    return min(float(_covered(archive.data[c].dropna().index, index, step).mean()) for c in ("T_out", "ghi"))
 
 
 def archived_inputs(archive: Archive, house: Any, data: pd.DataFrame, step: pd.Timedelta) -> pd.DataFrame:
     """The disturbances as the archived forecasts saw them, one row per step of ``data`` (the measured
     history): outdoor temperature, window gains and PV (pvlib under the forecast sky) from the archive,
-    as step means of its point samples; a step the archive lacks takes the measurement a day before.
-    The household load and its gains stay the measured ones here; the forecast model ``archived``
-    hands them out as the same time a day before (:class:`~pems.scenarios.forecast.ForecastProvider`)."""
+    as step means of its point samples where it has values near the step; a step it lacks (a column it
+    lacks there) takes the measurement a day before. The household load and its gains stay the measured
+    ones here; the forecast model ``archived`` hands them out as the same time a day before
+    (:class:`~pems.scenarios.forecast.ForecastProvider`)."""
     from pems.twin.inputs import measured_disturbances
     from pems.twin.weather import step_means
 
-    cols = [c for c in ARCHIVE_COLUMNS if c in archive.data]
-    means = step_means(archive.data[cols].astype(float), pd.DatetimeIndex(data.index), step)
-    have = archive.data[cols].dropna(how="all").index
-    inside = (means.index >= have.min() - MAX_FILL_STEPS * step) & (means.index <= have.max() + MAX_FILL_STEPS * step)
+    index = pd.DatetimeIndex(data.index)
+    cols = [c for c in ARCHIVE_COLUMNS if c in archive.data and archive.data[c].notna().any()]
     day = int(round(pd.Timedelta(days=1) / step))
     fc = data.drop(columns=[c for c in ("dni", "dhi", "P_pv") if c in data]).copy()
     for c in cols:
-        measured = data[c] if c in data else pd.Series(np.nan, index=data.index)
-        v = means[c].where(inside)
+        samples = archive.data[[c]].astype(float).dropna()
+        v = step_means(samples, index, step)[c].where(_covered(samples.index, index, step))
+        measured = data[c] if c in data else pd.Series(np.nan, index=index)
         fc[c] = v.fillna(measured.shift(day)).fillna(measured)
+    if {"dni", "dhi"} - set(cols):  # the beam and diffuse split from the forecast's global irradiance
+        fc = fc.drop(columns=[c for c in ("dni", "dhi") if c in fc])
     d = measured_disturbances(house, fc, step)
     d["P_pv"] = _modelled_pv(fc, house, step).to_numpy()
     return d
@@ -166,7 +169,7 @@ def archived_inputs(archive: Archive, house: Any, data: pd.DataFrame, step: pd.T
 def replay_prepared(history: Any, house: Any, forecast: Any = None, comfort: Any = None, mpc: Any = None,
                     prices: str | None = None, tariff: Any = None, base_dir: Path | None = None,
                     name: str | None = None, warm_up: pd.Timedelta = pd.Timedelta(days=1),
-                    archive: Archive | None = None) -> Replay:
+                    archive: Archive | None = None, fallback: Any = None) -> Replay:
     """The history as a prepared scenario on ``house`` (its calibrated twin).
 
     Parameters
@@ -183,7 +186,10 @@ def replay_prepared(history: Any, house: Any, forecast: Any = None, comfort: Any
         slabs' temperatures are not measured: the calibration's Kalman filter runs over the measured
         rooms, heating and weather of this period); none when the history is too short for it.
     archive
-        Archived weather forecasts, planned on with the forecast model ``archived`` (required by it).
+        Archived weather forecasts, planned on with the forecast model ``archived``.
+    fallback
+        The forecast model that stands in when ``archived`` was asked for and the archive covers less
+        than ``ARCHIVE_COVERAGE`` of the replay's steps (the note says why); without one that is refused.
     """
     from pems.scenarios.comfort import comfort_bands
     from pems.scenarios.runner import Prepared, _cars_at_target
@@ -228,6 +234,15 @@ def replay_prepared(history: Any, house: Any, forecast: Any = None, comfort: Any
                            for r in model.rooms])
     data = data.iloc[k0:]
     forecast = forecast or ForecastSpec(model="noisy")
+    why = ""
+    if forecast.model == "archived":  # over the replay's own steps (not the warm-up)
+        cover = archive_coverage(archive, data.index, step) if archive is not None else 0.0
+        if cover < ARCHIVE_COVERAGE:
+            why = ("there are none" if archive is None else
+                   f"they cover {cover:.0%} of the replay's steps, at least {ARCHIVE_COVERAGE:.0%} is needed")
+            if fallback is None:
+                raise InputError(archive.source if archive is not None else source, "archived forecasts", why)
+            forecast = fallback
     days = len(data) * step / pd.Timedelta(days=1)
     spec = Scenario(name=name or f"replay of {house.name}", house=house.name, start=data.index[0].to_pydatetime(),
                     days=days, step_minutes=int(step / pd.Timedelta(minutes=1)), comfort=comfort or Comfort(),
@@ -252,12 +267,6 @@ def replay_prepared(history: Any, house: Any, forecast: Any = None, comfort: Any
         x0, _ = steady_state(model, day[list(model.sym.d.names)].mean().to_numpy(), t_room, soc=soc)
     fc_inputs = None
     if forecast.model == "archived":
-        if archive is None:
-            raise InputError(source, "forecast", "the forecast model 'archived' needs archived forecasts")
-        cover = archive_coverage(archive, data.index[: sc.n_steps], step)
-        if cover < ARCHIVE_COVERAGE:
-            raise InputError(archive.source, "T_out/ghi", f"archived forecasts cover {cover:.0%} of the replay's "
-                                                          f"steps; at least {ARCHIVE_COVERAGE:.0%} is needed")
         fc = archived_inputs(archive, house, data, step)
         fc_inputs = repeat_last_day(fc.reindex(columns=run.columns).fillna(run), len(inputs), step)
         fc_inputs = fc_inputs[list(model.sym.d.names)]
@@ -271,6 +280,8 @@ def replay_prepared(history: Any, house: Any, forecast: Any = None, comfort: Any
                       f"load ±{forecast.sigma_load:.0%}, correlated over {forecast.correlation_hours:g} h (seed "
                       f"{forecast.seed})"),
             "learned": "the learned forecasters, fitted on the weeks before the replay"}[forecast.model]
+    if why:
+        note += f" (no archived forecasts: {why})"
     rep = Replay(prep, actual_bill(data.iloc[: sc.n_steps], step), note, filled)
     rep.actual["pv_curtailed_steps"] = float(curtailed)
     return rep

@@ -163,7 +163,11 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
             progress(turn.k + 1, n)
 
     t_start = time.perf_counter()
-    closed_loop(plant, decide, n, after)
+    try:
+        closed_loop(plant, decide, n, after)
+    finally:
+        if isinstance(controller, str) and callable(getattr(ctrl, "close", None)):
+            ctrl.close()  # a controller made here with a process of its own (a peer): ours to end
     wall = time.perf_counter() - t_start
     traj = trajectory(prep, plant, compute)
     bat, lim = model.house.battery, model.limits

@@ -155,7 +155,8 @@ class SimulatedHome:
         self.model = model
         self.step_s, self.substep_s, self.n_sub = float(step_s), float(substep_s), int(round(n_sub))
         self.index = pd.DatetimeIndex(disturbances.index)
-        if d_table is not None and d_table.shape == (len(disturbances), len(model.sym.d.names)):
+        self._shared = d_table is not None and d_table.shape == (len(disturbances), len(model.sym.d.names))
+        if self._shared:
             self.D = d_table  # the same table a forecast already holds as an array: shared, not copied
         else:
             self.D = disturbances[list(model.sym.d.names)].to_numpy(dtype=float)
@@ -253,8 +254,9 @@ class SimulatedHome:
         d = np.asarray(d, dtype=float)
         if d.shape != (self.D.shape[1],) or not np.isfinite(d).all():
             raise ValueError(f"a step's disturbances must be {self.D.shape[1]} finite numbers")
-        if not self.D.flags.writeable:  # (a view of the table it was built on)
+        if self._shared or not self.D.flags.writeable:  # (the caller's table, or a view of it)
             self.D = self.D.copy()
+            self._shared = False
         self.D[0] = d
         self.index = pd.DatetimeIndex([time])
         self._grid0 = self._form.y0(self.D, [self._i_grid])[:, 0]

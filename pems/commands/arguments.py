@@ -105,7 +105,9 @@ def check_controller(name: str, source: str, key: str, live: bool = False, learn
         return name
     if live and name in NOT_LIVE:
         raise InputError(source, key, f"{name!r} cannot run live: {NOT_LIVE[name]}; expected one of {', '.join(names)}")
-    hint = " (EMHASS runs after `make bench-peers`)" if name == "emhass" and not live else ""
+    from pems.controllers.registry import PEERS
+
+    hint = " (EMHASS runs after `make bench-peers`)" if name in PEERS and not live else ""
     raise InputError(source, key, f"unknown controller {name!r}; expected one of {', '.join(names)}{hint}")
 
 

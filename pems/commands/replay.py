@@ -43,15 +43,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     out = output_dir(args.out, writes=("kpis.csv", "replay.json", "report.html"),
                      inputs={"--history": args.history, "--house": args.house})
     h = open_between(args.history, house, step, start, end, args.mapping, not args.no_cache)
-    archive, why = _archive(args, h, step)
-    model = args.forecast
-    if model == "auto":
-        model = "archived" if why == "" else "noisy"
-    elif model == "archived" and why:
-        raise InputError(args.archive or args.history, "--forecast archived", why)
+    archive, why = _archive(args, h) if args.forecast in ("auto", "archived") else (None, "")
+    if args.archive and args.forecast not in ("auto", "archived"):
+        raise InputError(CLI, "--archive", f"archived forecasts are planned on with --forecast auto or archived, "
+                                           f"not {args.forecast}")
+    if archive is None and args.forecast == "archived":
+        raise InputError(args.history, "--forecast archived", why)
+    model = "archived" if archive is not None else ("noisy" if args.forecast == "auto" else args.forecast)
+    noisy = ForecastSpec(model="noisy", seed=args.seed)
     rep = replay_prepared(h, house, ForecastSpec(model=model, seed=args.seed), prices=args.prices,
-                          base_dir=Path.cwd(), archive=archive if model == "archived" else None)
-    if args.forecast == "auto" and why:
+                          base_dir=Path.cwd(), archive=archive,
+                          fallback=noisy if args.forecast == "auto" else None)
+    if archive is None and why:
         rep.forecast_note += f" (no archived forecasts: {why})"
     prep = rep.prep
     print(f"replay of {h.source}: {prep.n_steps} steps from {prep.scenario.start:%Y-%m-%d %H:%M} UTC "
@@ -98,13 +101,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def _archive(args: argparse.Namespace, h, step):
+def _archive(args: argparse.Namespace, h):
     """The archived weather forecasts over the history's period (``--archive``, or the InfluxDB source's
-    ``[[forecast]]`` tables), and why there are none to plan on ("" when there are)."""
+    ``[[forecast]]`` tables), or None and why there are none. Whether they cover the replay enough is
+    for :func:`~pems.scenarios.replay.replay_prepared` to say (over its own steps, the warm-up not)."""
     import pandas as pd
 
     from pems.calibration.sources import is_url
-    from pems.scenarios.replay import ARCHIVE_COVERAGE, Archive, archive_coverage
+    from pems.scenarios.replay import Archive
 
     idx = h.data.index
     src = args.archive or (args.history if is_url(args.history) else None)
@@ -116,10 +120,9 @@ def _archive(args: argparse.Namespace, h, step):
         from pems.live.influx_forecast import stored_forecast
 
         mapping = load_mapping(args.mapping or "loxone-growatt")
-        grid = max(step, pd.Timedelta(hours=1))  # the stored series' own resolution: hourly
-        try:
-            data = stored_forecast(src, mapping, "weather", idx[0] - pd.Timedelta(days=1), idx[-1] + pd.Timedelta(days=2),
-                                   grid)
+        try:  # on the stored series' own grid: hourly
+            data = stored_forecast(src, mapping, "weather", idx[0] - pd.Timedelta(days=1), idx[-1] + pd.Timedelta(days=1),
+                                   pd.Timedelta(hours=1))
         except FetchError as exc:
             if args.forecast == "archived" or args.archive:
                 raise InputError(src, "[[forecast]]", str(exc)) from None
@@ -130,9 +133,6 @@ def _archive(args: argparse.Namespace, h, step):
         from pems.twin.tables import read_time_csv
 
         archive = Archive(read_time_csv(Path(src), ("T_out", "ghi"), ("dni", "dhi")), str(src), "as the file gives them")
-    cover = archive_coverage(archive, idx, step)
-    if cover < ARCHIVE_COVERAGE:
-        return archive, f"they cover {cover:.0%} of the period, at least {ARCHIVE_COVERAGE:.0%} is needed"
     return archive, ""
 
 

@@ -884,7 +884,7 @@ def open_live(cfg: LoadedLiveConfig, dry_run: bool = False, events_path: str | P
         from pems.live.home_assistant import HomeAssistant
 
         ha = HomeAssistant(s.mqtt.host, s.mqtt.port, house=s.home_assistant.name or house.name, rooms=model.rooms,
-                           has_battery=model.has_battery, currency=s.forecast.tariff.currency,
+                           has_battery=model.has_battery, currency=s.forecast.tariff.currency, cars=model.cars,
                            prefix=s.home_assistant.discovery_prefix,
                            client_id=f"{s.mqtt.client_id}-ha" if s.mqtt.client_id else None, **mqtt_kw)
     chargers = []

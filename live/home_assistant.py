@@ -128,9 +128,15 @@ class Sensor:
 LOOP_STATES = ("starting", "active", "fallback", "handed_back")
 
 
-def sensors(rooms: tuple[str, ...] | list[str], has_battery: bool, currency: str | None = None) -> list[Sensor]:
+#: What a car's plug can be (its ``ev_plugged__<car>`` sensor's options).
+PLUG_STATES = ("plugged", "away")
+
+
+def sensors(rooms: tuple[str, ...] | list[str], has_battery: bool, currency: str | None = None,
+            cars: tuple[str, ...] | list[str] = ()) -> list[Sensor]:
     """The sensors of one home: every room's temperature and heating, the house's powers, the
-    battery, energy totals, the grid bill so far (with a currency), the loop's state and its plan."""
+    battery, every car's state of charge, plug, charging power and energy, energy totals, the grid
+    bill so far (with a currency), the loop's state and its plan."""
     out = []
     for r in rooms:
         out.append(Sensor(f"T_room__{r}", f"{r} temperature", "temperature", "measurement", "°C", 1))
@@ -149,6 +155,12 @@ def sensors(rooms: tuple[str, ...] | list[str], has_battery: bool, currency: str
     if has_battery:
         out += [Sensor("P_bat", "battery power (charge positive)", "power", "measurement", "W", 0),
                 Sensor("soc", "battery state of charge", "battery", "measurement", "%", 0)]
+    for c in cars:  # (a state of charge the car does not report, away or evcc offline, is null: unknown)
+        out += [Sensor(f"ev_soc__{c}", f"{c} state of charge", "battery", "measurement", "%", 0),
+                Sensor(f"ev_plugged__{c}", f"{c} plugged in", "enum", None, None, None, "mdi:ev-plug-type2",
+                       PLUG_STATES),
+                Sensor(f"P_ev__{c}", f"{c} charging", "power", "measurement", "W", 0),
+                Sensor(f"E_ev__{c}", f"{c} charging energy", "energy", "total_increasing", "kWh", 3)]
     if currency:
         out.append(Sensor("cost", "grid bill since start", "monetary", "total", currency, 2))
     out += [Sensor("state", "PEMS state", "enum", None, None, None, "mdi:home-lightning-bolt", LOOP_STATES),
@@ -203,7 +215,7 @@ class HomeAssistant(MqttEndpoint):
         The broker (usually the one the home's rooms are on) and :class:`MqttEndpoint` options.
     house
         The home's name (its device in Home Assistant).
-    rooms, has_battery
+    rooms, has_battery, cars
         What the home has.
     currency
         The prices' currency (ISO 4217): with it, the grid bill so far is published.
@@ -218,15 +230,18 @@ class HomeAssistant(MqttEndpoint):
 
     def __init__(self, host: str, port: int = 1883, *, house: str, rooms: tuple[str, ...] | list[str],
                  has_battery: bool, currency: str | None = None, price: Any = None,
-                 prefix: str = "homeassistant", version: str = "", **mqtt: Any) -> None:
+                 prefix: str = "homeassistant", version: str = "", cars: tuple[str, ...] | list[str] = (),
+                 **mqtt: Any) -> None:
         self.prefix = prefix
         self.node = _slug(house)
         self.base = f"pems/{self.node}"
         self.rooms = list(rooms)
-        self.sensors = sensors(rooms, has_battery, currency)
+        self.cars = list(cars)
+        self.sensors = sensors(rooms, has_battery, currency, self.cars)
         self.configs = discovery(house, self.sensors, prefix, self.base, version)
         self.price = price
-        self.totals = {"E_import": 0.0, "E_export": 0.0, "E_pv": 0.0, "E_heat": 0.0, "cost": 0.0}
+        self.totals = {"E_import": 0.0, "E_export": 0.0, "E_pv": 0.0, "E_heat": 0.0, "cost": 0.0,
+                       **{f"E_ev__{c}": 0.0 for c in self.cars}}
         self.state = "starting"
         self.published = 0  # state messages sent
         super().__init__(host, port, will=(f"{self.base}/availability", "offline", 1, True), **mqtt)
@@ -261,9 +276,11 @@ class HomeAssistant(MqttEndpoint):
     # what the loop tells it
     def observed(self, time: pd.Timestamp, T_room: np.ndarray, T_out: float, P_pv: float, P_load: float,
                  P_grid: float, P_bat: float, soc: float | None, P_heat: np.ndarray | None, step_s: float,
-                 state: str, plan: pd.DataFrame | None = None) -> dict[str, Any]:
+                 state: str, plan: pd.DataFrame | None = None, ev_soc: np.ndarray | None = None,
+                 ev_plugged: np.ndarray | None = None, P_ev: np.ndarray | None = None) -> dict[str, Any]:
         """Publish one step: the means of the step that just ended (powers), the readings at its end
-        (temperatures, SOC); the energy totals and the bill grow by the step. Returns the state sent."""
+        (temperatures, SOC, the cars' plugs and reported SOC); the energy totals and the bill grow by
+        the step. Returns the state sent."""
         h = step_s / 3600.0
         heat = np.zeros(len(self.rooms)) if P_heat is None else np.asarray(P_heat, dtype=float)
         imp, exp = max(P_grid, 0.0), max(-P_grid, 0.0)
@@ -283,6 +300,13 @@ class HomeAssistant(MqttEndpoint):
                 "state": self.state, "time": time.isoformat()}
         if soc is not None:
             msg["soc"] = round(100 * soc, 1)
+        for j, c in enumerate(self.cars):
+            p = float(P_ev[j]) if P_ev is not None and j < len(P_ev) and np.isfinite(P_ev[j]) else 0.0
+            self.totals[f"E_ev__{c}"] += max(p, 0.0) * h / 1000
+            car_soc = float(ev_soc[j]) if ev_soc is not None and j < len(ev_soc) else float("nan")
+            home = bool(ev_plugged[j]) if ev_plugged is not None and j < len(ev_plugged) else False
+            msg |= {f"ev_soc__{c}": round(100 * car_soc, 1) if np.isfinite(car_soc) else None, f"P_ev__{c}": round(p, 1),
+                    f"ev_plugged__{c}": PLUG_STATES[0] if home else PLUG_STATES[1]}
         msg |= {k: round(v, 4) for k, v in self.totals.items()}
         plan_msg = _plan_attributes(plan, self.rooms)
         msg["plan_heat"] = plan_msg.get("next_heat_w", 0.0) if plan_msg else 0.0

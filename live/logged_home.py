@@ -151,7 +151,7 @@ class LoggedHome(HomeListener):
         try:
             ha.observed(obs.time, obs.T_room, obs.T_out, obs.P_pv, obs.P_load, obs.P_grid, obs.P_bat, obs.soc,
                         obs.P_heat, self.home.settings.step_s, str(record.get("state", "active")),
-                        self.step_plan(record))
+                        self.step_plan(record), ev_soc=obs.ev_soc, ev_plugged=obs.ev_plugged, P_ev=obs.P_ev)
         except Exception:  # noqa: BLE001 - publishing never stops the loop
             log.exception("Home Assistant publish failed")
 

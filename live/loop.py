@@ -162,7 +162,7 @@ class LiveLoop(HomeListener):
         self.plant = LoggedHome(self.safe, influx, controller, home_assistant)
         self.home_assistant = home_assistant
         # what the web page shows (pems.web): kept whether or not a page is open (microseconds a step)
-        self.view = LiveView(self.rooms, self.settings.step_s)
+        self.view = LiveView(self.rooms, self.settings.step_s, cars=model.cars)
         self.view.health = self.health
         self.events.listeners.append(self.view.on_event)
         self._last: tuple[Observation, Forecast | None] | None = None  # this step's observation and forecast

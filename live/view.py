@@ -148,11 +148,14 @@ class LiveView:
         Days of steps kept for the page.
     max_events
         Recent events kept.
+    cars
+        Car ids (the house's ``[[ev]]``): their plug, reported state of charge and charging per step.
     """
 
     def __init__(self, rooms: tuple[str, ...] | list[str], step_s: float, keep_days: float = 7.0,
-                 max_events: int = 200) -> None:
+                 max_events: int = 200, cars: tuple[str, ...] | list[str] = ()) -> None:
         self.rooms = list(rooms)
+        self.cars = list(cars)
         self.step_s = float(step_s)
         self._lock = threading.Lock()
         self._steps: deque[dict[str, Any]] = deque(maxlen=max(1, int(keep_days * 86400 / step_s)))
@@ -181,6 +184,12 @@ class LiveView:
             "soc": None if obs.soc is None else _num(100 * obs.soc, 1),
             "solve_s": _num(record.get("solve_s"), 3), "saved": _num(saved, 3),
         }
+        if self.cars:  # a state of charge the car does not report (away, evcc offline) is None
+            n = len(self.cars)
+            soc = obs.ev_soc if obs.ev_soc is not None else np.full(n, np.nan)
+            step["ev_soc"] = [_num(100 * float(v), 1) for v in soc]
+            step["ev_plugged"] = [bool(v) for v in (obs.ev_plugged if obs.ev_plugged is not None else np.zeros(n))]
+            step["P_ev"] = [_num(v, 0) for v in (obs.P_ev if obs.P_ev is not None else np.zeros(n))]
         if forecast is not None:
             step["price"] = _num(forecast.price_import[0], 4)
             step["low"] = [_num(v) for v in forecast.low[0]]
@@ -233,7 +242,8 @@ class LiveView:
                 health = {"error": str(exc)}
         overrides = self.overrides() if self.overrides is not None else []
         savings = self.savings() if self.savings is not None else {}
-        return {"version": version, "rooms": self.rooms, "step_s": self.step_s, "steps": steps, "ahead": ahead,
+        return {"version": version, "rooms": self.rooms, "cars": self.cars, "step_s": self.step_s, "steps": steps,
+                "ahead": ahead,
                 "events": events, "health": health, "overrides": overrides, "savings": savings}
 
     def wait(self, version: int, timeout: float) -> int:

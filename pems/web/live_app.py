@@ -179,7 +179,7 @@ PAGE = """<!DOCTYPE html>
 <p class="sub">The home's own logic (room thermostats, the inverter's load first) run by the twin beside it, on
 the same weather, load, PV, prices and bands; both bills at the prices each step was planned with.</p>
 <p id="why_saved">—</p><table id="savings"></table><div id="savings_plot" class="plot" style="height:220px"></div>
-<div class="cols"><div><h2>Rooms now</h2><table id="rooms"></table></div>
+<div class="cols"><div><h2>Rooms now</h2><table id="rooms"></table><table id="cars"></table></div>
 <div><h2>Health</h2><table id="health"></table></div></div>
 <h2>Overrides</h2><table id="overrides"></table>
 <form id="override_form" class="bar"><select id="o_kind"><option value="boost">boost a room</option>
@@ -193,14 +193,14 @@ password <input id="o_pass" type="password" autocomplete="current-password" styl
 <button type="submit">apply</button> <span id="o_msg"></span></form>
 <h2>Recent events</h2><ul id="events"></ul>
 <script>
-const S = {steps: [], ahead: {}, events: [], health: {}, rooms: [], version: -1};
+const S = {steps: [], ahead: {}, events: [], health: {}, rooms: [], cars: [], version: -1};
 const roomSel = document.getElementById('room');
 function merge(snap) {
   const seen = new Set(S.steps.map(s => s.time));
   for (const s of snap.steps) if (!seen.has(s.time)) S.steps.push(s);
   S.steps.sort((a, b) => a.time < b.time ? -1 : 1);
   if (snap.ahead && Object.keys(snap.ahead).length) S.ahead = snap.ahead;
-  S.events = snap.events; S.health = snap.health; S.rooms = snap.rooms; S.version = snap.version;
+  S.events = snap.events; S.health = snap.health; S.rooms = snap.rooms; S.cars = snap.cars || []; S.version = snap.version;
   S.overrides = snap.overrides; S.savings = snap.savings;
 }
 function col(key, i) { return S.steps.map(s => i === undefined ? s[key] : (s[key] || [])[i]); }
@@ -229,9 +229,11 @@ function draw() {
     {x: t, y: col('P_grid'), name: 'grid (import +)', line: {shape: 'hv'}}, {x: t, y: col('P_bat'), name: 'battery (charge +)', line: {shape: 'hv'}},
     {x: A.time || [], y: A.P_pv || [], name: 'PV forecast', line: {dash: 'dot', shape: 'hv'}},
     {x: A.time || [], y: A.P_load || [], name: 'load forecast', line: {dash: 'dot', shape: 'hv'}},
-    {x: A.plan_time || [], y: A.P_bat || [], name: 'battery plan', line: {dash: 'dot', shape: 'hv'}}], {...L, yaxis: {title: 'W'}});
+    {x: A.plan_time || [], y: A.P_bat || [], name: 'battery plan', line: {dash: 'dot', shape: 'hv'}},
+    ...S.cars.map((c, j) => ({x: t, y: col('P_ev', j), name: c + ' charging', line: {shape: 'hv'}}))], {...L, yaxis: {title: 'W'}});
   Plotly.react('battery_plot', [
     {x: t, y: col('soc'), name: 'state of charge [%]'}, {x: A.plan_time || [], y: A.soc || [], name: 'planned SOC [%]', line: {dash: 'dot'}},
+    ...S.cars.map((c, j) => ({x: t, y: col('ev_soc', j), name: c + ' [%] (as the car reports it)', connectgaps: false})),
     {x: t, y: col('price'), name: 'import price', yaxis: 'y2', line: {shape: 'hv'}},
     {x: A.time || [], y: A.price_import || [], name: 'price ahead', yaxis: 'y2', line: {shape: 'hv', dash: 'dot'}}],
     {...L, yaxis: {title: '%'}, yaxis2: {title: 'per kWh', overlaying: 'y', side: 'right'}});
@@ -251,6 +253,8 @@ function draw() {
   document.getElementById('steps').textContent = S.steps.length;
   document.getElementById('rooms').innerHTML = '<tr><th>room</th><th>°C</th><th>band</th><th>heating W</th></tr>' +
     S.rooms.map((r, j) => `<tr><td>${r}</td><td>${(last.T_room || [])[j] ?? '–'}</td><td>${(last.low || [])[j] ?? '–'}–${(last.high || [])[j] ?? '–'}</td><td>${(last.P_heat || [])[j] ?? '–'}</td></tr>`).join('');
+  document.getElementById('cars').innerHTML = S.cars.length ? '<tr><th>car</th><th>plug</th><th>SOC %</th><th>charging W</th></tr>' +
+    S.cars.map((c, j) => `<tr><td>${c}</td><td>${(last.ev_plugged || [])[j] ? 'plugged in' : 'away'}</td><td>${(last.ev_soc || [])[j] ?? '–'}</td><td>${(last.P_ev || [])[j] ?? '–'}</td></tr>`).join('') : '';
   document.getElementById('health').innerHTML = Object.entries(S.health || {}).map(([k, v]) =>
     `<tr><th>${k}</th><td>${typeof v === 'object' && v !== null ? Object.entries(v).map(([a, b]) => a + ': ' + b).join(', ') : v}</td></tr>`).join('');
   const oRoom = document.getElementById('o_room');

@@ -20,7 +20,7 @@ from pems.live.home_assistant import HomeAssistant, discovery, sensor_problems, 
 
 
 def test_every_discovery_message_is_one_home_assistant_accepts():
-    configs = discovery("Family Home", sensors(["obyvak", "koupelna dole"], True, "CZK"))
+    configs = discovery("Family Home", sensors(["obyvak", "koupelna dole"], True, "CZK", cars=["family car"]))
     assert configs
     for topic, cfg in configs.items():
         assert sensor_problems(topic, cfg) == [], (topic, cfg)
@@ -95,3 +95,22 @@ def test_a_subscriber_on_the_broker_sees_the_home(broker):
         ha.close()
     assert _wait(lambda: sniff.messages[-1][:2] == ("pems/two_rooms/availability", b"offline"))
     sniff.close()
+
+
+def test_the_cars_state_of_charge_plug_and_charging_energy():
+    """A car's sensors: its reported SOC (unknown, JSON null, while away: the car says nothing), its plug,
+    its charging power and the energy charged so far (growing by the step's mean power)."""
+    ha = HomeAssistant("127.0.0.1", 1, house="h", rooms=["a"], has_battery=False, cars=["tesla"])
+    keys = {c["value_template"].split("value_json.")[1].split()[0] for c in ha.configs.values()}
+    assert {"ev_soc__tesla", "ev_plugged__tesla", "P_ev__tesla", "E_ev__tesla"} <= keys
+    t0 = pd.Timestamp("2024-01-10T18:00Z")
+    args = (np.array([21.0]), 2.0, 0.0, 500.0, 7500.0, 0.0, None, np.array([0.0]), 900.0, "active")
+    for k in range(4):  # an hour charging at 7 kW
+        msg = ha.observed(t0 + pd.Timedelta(minutes=15 * k), *args, ev_soc=np.array([0.40 + 0.02 * k]),
+                          ev_plugged=np.array([True]), P_ev=np.array([7000.0]))
+    assert msg["E_ev__tesla"] == pytest.approx(7.0) and msg["ev_soc__tesla"] == 46.0
+    assert msg["ev_plugged__tesla"] == "plugged" and msg["P_ev__tesla"] == 7000.0
+    msg = ha.observed(t0 + pd.Timedelta(hours=1), *args, ev_soc=np.array([np.nan]), ev_plugged=np.array([False]),
+                      P_ev=np.array([0.0]))
+    assert msg["ev_soc__tesla"] is None and msg["ev_plugged__tesla"] == "away" and msg["E_ev__tesla"] == pytest.approx(7.0)
+    json.dumps(msg, allow_nan=False)  # what goes on the wire is JSON

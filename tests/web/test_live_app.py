@@ -7,11 +7,13 @@ import json
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+
 from fastapi.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "live"))
@@ -128,3 +130,46 @@ def test_the_page_renders_and_keeps_updating_while_the_emulated_home_runs(prep, 
         if server is not None:
             server.stop()
         run.finish()
+
+
+def test_the_page_gets_the_cars():
+    """With cars: each step's plug, reported SOC (None while the car says nothing) and charging."""
+    view = LiveView(["a", "b"], 900.0, cars=["tesla"])
+    for k in range(2):
+        obs = replace(_obs(k), ev_soc=np.array([0.5 if k else np.nan]), ev_plugged=np.array([bool(k)]),
+                      P_ev=np.array([3700.0 * k]))
+        view.on_step(obs, {"state": "active"}, None, None)
+    s = TestClient(live_app(view)).get("/api/state").json()
+    assert s["cars"] == ["tesla"]
+    assert [st["ev_soc"] for st in s["steps"]] == [[None], [50.0]]
+    assert [st["ev_plugged"] for st in s["steps"]] == [[False], [True]] and s["steps"][1]["P_ev"] == [3700.0]
+
+
+@pytest.mark.service
+@pytest.mark.skipif(find_chromium() is None, reason="Chromium not installed (Debian: apt-get install chromium, "
+                                                    "or tools/install_services.sh)")
+def test_the_page_draws_the_cars_in_a_browser():
+    import socket
+
+    view = LiveView(["a", "b"], 900.0, cars=["tesla"])
+    for k in range(4):
+        view.on_step(replace(_obs(k), ev_soc=np.array([0.4 + 0.05 * k]), ev_plugged=np.array([True]),
+                             P_ev=np.array([7000.0])), {"state": "active"}, _plan(k), None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = Server(live_app(view, "PEMS live · car"), "127.0.0.1", port).start()
+    try:
+        with Chromium() as b:
+            page = b.open(server.url, width=1366)
+            end = time.monotonic() + 20
+            while page.evaluate("document.querySelectorAll('#cars tr').length") < 2 and time.monotonic() < end:
+                time.sleep(0.2)
+            assert page.evaluate("document.querySelector('#cars tr:nth-child(2)').textContent") == "teslaplugged in557000"
+            soc = page.evaluate("document.getElementById('battery_plot').data.find(d => d.name.startsWith('tesla')).y")
+            assert soc == [40, 45, 50, 55]
+            assert page.evaluate("document.getElementById('power_plot').data.find(d => d.name === 'tesla charging')"
+                                 ".y.length") == 4
+            assert page.layout_problems() == []
+    finally:
+        server.stop()

@@ -49,10 +49,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         per: dict[str, float] = {}
         for ctrl in dict.fromkeys(t.controller for t in todo):
             first = next(t for t in todo if t.controller == ctrl)
-            wall, row = estimate(first)
+            wall, row, how = estimate(first)
             per[ctrl] = wall
             state = "" if row.get("status") == "ok" else f" (it failed: {row.get('error')})"
-            print(f"  one task of {ctrl}: {wall:.1f} s{state}")
+            print(f"  one task of {ctrl}: {_duration(wall)} ({how}){state}")
         total = sum(per[t.controller] for t in todo)
         where = f"the cluster at {args.scheduler}" if args.scheduler else f"{n} local workers"
         print(f"{len(todo)} tasks to run: about {_duration(total)} of compute, {_duration(total / n)} on {where} "

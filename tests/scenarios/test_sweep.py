@@ -210,6 +210,12 @@ def test_a_dry_run_counts_and_times_without_running_and_kept_runs_go_under_the_o
     assert "3 tasks = battery_kwh (3) × 1 controllers" in said and "one task of rule-based:" in said
     assert "3 tasks to run: about" in said and "on 2 local workers" in said
     assert not (out / "tasks").exists() and not (out / "runs").exists()  # nothing run, nothing written
+    # a long task (a month here, a year in a sizing sweep) is timed on two slices of it, not run whole
+    (tmp_path / "m").mkdir()
+    month = sweep_file(tmp_path / "m", {"days": [30]}, controllers=["rule-based"])
+    assert main(["sweep", str(month), "--dry-run", "--workers", "1", "--out", str(tmp_path / "out-m")]) == 0
+    said = capsys.readouterr().out
+    assert "(3 and 7 days run, 30 on their line)" in said and not (tmp_path / "out-m" / "tasks").exists()
     assert main(["sweep", str(path), "--workers", "1", "--out", str(out)]) == 0
     t = table(out)
     for task in t["task"]:

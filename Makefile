@@ -43,7 +43,7 @@ $(PEERS)/.installed-stamp:     # EMHASS pins numpy<2.3, cvxpy<1.8: its own envir
 	@touch $@
 
 bench-peers: install $(PEERS)/.installed-stamp   ## EMHASS beside our controllers → out/bench-peers
-	$(VENV)/bin/pems bench winter-week --controllers rule-based,emhass,mpc,oracle --out out/bench-peers
+	$(VENV)/bin/pems bench winter-week --controllers rule-based,emhass,emhass-battery,mpc,oracle --out out/bench-peers
 
 validate: install             ## calibrate on the real buildings in ../shared/data → out/validate
 	$(PY) tools/validate.py --out out/validate

@@ -86,16 +86,19 @@ def test_year_peak_memory(benchmark):
     CasADi, pvlib, shared by every task a worker runs), the inputs, the plant and the trajectory.
 
     Measured in one session: 941 MB before the CasADi maps over every row were split into chunks (the
-    output map alone held 450 MB of work buffers), 478 MB after; 409 MB once the irradiance is
+    output map alone held 450 MB of work buffers), 478 MB after; then 353 MB: the irradiance
     disaggregated a month at a time (pvlib's sun at 200 000 fine pieces: 72 MB), the load profile
-    integrated instead of put on a minute grid (50 MB), the plant's disturbance terms made by chunks,
-    its table shared with the forecasts and only the outputs the trajectory uses computed. Issue 19
-    asked for 300 MB; what is left above the imports (≈ 175 MB) is mostly the data themselves: the
-    37 MB trajectory, the plant's 35 MB log it is made from, inputs, comfort bands, forecasts."""
+    integrated instead of put on a minute grid (50 MB), the plant's disturbance terms made by chunks
+    of 512 steps and its table shared with the forecasts, its per-step log cleared in place on a reset
+    (not made twice: 35 MB) and freed column by column as the trajectory is made from it, only the
+    outputs the trajectory uses computed, glibc's mmap threshold fixed (:mod:`pems.memory`). Issue 19
+    asked for 300 MB: what is left above the imports (≈ 120 MB) is mostly the data themselves: the
+    37 MB trajectory, inputs, comfort bands, forecasts, the plant's log while it runs."""
     import subprocess
     import sys
 
     code = ("import resource\nfrom pems.threads import limit_threads; limit_threads()\n"
+            "from pems.memory import return_freed_memory; return_freed_memory()\n"
             "from pems.scenarios.spec import load_scenario\nfrom pems.scenarios.runner import prepare, run\n"
             "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "r = run(prepare(load_scenario('year')), 'rule-based')\n"
@@ -108,4 +111,4 @@ def test_year_peak_memory(benchmark):
 
     imports, peak = benchmark.pedantic(once, rounds=1, iterations=1)
     benchmark.extra_info.update(imports_mb=round(imports), peak_mb=round(peak), run_mb=round(peak - imports))
-    assert peak - imports < 260  # the run's own part was 707 MB, then 244, now ≈ 175
+    assert peak - imports < 200  # the run's own part was 707 MB, then 244, now ≈ 120

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -169,7 +169,7 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
         if isinstance(controller, str) and callable(getattr(ctrl, "close", None)):
             ctrl.close()  # a controller made here with a process of its own (a peer): ours to end
     wall = time.perf_counter() - t_start
-    traj = trajectory(prep, plant, compute)
+    traj = trajectory(prep, plant, compute, release=True)
     bat, lim = model.house.battery, model.limits
     usable = bat.capacity_kwh * (lim.soc_max - lim.soc_min) if bat else None
     kpis = compute_kpis(traj, model.rooms, usable)
@@ -180,8 +180,19 @@ def run(prep: Prepared, controller: str | Controller, progress: ProgressFn | Non
                      x_end=plant.x.copy())
 
 
-def trajectory(prep: Prepared, plant: SimulatedHome, compute_s: np.ndarray) -> pd.DataFrame:
-    """The trajectory table (docs/reference/history.md) from the plant's log: one row per step, means over it."""
+def _root(a: np.ndarray) -> object:
+    """The array whose memory ``a`` views (``a`` itself when it owns its memory)."""
+    while isinstance(a, np.ndarray) and a.base is not None:
+        a = a.base
+    return a
+
+
+def trajectory(prep: Prepared, plant: SimulatedHome, compute_s: np.ndarray, release: bool = False) -> pd.DataFrame:
+    """The trajectory table (docs/reference/history.md) from the plant's log: one row per step, means over it.
+
+    ``release``: the plant's per-step log is consumed (its arrays dropped, its events kept) and each of
+    its arrays is freed as soon as its columns are in the table, so that a year's log and table (35 and
+    37 MB for the reference house) are not held at once; for a run that is over."""
     model, lg, n = prep.model, plant.log, plant.k
     index = prep.inputs.index[:n]
     y = plant.outputs(("P_grid", "P_bat", "P_loss"))
@@ -233,13 +244,20 @@ def trajectory(prep: Prepared, plant: SimulatedHome, compute_s: np.ndarray) -> p
     cols["shed_wh"] = lg.shed_wh[:n]
     cols["relay_switches"] = lg.relay_switches[:n]
     cols["compute_s"] = compute_s[:n]
-    # one float block made once (from a dict, pandas stacks the columns and may copy them again)
-    ints = {"relay_switches": cols.pop("relay_switches")}
+    # one float block made once (from a dict, pandas stacks the columns and may copy them again), column
+    # by column (Fortran order: a column's pages are touched only when it is written)
+    ints = {"relay_switches": cols.pop("relay_switches").copy()}
     names = list(cols)
-    block = np.empty((n, len(names)))
-    for j, c in enumerate(names):
-        block[:, j] = cols[c]
-    cols.clear()
+    order = list(range(len(names)))
+    if release:  # the log's last references are the columns' views: each array goes with its last column
+        logged = {id(a) for a in (getattr(lg, f.name) for f in fields(lg)) if isinstance(a, np.ndarray)}
+        plant.log = replace(lg, **{f.name: None for f in fields(lg) if f.name != "events"})
+        del lg, x, u, y
+        # the log's columns first, an array at a time (each freed as the table grows), then the rest
+        order.sort(key=lambda j: (id(_root(cols[names[j]])) not in logged, id(_root(cols[names[j]]))))
+    block = np.empty((n, len(names)), order="F")
+    for j in order:
+        block[:, j] = cols.pop(names[j])
     traj = pd.DataFrame(block, index=pd.DatetimeIndex(index, name="time"), columns=names, copy=False)
     for c, v in ints.items():
         traj.insert(names.index("shed_wh") + 1, c, v)

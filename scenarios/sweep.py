@@ -407,9 +407,11 @@ def run_task(task: Mapping[str, Any]) -> dict[str, Any]:
 
     Returns the task's row: ``task``, the axes, ``controller``, ``status``, ``error``, every KPI,
     ``day_after_cost``, ``wall_s``, ``worker`` (host:pid) and ``peak_rss_mb`` of the process so far."""
+    from pems.memory import return_freed_memory
     from pems.threads import limit_threads
 
     limit_threads()  # one core per task: the worker's other tasks have the others
+    return_freed_memory()  # what one task frees is the system's again, not held for the next
     t = Task(**{k: v for k, v in task.items() if k != "id"}, id=task.get("id", ""))
     trace = os.environ.get("PEMS_SWEEP_TRACE")
     if trace:  # (diagnostics: which process started which task, and how often)

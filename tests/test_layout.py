@@ -26,8 +26,8 @@ FOLDERS = {"twin": "pems.twin", "calibration": "pems.calibration", "controllers"
            "scenarios": "pems.scenarios", "live": "pems.live", "pems": "pems"}
 
 #: The base modules every package may import; every other module of ``pems/`` is the top layer.
-BASE = frozenset({"pems", "pems.errors", "pems.tomlio", "pems.reporting", "pems.threads", "pems.quiet", "pems.paths",
-                  "pems.browser"})
+BASE = frozenset({"pems", "pems.errors", "pems.tomlio", "pems.reporting", "pems.threads", "pems.memory", "pems.quiet",
+                  "pems.paths", "pems.browser"})
 
 #: Each layer and the layers it may import (itself included).
 ALLOWED = {

@@ -60,7 +60,7 @@ class AffineForm:
 
 #: Rows per CasADi map evaluation: a map over a whole year holds its work buffers for every row at
 #: once (hundreds of MB for the reference house); by chunks it holds them for a day or so.
-MAP_CHUNK = 2048
+MAP_CHUNK = 512
 
 
 def _map2(fn: ca.Function, D: np.ndarray, cols: list[int] | None = None) -> np.ndarray:

@@ -79,12 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one ``pems`` command; return its exit code."""
+    from pems.memory import return_freed_memory
     from pems.threads import limit_threads
     from pems.quiet import command_logging, quiet_libraries
 
     from pems.paths import library_caches
 
     limit_threads()  # before the solvers load: their runtimes read the limit then
+    return_freed_memory()  # a year's arrays, once freed, go back to the system (pems.memory)
     library_caches()  # before matplotlib loads: it picks its folder then
     quiet_libraries()
     command_logging()

@@ -362,10 +362,15 @@ GOOD_CALIBRATE = Case("good calibration", ("calibrate", "--history", "history.cs
 PEMS = Path(sys.executable).with_name("pems")
 
 
-def _env() -> dict[str, str]:
+def _env(xdg: Path | None = None) -> dict[str, str]:
+    """The commands' environment; with ``xdg``, state and data folders of their own there (cases run at
+    once: two live loops on the default state folder would, rightly, refuse each other). The cache stays
+    shared: a fresh one makes matplotlib build its font cache and say so."""
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONUNBUFFERED="1", COLUMNS="200")
     env.pop("PYTHONWARNINGS", None)
+    if xdg is not None:
+        env.update(XDG_STATE_HOME=str(xdg / "state"), XDG_DATA_HOME=str(xdg / "data"))
     return env
 
 
@@ -416,14 +421,14 @@ def runs(request, tmp_path_factory) -> dict[str, Ran]:
             continue
         d = tmp_path_factory.mktemp(f"cli{i}")
         case.setup(d)
-        todo.append((case, d, (_digest(d), _folders(d))))
+        todo.append((case, d, (_digest(d), _folders(d)), tmp_path_factory.mktemp(f"xdg{i}")))
     width = max(1, min(len(todo), os.cpu_count() or 1))
     out: dict[str, Ran] = {}
     running: list[tuple[Case, Path, dict, subprocess.Popen]] = []
     while todo or running:
         while todo and len(running) < width:
-            case, d, before = todo.pop(0)
-            running.append((case, d, before, subprocess.Popen([str(PEMS), *case.args], cwd=d, env=_env(),
+            case, d, before, xdg = todo.pop(0)
+            running.append((case, d, before, subprocess.Popen([str(PEMS), *case.args], cwd=d, env=_env(xdg),
                                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                                               text=True)))
         case, d, before, p = running.pop(0)

@@ -198,31 +198,40 @@ class EmhassPeer:
 
     def _replan(self, obs: Observation, fc: Forecast) -> None:
         m = self.model
-        b, lim = m.house.battery, m.limits
         # to the end of the next local day (EMHASS plans whole days), at most the forecast
         now = obs.time.tz_convert(m.house.site.timezone)
         end = (now + pd.Timedelta(days=1)).normalize() + pd.Timedelta(days=1) if now.hour >= 12 else \
             (now + pd.Timedelta(days=1)).normalize()
         n = min(int(round((end - now).total_seconds() / self.step_s)), len(fc))
-        times = fc.index[:n]
-        local = times.tz_convert(m.house.site.timezone)
+        local = fc.index[:n].tz_convert(m.house.site.timezone)
         now_heat = float(np.sum(obs.P_heat)) if obs.P_heat is not None else 0.0
-        heat = [self.heat_seen.get((t.hour, t.minute), now_heat) for t in local]
-        request = {
-            "times": [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in times.tz_convert("UTC")],
+        heat = np.asarray([self.heat_seen.get((t.hour, t.minute), now_heat) for t in local])
+        reply = self._plan_with(self._request(obs, fc, n, fc.column("P_load")[:n] + heat), obs)
+        if not reply.get("ok"):  # the inverter's own "load first" until the next plan
+            print(f"emhass: {reply.get('error')}", file=sys.stderr)
+
+    def _request(self, obs: Observation, fc: Forecast, n: int, load_w: np.ndarray) -> dict:
+        """The worker's request for the next ``n`` steps of ``fc`` (see ``bench/peers/emhass_worker.py``):
+        times, PV, ``load_w``, prices, the battery from its SOC now back to it, the grid and inverter."""
+        m = self.model
+        b, lim = m.house.battery, m.limits
+        return {
+            "times": [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in fc.index[:n].tz_convert("UTC")],
             "step_minutes": self.step_s / 60, "timezone": m.house.site.timezone,
-            "pv_w": fc.column("P_pv")[:n].tolist(),
-            "load_w": (fc.column("P_load")[:n] + np.asarray(heat)).tolist(),
+            "pv_w": fc.column("P_pv")[:n].tolist(), "load_w": np.asarray(load_w, dtype=float).tolist(),
             "price_import": fc.price_import[:n].tolist(), "price_export": fc.price_export[:n].tolist(),
             "battery": None if b is None else {
                 "capacity_kwh": b.capacity_kwh, "max_charge_w": lim.max_charge_w,
                 "max_discharge_w": lim.max_discharge_w, "soc_min": lim.soc_min, "soc_max": lim.soc_max,
-                "eta_charge": b.eta_charge,
-                "eta_discharge": b.eta_discharge},
-            "soc_init": obs.soc, "soc_final": obs.soc,
+                "eta_charge": b.eta_charge, "eta_discharge": b.eta_discharge},
+            "soc_init": obs.soc if b is not None else None, "soc_final": obs.soc if b is not None else None,
             "grid": {"import_limit_w": lim.import_limit_w, "export_limit_w": lim.export_limit_w},
             "inverter_ac_w": lim.inverter_ac_w,
         }
+
+    def _plan_with(self, request: dict, obs: Observation) -> dict:
+        """Ask the worker for a plan (timed) starting at this step; its battery plan, or none and a
+        ``fallback`` event. Returns the reply."""
         t0 = time.perf_counter()
         try:
             reply = self._ask(request)
@@ -233,10 +242,10 @@ class EmhassPeer:
         if reply.get("ok"):
             self.plan = -np.asarray(reply["p_batt_w"], dtype=float)  # EMHASS: discharge positive
         else:
-            self.plan = None  # the inverter's own "load first" until the next plan
+            self.plan = None
             self.events.append({"time": obs.time, "kind": "fallback", "controller": self.name,
                                 "reason": f"EMHASS: {reply.get('error', '?')}"})
-            print(f"emhass: {reply.get('error')}", file=sys.stderr)
+        return reply
 
     # ------------------------------------------------------------------ the rooms as thermal loads
     def _act_rooms(self, obs: Observation, fc: Forecast) -> Action:
@@ -253,9 +262,7 @@ class EmhassPeer:
 
     def _replan_rooms(self, obs: Observation, fc: Forecast) -> None:
         m = self.model
-        b, lim = m.house.battery, m.limits
         n = min(self.horizon_steps, len(fc))
-        times = fc.index[:n]
         t_out = np.asarray(fc.column("T_out")[:n], dtype=float)
         t_now = np.asarray(obs.T_room, dtype=float)
         # the loss at the plan's mean outdoor temperature, to the kelvin (EMHASS keeps a built problem
@@ -276,32 +283,12 @@ class EmhassPeer:
                           "cooling_constant": node.cooling_constant, "start_c": float(t_now[i]),
                           "min_c": np.minimum(low, t_now[i] + climb * steps).round(3).tolist(),
                           "max_c": np.maximum(high, t_now[i]).round(3).tolist()})
-        request = {
-            "times": [t.strftime("%Y-%m-%dT%H:%M:%SZ") for t in times.tz_convert("UTC")],
-            "step_minutes": self.step_s / 60, "timezone": m.house.site.timezone,
-            "pv_w": fc.column("P_pv")[:n].tolist(), "load_w": fc.column("P_load")[:n].tolist(),
-            "price_import": fc.price_import[:n].tolist(), "price_export": fc.price_export[:n].tolist(),
-            "battery": None if b is None else {
-                "capacity_kwh": b.capacity_kwh, "max_charge_w": lim.max_charge_w,
-                "max_discharge_w": lim.max_discharge_w, "soc_min": lim.soc_min, "soc_max": lim.soc_max,
-                "eta_charge": b.eta_charge, "eta_discharge": b.eta_discharge},
-            "soc_init": obs.soc if b is not None else None, "soc_final": obs.soc if b is not None else None,
-            "grid": {"import_limit_w": lim.import_limit_w, "export_limit_w": lim.export_limit_w},
-            "inverter_ac_w": lim.inverter_ac_w, "rooms": rooms, "t_out": t_out.round(3).tolist(),
-        }
-        t0 = time.perf_counter()
-        try:
-            reply = self._ask(request)
-        except (OSError, RuntimeError, json.JSONDecodeError) as exc:
-            reply = {"ok": False, "error": str(exc)}
-        self.solve_s.append(time.perf_counter() - t0)
-        self.plan_start = self.k
+        request = self._request(obs, fc, n, fc.column("P_load")[:n])
+        request.update(rooms=rooms, t_out=t_out.round(3).tolist())
+        reply = self._plan_with(request, obs)
         if reply.get("ok"):
-            self.plan = -np.asarray(reply["p_batt_w"], dtype=float)  # EMHASS: discharge positive
             self.heat_plan = np.zeros((n, m.n_rooms))
             self.heat_plan[:, heated] = np.clip(np.asarray(reply["p_heat_w"], dtype=float).T, 0.0, m.heater_w[heated])
-        else:
-            self.plan = self.heat_plan = None  # the thermostats and the inverter's own logic until the next plan
-            self.events.append({"time": obs.time, "kind": "fallback", "controller": self.name,
-                                "reason": f"EMHASS: {reply.get('error', '?')}"})
+        else:  # the thermostats and the inverter's own logic until the next plan
+            self.heat_plan = None
 

@@ -97,8 +97,7 @@ class HoldsFiles(Protocol):
 def forecast_now(fc: Forecast) -> dict[str, float]:
     """What the plan took for the step now, for the step's event: outdoor temperature [°C], PV and household
     load [W] and both prices [currency kWh⁻¹] (the forecast a decision was made on, found again in the log)."""
-    out = {name: round(float(fc.d[0, fc.d_names.index(name)]), 4) for name in ("T_out", "P_pv", "P_load")
-           if name in fc.d_names}
+    out = {name: round(float(fc.column(name)[0]), 4) for name in ("T_out", "P_pv", "P_load") if name in fc.d_names}
     out.update(price_import=round(float(fc.price_import[0]), 6), price_export=round(float(fc.price_export[0]), 6))
     return out
 

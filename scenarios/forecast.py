@@ -192,4 +192,4 @@ def forecast_provider(sc, prep) -> ForecastProvider:
         history = build_inputs(sc.house, replace(sc.input_spec(), prices="flat"), sc.start - n * sc.step, n, sc.step)
         learned = LearnedInputs(sc.house, history, prep.inputs, sc.step)
     return ForecastProvider(spec, prep.inputs, prep.model.sym.d.names, prep.comfort_low, prep.comfort_high,
-                            sc.horizon_steps, sc.step, learned, getattr(prep, "forecast_inputs", None))
+                            sc.horizon_steps, sc.step, learned, prep.forecast_inputs)

@@ -272,14 +272,15 @@ def replay_prepared(history: Any, house: Any, forecast: Any = None, comfort: Any
         fc_inputs = fc_inputs[list(model.sym.d.names)]
     prep = Prepared(sc, model, inputs, low, high, _cars_at_target(model, x0), relay0=relay0,
                     forecast_inputs=fc_inputs)
-    note = {"archived": (f"archived forecasts from {archive.source if archive else ''} ({archive.lead if archive else ''}: "
-                         "weather, window gains and PV from them; the household load as the same time a day before)"),
-            "perfect": "the measured future itself (perfect forecasts: an upper bound on what planning can save)",
+    note = {"perfect": "the measured future itself (perfect forecasts: an upper bound on what planning can save)",
             "persistence": "persistence: each hour as the same hour a day before",
             "noisy": (f"noisy forecasts standing in for archived ones: irradiance ±{forecast.sigma_irradiance:.0%} and "
                       f"load ±{forecast.sigma_load:.0%}, correlated over {forecast.correlation_hours:g} h (seed "
                       f"{forecast.seed})"),
-            "learned": "the learned forecasters, fitted on the weeks before the replay"}[forecast.model]
+            "learned": "the learned forecasters, fitted on the weeks before the replay"}.get(forecast.model, "")
+    if forecast.model == "archived":
+        note = (f"archived forecasts from {archive.source} ({archive.lead}: weather, window gains and PV from "
+                "them; the household load as the same time a day before)")
     if why:
         note += f" (no archived forecasts: {why})"
     rep = Replay(prep, actual_bill(data.iloc[: sc.n_steps], step), note, filled)

@@ -235,8 +235,7 @@ def load_sweep(path: str | Path) -> tuple[SweepSpec, list[Task]]:
             digests[key] = _content_digest(build_scenario(t, source=p))
         blob = json.dumps({"content": digests[key], "controller": t.controller, "axes": t.axes}, sort_keys=True,
                           default=str)
-        out.append(Task(t.axes, t.controller, t.scenario, t.base_dir, t.keep_dir,
-                        id=hashlib.sha1(blob.encode()).hexdigest()[:12]))
+        out.append(replace(t, id=hashlib.sha1(blob.encode()).hexdigest()[:12]))
     return spec, out
 
 
@@ -645,7 +644,7 @@ def run_sweep(spec: SweepSpec, tasks: Sequence[Task], out: Path, scheduler: str 
     t0 = time.perf_counter()
     done = finished(out, tasks)
     keep = str((out / "runs").resolve()) if spec.keep_runs else None
-    todo = [Task(t.axes, t.controller, t.scenario, t.base_dir, keep, id=t.id) for t in tasks if t.id not in done]
+    todo = [replace(t, keep_dir=keep) for t in tasks if t.id not in done]
     failed = ran = 0
     n_workers = 0
     if todo:

@@ -17,6 +17,7 @@ With inputs and disturbances held over a step ``h`` the solution is exact (Van L
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import casadi as ca
@@ -59,32 +60,33 @@ class AffineForm:
 
 
 #: Rows per CasADi map evaluation: a map over a whole year holds its work buffers for every row at
-#: once (hundreds of MB for the reference house); by chunks it holds them for a day or so.
+#: once (hundreds of MB for the reference house); by chunks it holds them for a few days.
 MAP_CHUNK = 512
 
 
+def chunked(fn: ca.Function, n: int, size: int = MAP_CHUNK) -> Iterator[tuple[int, int, ca.Function]]:
+    """``fn`` mapped over rows ``[a, b)`` of ``n``, ``size`` rows at a time: ``(a, b, mapped)`` for each
+    chunk (one mapped function for the full chunks, another for the last)."""
+    full = fn.map(size) if n >= size else None
+    for a in range(0, n, size):
+        b = min(a + size, n)
+        yield a, b, (full if b - a == size else fn.map(b - a))
+
+
 def _map2(fn: ca.Function, D: np.ndarray, cols: list[int] | None = None) -> np.ndarray:
-    n = D.shape[0]
     width = fn.size_out(0)[0] * fn.size_out(0)[1]
     cols = list(range(width)) if cols is None else list(cols)
-    out = np.empty((n, len(cols)))
-    mapped = fn.map(MAP_CHUNK) if n >= MAP_CHUNK else None
-    for a in range(0, n, MAP_CHUNK):
-        b = min(a + MAP_CHUNK, n)
-        f = mapped if b - a == MAP_CHUNK else fn.map(b - a)
+    out = np.empty((D.shape[0], len(cols)))
+    for a, b, f in chunked(fn, D.shape[0]):
         r = f(D[a:b].T)
         out[a:b] = np.asarray(r.full() if hasattr(r, "full") else r).T[:, cols]
     return out
 
 
 def _map3(fn: ca.Function, D: np.ndarray) -> np.ndarray:
-    n = D.shape[0]
     rows, cols = fn.size_out(0)
-    out = np.empty((n, rows, cols))
-    mapped = fn.map(MAP_CHUNK) if n >= MAP_CHUNK else None
-    for a in range(0, n, MAP_CHUNK):
-        b = min(a + MAP_CHUNK, n)
-        f = mapped if b - a == MAP_CHUNK else fn.map(b - a)
+    out = np.empty((D.shape[0], rows, cols))
+    for a, b, f in chunked(fn, D.shape[0]):
         blk = np.asarray(f(D[a:b].T).full())  # (rows, k * cols), blocks side by side
         out[a:b] = blk.reshape(rows, b - a, cols).transpose(1, 0, 2)
     return out

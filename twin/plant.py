@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import pandas as pd
 
-from pems.twin.linear import ModelStructureError, affine_form, zoh
+from pems.twin.linear import MAP_CHUNK, ModelStructureError, affine_form, chunked, zoh
 from pems.twin.model import HouseModel
 from pems.twin.signals import Action, Forecast, Observation
 from pems.twin.thermostat import Thermostat
@@ -127,10 +127,7 @@ class StepLog:
 
 
 #: Steps whose disturbance terms the plant makes at once (:meth:`SimulatedHome._mc`).
-MC_CHUNK = 512
-
-#: Steps per evaluation of the model's output map in :meth:`SimulatedHome.outputs` (bounds its memory).
-OUTPUT_CHUNK = 512
+MC_CHUNK = MAP_CHUNK
 
 
 class SimulatedHome:
@@ -563,13 +560,9 @@ class SimulatedHome:
         names = tuple(all_names) if names is None else tuple(names)
         cols = [all_names.index(c) for c in names]
         y = np.empty((N, len(cols)))
-        # By chunks of a day or so: CasADi's map over every step at once holds its work buffers for
-        # all of them (a year of the reference house: 450 MB for a 40 MB table).
-        chunk = OUTPUT_CHUNK
-        mapped = m.sym.g.map(chunk)
-        for a in range(0, N, chunk):
-            b = min(a + chunk, N)
-            f = mapped if b - a == chunk else m.sym.g.map(b - a)
+        # By chunks: CasADi's map over every step at once holds its work buffers for all of them (a year
+        # of the reference house: 450 MB for a 40 MB table).
+        for a, b, f in chunked(m.sym.g, N):
             D = self.D[a:b].copy()
             D[:, self._i_pv] = lg.pv[a:b]
             y[a:b] = f(lg.x_mean[a:b].T, lg.u_mean[a:b].T, D.T, m.p).full().T[:, cols]

@@ -226,7 +226,9 @@ def test_an_unforeseen_error_in_a_step_hands_the_home_back_and_the_loop_carries_
     errs = kinds(evs, "step_error")
     assert errs and all("disk on fire" in e["reason"] for e in errs)
     t_err = pd.Timestamp(errs[0]["time"])
-    assert at(prep, 1.0) <= t_err <= at(prep, 1.0) + pd.Timedelta(minutes=15)  # at the next step
+    # at the next step: the one at 01:00, or, where a loaded machine set the flag just after that step
+    # began, the one at 01:15 (a clean-clone run), each stamped as written, a settle after its start
+    assert at(prep, 1.0) <= t_err <= at(prep, 1.0) + pd.Timedelta(minutes=20)
     home = [e for e in kinds(evs, "command") if e["fallback"] and e["value"] == "home"
             and pd.Timestamp(e["time"]) >= t_err]
     assert home and all(e["sent"] for e in home)
@@ -235,7 +237,8 @@ def test_an_unforeseen_error_in_a_step_hands_the_home_back_and_the_loop_carries_
     later = [e for e in kinds(evs, "step") if pd.Timestamp(e["time"]) >= at(prep, 1.75)]
     assert later and all(e["state"] == "active" and "heat_w" in e for e in later)  # control resumed
     tr = res.trajectory
-    assert (tr.loc[t_err + pd.Timedelta(minutes=15):at(prep, 1.25), "mode_pems__a"] == 0).all()
+    # the step after the first error fails too (the fault lasts half an hour): the home ran itself through it
+    assert tr.loc[t_err.floor("15min") + pd.Timedelta(minutes=15), "mode_pems__a"] == 0
     assert tr["mode_pems__a"].iloc[-1] == 1
 
 

@@ -33,7 +33,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec, tasks = load_sweep(args.sweep)  # every task built and checked before anything runs
     done = finished(out, tasks) if out.is_dir() else set()
     axes = " × ".join(f"{k} ({len(v)})" for k, v in spec.axes.items()) or "no axes"
-    print(f"sweep {spec.name}: {len(tasks)} tasks = {axes} × {len(spec.controllers)} controllers "
+    print(f"sweep {spec.name}: {len(tasks)} tasks = {axes} × {len(spec.controllers)} controller{'s' if len(spec.controllers) != 1 else ''} "
           f"({', '.join(spec.controllers)}); {len(done)} finished in {out}")
     if args.dry_run:
         import os
@@ -63,7 +63,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def started(client, n_todo: int) -> None:
         link = getattr(client, "dashboard_link", None)
         n = len(client.scheduler_info().get("workers", {}))
-        print(f"{n_todo} tasks on {n} workers" + (f"; Dask's dashboard: {link}" if link else ""), flush=True)
+        print(f"{n_todo} tasks on {n} worker{'s' if n != 1 else ''}" + (f"; Dask's dashboard: {link}" if link else ""), flush=True)
 
     failed_rows: list[dict] = []
 

@@ -207,7 +207,7 @@ def test_a_dry_run_counts_and_times_without_running_and_kept_runs_go_under_the_o
     out = tmp_path / "out"
     assert main(["sweep", str(path), "--dry-run", "--workers", "2", "--out", str(out)]) == 0
     said = capsys.readouterr().out
-    assert "3 tasks = battery_kwh (3) × 1 controllers" in said and "one task of rule-based:" in said
+    assert "3 tasks = battery_kwh (3) × 1 controller (" in said and "one task of rule-based:" in said
     assert "3 tasks to run: about" in said and "on 2 local workers" in said
     assert not (out / "tasks").exists() and not (out / "runs").exists()  # nothing run, nothing written
     # a long task (a month here, a year in a sizing sweep) is timed on two slices of it, not run whole

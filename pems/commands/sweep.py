@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from pems.commands.arguments import CLI, output_dir
-from pems.commands.progress import progress_bar
+from pems.commands.progress import progress_bar, stderr_console
 from pems.errors import InputError
 
 
@@ -17,6 +17,19 @@ def _duration(s: float) -> str:
     if s < 5400:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
+
+
+def _task_line(row: dict, k: int, n: int, axes: list[str]) -> str:
+    """One finished task as a line: where no bar is drawn (a log, a batch job), a sweep of hours says
+    what it has done as it goes."""
+    where = ", ".join(f"{a} {row.get('axis:' + a)}" for a in axes)
+    head = f"[{k}/{n}] {row.get('controller')}" + (f" ({where})" if where else "")
+    if row.get("status") != "ok":
+        return f"{head}: failed: {row.get('error')}"
+    took = _duration(float(row.get("wall_s") or 0.0))
+    cost = row.get("cost")
+    money = f" {row['currency']}" if row.get("currency") else ""
+    return f"{head}: cost {cost:.2f}{money} in {took}" if cost is not None else f"{head}: done in {took}"
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -66,9 +79,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{n_todo} tasks on {n} worker{'s' if n != 1 else ''}" + (f"; Dask's dashboard: {link}" if link else ""), flush=True)
 
     failed_rows: list[dict] = []
+    lines = stderr_console() is None  # no bar: a line per task
 
     def on_row(row: dict, k: int, n: int) -> None:
         update(k, n)
+        if lines:
+            print(_task_line(row, k, n, list(spec.axes)), flush=True)
         if row.get("status") != "ok":
             failed_rows.append(row)
 

@@ -96,6 +96,12 @@ def test_a_sweep_on_a_local_cluster_resumes_and_records_a_failed_task(tmp_path, 
     path = sweep_file(tmp_path, {"battery_kwh": [0, 5]}, controllers=["rule-based", "mpc+correctors"])
     out = tmp_path / "out"
     assert main(["sweep", str(path), "--workers", "2", "--out", str(out)]) == 5  # one controller failed
+    said = capsys.readouterr().out.splitlines()
+    # no terminal here (a log): a line per task as it finishes, its axes, cost and time, or its error
+    done = [line for line in said if line.startswith("[")]
+    assert sorted(line[:5] for line in done) == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"], said
+    assert sum("rule-based (battery_kwh 5): cost " in line and " EUR in " in line for line in done) == 1, done
+    assert sum("mpc+correctors (battery_kwh 0): failed: " in line and "history" in line for line in done) == 1
     t = table(out)
     assert list(t["status"]) == ["ok", "failed", "ok", "failed"]
     assert t.loc[t.status == "failed", "error"].str.contains("history").all()

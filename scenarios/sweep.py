@@ -189,12 +189,27 @@ def _resolve(value: Any, base: Path) -> Any:
     return value
 
 
+def dotted_axes(axes: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Axes with TOML's nested tables as dotted names: ``house.grid.import_limit_w = [..]`` written
+    without quotes is a table in TOML, and the axis ``"house.grid.import_limit_w"`` it means."""
+    out: dict[str, Any] = {}
+    for k, v in axes.items():
+        if isinstance(v, dict):
+            out |= dotted_axes(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
 def load_sweep(path: str | Path) -> tuple[SweepSpec, list[Task]]:
     """Read a sweep file and expand it into tasks, each built and checked (exit 2 naming the key)."""
     p = Path(path)
     if not p.is_file():
         raise InputError(p, "", "sweep file not found")
-    spec = validate(SweepSpec, read_toml(p), p)
+    raw = read_toml(p)
+    if isinstance(raw.get("axes"), dict):
+        raw["axes"] = dotted_axes(raw["axes"])
+    spec = validate(SweepSpec, raw, p)
     base = p.parent.resolve()
     from pems.controllers.registry import CONTROLLERS, PEERS
 
@@ -270,6 +285,8 @@ def build_scenario(task: Task, source: Path | str | None = None) -> Any:
     except InputError as exc:
         if "scenario" in task.axes:
             raise InputError(src, "axes.scenario", exc.problems[0].message) from None
+        if source is not None and exc.problems[0].source == str(task.scenario):  # the sweep file's own key
+            raise InputError(source, "scenario", exc.problems[0].message) from None
         raise
     data = base.spec.model_dump(mode="python", exclude_unset=True)  # (only what its file set: no default warns)
     # the house as its file has it: checked_scenario adds the scenario's cars (base.house has them already)

@@ -46,6 +46,9 @@ def table(out: Path) -> pd.DataFrame:
     ({"pv_kwp": []}, "axes.pv_kwp", "at least one value"),
     ({"house.grid.import_limit_w": [-1]}, "axes.house.grid.import_limit_w", "greater than 0"),
     ({"tariff.vat": ["a lot"]}, "axes.tariff.vat", "number"),
+    # written without quotes, a dotted axis is a table in TOML: read as the axis it means
+    ({"house": {"grid": {"import_limit_w": [-1]}}}, "axes.house.grid.import_limit_w", "greater than 0"),
+    ({"tariff": {"vat": ["a lot"]}}, "axes.tariff.vat", "number"),
 ])
 def test_a_bad_axis_is_refused_before_anything_runs(tmp_path, capsys, axes, key, what):
     path = sweep_file(tmp_path, axes)
@@ -54,6 +57,14 @@ def test_a_bad_axis_is_refused_before_anything_runs(tmp_path, capsys, axes, key,
     err = capsys.readouterr().err
     assert str(path) in err and key in err and what in err, err
     assert "Traceback" not in err and not (out / "tasks").exists()
+
+
+def test_an_unknown_base_scenario_is_the_sweep_files_own_key(tmp_path, capsys):
+    path = sweep_file(tmp_path, {"battery_kwh": [0]})
+    path.write_text(path.read_text().replace('scenario = "', 'scenario = "no-such-'), encoding="utf-8")
+    assert main(["sweep", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: scenario: " in err and "not found" in err and "Traceback" not in err, err
 
 
 def test_an_unknown_controller_and_a_cluster_address_that_is_not_one(tmp_path, capsys):

@@ -42,6 +42,8 @@ KPIS: dict[str, Kpi] = {
                                "(soc_max − soc_min)); 0 without a battery."),
     "compute_s_per_step": Kpi("s", "Median wall time of the controller's act per control step."),
     "compute_s_per_step_max": Kpi("s", "Maximum wall time of the controller's act per control step."),
+    "compute_s_mean": Kpi("s", "Mean wall time of the controller's act per control step: what a controller that "
+                               "plans now and then (the oracle once, EMHASS hourly) costs a step on average."),
     "pv_kWh": Kpi("kWh", "PV delivered (after curtailment): Σ_k P_pv · Δt."),
     "load_kWh": Kpi("kWh", "Household load without heating (and without the cars): Σ_k P_load_household · Δt "
                            "(P_load without cars)."),
@@ -148,6 +150,7 @@ def compute_kpis(traj: pd.DataFrame, rooms: Sequence[str], usable_battery_kwh: f
         "battery_cycles": float(discharge / usable_battery_kwh) if usable_battery_kwh else 0.0,
         "compute_s_per_step": float(np.median(compute)),
         "compute_s_per_step_max": float(compute.max()),
+        "compute_s_mean": float(compute.mean()),
         "pv_kWh": float(pv_e),
         # the household's own (P_load also holds the cars' charging where a house has cars)
         "load_kWh": float(traj.get("P_load_household", traj["P_load"]).sum() * dt / 1000),

@@ -98,6 +98,7 @@ ROWS: tuple[Row, ...] = (
     Row("relay_switches", "Relay switches", "", fixed(0)),
     Row("compute_s_per_step", "Compute per step, median", "ms", milliseconds),
     Row("compute_s_per_step_max", "Compute per step, max", "ms", milliseconds),
+    Row("compute_s_mean", "Compute per step, mean", "ms", milliseconds),
     Row("fallbacks", "Controller fallbacks", "steps", fixed(0)),
 )
 

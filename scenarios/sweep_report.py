@@ -101,6 +101,29 @@ def table_html(df: pd.DataFrame, spec: SweepSpec, currency: str) -> str:
     return f"<table class='kpi'><tr>{head}</tr>{''.join(rows)}</table>"
 
 
+def compute_html(df: pd.DataFrame) -> str:
+    """Each controller's compute, measured in the same sweep: the mean wall time of its act per
+    control step (a controller that plans now and then, such as EMHASS hourly or the oracle once,
+    spread over every step), the median step, its longest act, and its tasks' wall time."""
+    if "compute_s_per_step" not in df.columns:
+        return ""
+    if "compute_s_mean" not in df.columns:  # rows of an older PEMS
+        df = df.assign(compute_s_mean=np.nan)
+    def cell(v: float, scale: float, digits: int) -> str:
+        return "<td>–</td>" if pd.isna(v) else f"<td>{scale * v:,.{digits}f}</td>"  # (rows of an older PEMS: –)
+
+    rows = []
+    for ctrl, g in df.groupby("controller", sort=False):
+        rows.append(f"<tr><td>{html.escape(str(ctrl))}</td><td>{len(g)}</td>"
+                    + cell(g["compute_s_mean"].mean(), 1000, 1) + cell(g["compute_s_per_step"].median(), 1000, 2)
+                    + cell(g["compute_s_per_step_max"].max(), 1, 2) + cell(g["wall_s"].sum(), 1 / 60, 1) + "</tr>")
+    return ("<h2>Compute per controller</h2><p class='note'>Measured in this sweep, each task on one worker. "
+            "Mean per step: all of a controller's planning over its runs' control steps.</p>"
+            "<table class='kpi'><tr><th>controller</th><th>tasks</th><th>mean per step<br><small>ms</small></th>"
+            "<th>median step<br><small>ms</small></th><th>longest act<br><small>s</small></th>"
+            "<th>tasks' wall time<br><small>min</small></th></tr>" + "".join(rows) + "</table>")
+
+
 def render_sweep_report(spec: SweepSpec, table: pd.DataFrame) -> str:
     ok = table[table["status"] == "ok"] if "status" in table.columns else table.iloc[:0]
     bad = table[table["status"] != "ok"] if "status" in table.columns else table
@@ -127,6 +150,7 @@ def render_sweep_report(spec: SweepSpec, table: pd.DataFrame) -> str:
             parts.append("<h2>Each controller against the oracle</h2><p class='note'>The cost above the "
                          "perfect-foresight bound on the same axes (same model and objective, the true future), "
                          "each settled with the day after.</p>" + img(oracle_figure(ok), "oracle"))
+        parts.append(compute_html(ok))
     parts.append("<h2>Every task</h2>" + table_html(table[table.get("status", "") == "ok"] if len(ok) else table,
                                                     spec, currency))
     if len(bad):

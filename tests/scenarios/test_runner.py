@@ -153,4 +153,9 @@ def test_bench_writes_kpis_csv_with_distance_to_the_oracle(tmp_path):
     assert row.loc["rule-based", "cost_gap_to_oracle"] > 0.0  # the bound is below the thermostats
     assert (tmp_path / "out" / "report.html").stat().st_size > 10_000
     assert (tmp_path / "out" / "test" / "oracle" / "trajectory.parquet").exists()
+    # the oracle plans once: its mean compute per step is that solve spread over the run's steps
+    traj = pd.read_parquet(tmp_path / "out" / "test" / "oracle" / "trajectory.parquet")
+    assert row.loc["oracle", "compute_s_mean"] == pytest.approx(traj["compute_s"].mean(), rel=1e-9)
+    assert row.loc["oracle", "compute_s_mean"] >= row.loc["oracle", "compute_s_per_step_max"] / len(traj)
+    assert row.loc["oracle", "compute_s_mean"] > 10 * row.loc["oracle", "compute_s_per_step"]
     assert frame.shape[0] == 2

@@ -120,7 +120,11 @@ def test_a_sweep_on_a_local_cluster_resumes_and_records_a_failed_task(tmp_path, 
     assert ok["cost"].notna().all() and list(ok["battery_kwh"]) == [0, 5]
     # the battery saves against none, at the house's own price of capacity
     assert ok["saving_per_year"].iloc[1] > 0 and ok["investment"].iloc[1] == pytest.approx(5 * 450.0)
-    assert (out / "report.html").read_text().count("<img") >= 2
+    report = (out / "report.html").read_text()
+    assert report.count("<img") >= 2
+    # each controller's compute, measured in the sweep (the failed controller has none)
+    compute = report.split("Compute per controller", 1)[1].split("</table>", 1)[0]
+    assert "<td>rule-based</td><td>2</td>" in compute and "mpc+correctors" not in compute
     # resumed: the finished tasks are not run again, the failed ones are tried again
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
     assert main(["sweep", str(path), "--workers", "2", "--out", str(out)]) == 5

@@ -109,8 +109,9 @@ def compute_html(df: pd.DataFrame) -> str:
         return ""
     if "compute_s_mean" not in df.columns:  # rows of an older PEMS
         df = df.assign(compute_s_mean=np.nan)
+
     def cell(v: float, scale: float, digits: int) -> str:
-        return "<td>–</td>" if pd.isna(v) else f"<td>{scale * v:,.{digits}f}</td>"  # (rows of an older PEMS: –)
+        return "<td>–</td>" if pd.isna(v) else f"<td>{scale * v:,.{digits}f}</td>"
 
     rows = []
     for ctrl, g in df.groupby("controller", sort=False):

@@ -19,6 +19,10 @@ def _duration(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def _task_line(row: dict, k: int, n: int, axes: list[str]) -> str:
     """One finished task as a line: where no bar is drawn (a log, a batch job), a sweep of hours says
     what it has done as it goes."""
@@ -46,7 +50,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec, tasks = load_sweep(args.sweep)  # every task built and checked before anything runs
     done = finished(out, tasks) if out.is_dir() else set()
     axes = " × ".join(f"{k} ({len(v)})" for k, v in spec.axes.items()) or "no axes"
-    print(f"sweep {spec.name}: {len(tasks)} tasks = {axes} × {len(spec.controllers)} controller{'s' if len(spec.controllers) != 1 else ''} "
+    print(f"sweep {spec.name}: {len(tasks)} tasks = {axes} × {_plural(len(spec.controllers), 'controller')} "
           f"({', '.join(spec.controllers)}); {len(done)} finished in {out}")
     if args.dry_run:
         import os
@@ -76,7 +80,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     def started(client, n_todo: int) -> None:
         link = getattr(client, "dashboard_link", None)
         n = len(client.scheduler_info().get("workers", {}))
-        print(f"{n_todo} tasks on {n} worker{'s' if n != 1 else ''}" + (f"; Dask's dashboard: {link}" if link else ""), flush=True)
+        print(f"{n_todo} tasks on {_plural(n, 'worker')}" + (f"; Dask's dashboard: {link}" if link else ""), flush=True)
 
     failed_rows: list[dict] = []
     lines = stderr_console() is None  # no bar: a line per task

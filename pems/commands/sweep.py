@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pems.commands.arguments import CLI, output_dir
@@ -17,6 +22,24 @@ def _duration(s: float) -> str:
     if s < 5400:
         return f"{s / 60:.0f} min"
     return f"{s / 3600:.1f} h"
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM ends the sweep as Ctrl-C does (its cluster closed, what finished kept), not halfway
+    through its clean-up; the previous handler comes back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _plural(n: int, word: str) -> str:
@@ -93,9 +116,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             failed_rows.append(row)
 
     t0 = time.perf_counter()
-    with bar:
-        res = run_sweep(spec, tasks, out, scheduler=args.scheduler, workers=args.workers, on_row=on_row,
-                        on_start=started)
+    from pems.errors import ExitCode
+
+    try:
+        with bar, _terminate_as_interrupt():
+            res = run_sweep(spec, tasks, out, scheduler=args.scheduler, workers=args.workers, on_row=on_row,
+                            on_start=started)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (kill, a batch system's time limit): the cluster is closed
+        kept = len(finished(out, tasks))
+        print(f"pems: sweep interrupted after {_duration(time.perf_counter() - t0)}; {kept} of {len(tasks)} tasks "
+              f"finished and kept in {out}: the same command resumes it", file=sys.stderr)
+        return ExitCode.INTERRUPTED
     from pems.scenarios.sweep_report import write_sweep_report
 
     write_sweep_report(out / "report.html", spec, res.table)
@@ -103,8 +134,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"  task {row['task']} ({row.get('controller')}) failed: {row.get('error')}")
     print(f"ran {res.ran} tasks ({res.failed} failed), {res.skipped} already finished, in "
           f"{_duration(time.perf_counter() - t0)}; wrote {out}/results.parquet and {out}/report.html")
-    from pems.errors import ExitCode
-
     return ExitCode.TASKS_FAILED if res.failed else 0
 
 

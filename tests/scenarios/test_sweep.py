@@ -244,3 +244,36 @@ def test_a_dry_run_counts_and_times_without_running_and_kept_runs_go_under_the_o
         assert (kept / "trajectory.parquet").is_file()
         assert json.loads((kept / "kpis.json").read_text())["cost"] == pytest.approx(
             float(t.loc[t.task == task, "cost"].iloc[0]))
+
+
+@pytest.mark.slow
+def test_a_sweep_sent_sigterm_closes_its_cluster_keeps_what_finished_and_resumes(tmp_path):
+    """``kill`` (or a batch system's time limit) ends a sweep as Ctrl-C does: exit 130, one line
+    saying what is kept, no worker process left behind; the same command then runs only the rest."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    path = sweep_file(tmp_path, {"battery_kwh": [0, 2, 4, 6, 8, 10]}, controllers=["rule-based"])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pems", "sweep", str(path), "--workers", "1", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 180
+    while not list((out / "tasks").glob("*.json")) if (out / "tasks").is_dir() else True:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    said, err = proc.communicate(timeout=60)
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
+    assert proc.returncode == 130, (said, err)
+    assert "Traceback" not in err and f"finished and kept in {out}" in err and "the same command resumes" in err, err
+    assert 1 <= len(kept) < 6
+    # the session's processes (the sweep's cluster and its workers) are gone (a zombie waits for init)
+    ps = subprocess.run(["ps", "-s", str(proc.pid), "-o", "pid=,stat=,args="], capture_output=True, text=True)
+    left = [line for line in ps.stdout.splitlines() if line.split()[1][0] != "Z"]
+    assert not left, left
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"ran {6 - len(kept)} tasks (0 failed), {len(kept)} already finished" in again.stdout
+    assert all((out / "tasks" / k).stat().st_mtime_ns == v for k, v in kept.items())

@@ -340,11 +340,7 @@ def test_a_sweeps_dry_run_times_the_oracle_on_one_whole_window_and_two(monkeypat
     for days, windows in zip(slice_days("oracle"), (1, 2)):
         n = int(round(days * 96))
         fc = random_forecast(model, n + 96, rng)  # the run and the day after it, as a sweep's oracle sees them
-        run_part = dataclasses.replace(fc, index=fc.index[:n], d=fc.d[:n], price_import=fc.price_import[:n],
-                                       price_export=fc.price_export[:n], low=fc.low[:n], high=fc.high[:n],
-                                       extras={"after": dataclasses.replace(
-                                           fc, index=fc.index[n:], d=fc.d[n:], price_import=fc.price_import[n:],
-                                           price_export=fc.price_export[n:], low=fc.low[n:], high=fc.high[n:])})
+        run_part = dataclasses.replace(oracle._rows(fc, 0, n), extras={"after": oracle._rows(fc, n, n + 96)})
         _, _, stats = solve_plan(model, 900.0, Weights(), x0, run_part, window_days=oracle.WINDOW_DAYS,
                                  commit_days=oracle.COMMIT_DAYS)
         assert stats["windows"] == windows and stats["success"], (days, stats)

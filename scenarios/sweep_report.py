@@ -150,7 +150,10 @@ def render_sweep_report(spec: SweepSpec, table: pd.DataFrame) -> str:
         if "oracle" in set(ok["controller"]) and ok["gap_to_oracle"].notna().any():
             parts.append("<h2>Each controller against the oracle</h2><p class='note'>The cost above the "
                          "perfect-foresight bound on the same axes (same model and objective, the true future), "
-                         "each settled with the day after.</p>" + img(oracle_figure(ok), "oracle"))
+                         "each settled with the day after. The oracle bounds the objective: cost plus the "
+                         "comfort penalty. Where some discomfort is unavoidable (a room the sun warms above "
+                         "its band), a controller can come out a little cheaper by being a little less "
+                         "comfortable.</p>" + img(oracle_figure(ok), "oracle"))
         parts.append(compute_html(ok))
     parts.append("<h2>Every task</h2>" + table_html(table[table.get("status", "") == "ok"] if len(ok) else table,
                                                     spec, currency))

@@ -56,6 +56,9 @@ from pems.tomlio import read_toml, validate
 #: The task files' folder and the results table in a sweep's output folder.
 TASKS_DIR = "tasks"
 RESULTS_FILE = "results.parquet"
+#: One line per run of the sweep command that had tasks to run (a sweep resumed is run in pieces):
+#: when it started and ended, on how many workers, what it ran, and whether it got to the end.
+SESSIONS_FILE = "sessions.jsonl"
 
 
 class Costs(BaseModel):
@@ -664,6 +667,8 @@ def run_sweep(spec: SweepSpec, tasks: Sequence[Task], out: Path, scheduler: str 
     todo = [replace(t, keep_dir=keep) for t in tasks if t.id not in done]
     failed = ran = 0
     n_workers = 0
+    started = pd.Timestamp.now(tz="UTC")
+    completed = False
     if todo:
         client, cluster = connect(scheduler, workers)
         try:
@@ -686,13 +691,43 @@ def run_sweep(spec: SweepSpec, tasks: Sequence[Task], out: Path, scheduler: str 
                 failed += row.get("status") != "ok"
                 if on_row is not None:
                     on_row(row, ran, len(todo))
+            completed = True
         finally:
             client.close()
             if cluster is not None:
                 cluster.close()
+            log_session(out, started, time.perf_counter() - t0, n_workers, scheduler, ran, failed, completed)
     table = with_savings(results_table(out, tasks), spec)
     table.to_parquet(out / RESULTS_FILE)
     return SweepRun(len(tasks), len(done), ran, failed, table, time.perf_counter() - t0, n_workers)
+
+
+def log_session(out: Path, started: pd.Timestamp, wall_s: float, n_workers: int, scheduler: str | None,
+                ran: int, failed: int, completed: bool) -> None:
+    """Append this run of the sweep to :data:`SESSIONS_FILE` (an interrupted one too): a sweep resumed
+    across days has its wall time as the sum of its pieces."""
+    rec = {"started": started.isoformat(), "ended": pd.Timestamp.now(tz="UTC").isoformat(), "wall_s": round(wall_s, 1),
+           "workers": n_workers, "scheduler": scheduler, "ran": ran, "failed": failed, "completed": completed}
+    try:
+        with open(out / SESSIONS_FILE, "a", encoding="utf-8") as f:
+            f.write(json.dumps(rec) + "\n")
+    except OSError as exc:  # (a full disk must not hide what ended the run)
+        logging.getLogger(__name__).warning("sweep: could not log this run in %s: %s", out / SESSIONS_FILE, exc)
+
+
+def sessions(out: Path) -> list[dict[str, Any]]:
+    """The sweep's runs so far (:func:`log_session`), oldest first; none where it never ran."""
+    try:
+        text = (out / SESSIONS_FILE).read_text(encoding="utf-8")
+    except OSError:
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:  # a line cut short by a machine that died mid-write
+            continue
+    return rows
 
 
 #: The two slices [days] a dry run times of a task more than half again as long as the second.

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pems.reporting import CSS, footer, img  # noqa: E402
-from pems.scenarios.sweep import SIZE_AXES, SweepSpec  # noqa: E402
+from pems.scenarios.sweep import SIZE_AXES, SweepSpec, sessions  # noqa: E402
 
 COLORS = {"rule-based": "#7f8c8d", "rule-based-solar": "#95a5a6", "mpc": "#2980b9", "mpc+correctors": "#8e44ad",
           "oracle": "#27ae60", "emhass": "#e67e22"}
@@ -125,14 +125,27 @@ def compute_html(df: pd.DataFrame) -> str:
             "<th>tasks' wall time<br><small>min</small></th></tr>" + "".join(rows) + "</table>")
 
 
-def render_sweep_report(spec: SweepSpec, table: pd.DataFrame) -> str:
+def sessions_text(runs: list[dict]) -> str:
+    """How long the sweep took: its runs (pieces, where it was interrupted and resumed) and their sum."""
+    runs = [r for r in runs if r.get("ran", 0) > 0 or r.get("completed")]
+    if not runs:
+        return ""
+    wall = sum(float(r.get("wall_s", 0.0)) for r in runs)
+    where = sorted({f"{r['scheduler']}" if r.get("scheduler") else f"{r.get('workers')} local workers" for r in runs})
+    hours = f"{wall / 3600:.2f} h" if wall >= 3600 else f"{wall / 60:.1f} min"
+    pieces = "one run" if len(runs) == 1 else f"{len(runs)} runs (interrupted and resumed)"
+    return f"<p class='sub'>Wall time {hours} in {pieces}, on {html.escape(', '.join(where))}.</p>"
+
+
+def render_sweep_report(spec: SweepSpec, table: pd.DataFrame, runs: list[dict] | None = None) -> str:
     ok = table[table["status"] == "ok"] if "status" in table.columns else table.iloc[:0]
     bad = table[table["status"] != "ok"] if "status" in table.columns else table
     currency = str(ok["currency"].iloc[0]) if len(ok) and "currency" in ok.columns else ""
     parts = [f"<h1>Sweep: {html.escape(spec.name)}</h1>",
              f"<p class='sub'>{len(table)} tasks ({len(ok)} finished, {len(bad)} failed or not run) on the base "
              f"scenario {html.escape(spec.scenario)}; axes: "
-             + html.escape(", ".join(f"{k} = {v}" for k, v in spec.axes.items()) or "none") + "</p>"]
+             + html.escape(", ".join(f"{k} = {v}" for k, v in spec.axes.items()) or "none") + "</p>"
+             + sessions_text(runs or [])]
     if len(ok):
         sizes = [a for a in SIZE_AXES if a in spec.axes and len(spec.axes[a]) > 1]
         for a in sizes:
@@ -167,4 +180,5 @@ def render_sweep_report(spec: SweepSpec, table: pd.DataFrame) -> str:
 
 
 def write_sweep_report(path: Path, spec: SweepSpec, table: pd.DataFrame) -> None:
-    path.write_text(render_sweep_report(spec, table), encoding="utf-8")
+    """The report of the sweep whose output folder holds ``path`` (its runs read from there)."""
+    path.write_text(render_sweep_report(spec, table, sessions(path.parent)), encoding="utf-8")

@@ -129,7 +129,12 @@ def test_a_sweep_on_a_local_cluster_resumes_and_records_a_failed_task(tmp_path, 
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
     assert main(["sweep", str(path), "--workers", "2", "--out", str(out)]) == 5
     said = capsys.readouterr().out
-    assert "ran 2 tasks (2 failed), 2 already finished" in said
+    assert "ran 2 tasks (2 failed), 2 already finished" in said and "(the sweep in all: " in said and " in 2 runs)" in said
+    # each run of the sweep is logged, so a sweep run in pieces has its wall time as their sum
+    runs = [json.loads(line) for line in (out / "sessions.jsonl").read_text().splitlines()]
+    assert [(r["ran"], r["failed"], r["workers"], r["completed"]) for r in runs] == [(4, 2, 2, True), (2, 2, 2, True)]
+    assert all(0 < r["wall_s"] < 600 and r["started"] < r["ended"] for r in runs)
+    assert "in 2 runs (interrupted and resumed), on 2 local workers" in (out / "report.html").read_text()
     again = {p.name: p.stat().st_mtime_ns for p in (out / "tasks").glob("*.json")}
     ids = dict(zip(t["task"], t["status"]))
     assert all(again[f"{k}.json"] == stamps[f"{k}.json"] for k, s in ids.items() if s == "ok")
@@ -277,3 +282,5 @@ def test_a_sweep_sent_sigterm_closes_its_cluster_keeps_what_finished_and_resumes
     assert again.returncode == 0, again.stderr
     assert f"ran {6 - len(kept)} tasks (0 failed), {len(kept)} already finished" in again.stdout
     assert all((out / "tasks" / k).stat().st_mtime_ns == v for k, v in kept.items())
+    runs = [json.loads(line) for line in (out / "sessions.jsonl").read_text().splitlines()]
+    assert [(r["ran"], r["completed"]) for r in runs] == [(len(kept), False), (6 - len(kept), True)]

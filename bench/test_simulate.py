@@ -95,12 +95,10 @@ def test_year_peak_memory(benchmark):
     asked for 300 MB: what is left above the imports (≈ 120 MB) is mostly the data themselves: the
     37 MB trajectory, inputs, comfort bands, forecasts, the plant's log while it runs. Of the resident
     peak, ≈ 147 MB are the libraries' mapped code (shared by every process that maps them); the private
-    (anonymous) peak, what a task costs a worker's memory, is ≈ 200 MB (``private_peak_mb``)."""
+    (anonymous) peak, what a task costs a worker's memory, is ≈ 210 MB (sampled in a thread) (``private_peak_mb``)."""
     import subprocess
     import sys
 
-    # The resident peak counts the libraries' mapped code (file-backed pages, shared by every process
-    # that maps them); the private (anonymous) part is what each task costs a worker: sampled apart.
     code = ("import resource, threading, time\n"
             "peak = [0]\n"
             "def anon():\n"

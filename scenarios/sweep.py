@@ -730,6 +730,13 @@ def sessions(out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def wall_time(runs: list[dict[str, Any]]) -> tuple[float, list[dict[str, Any]]]:
+    """The sweep's wall time so far [s] and the runs it took: those that finished a task (one
+    interrupted before its first lost only its own time)."""
+    worked = [r for r in runs if r.get("ran", 0) > 0]
+    return sum(float(r.get("wall_s", 0.0)) for r in worked), worked
+
+
 #: The two slices [days] a dry run times of a task more than half again as long as the second.
 SLICE_DAYS = (3.0, 7.0)
 

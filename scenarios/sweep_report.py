@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from pems.reporting import CSS, footer, img  # noqa: E402
-from pems.scenarios.sweep import SIZE_AXES, SweepSpec, sessions  # noqa: E402
+from pems.scenarios.sweep import SIZE_AXES, SweepSpec, sessions, wall_time  # noqa: E402
 
 COLORS = {"rule-based": "#7f8c8d", "rule-based-solar": "#95a5a6", "mpc": "#2980b9", "mpc+correctors": "#8e44ad",
           "oracle": "#27ae60", "emhass": "#e67e22"}
@@ -127,10 +127,9 @@ def compute_html(df: pd.DataFrame) -> str:
 
 def sessions_text(runs: list[dict]) -> str:
     """How long the sweep took: its runs (pieces, where it was interrupted and resumed) and their sum."""
-    runs = [r for r in runs if r.get("ran", 0) > 0 or r.get("completed")]
+    wall, runs = wall_time(runs)
     if not runs:
         return ""
-    wall = sum(float(r.get("wall_s", 0.0)) for r in runs)
     where = sorted({f"{r['scheduler']}" if r.get("scheduler") else f"{r.get('workers')} local workers" for r in runs})
     hours = f"{wall / 3600:.2f} h" if wall >= 3600 else f"{wall / 60:.1f} min"
     pieces = "one run" if len(runs) == 1 else f"{len(runs)} runs (interrupted and resumed)"
@@ -179,6 +178,7 @@ def render_sweep_report(spec: SweepSpec, table: pd.DataFrame, runs: list[dict] |
             f"</title><style>{CSS}</style></head><body>{''.join(parts)}{footer()}</body></html>")
 
 
-def write_sweep_report(path: Path, spec: SweepSpec, table: pd.DataFrame) -> None:
-    """The report of the sweep whose output folder holds ``path`` (its runs read from there)."""
-    path.write_text(render_sweep_report(spec, table, sessions(path.parent)), encoding="utf-8")
+def write_sweep_report(path: Path, spec: SweepSpec, table: pd.DataFrame, runs: list[dict] | None = None) -> None:
+    """The report of the sweep whose output folder holds ``path`` (its runs read from there unless given)."""
+    runs = sessions(path.parent) if runs is None else runs
+    path.write_text(render_sweep_report(spec, table, runs), encoding="utf-8")

@@ -61,7 +61,7 @@ def _task_line(row: dict, k: int, n: int, axes: list[str]) -> str:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a sweep (or, with ``--dry-run``, count its tasks and time one)."""
-    from pems.scenarios.sweep import finished, load_sweep, run_sweep, sessions
+    from pems.scenarios.sweep import finished, load_sweep, run_sweep, sessions, wall_time
 
     if args.workers is not None and args.workers < 1:
         raise InputError(CLI, "--workers", f"{args.workers}; expected 1 or more")
@@ -129,12 +129,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return ExitCode.INTERRUPTED
     from pems.scenarios.sweep_report import write_sweep_report
 
-    write_sweep_report(out / "report.html", spec, res.table)
+    logged = sessions(out)
+    write_sweep_report(out / "report.html", spec, res.table, logged)
     for row in failed_rows:
         print(f"  task {row['task']} ({row.get('controller')}) failed: {row.get('error')}")
-    runs = [r for r in sessions(out) if r.get("ran", 0) > 0]
-    so_far = (f" (the sweep in all: {_duration(sum(float(r['wall_s']) for r in runs))} in {len(runs)} runs)"
-              if len(runs) > 1 else "")
+    wall, runs = wall_time(logged)
+    so_far = f" (the sweep in all: {_duration(wall)} in {len(runs)} runs)" if len(runs) > 1 else ""
     print(f"ran {res.ran} tasks ({res.failed} failed), {res.skipped} already finished, in "
           f"{_duration(time.perf_counter() - t0)}{so_far}; wrote {out}/results.parquet and {out}/report.html")
     return ExitCode.TASKS_FAILED if res.failed else 0

@@ -265,7 +265,7 @@ def test_a_sweep_sent_sigterm_closes_its_cluster_keeps_what_finished_and_resumes
     cmd = [sys.executable, "-m", "pems", "sweep", str(path), "--workers", "1", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.monotonic() + 180
-    while not list((out / "tasks").glob("*.json")) if (out / "tasks").is_dir() else True:
+    while not any((out / "tasks").glob("*.json")):  # (nothing while the folder does not exist yet)
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)

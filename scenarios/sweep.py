@@ -496,6 +496,59 @@ def finished(out: Path, tasks: Sequence[Task]) -> set[str]:
     return done
 
 
+@dataclass(frozen=True)
+class Merged:
+    """What :func:`merge_finished` took from another output folder of the same sweep."""
+
+    source: Path
+    copied: int  # finished tasks copied in
+    already: int  # finished here too: this folder's own are kept
+    foreign: int  # not tasks of this sweep (another sweep, or an edited house, file or PEMS)
+    unfinished: int  # failed or cut short there: they run here
+    runs: int  # runs of the command logged there, added to this folder's log
+
+
+def merge_finished(out: Path, tasks: Sequence[Task], source: Path, dry_run: bool = False) -> Merged:
+    """Copy the finished tasks of this sweep from ``source`` (the output folder of a piece of it run
+    elsewhere: another machine, a cluster without a shared disk) into ``out``, with the log of its
+    runs, so that ``out`` resumes from both and its table and report hold every piece.
+
+    A task's id is a hash of what it runs, so a file from another sweep or from an edited house is
+    not taken; nothing in ``out`` is overwritten. ``dry_run``: count, copy nothing."""
+    ids = {t.id for t in tasks}
+    if not (source / TASKS_DIR).is_dir():
+        raise InputError(str(source), "--merge", f"expected the output folder of a sweep (with {TASKS_DIR}/ in it)")
+    if out.exists() and source.resolve() == out.resolve():
+        raise InputError(str(source), "--merge", "is the output folder itself; expected another sweep's output")
+    here_done = finished(out, tasks) if out.is_dir() else set()
+    copied = already = foreign = unfinished = 0
+    for path in sorted((source / TASKS_DIR).glob("*.json")):
+        try:
+            row = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            unfinished += 1  # cut short there: runs here
+            continue
+        if row.get("task") not in ids:
+            foreign += 1
+        elif row.get("status") != "ok":
+            unfinished += 1
+        elif row["task"] in here_done:
+            already += 1
+        else:
+            copied += 1
+            if not dry_run:
+                (out / TASKS_DIR).mkdir(parents=True, exist_ok=True)
+                save_row(out, row)  # (atomic: a merge cut short leaves no half file)
+    here = {(r.get("started"), r.get("ended")) for r in sessions(out)}
+    theirs = [r for r in sessions(source) if (r.get("started"), r.get("ended")) not in here]
+    if theirs and not dry_run:
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / SESSIONS_FILE, "a", encoding="utf-8") as f:
+            for r in theirs:
+                f.write(json.dumps({**r, "merged_from": str(source.resolve())}) + "\n")
+    return Merged(source, copied, already, foreign, unfinished, len(theirs))
+
+
 def save_row(out: Path, row: Mapping[str, Any]) -> None:
     """One task's row, written atomically (a sweep killed meanwhile leaves no half file)."""
     path = task_path(out, row["task"])

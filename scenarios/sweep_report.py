@@ -132,7 +132,9 @@ def sessions_text(runs: list[dict]) -> str:
         return ""
     where = sorted({f"{r['scheduler']}" if r.get("scheduler") else f"{r.get('workers')} local workers" for r in runs})
     hours = f"{wall / 3600:.2f} h" if wall >= 3600 else f"{wall / 60:.1f} min"
-    pieces = "one run" if len(runs) == 1 else f"{len(runs)} runs (interrupted and resumed)"
+    merged = any(r.get("merged_from") for r in runs)
+    pieces = ("one run" if len(runs) == 1 else f"{len(runs)} runs (pieces run apart and merged: the sum of their wall times)"
+              if merged else f"{len(runs)} runs (interrupted and resumed)")
     return f"<p class='sub'>Wall time {hours} in {pieces}, on {html.escape(', '.join(where))}.</p>"
 
 

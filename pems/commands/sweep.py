@@ -59,9 +59,19 @@ def _task_line(row: dict, k: int, n: int, axes: list[str]) -> str:
     return f"{head}: cost {cost:.2f}{money} in {took}" if cost is not None else f"{head}: done in {took}"
 
 
+def _merged_line(m, dry_run: bool) -> str:
+    """What a ``--merge`` took from another output folder."""
+    notes = [f"{n} {what}" for n, what in ((m.already, "finished here too: kept as they are"),
+                                            (m.foreign, "not of this sweep"),
+                                            (m.unfinished, "unfinished: they run here")) if n]
+    runs = f"; {_plural(m.runs, 'run')} of the command logged there" if m.runs else ""
+    return (f"{'would merge' if dry_run else 'merged'} {_plural(m.copied, 'finished task')} from {m.source}"
+            + (f" ({'; '.join(notes)})" if notes else "") + runs)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run a sweep (or, with ``--dry-run``, count its tasks and time one)."""
-    from pems.scenarios.sweep import finished, load_sweep, run_sweep, sessions, wall_time
+    from pems.scenarios.sweep import finished, load_sweep, merge_finished, run_sweep, sessions, wall_time
 
     if args.workers is not None and args.workers < 1:
         raise InputError(CLI, "--workers", f"{args.workers}; expected 1 or more")
@@ -71,6 +81,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise InputError(CLI, "--scheduler", f"{args.scheduler!r}; expected an address like tcp://HOST:8786")
     out = output_dir(args.out, writes=("results.parquet", "report.html"), inputs={"SWEEP": args.sweep})
     spec, tasks = load_sweep(args.sweep)  # every task built and checked before anything runs
+    for src in args.merge or []:
+        print(_merged_line(merge_finished(out, tasks, Path(src), dry_run=args.dry_run), args.dry_run))
     done = finished(out, tasks) if out.is_dir() else set()
     axes = " × ".join(f"{k} ({len(v)})" for k, v in spec.axes.items()) or "no axes"
     print(f"sweep {spec.name}: {len(tasks)} tasks = {axes} × {_plural(len(spec.controllers), 'controller')} "
@@ -147,5 +159,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--scheduler", help="a Dask scheduler's address (tcp://HOST:8786); default: a local cluster")
     s.add_argument("--workers", type=int, help="local worker processes (default: this machine's cores)")
     s.add_argument("--dry-run", action="store_true", help="count the tasks and time one of each controller; run nothing")
+    s.add_argument("--merge", action="append", metavar="DIR",
+                   help="first take the finished tasks of this sweep from another output folder (a piece run "
+                        "elsewhere), with the log of its runs; repeatable")
     s.add_argument("--out", default="out/sweep", help="output folder; a sweep run again there resumes (default: out/sweep)")
     s.set_defaults(func=cmd_sweep)

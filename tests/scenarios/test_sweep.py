@@ -140,6 +140,48 @@ def test_a_sweep_on_a_local_cluster_resumes_and_records_a_failed_task(tmp_path, 
     assert all(again[f"{k}.json"] == stamps[f"{k}.json"] for k, s in ids.items() if s == "ok")
 
 
+def test_a_sweep_run_in_pieces_apart_is_merged_into_one_table_without_running_them_again(tmp_path, capsys):
+    """A piece of a sweep run in another folder (another machine, no shared disk): ``--merge`` takes
+    its finished tasks and the log of its runs, so only the rest runs and the table holds both; a
+    file of another sweep or an unfinished task is not taken, nothing here is overwritten, a dry run
+    copies nothing, and a folder that is not a sweep's output is refused with the flag named."""
+    piece = sweep_file(tmp_path, {"battery_kwh": [0]}, controllers=["rule-based"])
+    piece = piece.rename(tmp_path / "piece.toml")
+    whole = sweep_file(tmp_path, {"battery_kwh": [0, 5]}, controllers=["rule-based"])
+    elsewhere, here = tmp_path / "elsewhere", tmp_path / "here"
+    assert main(["sweep", str(piece), "--workers", "1", "--out", str(elsewhere)]) == 0
+    (elsewhere / "tasks" / "0123456789ab.json").write_text(json.dumps({"task": "0123456789ab", "status": "ok"}))
+    capsys.readouterr()
+    # a dry run says what it would take and copies nothing
+    assert main(["sweep", str(whole), "--dry-run", "--merge", str(elsewhere), "--out", str(here)]) == 0
+    said = capsys.readouterr().out
+    assert f"would merge 1 finished task from {elsewhere} (1 not of this sweep); 1 run of the command" in said, said
+    assert not here.exists()
+    assert main(["sweep", str(whole), "--workers", "1", "--merge", str(elsewhere), "--out", str(here)]) == 0
+    said = capsys.readouterr().out
+    assert f"merged 1 finished task from {elsewhere} (1 not of this sweep)" in said, said
+    assert "ran 1 tasks (0 failed), 1 already finished" in said and "(the sweep in all: " in said
+    t = table(here)
+    assert list(t["battery_kwh"]) == [0, 5] and (t["status"] == "ok").all()
+    first = t["task"].iloc[0]
+    assert (here / "tasks" / f"{first}.json").read_text() == (elsewhere / "tasks" / f"{first}.json").read_text()
+    assert not (here / "tasks" / "0123456789ab.json").exists()
+    runs = [json.loads(line) for line in (here / "sessions.jsonl").read_text().splitlines()]
+    assert [r["ran"] for r in runs] == [1, 1] and runs[0]["merged_from"] == str(elsewhere.resolve())
+    assert "pieces run apart and merged" in (here / "report.html").read_text()
+    # merged again: its task is finished here too (kept as it is), its run already logged
+    stamp = (here / "tasks" / f"{first}.json").stat().st_mtime_ns
+    assert main(["sweep", str(whole), "--workers", "1", "--merge", str(elsewhere), "--out", str(here)]) == 0
+    said = capsys.readouterr().out
+    assert "merged 0 finished tasks from" in said and "1 finished here too" in said and " run of " not in said
+    assert (here / "tasks" / f"{first}.json").stat().st_mtime_ns == stamp
+    assert len((here / "sessions.jsonl").read_text().splitlines()) == 2
+    for bad in (tmp_path / "nothing-here", here):
+        assert main(["sweep", str(whole), "--merge", str(bad), "--out", str(here)]) == 2
+        err = capsys.readouterr().err
+        assert "--merge" in err and str(bad) in err and "Traceback" not in err, err
+
+
 @pytest.mark.slow
 @pytest.mark.service
 def test_the_same_table_on_a_local_cluster_and_on_a_real_scheduler_with_two_workers(tmp_path):

@@ -132,9 +132,12 @@ def sessions_text(runs: list[dict]) -> str:
         return ""
     where = sorted({f"{r['scheduler']}" if r.get("scheduler") else f"{r.get('workers')} local workers" for r in runs})
     hours = f"{wall / 3600:.2f} h" if wall >= 3600 else f"{wall / 60:.1f} min"
-    merged = any(r.get("merged_from") for r in runs)
-    pieces = ("one run" if len(runs) == 1 else f"{len(runs)} runs (pieces run apart and merged: the sum of their wall times)"
-              if merged else f"{len(runs)} runs (interrupted and resumed)")
+    if len(runs) == 1:
+        pieces = "one run"
+    elif any(r.get("merged_from") for r in runs):  # pieces that may have run at once on other machines
+        pieces = f"{len(runs)} runs (pieces run apart and merged: the sum of their wall times)"
+    else:
+        pieces = f"{len(runs)} runs (interrupted and resumed)"
     return f"<p class='sub'>Wall time {hours} in {pieces}, on {html.escape(', '.join(where))}.</p>"
 
 

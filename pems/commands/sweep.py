@@ -10,10 +10,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pems.commands.arguments import CLI, output_dir
 from pems.commands.progress import progress_bar, stderr_console
 from pems.errors import InputError
+
+if TYPE_CHECKING:
+    from pems.scenarios.sweep import Merged
 
 
 def _duration(s: float) -> str:
@@ -59,7 +63,7 @@ def _task_line(row: dict, k: int, n: int, axes: list[str]) -> str:
     return f"{head}: cost {cost:.2f}{money} in {took}" if cost is not None else f"{head}: done in {took}"
 
 
-def _merged_line(m, dry_run: bool) -> str:
+def _merged_line(m: Merged, dry_run: bool) -> str:
     """What a ``--merge`` took from another output folder."""
     notes = [f"{n} {what}" for n, what in ((m.already, "finished here too: kept as they are"),
                                             (m.foreign, "not of this sweep"),

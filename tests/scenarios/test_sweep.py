@@ -151,21 +151,27 @@ def test_a_sweep_run_in_pieces_apart_is_merged_into_one_table_without_running_th
     elsewhere, here = tmp_path / "elsewhere", tmp_path / "here"
     assert main(["sweep", str(piece), "--workers", "1", "--out", str(elsewhere)]) == 0
     (elsewhere / "tasks" / "0123456789ab.json").write_text(json.dumps({"task": "0123456789ab", "status": "ok"}))
+    from pems.scenarios.sweep import load_sweep
+
+    bigger = load_sweep(whole)[1][1].id  # battery 5: failed there, so it runs here
+    (elsewhere / "tasks" / f"{bigger}.json").write_text(json.dumps({"task": bigger, "status": "failed"}))
     capsys.readouterr()
     # a dry run says what it would take and copies nothing
     assert main(["sweep", str(whole), "--dry-run", "--merge", str(elsewhere), "--out", str(here)]) == 0
     said = capsys.readouterr().out
-    assert f"would merge 1 finished task from {elsewhere} (1 not of this sweep); 1 run of the command" in said, said
+    assert (f"would merge 1 finished task from {elsewhere} (1 not of this sweep; 1 unfinished: they run here); "
+            "1 run of the command") in said, said
     assert not here.exists()
     assert main(["sweep", str(whole), "--workers", "1", "--merge", str(elsewhere), "--out", str(here)]) == 0
     said = capsys.readouterr().out
-    assert f"merged 1 finished task from {elsewhere} (1 not of this sweep)" in said, said
+    assert f"merged 1 finished task from {elsewhere} (1 not of this sweep; 1 unfinished" in said, said
     assert "ran 1 tasks (0 failed), 1 already finished" in said and "(the sweep in all: " in said
     t = table(here)
     assert list(t["battery_kwh"]) == [0, 5] and (t["status"] == "ok").all()
     first = t["task"].iloc[0]
     assert (here / "tasks" / f"{first}.json").read_text() == (elsewhere / "tasks" / f"{first}.json").read_text()
     assert not (here / "tasks" / "0123456789ab.json").exists()
+    assert json.loads((here / "tasks" / f"{bigger}.json").read_text())["status"] == "ok"  # run here
     runs = [json.loads(line) for line in (here / "sessions.jsonl").read_text().splitlines()]
     assert [r["ran"] for r in runs] == [1, 1] and runs[0]["merged_from"] == str(elsewhere.resolve())
     assert "pieces run apart and merged" in (here / "report.html").read_text()

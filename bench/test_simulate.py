@@ -95,7 +95,7 @@ def test_year_peak_memory(benchmark):
     asked for 300 MB: what is left above the imports (≈ 120 MB) is mostly the data themselves: the
     37 MB trajectory, inputs, comfort bands, forecasts, the plant's log while it runs. Of the resident
     peak, ≈ 147 MB are the libraries' mapped code (shared by every process that maps them); the private
-    (anonymous) peak, what a task costs a worker's memory, is ≈ 210 MB (sampled in a thread) (``private_peak_mb``)."""
+    (anonymous) peak, what a task costs a worker's memory, is ≈ 210 MB (``private_peak_mb``, sampled in a thread)."""
     import subprocess
     import sys
 

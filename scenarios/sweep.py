@@ -521,7 +521,8 @@ def merge_finished(out: Path, tasks: Sequence[Task], source: Path, dry_run: bool
     if out.exists() and source.resolve() == out.resolve():
         raise InputError(str(source), "--merge", "is the output folder itself; expected another sweep's output")
     here_done = finished(out, tasks) if out.is_dir() else set()
-    copied = already = foreign = unfinished = 0
+    take: list[dict[str, Any]] = []
+    already = foreign = unfinished = 0
     for path in sorted((source / TASKS_DIR).glob("*.json")):
         try:
             row = json.loads(path.read_text(encoding="utf-8"))
@@ -535,18 +536,15 @@ def merge_finished(out: Path, tasks: Sequence[Task], source: Path, dry_run: bool
         elif row["task"] in here_done:
             already += 1
         else:
-            copied += 1
-            if not dry_run:
-                (out / TASKS_DIR).mkdir(parents=True, exist_ok=True)
-                save_row(out, row)  # (atomic: a merge cut short leaves no half file)
+            take.append(row)
     here = {(r.get("started"), r.get("ended")) for r in sessions(out)}
     theirs = [r for r in sessions(source) if (r.get("started"), r.get("ended")) not in here]
-    if theirs and not dry_run:
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / SESSIONS_FILE, "a", encoding="utf-8") as f:
-            for r in theirs:
-                f.write(json.dumps({**r, "merged_from": str(source.resolve())}) + "\n")
-    return Merged(source, copied, already, foreign, unfinished, len(theirs))
+    if not dry_run and (take or theirs):
+        (out / TASKS_DIR).mkdir(parents=True, exist_ok=True)
+        for row in take:
+            save_row(out, row)  # (atomic: a merge cut short leaves no half file)
+        _append_runs(out, [{**r, "merged_from": str(source.resolve())} for r in theirs])
+    return Merged(source, len(take), already, foreign, unfinished, len(theirs))
 
 
 def save_row(out: Path, row: Mapping[str, Any]) -> None:
@@ -762,10 +760,16 @@ def log_session(out: Path, started: pd.Timestamp, wall_s: float, n_workers: int,
     rec = {"started": started.isoformat(), "ended": pd.Timestamp.now(tz="UTC").isoformat(), "wall_s": round(wall_s, 1),
            "workers": n_workers, "scheduler": scheduler, "ran": ran, "failed": failed, "completed": completed}
     try:
-        with open(out / SESSIONS_FILE, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        _append_runs(out, [rec])
     except OSError as exc:  # (a full disk must not hide what ended the run)
         logging.getLogger(__name__).warning("sweep: could not log this run in %s: %s", out / SESSIONS_FILE, exc)
+
+
+def _append_runs(out: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Append runs of the sweep command to :data:`SESSIONS_FILE`, a JSON line each."""
+    if records:
+        with open(out / SESSIONS_FILE, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in records)
 
 
 def sessions(out: Path) -> list[dict[str, Any]]:

@@ -533,8 +533,13 @@ def test_an_inverter_clock_an_hour_behind_gets_its_slots_in_its_own_time(prep, b
     assert len(said) == 1 and "-60 min off" in said[0]["problem"], said
     modes = [e for e in r.emu.events() if e.get("device") == "inverter" and e.get("kind") == "mode"]
     first = [e for e in modes if e["mode"] == "battery_first"]
-    assert first and t1 <= first[0]["time"] <= t1 + pd.Timedelta(minutes=2), modes  # in the step planned
-    assert res.trajectory.loc[t1, "P_bat"] > 0.8 * 1000.0  # it charged as commanded over that step
+    step = pd.Timedelta(minutes=15)
+    # in the step planned (an hour off would be at t1 ± 1 h); how far into it is the write's latency,
+    # a few home minutes at 1000× on a loaded machine (0.1 s of wall time is 1.7 min here)
+    assert first and t1 <= first[0]["time"] < t1 + step, modes
+    in_force = (t1 + step - first[0]["time"]) / step  # the share of the step battery first held
+    # it charged at the commanded 1 kW while the slot was in force (the step's mean power)
+    assert res.trajectory.loc[t1, "P_bat"] > 0.8 * 1000.0 * in_force, (res.trajectory.loc[t1, "P_bat"], in_force)
     local = t1.tz_convert(prep.model.house.site.timezone) - pd.Timedelta(hours=1)
     starts = [e for e in kinds(evs, "command") if e["device"] == "growatt" and e["sent"]
               and e["target"] == "bat_first_slot1_start"]

@@ -145,15 +145,16 @@ def test_a_sweep_run_in_pieces_apart_is_merged_into_one_table_without_running_th
     its finished tasks and the log of its runs, so only the rest runs and the table holds both; a
     file of another sweep or an unfinished task is not taken, nothing here is overwritten, a dry run
     copies nothing, and a folder that is not a sweep's output is refused with the flag named."""
+    from pems.scenarios.sweep import load_sweep
+
     piece = sweep_file(tmp_path, {"battery_kwh": [0]}, controllers=["rule-based"])
     piece = piece.rename(tmp_path / "piece.toml")
     whole = sweep_file(tmp_path, {"battery_kwh": [0, 5]}, controllers=["rule-based"])
     elsewhere, here = tmp_path / "elsewhere", tmp_path / "here"
     assert main(["sweep", str(piece), "--workers", "1", "--out", str(elsewhere)]) == 0
     (elsewhere / "tasks" / "0123456789ab.json").write_text(json.dumps({"task": "0123456789ab", "status": "ok"}))
-    from pems.scenarios.sweep import load_sweep
-
-    bigger = load_sweep(whole)[1][1].id  # battery 5: failed there, so it runs here
+    _, tasks = load_sweep(whole)
+    bigger = tasks[1].id  # battery 5: failed there, so it runs here
     (elsewhere / "tasks" / f"{bigger}.json").write_text(json.dumps({"task": bigger, "status": "failed"}))
     capsys.readouterr()
     # a dry run says what it would take and copies nothing

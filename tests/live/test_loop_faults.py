@@ -217,9 +217,11 @@ def test_an_unforeseen_error_in_a_step_hands_the_home_back_and_the_loop_carries_
     def inject(r):
         failing = Failing(r.loop.forecast)
         r.loop.forecast = failing
-        assert r.emu.wait_until(at(prep, 1.0), timeout=60)
+        # set and cleared between steps (a step starts every 15 min: at 1.0 h or 1.5 h the flag races
+        # the step that starts then), so exactly the steps at 01:00 and 01:15 fail
+        assert r.emu.wait_until(at(prep, 0.9), timeout=60)
         failing.fail = True
-        assert r.emu.wait_until(at(prep, 1.5), timeout=60)
+        assert r.emu.wait_until(at(prep, 1.4), timeout=60)
         failing.fail = False
 
     res, evs = _fault_run(prep, broker, tmp_path, inject)

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from pems.scenarios.spec import ForecastSpec
+from pems.twin.inputs import columns_array
 from pems.twin.signals import Forecast
 
 
@@ -37,7 +38,7 @@ class ForecastProvider:
         self.spec = spec
         self.d_names = tuple(d_names)
         self.index = inputs.index
-        self.D = inputs[list(self.d_names)].to_numpy(dtype=float)
+        self.D = columns_array(inputs, self.d_names)  # the inputs' own memory where it can be
         self.price_import = inputs["price_import"].to_numpy(dtype=float)
         self.price_export = inputs["price_export"].to_numpy(dtype=float)
         self.rooms = tuple(comfort_low.columns)

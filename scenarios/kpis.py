@@ -125,11 +125,15 @@ def compute_kpis(traj: pd.DataFrame, rooms: Sequence[str], usable_battery_kwh: f
     dt = step_hours(pd.DatetimeIndex(traj.index))
     grid = traj["P_grid"].to_numpy()
     imp, exp_ = np.clip(grid, 0, None), np.clip(-grid, 0, None)
-    T = traj[[f"T_room__{r}" for r in rooms]].to_numpy()
-    lo = traj[[f"T_set_low__{r}" for r in rooms]].to_numpy()
-    hi = traj[[f"T_set_high__{r}" for r in rooms]].to_numpy()
-    dis = float((np.clip(lo - T, 0, None) + np.clip(T - hi, 0, None)).sum() * dt)
-    heat = traj[[f"P_heat__{r}" for r in rooms]].sum(axis=1).to_numpy()
+    # room by room: a column of the table is a view, a list of them a copy (a year of 17 rooms: 5 MB
+    # each, and as much again for every temporary made from them)
+    dis_k, heat = 0.0, np.zeros(len(traj))
+    for r in rooms:
+        T = traj[f"T_room__{r}"].to_numpy()
+        dis_k += float(np.clip(traj[f"T_set_low__{r}"].to_numpy() - T, 0, None).sum()
+                       + np.clip(T - traj[f"T_set_high__{r}"].to_numpy(), 0, None).sum())
+        heat += traj[f"P_heat__{r}"].to_numpy()
+    dis = dis_k * dt
     pv = traj["P_pv"].to_numpy()
     consumption = traj["P_load"].to_numpy() + heat + traj["P_loss"].to_numpy()
     pv_e, imp_e, exp_e = pv.sum() * dt / 1000, imp.sum() * dt / 1000, exp_.sum() * dt / 1000

@@ -8,6 +8,7 @@ means over each step (prices: in force at its start), so step energies are exact
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,9 +213,33 @@ def _build(house: House, spec: InputSpec, start: pd.Timestamp, n_steps: int, ste
         out[c] = w[c]
     req = index[min(required, n_steps) - 1]
     out = out.join(prices_at(spec.prices, index, house.site, spec.tariff, spec.base_dir, required_until=req))
+    # one block of floats, its columns in this order: the model's disturbances are then a view of it
+    # (:func:`columns_array`), not a second table (a year of the reference house: 12 MB)
+    out = pd.DataFrame({c: out[c].to_numpy() for c in out.columns}, index=out.index)
     out.attrs["sun_site"] = sun_site.model_dump()
     out.attrs["weather_source"] = weather.source
     out.attrs["weather_alignment"] = weather.alignment
+    return out
+
+
+def columns_array(frame: pd.DataFrame, names: Sequence[str]) -> np.ndarray:
+    """``frame[names]`` as an array of floats (rows × names), read-only.
+
+    A view of the frame's memory where its columns hold ``names`` side by side in one block of floats
+    (as :func:`build_inputs` makes them), else a copy: the forecasts and the plant read a year of
+    disturbances without holding them twice."""
+    names = list(names)
+    cols = list(frame.columns)
+    i = cols.index(names[0]) if names and names[0] in cols else -1
+    out = None
+    if i >= 0 and cols[i:i + len(names)] == names:
+        whole = frame.iloc[:, i:i + len(names)].to_numpy(dtype=float, copy=False)
+        if np.shares_memory(whole, frame[names[0]].to_numpy(copy=False)):
+            out = whole
+    if out is None:
+        out = frame[names].to_numpy(dtype=float)
+    out = out.view()
+    out.flags.writeable = False
     return out
 
 

@@ -15,7 +15,7 @@ from helpers import shared_data, two_rooms
 from pems.errors import InputError
 from pems.scenarios.spec import load_scenario
 from pems.twin.house import House, Site
-from pems.twin.inputs import InputSpec, build_inputs
+from pems.twin.inputs import InputSpec, build_inputs, columns_array
 from pems.twin.load import h25, load_csv
 from pems.twin.model import build_model
 from pems.twin.prices import Tariff, prices_at
@@ -444,6 +444,26 @@ def test_winter_week_inputs_cover_every_model_disturbance():
     assert (out["P_pv"].to_numpy()[deep_night] == 0).all()
     assert out["P_pv"].max() > 0  # and something by day
     assert out["P_pv"].max() <= sc.house.inverter.ac_limit_w + 1e-6
+
+
+def test_the_model_disturbances_are_read_from_the_inputs_own_memory_and_cannot_be_written():
+    """A year's disturbances are held once: the forecasts' and the plant's table is a view of the inputs
+    where their columns lie side by side in one block, equal to the columns themselves; elsewhere a copy."""
+    sc = load_scenario("winter-week")
+    names = build_model(sc.house).sym.d.names
+    out = build_inputs(sc.house, sc.input_spec(), sc.start, sc.n_steps, sc.step)
+    d = columns_array(out, names)
+    assert np.shares_memory(d, out["T_out"].to_numpy())
+    np.testing.assert_array_equal(d, out[list(names)].to_numpy())
+    with pytest.raises(ValueError):
+        d[0, 0] = 99.0
+    assert out["T_out"].iloc[0] != 99.0
+    # columns out of the frame's order (or a frame of many blocks): a copy, the same numbers
+    shuffled = [*names[1::2], *names[::2]]
+    d2 = columns_array(out, shuffled)
+    assert not np.shares_memory(d2, out.to_numpy())
+    np.testing.assert_array_equal(d2, out[shuffled].to_numpy())
+    assert not d2.flags.writeable
 
 
 def _max_elevation_over_steps(index: pd.DatetimeIndex, step: pd.Timedelta, site: Site) -> np.ndarray:

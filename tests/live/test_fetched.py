@@ -298,7 +298,8 @@ def test_the_loop_on_forecasts_from_influxdb_runs_as_on_the_same_files(prep, bro
         b = commands(influx, weather="influx", prices="influx",
                      influx={"url": base.replace("http", "influx") + "/home"})
     both = sorted(set(a) & set(b))
-    assert len(both) >= 8
+    assert len(both) >= 8, (f"steps with a command: {len(a)} on files, {len(b)} on influx; "
+                            f"first {sorted(a)[:2]} / {sorted(b)[:2]}")
     # What each step was planned on: the same forecast, step for step (the loop's clock is the emulator's,
     # so the steps' times are the same in both runs).
     for t in both:

@@ -258,14 +258,11 @@ def trajectory(prep: Prepared, plant: SimulatedHome, compute_s: np.ndarray, rele
         # the log's columns first, an array at a time (each freed as the table grows), then the rest;
         # of the log's arrays first those that free the most for what they add (the state at each
         # step's end gives the table the battery's column: its 10 MB go for 0.3)
-        size = {id(_root(cols[c])): _root(cols[c]).nbytes for c in names}  # sizes only: no reference kept
-        taken = Counter(id(_root(cols[c])) for c in names)
-
-        def key(j: int) -> tuple[bool, int, int]:
-            i = id(_root(cols[names[j]]))
-            return i not in logged, taken[i] * 8 * n - size[i], i
-
-        order.sort(key=key)
+        root = [_root(cols[c]) for c in names]
+        rid, size = [id(r) for r in root], {id(r): r.nbytes for r in root}  # ids and sizes: no reference kept
+        del root
+        taken = Counter(rid)
+        order.sort(key=lambda j: (rid[j] not in logged, taken[rid[j]] * 8 * n - size[rid[j]], rid[j]))
     with small_pages():  # filled in no order of its pages: each page resident only once written
         block = np.empty((n, len(names)), order="F")
     for j in order:

@@ -91,8 +91,13 @@ class _EmulatedHome(LoxoneHomeMqtt):
 
     _id_prefix = "pems-emulator"
 
-    def publish_raw(self, topic: str, payload: str, retain: bool | None = None, qos: int | None = None) -> bool:
-        """Publish one message as is (default: the layout's state QoS and retain flag)."""
+    def publish_raw(self, topic: str, payload: str, retain: bool | None = None, qos: int | None = None,
+                    wait_s: float | None = None) -> bool:
+        """Publish one message as is (default: the layout's state QoS and retain flag).
+
+        ``wait_s``: block up to that many seconds until the broker has it (its acknowledgement at
+        QoS 1 or 2; handed to the socket at QoS 0); False if it has not by then.
+        """
         client = self._client
         if client is None or not self.connected:
             return False
@@ -100,6 +105,12 @@ class _EmulatedHome(LoxoneHomeMqtt):
         info = client.publish(topic, payload, qos=lay.state.qos if qos is None else qos,
                               retain=lay.state.retain if retain is None else retain)
         ok = info.rc == mqtt.MQTT_ERR_SUCCESS
+        if ok and wait_s is not None:
+            try:
+                info.wait_for_publish(wait_s)
+            except (ValueError, RuntimeError):  # the connection went in the meantime
+                ok = False
+            ok = ok and info.is_published()
         self.published += int(ok)
         return ok
 
@@ -384,6 +395,12 @@ class Emulator:
             raise
         if self._own_clock:
             self.clock = SimClock(self.clock.start, self.clock.speed)
+        # Announce the running clock before returning, and wait until the broker holds it: a loop
+        # started right after this call must not find the retained anchor of an emulator that ran
+        # before on the same broker (it would follow that clock, then see this one as a restart).
+        if not self._publish_anchor(self.clock.start, wait_s=self.home.connect_timeout_s):
+            log.warning("emulator: the broker did not acknowledge the clock's announcement within %g s",
+                        self.home.connect_timeout_s)
         self._thread = threading.Thread(target=self._run, name="pems-emulator", daemon=True)
         self._thread.start()
         return self
@@ -700,11 +717,15 @@ class Emulator:
             t_out = v if changed("T_out", v) else None
         home.publish_state(T_room=temps, relay=relays, T_out=t_out, mode=mode_out)
 
-    def _publish_anchor(self, t: pd.Timestamp | None = None, running: bool = True) -> None:
+    def _publish_anchor(self, t: pd.Timestamp | None = None, running: bool = True,
+                        wait_s: float | None = None) -> bool:
+        """Announce the clock (retained, QoS 1) as of simulated time ``t``; True if published (and,
+        with ``wait_s``, acknowledged by the broker in that time)."""
         if not self.home.connected:
-            return
+            return False
         now = t if t is not None else (self._time if self._time is not None else self.clock.start)
-        self.home.publish_raw(TIME_TOPIC, self.clock.anchor(now, running=running).to_json(), retain=True, qos=1)
+        return self.home.publish_raw(TIME_TOPIC, self.clock.anchor(now, running=running).to_json(),
+                                     retain=True, qos=1, wait_s=wait_s)
 
     def _serve_clock(self, t: pd.Timestamp) -> None:
         """The inverter's clock registers (where its map has them): its local time, offset as set."""

@@ -460,7 +460,8 @@ class ClockFollower(MqttEndpoint):
     def __init__(self, host: str, port: int, **options: Any) -> None:
         super().__init__(host, port, **options)
         self._anchor: Any = None
-        self._got = threading.Event()
+        self._got = threading.Event()  # any anchor
+        self._got_running = threading.Event()  # an anchor that says running
 
     def _subscriptions(self) -> list[tuple[str, int]]:
         from pems.live.clock import TIME_TOPIC
@@ -476,30 +477,48 @@ class ClockFollower(MqttEndpoint):
             log.warning("MQTT %s: %s", self.where, exc)
             return
         self._got.set()
+        if self._anchor.running:
+            self._got_running.set()
 
     @property
     def latest(self) -> Any:
         """The last anchor received (None: none yet)."""
         return self._anchor
 
-    def _first_anchor(self, timeout_s: float) -> Any:
+    def _first_anchor(self, timeout_s: float, running: bool) -> Any:
         self.connect()
-        if not self._got.wait(timeout_s):
-            self.close()
-            raise MqttConnectError(f"no emulator clock on {self.where} within {timeout_s:g} s "
-                                   "(is `pems emulate` running against this broker?)")
-        return self._anchor
+        if (self._got_running if running else self._got).wait(timeout_s):
+            return self._anchor
+        self.close()
+        last = self._anchor
+        if last is not None:  # only the retained anchor of an emulator that has ended
+            raise MqttConnectError(f"the emulator on {self.where} has stopped: its clock, last announced at "
+                                   f"{last.time.isoformat()}, says running: false, and no running one came "
+                                   f"within {timeout_s:g} s (start `pems emulate` against this broker first)")
+        raise MqttConnectError(f"no emulator clock on {self.where} within {timeout_s:g} s "
+                               "(is `pems emulate` running against this broker?)")
 
     def anchor(self, timeout_s: float = 10.0) -> Any:
-        """The emulator's :class:`~pems.live.clock.ClockAnchor`; ``MqttConnectError`` if none comes."""
+        """The emulator's :class:`~pems.live.clock.ClockAnchor` as the broker holds it (running or
+        not); ``MqttConnectError`` if none comes."""
         try:
-            return self._first_anchor(timeout_s)
+            return self._first_anchor(timeout_s, running=False)
         finally:
             self.close()
 
     def follow(self, stale_s: float, timeout_s: float = 10.0) -> FollowedClock:
-        """The emulator's clock, followed (``MqttConnectError`` if no anchor comes)."""
-        return FollowedClock(self, self._first_anchor(timeout_s), stale_s)
+        """The emulator's clock, followed.
+
+        The clock is built from the first anchor that says the emulator is running: a retained
+        ``running: false`` is what an emulator that has ended left on the broker, so the follower
+        waits for the next one rather than following (and at once faulting on) a clock that is over.
+
+        Raises
+        ------
+        MqttConnectError
+            No running clock within ``timeout_s`` [s] (the message says whether a stopped one was seen).
+        """
+        return FollowedClock(self, self._first_anchor(timeout_s, running=True), stale_s)
 
 
 class FollowedClock(SimClock):

@@ -469,6 +469,58 @@ def test_a_followed_clock_whose_emulator_stops_dies_or_restarts_is_a_fault(broke
         pub.disconnect()
 
 
+@pytest.mark.service
+def test_a_loop_started_as_the_emulator_starts_follows_its_clock_not_the_stopped_one_left_before(plain_prep, broker):
+    """An emulator that has ended leaves its clock retained on the broker, saying running: false.
+    A follower never takes that clock for the one to follow: alone, it says the emulator stopped;
+    waiting, it follows the next emulator. That emulator's ``start()`` returns only once the broker
+    holds its running clock, so a loop started right after it cannot see the old one."""
+    from pems.live.mqtt import ClockFollower, MqttConnectError
+
+    start = plain_prep.scenario.start
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="ended-emulator")
+    pub.connect(broker.host, broker.port)
+    pub.loop_start()
+    try:
+        ended = SimClock(start, speed=600.0, epoch=time.time() - 3600.0)
+        pub.publish(TIME_TOPIC, ended.anchor(ended.now(), running=False).to_json(), qos=1,
+                    retain=True).wait_for_publish()
+    finally:
+        pub.loop_stop()
+        pub.disconnect()
+    with pytest.raises(MqttConnectError, match=r"has stopped: its clock, last announced at .* says running: false"):
+        ClockFollower(broker.host, broker.port, **FAST).follow(stale_s=2700.0, timeout_s=0.5)
+
+    waited: dict[str, object] = {}
+
+    def follow_in_background() -> None:
+        try:
+            waited["clock"] = ClockFollower(broker.host, broker.port, **FAST).follow(stale_s=2700.0, timeout_s=10.0)
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            waited["error"] = exc
+
+    waiting = threading.Thread(target=follow_in_background)
+    waiting.start()
+    time.sleep(0.3)  # subscribed, holding the ended clock
+    emu = emulator(plain_prep, broker, SimClock(start, speed=600.0), hours=1)
+    with emu:
+        on_broker = ClockFollower(broker.host, broker.port, **FAST).anchor(timeout_s=2.0)  # the instant start() returned
+        assert on_broker.running and on_broker.epoch == pytest.approx(emu.clock.epoch)
+        right_after = ClockFollower(broker.host, broker.port, **FAST).follow(stale_s=2700.0, timeout_s=2.0)
+        waiting.join(10.0)
+        clocks = [right_after, waited.get("clock")]
+        try:
+            assert "error" not in waited, waited.get("error")
+            for clock in clocks:
+                assert clock.epoch == pytest.approx(emu.clock.epoch) and clock.fault() is None
+            assert emu.wait_until(start + pd.Timedelta(minutes=30))  # its own announcements since: no "restart"
+            assert all(clock.fault() is None for clock in clocks)
+        finally:
+            for clock in clocks:
+                if clock is not None:
+                    clock.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # (d) pems emulate: accelerated real time, outputs pass the shared check
 # ---------------------------------------------------------------------------------------------

@@ -231,13 +231,7 @@ def run_against_emulator(prep, broker, tmp_path: Path, *extra: str, hours: float
 
     emu = Emulator(prep, broker.host, broker.port, modbus_port=0, speed=400.0, hours=hours + 1.5,
                    mqtt_options=FAST)
-    emu.start()
-    # the emulator announces its clock from its thread: wait for it, or a loop started at once may
-    # follow the clock a previous test's emulator left retained on the shared broker (then "restarted")
-    deadline = time.monotonic() + 10.0
-    while emu._time is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.2)
+    emu.start()  # returns once the broker holds its running clock (not a previous test's, stopped)
     keys.setdefault("state_dir", "state")  # (beside the config: where these tests look)
     keys.setdefault("events", "events.jsonl")
     keys = {k: v for k, v in keys.items() if v is not None}  # None: the default folders

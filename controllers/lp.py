@@ -323,7 +323,7 @@ class HorizonLP:
     # ------------------------------------------------------------------ structure
     def _terminal_gradient(self) -> ca.Function:
         x = ca.SX.sym("x", self.nx)
-        pe, ph = ca.SX.sym("p_el"), ca.SX.sym("p_heat")
+        pe, ph = ca.SX.sym("p_el"), ca.SX.sym("p_heat", self.nx)  # heat: a price per state (its need)
         val = terminal_value(self._dm, x, pe, ph, self.weights)
         return ca.Function("terminal_grad", [pe, ph], [ca.jacobian(val, x).T])
 
@@ -433,7 +433,7 @@ class HorizonLP:
         idx = np.minimum(np.arange(n), len(fc) - 1)
         if terminal_window is not None:
             idx = idx[-terminal_window:]
-        p_el, p_heat = terminal_prices(self._dm, fc.price_import[idx], fc.d[idx])
+        p_el, p_heat = terminal_prices(self._dm, fc.price_import[idx], fc.d[idx], fc.low[idx])
         cost[(K - 1) * self.nbc + self.nz + np.arange(nx)] -= np.asarray(self._terminal(p_el, p_heat)).ravel()
         changed = np.flatnonzero(values != self.values)
         self.cost, self.offset, self.x0, self.values = cost, offset, x0.copy(), values

@@ -87,7 +87,7 @@ class NlpPlanner:
         lo = mod.set_variable("_tvp", "low", shape=(nr, 1))
         hi = mod.set_variable("_tvp", "high", shape=(nr, 1))
         v_el = mod.set_variable("_tvp", "value_electricity")
-        v_heat = mod.set_variable("_tvp", "value_heat")
+        v_heat = mod.set_variable("_tvp", "value_heat", shape=(nx, 1))  # a price per state (its need)
         cost, g, dyn = stage(dm, w, v, x, z, StageParameters(d, pi, pe, lo, hi), x_next=xn)
         mod.set_expression("cost", cost)
         mod.set_expression("g", g)
@@ -141,7 +141,7 @@ class NlpPlanner:
             t["_tvp", k, "low"] = fc.low[j]
             t["_tvp", k, "high"] = fc.high[j]
         w = idx if terminal_window is None else idx[-terminal_window:]
-        p_el, p_heat = terminal_prices(self.dm, fc.price_import[w], fc.d[w])
+        p_el, p_heat = terminal_prices(self.dm, fc.price_import[w], fc.d[w], fc.low[w])
         t["_tvp", n - 1, "value_electricity"] = p_el
         t["_tvp", n - 1, "value_heat"] = p_heat
 

@@ -56,7 +56,9 @@ class Weights:
         Share of the horizon's mean import price at which energy left in the battery and heat left
         in the building are valued at the end of the horizon, so that a receding horizon does not
         keep draining them. The battery at its full replacement value (1.0: with a flat price it
-        then never cycles for nothing); heat a little below (0.9), as it leaks away.
+        then never cycles for nothing); heat a little below (0.9), as it leaks away, and only the
+        share of it the house will need (:func:`heat_need`: none when the rooms would stay in their
+        bands unheated, as in summer, where heat stored at cheap hours would only overheat them).
     """
 
     comfort: float = 2.0
@@ -336,12 +338,56 @@ def stage_costs(dm: DiscreteModel, weights: Weights, v: OcpVariables, x: np.ndar
     return np.asarray(out).ravel()
 
 
-def terminal_prices(dm: DiscreteModel, price_import: np.ndarray, d: np.ndarray) -> tuple[float, float]:
-    """Prices at which energy left at a horizon's end is valued [currency/kWh, currency/kWh_th].
+#: Width [K] of the ramp of a room's need for heat at a horizon's end: the heat left in a room is
+#: worth nothing when the room, left unheated in the weather at the horizon's end, would settle at or
+#: above its band's lower bound (no heating will be needed to keep it there), and its full value when
+#: it would settle this far below or further (every kWh left saves one later).
+HEAT_NEED_RAMP_K = 2.0
+
+
+def heat_need(dm: DiscreteModel, d: np.ndarray, low: np.ndarray) -> np.ndarray:
+    """Share of each state's heat that will be needed after a horizon's end, 0 to 1 (0 for non-thermal states).
+
+    A room needs heat when its free-running steady state (no heating, the mean disturbances ``d``
+    over the window: outdoor and ground temperature, sun, gains) lies below the mean lower bound of
+    its band ``low`` over the window [°C]; the need ramps from 0 at the bound to 1 at
+    :data:`HEAT_NEED_RAMP_K` below it. A room's air and mass share its need. A room without a lower
+    bound (``-inf`` or NaN) needs none. The steady state is the model's own affine form
+    (``0 = A x + c(d)`` on the thermal states), so it holds for any house file.
+
+    Parameters
+    ----------
+    d
+        Disturbances over the window (rows × n_d, the model's order).
+    low
+        Lower comfort bounds over the window (rows × n_rooms) [°C].
+    """
+    m = dm.model
+    form = affine_form(m)
+    th = np.flatnonzero(dm.heat_capacity > 0)
+    c = np.asarray(form.c_fn(np.mean(np.atleast_2d(d), axis=0))).ravel()
+    try:
+        x_ss = np.linalg.solve(form.A[np.ix_(th, th)], -c[th])
+    except np.linalg.LinAlgError:  # a room with no path to outdoors or ground has no steady state
+        return np.where(dm.heat_capacity > 0, 1.0, 0.0)
+    n = m.n_rooms
+    with np.errstate(invalid="ignore"):
+        lo = np.nanmean(np.atleast_2d(np.asarray(low, dtype=float)), axis=0) if np.size(low) else np.full(n, -np.inf)
+    lo = np.where(np.isfinite(lo), lo, -np.inf)
+    room_need = np.clip((lo - x_ss[:n]) / HEAT_NEED_RAMP_K, 0.0, 1.0)
+    need = np.zeros(dm.n_x)
+    need[th] = room_need[th % n]  # states: every room's air, then every room's mass
+    return need
+
+
+def terminal_prices(dm: DiscreteModel, price_import: np.ndarray, d: np.ndarray,
+                    low: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """Prices at which energy left at a horizon's end is valued [currency/kWh, currency/kWh_th per state].
 
     Electricity: the mean import price over the horizon. Heat: what making it costs, the
     electricity price divided by heat per electricity (efficiency × COP at the mean outdoor
-    temperature for a heat pump).
+    temperature for a heat pump), times each state's :func:`heat_need` over the window when the
+    comfort bands ``low`` are given (None: every state's heat at the full price).
     """
     m = dm.model
     p_el = float(np.mean(price_import))
@@ -349,7 +395,8 @@ def terminal_prices(dm: DiscreteModel, price_import: np.ndarray, d: np.ndarray) 
     if m.house.heating.kind == "heat_pump":
         y = np.asarray(dm.Y(np.zeros(len(m.sym.x)), np.zeros(len(m.sym.u)), np.mean(d, axis=0))).ravel()
         eta *= float(y[m.sym.output_names.index("COP")])
-    return p_el, p_el / eta
+    need = np.ones(dm.n_x) if low is None else heat_need(dm, d, low)
+    return p_el, need * (p_el / eta)
 
 
 def terminal_value(dm: DiscreteModel, x, price_electricity, price_heat, weights: Weights):
@@ -360,8 +407,9 @@ def terminal_value(dm: DiscreteModel, x, price_electricity, price_heat, weights:
     price_electricity
         Value of a kWh in the battery [currency/kWh] (e.g. the horizon's mean import price).
     price_heat
-        Value of a kWh of heat in the building [currency/kWh_th]: what making it costs
-        (electricity price / (heater efficiency × COP)).
+        Value of a kWh of heat in each state [currency/kWh_th], a vector over the states (or one
+        price for all): what making it costs (electricity price / (heater efficiency × COP)), times
+        the share of it that will be needed (:func:`terminal_prices`).
 
     Battery: stored kWh × discharge efficiency × price × ``terminal_battery_value``. Heat: Σ C·T
     (relative; only differences between plans matter) in kWh_th × ``terminal_heat_value``.
@@ -369,7 +417,11 @@ def terminal_value(dm: DiscreteModel, x, price_electricity, price_heat, weights:
     model = dm.model
     caps = dm.heat_capacity
     th = np.flatnonzero(caps > 0)
-    value = weights.terminal_heat_value * price_heat * ca.dot(ca.DM(caps[th] / 3.6e6), x[th])
+    kwh_per_k = ca.DM(caps[th] / 3.6e6)
+    if isinstance(price_heat, (ca.SX, ca.MX, ca.DM)) and price_heat.numel() > 1:
+        value = weights.terminal_heat_value * ca.dot(price_heat[th.tolist()] * kwh_per_k, x[th.tolist()])
+    else:
+        value = weights.terminal_heat_value * price_heat * ca.dot(kwh_per_k, x[th])
     if model.has_battery:
         stored_kwh = model.param("bat_capacity_wh") / 1000.0
         value += (weights.terminal_battery_value * price_electricity * model.param("bat_eta_dis")

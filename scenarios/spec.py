@@ -187,7 +187,7 @@ class MpcSpec(_Strict):
     terminal_battery_value: Annotated[float, Field(ge=0, le=1.5)] = 1.0
     """Value of energy left in the battery at the horizon's end, as a share of the horizon's mean import price [-]."""
     terminal_heat_value: Annotated[float, Field(ge=0, le=1.5)] = 0.9
-    """Value of heat left in the building at the horizon's end, as a share of the horizon's mean import price [-]."""
+    """Value of heat left in the building at the horizon's end, as a share of the horizon's mean import price [-], for the heat the house will need: none in a room whose free-running steady state in the horizon's mean weather is at or above its band's lower bound, all of it 2 K or more below."""
 
 
 class Scenario(_Strict):

@@ -205,3 +205,49 @@ def test_heat_pump_house_runs_and_exploits_mild_hours(tmp_path):
     assert mild_share(mpc) > mild_share(rb) + 0.15  # electricity moves to where the COP is high
     assert mpc.kpis["cost"] < 0.95 * rb.kpis["cost"]
     assert mpc.kpis["discomfort_Kh"] < rb.kpis["discomfort_Kh"] + 1.0
+
+
+def test_heat_left_at_the_horizons_end_is_worth_what_the_free_running_house_will_need():
+    """A room's need for heat at a horizon's end is read off its free-running steady state (no
+    heating, the window's mean weather): none at or above its band's lower bound, all of it 2 K below.
+    The steady state is checked against the model run unheated for 60 days from a cold start."""
+    from pems.controllers.ocp import HEAT_NEED_RAMP_K, discretise, heat_need
+
+    model = build_model(house_from({**TWO_ROOMS, "occupancy": {"persons": 0}}))
+    dm = discretise(model, 900.0)
+    names = model.sym.d.names
+    d = np.zeros(len(names))
+    d[names.index("T_out")], d[names.index("T_ground")] = 14.0, 10.0
+    x = np.zeros(len(model.sym.x))
+    for _ in range(60 * 96):  # the slowest time constant is about two days
+        x = np.asarray(dm.F(x, np.zeros(len(model.sym.u)), d)).ravel()
+    T_ss = x[model.air]
+    assert 10.0 < T_ss.min() and T_ss.max() < 14.0  # between ground and outdoors: only losses
+    for offset, share in [(-0.5, 0.0), (0.0, 0.0), (0.5, 0.25), (1.0, 0.5), (HEAT_NEED_RAMP_K, 1.0), (5.0, 1.0)]:
+        low = np.tile(T_ss + offset, (96, 1))  # a day of bands, each room's at its own steady state + offset
+        need = heat_need(dm, np.tile(d, (96, 1)), low)
+        np.testing.assert_allclose(need[model.air], share, atol=1e-6)
+        np.testing.assert_allclose(need[model.mass], need[model.air])  # a room's slab shares its need
+    # a room without a lower bound needs nothing
+    need = heat_need(dm, np.tile(d, (96, 1)), np.tile([25.0, -np.inf], (96, 1)))
+    assert need[model.air].tolist() == [1.0, 0.0] and need[model.mass].tolist() == [1.0, 0.0]
+
+
+@pytest.mark.slow
+def test_in_a_mild_spell_the_mpc_stores_no_heat_the_house_will_not_need(tmp_path):
+    """18 °C outdoors, a 16–24 °C band: the unheated rooms settle above 16 °C, so no heat is needed.
+    Cheap nights (0.05 EUR/kWh) and dear days (0.40) would pay for heating at night to be valued
+    at the horizon's end as if the house needed it; it does not, and the MPC heats nothing."""
+    write_constant_inputs(tmp_path, START, 2.0, T_out=18.0)
+    write_prices(tmp_path, START, 2.0, lambda h: 0.05 if h < 6 else 0.40, lambda h: 0.0)
+    house = {**TWO_ROOMS, "occupancy": {"persons": 0}}
+    sc = load_scenario(write_scenario(tmp_path, house, start=START, days=2.0, prices="prices.csv",
+                                      comfort={"low": 16.0, "high": 24.0, "use_house_setpoints": False},
+                                      initial={"mode": "given", "T_room": 18.0}))
+    prep = prepare(sc)
+    d = prep.inputs[list(prep.model.sym.d.names)].iloc[0].to_numpy()
+    from pems.controllers.ocp import discretise, heat_need
+
+    assert heat_need(discretise(prep.model, 900.0), d[None, :], np.full((1, 2), 16.0)).max() == 0.0
+    r = run(prep, "mpc")
+    assert r.kpis["heating_kWh"] < 0.05 and r.kpis["discomfort_Kh"] < 0.05

@@ -345,6 +345,20 @@ def stage_costs(dm: DiscreteModel, weights: Weights, v: OcpVariables, x: np.ndar
 HEAT_NEED_RAMP_K = 2.0
 
 
+def _free_running(model: HouseModel) -> tuple[np.ndarray, np.ndarray | None]:
+    """The thermal states and the inverse of their block of the affine form's ``A`` (None: singular),
+    once per model: the unheated steady state under disturbances ``d`` is ``−A⁻¹ c(d)`` on them."""
+    if "free_running" not in model._cache:
+        states = np.arange(len(model.sym.x))
+        th = np.r_[states[model.air], states[model.mass]]
+        try:
+            inv = np.linalg.inv(affine_form(model).A[np.ix_(th, th)])
+        except np.linalg.LinAlgError:  # a room with no path to outdoors or ground has no steady state
+            inv = None
+        model._cache["free_running"] = (th, inv)
+    return model._cache["free_running"]
+
+
 def heat_need(dm: DiscreteModel, d: np.ndarray, low: np.ndarray) -> np.ndarray:
     """Share of each state's heat that will be needed after a horizon's end, 0 to 1 (0 for non-thermal states).
 
@@ -363,31 +377,28 @@ def heat_need(dm: DiscreteModel, d: np.ndarray, low: np.ndarray) -> np.ndarray:
         Lower comfort bounds over the window (rows × n_rooms) [°C].
     """
     m = dm.model
-    form = affine_form(m)
-    th = np.flatnonzero(dm.heat_capacity > 0)
-    c = np.asarray(form.c_fn(np.mean(np.atleast_2d(d), axis=0))).ravel()
-    try:
-        x_ss = np.linalg.solve(form.A[np.ix_(th, th)], -c[th])
-    except np.linalg.LinAlgError:  # a room with no path to outdoors or ground has no steady state
-        return np.where(dm.heat_capacity > 0, 1.0, 0.0)
-    n = m.n_rooms
-    with np.errstate(invalid="ignore"):
-        lo = np.nanmean(np.atleast_2d(np.asarray(low, dtype=float)), axis=0) if np.size(low) else np.full(n, -np.inf)
-    lo = np.where(np.isfinite(lo), lo, -np.inf)
-    room_need = np.clip((lo - x_ss[:n]) / HEAT_NEED_RAMP_K, 0.0, 1.0)
+    th, inv = _free_running(m)
     need = np.zeros(dm.n_x)
-    need[th] = room_need[th % n]  # states: every room's air, then every room's mass
+    if inv is None:
+        need[th] = 1.0
+        return need
+    c = np.asarray(affine_form(m).c_fn(np.mean(np.atleast_2d(d), axis=0))).ravel()
+    T_air = -(inv @ c[th])[: m.n_rooms]  # th: every room's air, then every room's mass
+    low = np.atleast_2d(np.asarray(low, dtype=float))
+    lo = np.mean(np.where(np.isnan(low), -np.inf, low), axis=0)  # an hour without a bound: none needed
+    room_need = np.clip((lo - T_air) / HEAT_NEED_RAMP_K, 0.0, 1.0)
+    need[m.air] = need[m.mass] = room_need
     return need
 
 
 def terminal_prices(dm: DiscreteModel, price_import: np.ndarray, d: np.ndarray,
-                    low: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+                    low: np.ndarray) -> tuple[float, np.ndarray]:
     """Prices at which energy left at a horizon's end is valued [currency/kWh, currency/kWh_th per state].
 
     Electricity: the mean import price over the horizon. Heat: what making it costs, the
     electricity price divided by heat per electricity (efficiency × COP at the mean outdoor
-    temperature for a heat pump), times each state's :func:`heat_need` over the window when the
-    comfort bands ``low`` are given (None: every state's heat at the full price).
+    temperature for a heat pump), times each state's :func:`heat_need` over the window, given its
+    comfort bands' lower bounds ``low``.
     """
     m = dm.model
     p_el = float(np.mean(price_import))
@@ -395,8 +406,7 @@ def terminal_prices(dm: DiscreteModel, price_import: np.ndarray, d: np.ndarray,
     if m.house.heating.kind == "heat_pump":
         y = np.asarray(dm.Y(np.zeros(len(m.sym.x)), np.zeros(len(m.sym.u)), np.mean(d, axis=0))).ravel()
         eta *= float(y[m.sym.output_names.index("COP")])
-    need = np.ones(dm.n_x) if low is None else heat_need(dm, d, low)
-    return p_el, need * (p_el / eta)
+    return p_el, heat_need(dm, d, low) * (p_el / eta)
 
 
 def terminal_value(dm: DiscreteModel, x, price_electricity, price_heat, weights: Weights):
@@ -407,8 +417,8 @@ def terminal_value(dm: DiscreteModel, x, price_electricity, price_heat, weights:
     price_electricity
         Value of a kWh in the battery [currency/kWh] (e.g. the horizon's mean import price).
     price_heat
-        Value of a kWh of heat in each state [currency/kWh_th], a vector over the states (or one
-        price for all): what making it costs (electricity price / (heater efficiency × COP)), times
+        Value of a kWh of heat in each state [currency/kWh_th], a vector over the states: what
+        making it costs (electricity price / (heater efficiency × COP)), times
         the share of it that will be needed (:func:`terminal_prices`).
 
     Battery: stored kWh × discharge efficiency × price × ``terminal_battery_value``. Heat: Σ C·T
@@ -417,11 +427,8 @@ def terminal_value(dm: DiscreteModel, x, price_electricity, price_heat, weights:
     model = dm.model
     caps = dm.heat_capacity
     th = np.flatnonzero(caps > 0)
-    kwh_per_k = ca.DM(caps[th] / 3.6e6)
-    if isinstance(price_heat, (ca.SX, ca.MX, ca.DM)) and price_heat.numel() > 1:
-        value = weights.terminal_heat_value * ca.dot(price_heat[th.tolist()] * kwh_per_k, x[th.tolist()])
-    else:
-        value = weights.terminal_heat_value * price_heat * ca.dot(kwh_per_k, x[th])
+    th = th.tolist()
+    value = weights.terminal_heat_value * ca.dot(price_heat[th] * ca.DM(caps[th] / 3.6e6), x[th])
     if model.has_battery:
         stored_kwh = model.param("bat_capacity_wh") / 1000.0
         value += (weights.terminal_battery_value * price_electricity * model.param("bat_eta_dis")
